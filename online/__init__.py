@@ -1,0 +1,1 @@
+"""online: agents that act in gymnasium environments, built on pgcore (REINFORCE ... PPO, TRPO, SAC, TD3, DQN)."""

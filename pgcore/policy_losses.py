@@ -1,0 +1,270 @@
+"""Policy and critic losses and bootstrapped targets (all losses are scalars to MINIMISE).
+
+Targets (``*_target``) are returned detached: they are regression labels, never differentiated.
+Done-masking of every bootstrapped target is [NOT IN SEEDS] except in DQN (seeds-spec §5):
+``terminated`` = 1 means the next state is terminal (value 0); time-limit truncations must pass 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from ._util import masked_mean
+
+__all__ = [
+    "reinforce_loss",
+    "ppo_clip_loss",
+    "ppo_kl_penalty_loss",
+    "value_loss",
+    "entropy_bonus",
+    "sac_q_target",
+    "clipped_double_q",
+    "sac_actor_loss",
+    "sac_temperature_loss",
+    "ddpg_target",
+    "td3_smoothed_action",
+    "dpg_actor_loss",
+    "dqn_target",
+    "double_dqn_target",
+    "epsilon_greedy_probs",
+    "polyak_update",
+]
+
+
+def _detach(x):
+    return x.detach() if isinstance(x, torch.Tensor) else x
+
+
+def _not_done(terminated, like: torch.Tensor) -> torch.Tensor:
+    return 1.0 - torch.as_tensor(terminated, device=like.device).to(like.dtype)
+
+
+def _valid(x: torch.Tensor, mask) -> torch.Tensor:
+    if mask is None:
+        return torch.ones_like(x, dtype=torch.bool)
+    return torch.broadcast_to(torch.as_tensor(mask, device=x.device) != 0, x.shape)
+
+
+# --------------------------------------------------------------------------------------------- on-policy
+
+
+def reinforce_loss(logp, weights, mask=None) -> torch.Tensor:
+    """Score-function surrogate ``-mean(log pi(a_t|s_t) * w_t)`` with ``w`` detached.
+
+    Seed 001 §2.3-2.6 / seed 000 Alg 1 / seed 003 REINFORCE: ``w`` is the return G_t (reward-to-go, seed 001
+    §2.4), ``G_t - b`` (baseline, seed 001 §2.5) or an advantage estimate (seed 001 §2.6). Its gradient is the
+    negated policy-gradient estimate. Seed errata fixed: seed 000 Alg 1 skips t=0 (we use every step),
+    seed 000 Alg 2 puts the gradient inside the loss (we differentiate the loss).
+    """
+    return -masked_mean(logp * _detach(weights), mask)
+
+
+def ppo_clip_loss(logp, old_logp, advantages, clip_eps, mask=None):
+    """PPO clipped surrogate ``-mean(min(r A, clip(r, 1-eps, 1+eps) A))``, ``r = exp(logp - old_logp)``.
+
+    Seed 000 §8.2, seed 001 §2.10, seed 003 PPO. As seed 002 notes, this is NOT ``min(r, clip(r)) A`` when
+    A < 0. ``old_logp`` and ``advantages`` are treated as constants. ``info``: ``clipfrac`` = fraction with
+    ``|r - 1| > eps`` (OpenAI-baselines definition), ``clip_active_frac`` = fraction where the clipped term is
+    the strictly smaller one (zero-gradient region), ``approxkl = 0.5 mean((logp - old_logp)^2)`` (the k2
+    estimator), ``ratio_mean``, ``ratio_max`` (valid entries only; 0 for an all-masked batch).
+    """
+    old_logp, adv = _detach(old_logp), _detach(advantages)
+    log_ratio = logp - old_logp
+    ratio = torch.exp(log_ratio)
+    surr = ratio * adv
+    surr_clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv
+    objective = torch.minimum(surr, surr_clipped)
+    loss = -masked_mean(objective, mask)
+    with torch.no_grad():
+        valid = _valid(ratio, mask)
+        ninf = torch.tensor(float("-inf"), dtype=ratio.dtype, device=ratio.device)
+        rmax = torch.where(valid, ratio, ninf).max() if ratio.numel() else ninf
+        info = {
+            "clipfrac": masked_mean(((ratio - 1.0).abs() > clip_eps).to(ratio.dtype), mask),
+            "clip_active_frac": masked_mean((surr_clipped < surr).to(ratio.dtype), mask),
+            "approxkl": 0.5 * masked_mean(log_ratio.square(), mask),
+            "ratio_mean": masked_mean(ratio, mask),
+            "ratio_max": torch.where(torch.isfinite(rmax), rmax, torch.zeros_like(rmax)),
+        }
+    return loss, info
+
+
+def ppo_kl_penalty_loss(logp, old_logp, advantages, kl, beta, mask=None):
+    """PPO adaptive-KL-penalty objective, negated: ``-mean(r A) + beta * mean(kl)``.
+
+    Seed 000 §8.1 (maximise ``E[r A - beta KL(pi_old || pi_new)]``); ``kl`` is a per-sample
+    KL(old || new) computed by the caller with gradients flowing into the new policy. ``beta`` is a
+    constant here; update it between iterations with ``pgcore.kl.adaptive_kl_beta`` (seed 000 Alg 5).
+    """
+    old_logp, adv = _detach(old_logp), _detach(advantages)
+    ratio = torch.exp(logp - old_logp)
+    surrogate = masked_mean(ratio * adv, mask)
+    kl_mean = masked_mean(kl, mask)
+    loss = -surrogate + _detach(beta) * kl_mean
+    info = {
+        "surrogate": surrogate.detach(),
+        "kl": kl_mean.detach(),
+        "ratio_mean": masked_mean(ratio.detach(), mask),
+    }
+    return loss, info
+
+
+def value_loss(values, returns, *, old_values=None, clip_eps=None, mask=None):
+    """Critic regression ``0.5 mean((V - y)^2)``, optionally with PPO value clipping.
+
+    Seed 001 §2.6 / §2.10 (``(V_phi(s_t) - y_t)^2``). Value clipping is [NOT IN SEEDS] (OpenAI baselines
+    PPO2): ``0.5 mean(max((V - y)^2, (V_old + clip(V - V_old, -eps, eps) - y)^2))``. ``returns`` and
+    ``old_values`` are constants. ``info["clipfrac"]``: fraction where the clipped error is the strictly
+    larger term (TRL's ``vf_clipfrac``), 0 without clipping.
+    """
+    y = _detach(returns)
+    err = (values - y).square()
+    if clip_eps is None or old_values is None:
+        loss = 0.5 * masked_mean(err, mask)
+        return loss, {"clipfrac": torch.zeros((), dtype=values.dtype, device=values.device)}
+    old = _detach(old_values)
+    v_clipped = old + torch.clamp(values - old, -clip_eps, clip_eps)
+    err_clipped = (v_clipped - y).square()
+    loss = 0.5 * masked_mean(torch.maximum(err, err_clipped), mask)
+    with torch.no_grad():
+        clipfrac = masked_mean((err_clipped > err).to(values.dtype), mask)
+    return loss, {"clipfrac": clipfrac}
+
+
+def entropy_bonus(entropy, mask=None) -> torch.Tensor:
+    """Mean policy entropy (seed 001 §2.10 ``lambda_ent * H``); the caller SUBTRACTS ``coef * bonus``."""
+    return masked_mean(entropy, mask)
+
+
+# ------------------------------------------------------------------------------------- off-policy / SAC
+
+
+def clipped_double_q(q1, q2) -> torch.Tensor:
+    """Elementwise ``min(Q1, Q2)`` of twin critics. [NOT IN SEEDS]: Fujimoto et al. 2018 (TD3) eq. 10."""
+    return torch.minimum(q1, q2)
+
+
+def sac_q_target(rewards, next_q, next_logp, *, alpha, gamma, terminated) -> torch.Tensor:
+    """Soft Bellman target ``y = r + gamma (1 - d) (Q'(s', a') - alpha log pi(a'|s'))``, ``a' ~ pi(.|s')``.
+
+    Seed 001 §2.11 Def 9 / seed 003 SAC (soft backup with V = E[Q - log pi]); the seeds absorb the
+    temperature (alpha = 1, erratum §6.8) and seed 003 drops gamma (§6.13); both restored here. ``next_q`` is
+    the already-reduced twin target ``clipped_double_q(q1', q2')`` ([NOT IN SEEDS]: Haarnoja et al. 2018b).
+    """
+    soft_v = next_q - _detach(alpha) * next_logp
+    return (rewards + gamma * _not_done(terminated, rewards) * soft_v).detach()
+
+
+def sac_actor_loss(logp, q, alpha) -> torch.Tensor:
+    """Reparameterised SAC policy loss ``mean(alpha log pi(a|s) - Q(s, a))``, ``a = f_phi(eps; s)``.
+
+    Seed 001 §2.11 / seed 003 SAC ``J_pi(phi)`` (KL to the Boltzmann policy of Q with Z dropped), with the
+    temperature made explicit; ``alpha`` is a constant for the actor update.
+    """
+    return (_detach(alpha) * logp - q).mean()
+
+
+def sac_temperature_loss(log_alpha, logp, target_entropy) -> torch.Tensor:
+    """Automatic temperature loss ``-mean(log_alpha * (log pi(a|s) + target_entropy))``.
+
+    [NOT IN SEEDS]: Haarnoja et al. 2018b ("SAC algorithms and applications") eq. 18, parameterised by
+    log alpha. Its gradient is ``H_est - target`` with ``H_est = -mean(log pi)``: gradient descent raises
+    alpha when the entropy is below the target and lowers it when above.
+    """
+    return -(log_alpha * (logp + target_entropy).detach()).mean()
+
+
+# ----------------------------------------------------------------------------------------- DPG / TD3
+
+
+def ddpg_target(rewards, next_q, *, gamma, terminated) -> torch.Tensor:
+    """DDPG critic target ``y = r + gamma (1 - d) Q'(s', mu'(s'))``.
+
+    Seed 003 DDPG (``y_t = r_t + gamma Q_phi'(s_{t+1}, mu_theta'(s_{t+1}))``); done-masking added.
+    """
+    return (rewards + gamma * _not_done(terminated, rewards) * next_q).detach()
+
+
+def td3_smoothed_action(next_action, *, noise_std, noise_clip, low, high, generator=None) -> torch.Tensor:
+    """Target policy smoothing ``clip(mu'(s') + clip(eps, -c, c), low, high)``, ``eps ~ N(0, noise_std^2)``.
+
+    [NOT IN SEEDS]: Fujimoto et al. 2018 (TD3) eq. 14. ``noise_std``/``noise_clip`` are in action units
+    (multiply by the action scale beforehand when actions are not in [-1, 1]).
+    """
+    a = next_action.detach()
+    noise = torch.randn(a.shape, generator=generator, dtype=a.dtype, device=a.device) * noise_std
+    noise = noise.clamp(-noise_clip, noise_clip)
+    low_t = torch.as_tensor(low, dtype=a.dtype, device=a.device)
+    high_t = torch.as_tensor(high, dtype=a.dtype, device=a.device)
+    return torch.clamp(a + noise, low_t, high_t)
+
+
+def dpg_actor_loss(q) -> torch.Tensor:
+    """Deterministic policy-gradient actor loss ``-mean(Q(s, mu_theta(s)))``.
+
+    Seed 001 §2.12 eq. (16) / seed 003 DDPG: autograd through ``a = mu_theta(s)`` gives
+    ``grad_theta mu(s) grad_a Q(s, a)|_{a=mu(s)}``.
+    """
+    return -q.mean()
+
+
+# ------------------------------------------------------------------------------------------- DQN family
+
+
+def dqn_target(rewards, next_q_target, *, gamma, terminated) -> torch.Tensor:
+    """DQN target ``y = r`` if terminal else ``r + gamma max_a' Q(s', a'; phi')``; ``next_q_target`` [..., A].
+
+    Seed 001 §4.4.3 (DQN algorithm).
+    """
+    best = next_q_target.max(dim=-1).values
+    return (rewards + gamma * _not_done(terminated, rewards) * best).detach()
+
+
+def double_dqn_target(rewards, next_q_online, next_q_target, *, gamma, terminated) -> torch.Tensor:
+    """Double DQN ``a* = argmax_a' Q(s', a'; phi)`` (online), ``y = r + gamma (1 - d) Q(s', a*; phi')``.
+
+    Seed 001 §4.4.3 (Double DQN): select with the online network, evaluate with the target network.
+    """
+    a_star = next_q_online.argmax(dim=-1, keepdim=True)
+    q_eval = next_q_target.gather(-1, a_star).squeeze(-1)
+    return (rewards + gamma * _not_done(terminated, rewards) * q_eval).detach()
+
+
+def epsilon_greedy_probs(q, epsilon) -> torch.Tensor:
+    """epsilon-greedy action probabilities over the last dim (seed 001 Def 10).
+
+    ``1 - eps + eps/|A|`` on the greedy action, ``eps/|A|`` elsewhere; ties go to the first maximiser
+    (the seed's ``argmax`` indicator).
+    """
+    n = q.shape[-1]
+    greedy = torch.nn.functional.one_hot(q.argmax(dim=-1), n).to(q.dtype)
+    return (1.0 - epsilon) * greedy + epsilon / n
+
+
+def polyak_update(target_params, source_params, tau) -> None:
+    """In-place ``target <- tau * source + (1 - tau) * target`` (soft target update).
+
+    Seed 003 DDPG/SAC (``phi' <- tau phi + (1 - tau) phi'``, tau e.g. 0.005); seed 001 §5.2 IQL (rate alpha).
+    ``tau = 1`` is the hard copy of DQN (seed 001 §4.4.3). Accepts iterables of tensors or ``nn.Module``s.
+    """
+    if isinstance(target_params, torch.nn.Module):
+        target_params = target_params.parameters()
+    if isinstance(source_params, torch.nn.Module):
+        source_params = source_params.parameters()
+    tgt = [p.data if isinstance(p, torch.nn.Parameter) else p for p in _as_list(target_params)]
+    src = [p.detach() for p in _as_list(source_params)]
+    if len(tgt) != len(src):
+        raise ValueError(f"polyak_update: {len(tgt)} target tensors but {len(src)} source tensors")
+    if not tgt:
+        return
+    with torch.no_grad():
+        if float(tau) == 1.0:
+            torch._foreach_copy_(tgt, src)
+        else:
+            torch._foreach_lerp_(tgt, src, float(tau))
+
+
+def _as_list(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    return list(params)

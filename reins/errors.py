@@ -1,0 +1,21 @@
+"""Errors a user can cause. The CLI prints them as one line and exits non-zero; anything else is a bug."""
+
+
+class ReinsError(Exception):
+    """Base class: bad input or an impossible request, reported as a one-line message."""
+
+    exit_code = 2
+
+
+class ConfigError(ReinsError):
+    """A config file or override names an unknown key, has the wrong type or an impossible value."""
+
+
+class DataError(ReinsError):
+    """A dataset, file or environment is missing, malformed or inconsistent."""
+
+
+class NonFiniteError(ReinsError):
+    """A NaN/inf appeared in a loss, reward, logit or observation; the last good checkpoint is kept."""
+
+    exit_code = 3

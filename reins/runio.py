@@ -1,0 +1,271 @@
+"""The stage contract's run directory: config.yaml, log.jsonl, metrics.json and an atomic checkpoint.
+
+    run = RunDir(cfg.output_dir, cfg, quiet=cfg.quiet)   # refuses a directory holding another run's config
+    state = run.load_checkpoint()                        # None on a fresh run
+    ...
+    run.log(step, {"loss": 0.1})                         # one JSON line per logged step
+    run.save_checkpoint({...})                           # write-to-temp + rename: never half-written
+    run.finish(metrics)                                  # metrics.json, written last: its presence = complete
+
+Checkpoints are plain dicts of tensors, numbers and strings saved with `torch.save` and loaded with
+`torch.load(weights_only=True)`, so a checkpoint file can never execute code when loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from reins.config import dump_yaml, to_dict
+from reins.errors import ConfigError, DataError, NonFiniteError
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+LOG_FILE = "log.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+# Config keys that do not change what a run computes, so a resume with a different value is allowed.
+NON_SEMANTIC_KEYS = frozenset({"quiet", "log_every", "report_to", "progress"})
+
+
+# ----------------------------------------------------------------------------------------- atomic files
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see either the old file or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """Load a checkpoint without unpickling arbitrary objects (`weights_only=True`); refuse anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the file is not a safe checkpoint
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{path}: refused to load (not a weights-only checkpoint): {first[:200]}") from None
+
+
+# ----------------------------------------------------------------------------------------- RNG state
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def get_rng_state() -> dict:
+    """All global RNG states as weights-only-loadable values (tensors, ints, strings, tuples)."""
+    np_state = np.random.get_state()
+    state = {
+        "python": _to_tensor_tree(random.getstate()),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_from_tensor_tree(state["python"]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_tensor_tree(x: Any) -> Any:
+    # random.getstate() is (version, tuple of 625 ints, gauss_next); store the ints as one tensor.
+    version, internal, gauss = x
+    return (version, torch.tensor(internal, dtype=torch.int64), gauss)
+
+
+def _from_tensor_tree(x: Any) -> Any:
+    version, internal, gauss = x
+    return (version, tuple(int(v) for v in internal.tolist()), gauss)
+
+
+# ----------------------------------------------------------------------------------------- finiteness
+def check_finite(name: str, value: Any, *, step: int | None = None) -> None:
+    """Raise NonFiniteError naming `name` (and the step) if `value` holds a NaN or inf."""
+    if isinstance(value, torch.Tensor):
+        ok = bool(torch.isfinite(value).all())
+    else:
+        ok = math.isfinite(float(value))
+    if not ok:
+        at = f" at step {step}" if step is not None else ""
+        raise NonFiniteError(f"non-finite {name}{at}; stopping (the last good checkpoint is kept)")
+
+
+# ----------------------------------------------------------------------------------------- run directory
+def _semantic(cfg_dict: dict) -> dict:
+    return {k: v for k, v in cfg_dict.items() if k not in NON_SEMANTIC_KEYS}
+
+
+def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += _diff_keys(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+class RunDir:
+    """One stage's output directory. Creating it validates that it is empty or holds this same run."""
+
+    def __init__(self, output_dir: str | Path, config: Any, *, quiet: bool = False):
+        self.path = Path(output_dir)
+        self.quiet = quiet
+        self.config = to_dict(config) if not isinstance(config, dict) else dict(config)
+        self.path.mkdir(parents=True, exist_ok=True)
+        cfg_path = self.path / CONFIG_FILE
+        if cfg_path.exists():
+            import yaml
+
+            try:
+                old = yaml.safe_load(cfg_path.read_text()) or {}
+            except yaml.YAMLError:
+                old = None
+            if not isinstance(old, dict):
+                raise ConfigError(f"{cfg_path}: unreadable config of an earlier run; choose another output_dir")
+            diff = _diff_keys(_semantic(old), _semantic(self.config))
+            if diff:
+                raise ConfigError(
+                    f"output_dir {self.path} holds a different run's config (differs in: {', '.join(diff[:5])});"
+                    " choose another output_dir or delete that one")
+        atomic_write_text(cfg_path, dump_yaml(self.config))
+
+    # paths
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / CHECKPOINT_DIR / CHECKPOINT_FILE
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / LOG_FILE
+
+    # completion
+    def completed_metrics(self) -> dict | None:
+        """The final metrics if this run already finished (metrics.json is written last), else None."""
+        if not self.metrics_path.is_file():
+            return None
+        try:
+            return json.loads(self.metrics_path.read_text())
+        except json.JSONDecodeError:
+            return None
+
+    def finish(self, metrics: dict) -> dict:
+        clean = {k: _jsonable(v) for k, v in metrics.items()}
+        atomic_write_text(self.metrics_path, json.dumps(clean, indent=2, sort_keys=True) + "\n")
+        return clean
+
+    # logging
+    def log(self, step: int, metrics: dict) -> None:
+        row = {"step": int(step), **{k: _jsonable(v) for k, v in metrics.items()}}
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if not self.quiet and not sys.stderr.isatty():
+            # No progress bar when not on a terminal: a plain line per logged step instead.
+            shown = " ".join(f"{k}={_fmt(v)}" for k, v in list(row.items())[1:8])
+            print(f"[step {step}] {shown}", file=sys.stderr, flush=True)
+
+    def truncate_log(self, after_step: int) -> None:
+        """Drop log lines past `after_step` (a resumed run will log those steps again)."""
+        if not self.log_path.is_file():
+            return
+        keep = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", -1) <= after_step:
+                    keep.append(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill mid-write
+        atomic_write_text(self.log_path, "".join(x + "\n" for x in keep))
+
+    def read_log(self) -> list[dict]:
+        if not self.log_path.is_file():
+            return []
+        rows = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return rows
+
+    # checkpoints
+    def save_checkpoint(self, state: dict) -> None:
+        atomic_torch_save(state, self.checkpoint_path)
+
+    def load_checkpoint(self) -> dict | None:
+        if not self.checkpoint_path.is_file():
+            return None
+        return safe_torch_load(self.checkpoint_path)
+
+    # progress
+    def progress(self, total: int, initial: int = 0, desc: str = ""):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True,
+                    disable=self.quiet or not sys.stderr.isatty())
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        v = v.item() if v.numel() == 1 else v.tolist()
+    if isinstance(v, (np.floating, np.integer)):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -1,0 +1,93 @@
+"""The run directory: atomic files, config guard, log truncation, safe checkpoint loading, RNG round trip."""
+
+import json
+import os
+import pickle
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from reins.errors import ConfigError, DataError, NonFiniteError
+from reins.runio import RunDir, check_finite, get_rng_state, safe_torch_load, seed_everything, set_rng_state
+
+
+@dataclass
+class Cfg:
+    output_dir: str
+    lr: float = 0.1
+    quiet: bool = True
+
+
+def test_config_guard_refuses_other_run_and_keeps_its_files(tmp_path):
+    run = RunDir(tmp_path, Cfg(str(tmp_path)))
+    run.finish({"loss": 1.0})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(ConfigError, match=r"holds a different run's config \(differs in: lr\)"):
+        RunDir(tmp_path, Cfg(str(tmp_path), lr=0.2))
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert before == after
+    # Same config (a non-semantic key may differ): accepted, completed metrics visible.
+    again = RunDir(tmp_path, Cfg(str(tmp_path), quiet=False))
+    assert again.completed_metrics() == {"loss": 1.0}
+
+
+def test_log_truncation_and_nonfinite_values(tmp_path):
+    run = RunDir(tmp_path, Cfg(str(tmp_path)))
+    for s in range(5):
+        run.log(s, {"loss": float(s), "bad": float("nan")})
+    with open(run.log_path, "a") as f:
+        f.write('{"step": 5, "loss"')  # a line cut by a kill
+    run.truncate_log(2)
+    rows = run.read_log()
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert rows[0]["bad"] is None  # NaN is not valid JSON: stored as null
+
+
+def test_checkpoint_roundtrip_and_pickle_refused(tmp_path):
+    run = RunDir(tmp_path, Cfg(str(tmp_path)))
+    state = {"w": torch.arange(3.0), "step": 4, "opt": {"lr": 0.1}, "rng": get_rng_state()}
+    run.save_checkpoint(state)
+    loaded = run.load_checkpoint()
+    assert torch.equal(loaded["w"], state["w"]) and loaded["step"] == 4
+    assert not [p for p in run.checkpoint_path.parent.iterdir() if p.name.endswith(".tmp")]
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"model": Evil()}))
+    with pytest.raises(DataError, match="refused to load"):
+        safe_torch_load(evil)
+    assert not marker.exists()
+
+
+def test_rng_state_roundtrip(tmp_path):
+    seed_everything(3)
+    state = get_rng_state()
+    a = (random.random(), np.random.rand(), torch.rand(2))
+    path = tmp_path / "rng.pt"
+    torch.save(state, path)
+    set_rng_state(torch.load(path, weights_only=True))
+    b = (random.random(), np.random.rand(), torch.rand(2))
+    assert a[0] == b[0] and a[1] == b[1] and torch.equal(a[2], b[2])
+
+
+def test_check_finite():
+    check_finite("loss", torch.tensor(1.0))
+    with pytest.raises(NonFiniteError, match="non-finite loss at step 7"):
+        check_finite("loss", torch.tensor([1.0, float("inf")]), step=7)
+    with pytest.raises(NonFiniteError):
+        check_finite("reward", float("nan"))
+
+
+def test_metrics_written_atomically(tmp_path):
+    run = RunDir(tmp_path, Cfg(str(tmp_path)))
+    assert run.completed_metrics() is None
+    run.finish({"a/b": torch.tensor(2.0), "c": np.float32(1.5)})
+    assert json.loads(run.metrics_path.read_text()) == {"a/b": 2.0, "c": 1.5}
