@@ -1,7 +1,7 @@
 """Config loading: YAML + overrides, unknown keys named, types coerced, validation run."""
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 import pytest
 
@@ -23,7 +23,7 @@ class Cfg:
     steps: int = 10
     gamma: float = 0.99
     loss_type: Literal["sigmoid", "ipo"] = "sigmoid"
-    lora: Optional[Lora] = None
+    lora: Lora | None = None
     quiet: bool = False
 
     def validate(self):

@@ -1,0 +1,240 @@
+"""`reins run RECIPE.yaml [key=value ...]`: run a staged recipe in order, cached and resumable.
+
+A recipe:
+
+    name: quickstart
+    output_dir: runs/quickstart
+    stages:
+      - name: sft                     # unique name; default output_dir is <output_dir>/<name>
+        stage: sft                    # a stage from `reins --help` (or a dotted module path)
+        steps: 200                    # the stage's own config keys
+      - name: dpo
+        stage: dpo
+        model: ${sft.output_dir}/model   # references to earlier stages' resolved config keys
+
+Overrides: `output_dir=...` for the recipe, `<stage name>.<key>=value` for a stage.
+A stage whose `config.yaml` matches its resolved config and whose `metrics.json` exists is skipped (cached);
+otherwise it runs, and a stage killed earlier resumes from its own last checkpoint. `--dry-run` prints the plan,
+`--only NAME` runs one stage, `--from NAME` starts at a stage (earlier ones must be complete).
+At the end `report.md` is written into the recipe's output_dir from the stages' metrics.json/log.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reins.cli import STAGES
+from reins.config import from_dict, parse_overrides, read_yaml, set_dotted, to_dict
+from reins.errors import ConfigError, ReinsError
+from reins.runio import CONFIG_FILE, METRICS_FILE, _diff_keys, _semantic
+
+_REF = re.compile(r"\$\{([A-Za-z0-9_\-]+)\.([A-Za-z0-9_.]+)\}")
+RECIPE_KEYS = ("name", "output_dir", "stages", "report", "quiet")
+
+
+@dataclasses.dataclass
+class PlannedStage:
+    name: str
+    stage: str
+    module: Any
+    config: Any
+    cached: bool
+
+
+def _stage_module(stage: str, where: str):
+    if stage in STAGES:
+        module_name = STAGES[stage][0]
+    elif "." in stage:
+        module_name = stage
+    else:
+        raise ConfigError(f"{where}: unknown stage '{stage}' (known: {', '.join(s for s in STAGES if s != 'run')})")
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise ConfigError(f"{where}: stage '{stage}' is not available in this checkout ({e})") from None
+
+
+def _resolve(value: Any, scope: dict[str, dict], where: str) -> Any:
+    """Substitute ${name.key} references to earlier stages' resolved configs (recursively in lists/dicts)."""
+    if isinstance(value, str):
+        def lookup(m: re.Match) -> Any:
+            name, key = m.group(1), m.group(2)
+            if name not in scope:
+                raise ConfigError(f"{where}: reference ${{{name}.{key}}} names no earlier stage "
+                                  f"(earlier: {', '.join(scope) or 'none'})")
+            cur: Any = scope[name]
+            for part in key.split("."):
+                if not isinstance(cur, dict) or part not in cur:
+                    raise ConfigError(f"{where}: reference ${{{name}.{key}}}: '{name}' has no key '{key}'")
+                cur = cur[part]
+            return cur
+
+        whole = _REF.fullmatch(value)
+        if whole:
+            return lookup(whole)
+        return _REF.sub(lambda m: str(lookup(m)), value)
+    if isinstance(value, list):
+        return [_resolve(v, scope, where) for v in value]
+    if isinstance(value, dict):
+        return {k: _resolve(v, scope, where) for k, v in value.items()}
+    return value
+
+
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> dict:
+    data = read_yaml(path)
+    if "stages" not in data:
+        raise ConfigError(f"{path}: a pipeline recipe needs a 'stages:' list (for one stage use `reins <stage>`)")
+    unknown = [k for k in data if k not in RECIPE_KEYS]
+    if unknown:
+        raise ConfigError(f"{path}: unknown key '{unknown[0]}' (valid keys: {', '.join(RECIPE_KEYS)})")
+    stages = data["stages"]
+    if not isinstance(stages, list) or not stages or not all(isinstance(s, dict) for s in stages):
+        raise ConfigError(f"{path}: 'stages' must be a non-empty list of mappings")
+    names = [s.get("name") or s.get("stage") for s in stages]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ConfigError(f"{path}: duplicate stage name '{sorted(dup)[0]}'")
+    for s, n in zip(stages, names):
+        s["name"] = n
+    by_name = {s["name"]: s for s in stages}
+    for key, value in (overrides or {}).items():
+        head, _, rest = key.partition(".")
+        if head in RECIPE_KEYS and not rest:
+            data[head] = value
+        elif head in by_name and rest:
+            set_dotted(by_name[head], rest, value)
+        else:
+            raise ConfigError(f"override '{key}': expected a recipe key ({', '.join(RECIPE_KEYS[:2])}) or "
+                              f"<stage>.<key> with stage in: {', '.join(by_name)}")
+    data.setdefault("name", Path(path).stem)
+    data.setdefault("output_dir", f"runs/{data['name']}")
+    return data
+
+
+def plan(recipe: dict, *, where: str = "recipe") -> list[PlannedStage]:
+    """Resolve every stage's config in order (references, defaults) and decide which are cached."""
+    scope: dict[str, dict] = {"run": {"output_dir": recipe["output_dir"], "name": recipe["name"]}}
+    planned = []
+    for spec in recipe["stages"]:
+        spec = dict(spec)
+        name = spec.pop("name")
+        stage = spec.pop("stage", None)
+        at = f"{where}: stage '{name}'"
+        if not stage:
+            raise ConfigError(f"{at}: missing 'stage:'")
+        module = _stage_module(stage, at)
+        spec.setdefault("output_dir", f"{recipe['output_dir']}/{name}")
+        if recipe.get("quiet"):
+            spec.setdefault("quiet", True)
+        spec = _resolve(spec, scope, at)
+        cfg = from_dict(module.Config, spec, where=at)
+        resolved = to_dict(cfg)
+        scope[name] = resolved
+        planned.append(PlannedStage(name, stage, module, cfg, _is_cached(resolved)))
+    return planned
+
+
+def _is_cached(resolved: dict) -> bool:
+    out = Path(resolved["output_dir"])
+    cfg_file, metrics_file = out / CONFIG_FILE, out / METRICS_FILE
+    if not (cfg_file.is_file() and metrics_file.is_file()):
+        return False
+    try:
+        old = yaml.safe_load(cfg_file.read_text()) or {}
+        json.loads(metrics_file.read_text())
+    except (yaml.YAMLError, json.JSONDecodeError):
+        return False
+    return not _diff_keys(_semantic(old), _semantic(resolved))
+
+
+def run_recipe(path: str | Path, overrides: dict[str, Any] | None = None, *, dry_run: bool = False,
+               only: str | None = None, start: str | None = None, report: bool | None = None) -> dict:
+    recipe = load_recipe(path, overrides)
+    stages = plan(recipe, where=str(path))
+    names = [s.name for s in stages]
+    for flag, value in (("--only", only), ("--from", start)):
+        if value is not None and value not in names:
+            raise ConfigError(f"{flag} {value}: no such stage (stages: {', '.join(names)})")
+    selected = [s for s in stages if (only is None or s.name == only)]
+    if start is not None:
+        selected = stages[names.index(start):]
+    if dry_run:
+        for s in stages:
+            state = "cached" if s.cached else ("run" if s in selected else "skip (not selected)")
+            print(f"{s.name:<16} {s.stage:<12} {state:<20} {to_dict(s.config)['output_dir']}")
+        return {}
+    results: dict[str, dict] = {}
+    first = stages.index(selected[0])
+    for i, s in enumerate(stages):
+        out = Path(to_dict(s.config)["output_dir"])
+        if s.cached or s not in selected:
+            if (out / METRICS_FILE).is_file():
+                results[s.name] = json.loads((out / METRICS_FILE).read_text())
+            elif i < first:
+                raise ConfigError(f"stage '{s.name}' is needed before the selected stages but is not complete;"
+                                  " run it first (drop --only/--from)")
+            else:
+                continue
+            if not recipe.get("quiet"):
+                print(f"[reins run] {s.name}: cached", file=sys.stderr)
+            continue
+        if not recipe.get("quiet"):
+            print(f"[reins run] {s.name}: running stage '{s.stage}' -> {out}", file=sys.stderr)
+        t0 = time.time()
+        metrics = s.module.train(s.config)
+        metrics = dict(metrics)
+        results[s.name] = metrics
+        if not recipe.get("quiet"):
+            print(f"[reins run] {s.name}: done in {time.time() - t0:.1f}s", file=sys.stderr)
+    if report if report is not None else recipe.get("report", True):
+        from pipelines.report import write_report
+
+        write_report(recipe, stages, results)
+    return results
+
+
+@dataclasses.dataclass
+class Config:
+    """Only for `reins run --help`: the recipe file carries the real config."""
+
+    recipe: str = ""
+    output_dir: str = ""
+    seed: int = 0
+    quiet: bool = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="reins run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("recipe", help="pipeline recipe YAML")
+    parser.add_argument("overrides", nargs="*", help="key=value or <stage>.<key>=value")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan (what runs, what is cached)")
+    parser.add_argument("--only", help="run only this stage (earlier stages must be complete)")
+    parser.add_argument("--from", dest="start", help="start at this stage (earlier stages must be complete)")
+    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--no-report", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        overrides = parse_overrides(args.overrides)
+        if args.quiet:
+            overrides["quiet"] = True
+        run_recipe(args.recipe, overrides, dry_run=args.dry_run, only=args.only, start=args.start,
+                   report=False if args.no_report else None)
+    except ReinsError as e:
+        print(f"reins run: error: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
