@@ -141,27 +141,24 @@ def gae(rewards, values, *, gamma, lam, next_values=None, terminated=None, trunc
     r, v = r.expand(shape), v.expand(shape)
     if valid is not None:
         valid = valid.expand(shape)
-        # Padding may hold garbage (even NaN): replace it before any arithmetic touches it.
+        # Padding may hold garbage (even NaN): replace it before any arithmetic touches it. Zeroed values
+        # also make the default next value 0 after the last valid position.
         r = torch.where(valid, r, zero)
         v = torch.where(valid, v, zero)
-        valid_next = _shift_left(valid, torch.zeros((), dtype=torch.bool, device=r.device))
     if next_values is None:
         nv = _shift_left(v, zero)
-        if valid is not None:
-            nv = torch.where(valid_next, nv, zero)
     else:
         nv = next_values.to(r.dtype).expand(shape)
     not_term = torch.ones(shape, dtype=r.dtype, device=r.device) if term is None else 1.0 - term.expand(shape)
     delta = r + gamma * not_term * nv - v
     cont = not_term if trunc is None else not_term * (1.0 - trunc.expand(shape))
-    if valid is not None:
-        cont = cont * valid_next.to(r.dtype)
     coef = gamma * lam * cont
     adv = []
     last = torch.zeros(shape[:-1], dtype=r.dtype, device=r.device)
     for t in range(shape[-1] - 1, -1, -1):
         last = delta[..., t] + coef[..., t] * last
         if valid is not None:
+            # A masked position outputs 0, so the recursion of the position before it stops there.
             last = torch.where(valid[..., t], last, zero)
         adv.append(last)
     advantages = torch.stack(adv[::-1], dim=-1)
