@@ -1,0 +1,128 @@
+"""Preference losses: the Bradley-Terry reward-model loss and the DPO family (seed 001 §6.1).
+
+Only the plain BT loss and the plain (sigmoid) DPO loss are in the seeds; margin, centering, cDPO/robust label
+smoothing, IPO, hinge and reference-free DPO are [NOT IN SEEDS] and follow the primary papers with the
+semantics of TRL's DPOTrainer / RewardTrainer (shared/reference/anchors-preference.md §1.1-1.2).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["bradley_terry_loss", "dpo_loss", "implicit_reward", "DPO_LOSS_TYPES"]
+
+DPO_LOSS_TYPES = ("sigmoid", "robust", "ipo", "hinge")
+
+
+def bradley_terry_loss(
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    *,
+    margin: torch.Tensor | float | None = None,
+    center_coef: float = 0.0,
+) -> tuple[torch.Tensor, dict]:
+    """Reward-model loss -mean(log sigma(r_c - r_r - margin)) + center_coef * mean((r_c + r_r)^2).
+
+    seed 001 §6.1.1: L_R(r_phi) = -E[log sigma(r_phi(x, y_w) - r_phi(x, y_l))] (Bradley-Terry likelihood).
+    ``margin`` (per pair or scalar) is [NOT IN SEEDS]: Touvron et al. 2023 (Llama 2) eq. 2. The centering term
+    is [NOT IN SEEDS]: Eisenstein et al. 2023 (arXiv 2312.09244), as TRL's ``center_rewards_coefficient``.
+
+    info (detached scalars): accuracy (fraction with r_c > r_r, ties count as wrong), margin (mean r_c - r_r,
+    without the margin offset), mean_reward / min_reward / max_reward over chosen and rejected together.
+    """
+    diff = chosen_rewards - rejected_rewards
+    logits = diff if margin is None else diff - margin
+    loss = -F.logsigmoid(logits).mean()
+    if center_coef:
+        loss = loss + center_coef * (chosen_rewards + rejected_rewards).square().mean()
+    with torch.no_grad():
+        both = torch.cat([chosen_rewards.detach().reshape(-1), rejected_rewards.detach().reshape(-1)])
+        info = {
+            "accuracy": (diff.detach() > 0).to(diff.dtype).mean(),
+            "margin": diff.detach().mean(),
+            "mean_reward": both.mean(),
+            "min_reward": both.min(),
+            "max_reward": both.max(),
+        }
+    return loss, info
+
+
+def implicit_reward(policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float) -> torch.Tensor:
+    """DPO implicit reward r_hat(x, y) = beta * log(pi_theta(y|x) / pi_ref(y|x)) (seed 001 §6.1.2).
+
+    Equals the true reward up to the prompt-only term beta * log Z(x) when pi_theta is the KL-regularised optimum
+    (seed 001 Lemma 28). Not detached (``dpo_loss`` returns detached copies for logging).
+    """
+    return beta * (policy_logps - ref_logps)
+
+
+def dpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    *,
+    beta: float,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+    reference_free: bool = False,
+    chosen_lengths: torch.Tensor | None = None,
+    rejected_lengths: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-pair DPO-family losses ``[B]`` plus detached implicit rewards of chosen and rejected responses.
+
+    With h = (log pi(y_w) - log pi(y_l)) - (log pi_ref(y_w) - log pi_ref(y_l)) (sequence log-probs, summed over
+    response tokens) and eps = ``label_smoothing``:
+
+    - "sigmoid": -(1 - eps) log sigma(beta h) - eps log sigma(-beta h). eps = 0 is the DPO loss of seed 001
+      §6.1.2 (Rafailov et al. 2023 eq. 7); eps > 0 is conservative DPO [NOT IN SEEDS]: Mitchell 2023 "cDPO"
+      note, TRL <= 0.19 semantics (TRL 1.x silently ignores eps here).
+    - "robust": (-(1 - eps) log sigma(beta h) + eps log sigma(-beta h)) / (1 - 2 eps), 0 <= eps < 0.5
+      [NOT IN SEEDS]: Chowdhury et al. 2024 (rDPO), unbiased under label-flip rate eps.
+    - "ipo": (h - 1 / (2 beta))^2 [NOT IN SEEDS]: Azar et al. 2023 eq. 17. When ``chosen_lengths`` and
+      ``rejected_lengths`` (completion token counts) are given, every log-prob (policy and reference) is first
+      divided by its completion length, i.e. per-token averaged log-ratios (TRL; "confirmed with the IPO
+      authors"). Lengths are used by "ipo" only.
+    - "hinge": relu(1 - beta h) [NOT IN SEEDS]: Zhao et al. 2023 (SLiC) / Liu et al. 2023 (RSO), beta = 1/margin.
+
+    ``reference_free``: reference log-probs are treated as 0 (Mitchell's reference implementation), in the loss
+    and in the returned rewards. Rewards are beta * (policy - ref) sequence log-probs (``implicit_reward``),
+    detached, for every loss type (TRL reports length-averaged rewards for IPO; we keep one definition).
+    """
+    if loss_type not in DPO_LOSS_TYPES:
+        raise ValueError(f"dpo_loss: unknown loss_type {loss_type!r}; expected one of {DPO_LOSS_TYPES}")
+    if loss_type in ("sigmoid", "robust") and not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"dpo_loss: label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    if (chosen_lengths is None) != (rejected_lengths is None):
+        raise ValueError("dpo_loss: pass both chosen_lengths and rejected_lengths, or neither")
+
+    if reference_free:
+        ref_chosen_logps = torch.zeros_like(policy_chosen_logps)
+        ref_rejected_logps = torch.zeros_like(policy_rejected_logps)
+
+    chosen_ratio = policy_chosen_logps - ref_chosen_logps
+    rejected_ratio = policy_rejected_logps - ref_rejected_logps
+    if loss_type == "ipo" and chosen_lengths is not None:
+        # Dividing each sequence's log-probs by its length divides its log-ratio by the same length.
+        chosen_lr = chosen_ratio / chosen_lengths.to(chosen_ratio.dtype).clamp_min(1)
+        rejected_lr = rejected_ratio / rejected_lengths.to(rejected_ratio.dtype).clamp_min(1)
+        h = chosen_lr - rejected_lr
+    else:
+        h = chosen_ratio - rejected_ratio
+
+    eps = label_smoothing
+    if loss_type == "sigmoid":
+        losses = -(1.0 - eps) * F.logsigmoid(beta * h)
+        if eps:
+            losses = losses - eps * F.logsigmoid(-beta * h)
+    elif loss_type == "robust":
+        losses = (-(1.0 - eps) * F.logsigmoid(beta * h) + eps * F.logsigmoid(-beta * h)) / (1.0 - 2.0 * eps)
+    elif loss_type == "ipo":
+        losses = (h - 1.0 / (2.0 * beta)).square()
+    else:  # hinge
+        losses = torch.relu(1.0 - beta * h)
+
+    chosen_rewards = implicit_reward(policy_chosen_logps, ref_chosen_logps, beta).detach()
+    rejected_rewards = implicit_reward(policy_rejected_logps, ref_rejected_logps, beta).detach()
+    return losses, chosen_rewards, rejected_rewards
