@@ -1,1 +1,13 @@
-"""pipelines: language-model stages (sft, reward, dpo, ppo) on transformers/datasets/accelerate, and the runner."""
+"""pipelines: language-model stages (sft, reward, dpo, ppo) on transformers/datasets/accelerate, and the runner.
+
+Stages (each `train(cfg) -> metrics` + `main`): sft.py, preferences.py, reward.py, dpo.py, fetch_model.py, ppo.py.
+Shared pieces they are built from:
+    task.py        the built-in "sentiment" task: seeded review corpus, prompts, VADER gold judge
+    models.py      tokenizer/model loading: path, Hub id, `tiny`, `smollm2-135m-instruct`; LoRA, dtype, checkpointing
+    data.py        TRL-format loading, validation (DataError naming file/row/field), exact prompt/completion ids
+    scoring.py     padded batches, sequence log-probs, reward-model scores, the reference policy
+    generation.py  seeded batched sampling truncated after EOS
+    evaluation.py  eval/gold_reward, eval/kl_to_ref, eval/win_rate_vs_ref, eval/reward_model_score
+    trainer.py     the accelerate training loop: global-batch normalisation, checkpoint/resume, NaN stop
+    common.py      run directory across processes, eval prompts, held-out evaluation, metric broadcast
+"""

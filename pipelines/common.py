@@ -1,0 +1,75 @@
+"""Pieces every LM stage shares: the run directory across processes, eval prompts, evaluation of held-out
+examples with a stage's own loss, and broadcasting the final metrics."""
+
+from __future__ import annotations
+
+import torch
+
+from pipelines.data import BUILTIN, BUILTIN_CHAT, load_records, normalise_prompts
+from reins.runio import RunDir
+
+
+def quiet_libraries(quiet: bool) -> None:
+    """Silence transformers'/datasets' own progress bars when the run is quiet or not on a terminal."""
+    import sys
+
+    if quiet or not sys.stderr.isatty():
+        import datasets
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        datasets.disable_progress_bars()
+
+
+def open_run(cfg, accelerator) -> RunDir:
+    """The RunDir on every process; the main process creates (and validates) it first."""
+    run = RunDir(cfg.output_dir, cfg, quiet=cfg.quiet) if accelerator.is_main_process else None
+    accelerator.wait_for_everyone()
+    if run is None:
+        run = RunDir(cfg.output_dir, cfg, quiet=True)
+    return run
+
+
+def eval_prompts(source: str | None, n: int, split: str = "test") -> list:
+    """Prompts for the shared LM evaluation: the built-in task's held-out openings, or a prompt-only file."""
+    if source in (None, "", "none"):
+        return []
+    if source in (BUILTIN, BUILTIN_CHAT):
+        from pipelines.task import as_chat, sentiment_prompts
+
+        prompts = sentiment_prompts(n, seed=0, split="eval")
+        return [as_chat(p) for p in prompts] if source == BUILTIN_CHAT else prompts
+    rows, where = load_records(source, split)
+    return normalise_prompts(rows, where)[:n]
+
+
+def broadcast_metrics(accelerator, metrics: dict | None) -> dict:
+    """The main process's final metrics on every process."""
+    if accelerator.num_processes == 1:
+        return metrics or {}
+    from accelerate.utils import broadcast_object_list
+
+    box = [metrics if accelerator.is_main_process else None]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+@torch.no_grad()
+def evaluate_examples(model, loss_fn, examples: list, *, batch_size: int, count_fn, prefix: str = "eval/") -> dict:
+    """Means of a stage's loss_fn stats over held-out examples (single process, no gradient)."""
+    was = model.training
+    model.eval()
+    denom = float(sum(count_fn(e) for e in examples))
+    sums: dict[str, list] = {}
+    for s in range(0, len(examples), batch_size):
+        _, st = loss_fn(model, examples[s:s + batch_size], denom)
+        for k, v in st.items():
+            if v[0] == "mean":
+                acc = sums.setdefault(k, ["mean", 0.0, 0.0])
+                acc[1] += float(v[1])
+                acc[2] += float(v[2])
+            else:
+                acc = sums.setdefault(k, [v[0], float(v[1])])
+                acc[1] = min(acc[1], float(v[1])) if v[0] == "min" else max(acc[1], float(v[1]))
+    model.train(was)
+    return {prefix + k: (v[1] / max(v[2], 1e-12) if v[0] == "mean" else v[1]) for k, v in sums.items()}

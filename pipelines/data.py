@@ -1,0 +1,381 @@
+"""Data for the LM stages: load, validate, normalise (TRL formats) and tokenise with exact completion masks.
+
+Formats (the conventions of TRL users, anchors-preference.md §1.1):
+- SFT: `text`; or `prompt` + `completion`; or `messages` (conversational; the last assistant turn is the
+  completion, everything before it the prompt).
+- Preference: `prompt` + `chosen` + `rejected`, or implicit prompt (`chosen` + `rejected` sharing a prefix).
+- Prompt-only: `prompt` (preferences sampling, PPO).
+Each field is a string (standard) or a list of {"role", "content"} messages (conversational, rendered with the
+tokenizer's chat template). Sources: a local .json/.jsonl/.parquet file, a `datasets` directory (save_to_disk),
+a Hub id, or `builtin:sentiment` (the built-in task, pipelines/task.py).
+
+Tokenisation is exact by construction: prompt and completion are tokenised separately and concatenated, so the
+prompt tokens a policy is trained on are the tokens it is prompted with at generation time, and the completion
+mask is the second part; there is no re-tokenisation of prompt+completion whose boundary could drift
+(trl#1679, #5213). Chat templates: the prompt is rendered with `add_generation_prompt=True`, the full
+conversation without, and the completion is the text after the rendered prompt (an error if the template does
+not render the prompt as a prefix). Standard completions get EOS appended if missing.
+Truncation: a prompt of max_length tokens or more is an error; an overlong completion is cut at the end
+(keep start) or the row dropped (`on_overlong`), and both are counted.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from reins.config import check
+from reins.errors import DataError
+
+BUILTIN = "builtin:sentiment"
+BUILTIN_CHAT = "builtin:sentiment-chat"   # the same prompts as chat messages (instruction-tuned models)
+
+
+@dataclass
+class DataArgs:
+    """Data options shared by the LM stages (a mixin of their Config dataclasses)."""
+
+    data: str = BUILTIN                  # file, datasets dir, Hub id or builtin:sentiment
+    eval_data: str | None = None         # separate eval source (default: data's eval_split, if it has one)
+    train_split: str = "train"
+    eval_split: str = "test"
+    max_length: int = 128                # prompt + completion tokens
+    on_overlong: Literal["truncate", "drop", "error"] = "truncate"
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = 256
+    builtin_size: int = 4000             # rows of the built-in task's training corpus
+
+    def validate_data(self):
+        check(self.max_length >= 2, f"max_length must be >= 2, got {self.max_length}")
+        check(self.max_train_samples is None or self.max_train_samples >= 1, "max_train_samples must be >= 1")
+
+
+# ----------------------------------------------------------------------------------------- loading
+def _read_file(path: Path) -> list[dict]:
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path).to_pylist()
+        except Exception as e:  # noqa: BLE001 - any parse failure is a bad file
+            raise DataError(f"{path}: cannot read parquet: {str(e).splitlines()[0]}") from None
+    if suffix not in (".json", ".jsonl"):
+        raise DataError(f"{path}: unsupported file type '{suffix}' (use .json, .jsonl or .parquet)")
+    text = path.read_text()
+    stripped = text.lstrip()
+    if suffix == ".json" and stripped.startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: invalid JSON: {e}") from None
+    else:
+        rows = []
+        for i, line in enumerate(text.splitlines()):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: line {i + 1}: invalid JSON: {e}") from None
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: row {i}: expected a JSON object, got {type(row).__name__}")
+    return rows
+
+
+def load_records(source: str, split: str, *, required: bool = True) -> tuple[list[dict], str] | None:
+    """Rows of `split` from `source` as plain dicts, and a name for error messages."""
+    p = Path(source).expanduser()
+    if p.is_file():
+        return _read_file(p), str(p)
+    if p.is_dir():
+        for ext in (".jsonl", ".json", ".parquet"):
+            if (p / f"{split}{ext}").is_file():
+                return _read_file(p / f"{split}{ext}"), str(p / f"{split}{ext}")
+        import datasets
+
+        try:
+            ds = datasets.load_from_disk(str(p))
+        except Exception as e:  # noqa: BLE001
+            raise DataError(f"{p}: not a datasets directory or split files: {str(e).splitlines()[0]}") from None
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                if not required:
+                    return None
+                raise DataError(f"{p}: no split '{split}' (splits: {', '.join(ds)})")
+            ds = ds[split]
+        elif split != "train" and not required:
+            return None
+        return ds.to_list(), f"{p}[{split}]"
+    if source.startswith((".", "/", "~")) or source.endswith((".json", ".jsonl", ".parquet")):
+        raise DataError(f"data file not found: {source}")
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(source, split=split)
+    except ValueError as e:
+        if not required and "split" in str(e).lower():
+            return None
+        raise DataError(f"dataset '{source}' split '{split}': {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - offline, missing, malformed: all one-line DataErrors
+        raise DataError(f"cannot load dataset '{source}': {str(e).splitlines()[0]}") from None
+    return ds.to_list(), f"{source}[{split}]"
+
+
+def builtin_sft_rows(n: int, seed: int, split: str) -> list[dict]:
+    from pipelines.task import sentiment_corpus
+
+    return [{"prompt": r.prompt, "completion": r.completion}
+            for r in sentiment_corpus(n, seed=seed, split="train" if split == "train" else "eval")]
+
+
+def load_split_pair(args: DataArgs, *, seed: int, builtin) -> tuple[list[dict], str, list[dict] | None, str]:
+    """(train rows, where, eval rows or None, where) for the stage's data options.
+
+    `builtin(n, seed, split)` gives the built-in task's rows for this stage's format.
+    """
+    if args.data == BUILTIN:
+        train, tw = builtin(args.builtin_size, seed, "train"), BUILTIN + "[train]"
+        n_eval = args.max_eval_samples or max(1, args.builtin_size // 10)
+        ev, ew = builtin(n_eval, seed, "eval"), BUILTIN + "[eval]"
+    else:
+        train, tw = load_records(args.data, args.train_split)
+        if args.eval_data is not None:
+            ev, ew = load_records(args.eval_data, args.eval_split)
+        else:
+            got = load_records(args.data, args.eval_split, required=False) if Path(args.data).is_dir() else None
+            ev, ew = got if got is not None else (None, "")
+    if args.max_train_samples is not None:
+        train = train[: args.max_train_samples]
+    if ev is not None and args.max_eval_samples is not None:
+        ev = ev[: args.max_eval_samples]
+    if not train:
+        raise DataError(f"{tw}: no rows")
+    return train, tw, ev, ew
+
+
+# ----------------------------------------------------------------------------------------- validation
+def _kind(value: Any, where: str, i: int, key: str) -> str:
+    """'str' or 'chat'; raises DataError for anything else or for empty content."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise DataError(f"{where}: row {i}: field '{key}' is empty")
+        return "str"
+    if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
+        for j, m in enumerate(value):
+            if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise DataError(f"{where}: row {i}: field '{key}' message {j} needs string 'role' and 'content'")
+        if not any(m["content"].strip() for m in value):
+            raise DataError(f"{where}: row {i}: field '{key}' is empty")
+        return "chat"
+    if isinstance(value, list) and not value:
+        raise DataError(f"{where}: row {i}: field '{key}' is empty")
+    raise DataError(f"{where}: row {i}: field '{key}' must be a string or a list of {{role, content}} messages, "
+                    f"got {type(value).__name__}")
+
+
+def _require_columns(rows: list[dict], where: str, cols: tuple[str, ...]) -> None:
+    for i, row in enumerate(rows):
+        for c in cols:
+            if c not in row or row[c] is None:
+                have = ", ".join(sorted(row)) or "none"
+                raise DataError(f"{where}: row {i}: missing field '{c}' (fields: {have})")
+
+
+def _common_prefix_prompt(chosen: str, rejected: str, where: str, i: int) -> tuple[str, str, str]:
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    # Cut at the last space inside the shared prefix so no word is split; the completions keep that space.
+    cut = chosen.rfind(" ", 0, n)
+    if cut <= 0:
+        raise DataError(f"{where}: row {i}: no 'prompt' field and 'chosen'/'rejected' share no prefix")
+    return chosen[:cut], chosen[cut:], rejected[cut:]
+
+
+def normalise_preferences(rows: list[dict], where: str) -> list[dict]:
+    """Validated {'prompt', 'chosen', 'rejected'} rows (implicit prompts extracted), extra fields kept."""
+    if not rows:
+        raise DataError(f"{where}: no rows")
+    explicit = "prompt" in rows[0]
+    _require_columns(rows, where, ("prompt", "chosen", "rejected") if explicit else ("chosen", "rejected"))
+    out = []
+    for i, row in enumerate(rows):
+        row = dict(row)
+        kinds = {k: _kind(row[k], where, i, k) for k in ("chosen", "rejected") + (("prompt",) if explicit else ())}
+        if kinds["chosen"] != kinds["rejected"]:
+            raise DataError(f"{where}: row {i}: 'chosen' and 'rejected' must both be strings or both messages")
+        if row["chosen"] == row["rejected"]:
+            raise DataError(f"{where}: row {i}: 'chosen' and 'rejected' are identical")
+        if not explicit:
+            if kinds["chosen"] == "str":
+                row["prompt"], row["chosen"], row["rejected"] = _common_prefix_prompt(
+                    row["chosen"], row["rejected"], where, i)
+            else:
+                k = 0
+                while k < min(len(row["chosen"]), len(row["rejected"])) and row["chosen"][k] == row["rejected"][k]:
+                    k += 1
+                if k == 0:
+                    raise DataError(f"{where}: row {i}: no 'prompt' field and 'chosen'/'rejected' share no turns")
+                row["prompt"], row["chosen"], row["rejected"] = (row["chosen"][:k], row["chosen"][k:],
+                                                                 row["rejected"][k:])
+            for k2 in ("chosen", "rejected"):
+                _kind(row[k2], where, i, k2)
+        out.append(row)
+    return out
+
+
+def normalise_sft(rows: list[dict], where: str) -> list[dict]:
+    """Validated {'prompt', 'completion'} rows; `text` rows become prompt '' (loss on all tokens)."""
+    if not rows:
+        raise DataError(f"{where}: no rows")
+    first = rows[0]
+    out = []
+    if "messages" in first:
+        _require_columns(rows, where, ("messages",))
+        for i, row in enumerate(rows):
+            if _kind(row["messages"], where, i, "messages") != "chat" or row["messages"][-1]["role"] != "assistant":
+                raise DataError(f"{where}: row {i}: field 'messages' must end with an assistant message")
+            out.append({"prompt": row["messages"][:-1], "completion": row["messages"][-1:]})
+    elif "text" in first and "completion" not in first:
+        _require_columns(rows, where, ("text",))
+        for i, row in enumerate(rows):
+            if _kind(row["text"], where, i, "text") != "str":
+                raise DataError(f"{where}: row {i}: field 'text' must be a string")
+            out.append({"prompt": "", "completion": row["text"]})
+    else:
+        _require_columns(rows, where, ("prompt", "completion"))
+        for i, row in enumerate(rows):
+            if _kind(row["prompt"], where, i, "prompt") != _kind(row["completion"], where, i, "completion"):
+                raise DataError(f"{where}: row {i}: 'prompt' and 'completion' must both be strings or messages")
+            out.append({"prompt": row["prompt"], "completion": row["completion"]})
+    return out
+
+
+def normalise_prompts(rows: list[dict], where: str) -> list:
+    if not rows:
+        raise DataError(f"{where}: no rows")
+    _require_columns(rows, where, ("prompt",))
+    for i, row in enumerate(rows):
+        _kind(row["prompt"], where, i, "prompt")
+    return [row["prompt"] for row in rows]
+
+
+# ----------------------------------------------------------------------------------------- tokenisation
+def _special_prefix(tok) -> list[int]:
+    """Ids the tokenizer adds before a text (e.g. BOS) with add_special_tokens=True."""
+    plain = tok("x", add_special_tokens=False)["input_ids"]
+    full = tok("x", add_special_tokens=True)["input_ids"]
+    for k in range(len(full) - len(plain) + 1):
+        if full[k:k + len(plain)] == plain:
+            return list(full[:k])
+    return []
+
+
+def encode_prompt(tok, prompt) -> list[int]:
+    """Prompt token ids exactly as they are given to the policy (chat template with generation prompt)."""
+    if isinstance(prompt, list):
+        if not getattr(tok, "chat_template", None):
+            raise DataError("conversational data needs a tokenizer with a chat template")
+        text = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        return list(tok(text, add_special_tokens=False)["input_ids"])
+    prefix = _special_prefix(tok) if prompt else []
+    ids = list(tok(prompt, add_special_tokens=False)["input_ids"]) if prompt else []
+    if prefix and ids[: len(prefix)] == prefix:  # the text already starts with BOS: no double BOS
+        prefix = []
+    return prefix + ids
+
+
+def encode_completion(tok, prompt, completion) -> list[int]:
+    """Completion ids that follow `encode_prompt(tok, prompt)`; standard completions end with EOS."""
+    if isinstance(completion, list):
+        ptext = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        full = tok.apply_chat_template(list(prompt) + list(completion), tokenize=False)
+        if not full.startswith(ptext):
+            raise DataError("the chat template does not render the prompt as a prefix of the conversation")
+        return list(tok(full[len(ptext):], add_special_tokens=False)["input_ids"])
+    ids = list(tok(completion, add_special_tokens=False)["input_ids"])
+    if not ids or ids[-1] != tok.eos_token_id:
+        ids.append(tok.eos_token_id)
+    return ids
+
+
+@dataclass
+class TruncationStats:
+    truncated: int = 0
+    dropped: int = 0
+
+    def as_metrics(self, prefix: str) -> dict:
+        return {f"{prefix}/truncated": self.truncated, f"{prefix}/dropped": self.dropped}
+
+
+def _fit(pids: list[int], cids: list[int], max_length: int, policy: str, stats: TruncationStats,
+         where: str, i: int, field: str) -> list[int] | None:
+    if len(pids) >= max_length:
+        raise DataError(f"{where}: row {i}: field 'prompt' is {len(pids)} tokens; max_length is {max_length}")
+    if len(pids) + len(cids) <= max_length:
+        return cids
+    if policy == "error":
+        raise DataError(f"{where}: row {i}: prompt + '{field}' is {len(pids) + len(cids)} tokens; "
+                        f"max_length is {max_length}")
+    if policy == "drop":
+        return None
+    return cids[: max_length - len(pids)]
+
+
+def tokenize_sft(tok, rows: list[dict], where: str, max_length: int, on_overlong: str = "truncate"):
+    """[{'prompt_ids', 'completion_ids'}] and truncation counts."""
+    stats, out = TruncationStats(), []
+    for i, row in enumerate(rows):
+        pids = encode_prompt(tok, row["prompt"])
+        cids = encode_completion(tok, row["prompt"], row["completion"])
+        fitted = _fit(pids, cids, max_length, on_overlong, stats, where, i, "completion")
+        if fitted is None:
+            stats.dropped += 1
+            continue
+        stats.truncated += len(fitted) < len(cids)
+        out.append({"prompt_ids": pids, "completion_ids": fitted})
+    if not out:
+        raise DataError(f"{where}: every row was dropped as longer than max_length={max_length}")
+    return out, stats
+
+
+def tokenize_preferences(tok, rows: list[dict], where: str, max_length: int, on_overlong: str = "truncate"):
+    """[{'prompt_ids', 'chosen_ids', 'rejected_ids'}] (+ 'margin' when the data has it) and counts."""
+    stats, out = TruncationStats(), []
+    for i, row in enumerate(rows):
+        pids = encode_prompt(tok, row["prompt"])
+        ex: dict[str, Any] = {"prompt_ids": pids}
+        keep = True
+        for key in ("chosen", "rejected"):
+            cids = encode_completion(tok, row["prompt"], row[key])
+            fitted = _fit(pids, cids, max_length, on_overlong, stats, where, i, key)
+            if fitted is None:
+                keep = False
+                break
+            stats.truncated += len(fitted) < len(cids)
+            ex[f"{key}_ids"] = fitted
+        if not keep:
+            stats.dropped += 1
+            continue
+        if "margin" in row and row["margin"] is not None:
+            if not isinstance(row["margin"], (int, float)) or isinstance(row["margin"], bool):
+                raise DataError(f"{where}: row {i}: field 'margin' must be a number")
+            ex["margin"] = float(row["margin"])
+        out.append(ex)
+    if not out:
+        raise DataError(f"{where}: every row was dropped as longer than max_length={max_length}")
+    return out, stats
+
+
+def split_off(rows: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Seeded train/eval split of `rows` (used when a source has no eval split)."""
+    idx = list(range(len(rows)))
+    random.Random(seed).shuffle(idx)
+    n_eval = int(round(fraction * len(rows)))
+    ev = set(idx[:n_eval])
+    return [r for i, r in enumerate(rows) if i not in ev], [r for i, r in enumerate(rows) if i in ev]

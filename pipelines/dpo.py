@@ -1,0 +1,220 @@
+"""`reins dpo`: direct preference optimisation from a (SFT) policy and preference pairs.
+
+Loss: pgcore.preference_losses.dpo_loss on sequence log-probs (sum over completion tokens) of the policy and
+the reference, loss_type in {sigmoid, robust, ipo, hinge}, beta, label_smoothing, reference_free (seed 001
+§6.1.2, Rafailov et al. 2023 eq. 7; variants in pgcore). Chosen and rejected go through ONE concatenated
+forward. The reference is a frozen copy of the initial policy, or, under LoRA, the same model with its adapter
+disabled (no second copy). `precompute_ref_logps` computes the reference log-probs once before training and
+caches them on disk, keyed by a hash of the reference weights and of the tokenised data.
+Metrics use TRL's names: loss, rewards/{chosen,rejected,margins,accuracies}, logps/{chosen,rejected},
+logits/{chosen,rejected}, grad_norm; plus the shared evaluation (eval/gold_reward, eval/kl_to_ref,
+eval/win_rate_vs_ref, ...) and held-out pair metrics (eval/rewards/accuracies, ...).
+Artifact: `output_dir/model` (the full model, or the adapter under LoRA).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from pgcore.preference_losses import dpo_loss
+from pipelines.common import broadcast_metrics, eval_prompts, evaluate_examples, open_run, quiet_libraries
+from pipelines.data import BUILTIN, DataArgs, load_split_pair, normalise_preferences, tokenize_preferences
+from pipelines.evaluation import EvalArgs, PolicyEvaluator
+from pipelines.models import (
+    ModelArgs,
+    count_parameters,
+    freeze,
+    load_causal_lm,
+    load_reward_model,
+    load_tokenizer,
+    save_model,
+)
+from pipelines.reward import builtin_pairs
+from pipelines.scoring import Reference, batched_logps, completion_batch, sequence_logps, to_device
+from pipelines.trainer import TrainArgs, Trainer, make_accelerator
+from reins.cli import stage_main
+from reins.config import check
+from reins.runio import METRICS_FILE, atomic_torch_save, safe_torch_load, seed_everything
+
+
+@dataclass
+class Config(TrainArgs, DataArgs, ModelArgs):
+    output_dir: str = "runs/dpo"
+    seed: int = 0
+    quiet: bool = False
+    beta: float = 0.1
+    loss_type: Literal["sigmoid", "robust", "ipo", "hinge"] = "sigmoid"
+    label_smoothing: float = 0.0
+    reference_free: bool = False
+    ref_model: str | None = None        # default: the initial policy (frozen copy / adapter disabled)
+    precompute_ref_logps: bool = False
+    ref_cache_dir: str | None = None    # default: output_dir/cache
+    eval_prompts: str | None = BUILTIN
+    eval: EvalArgs = field(default_factory=EvalArgs)
+    reward_model: str | None = None     # a reward stage's model dir: adds eval/reward_model_score
+    learning_rate: float = 1e-4
+
+    def validate(self):
+        self.validate_model()
+        self.validate_data()
+        self.validate_train()
+        check(self.beta > 0, f"beta must be > 0, got {self.beta}")
+        check(0 <= self.label_smoothing < 0.5, f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+
+
+def make_loss_fn(pad_id: int, cfg: Config, reference: Reference | None):
+    def loss_fn(model, examples: list[dict], denominator: float):
+        n = len(examples)
+        prompts = [e["prompt_ids"] for e in examples] * 2
+        comps = [e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples]
+        b = to_device(completion_batch(prompts, comps, pad_id), next(model.parameters()).device)
+        r = sequence_logps(model, b)  # one forward for [chosen; rejected]
+        pc, pr = r["logps"][:n], r["logps"][n:]
+        if cfg.reference_free:
+            rc = rr = torch.zeros_like(pc)
+        elif "ref_chosen_logps" in examples[0]:
+            rc = torch.tensor([e["ref_chosen_logps"] for e in examples], dtype=pc.dtype, device=pc.device)
+            rr = torch.tensor([e["ref_rejected_logps"] for e in examples], dtype=pc.dtype, device=pc.device)
+        else:
+            ref = reference.logps(b)["logps"].to(pc.dtype)
+            rc, rr = ref[:n], ref[n:]
+        losses, chosen_r, rejected_r = dpo_loss(
+            pc, pr, rc, rr, beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
+            reference_free=cfg.reference_free, chosen_lengths=r["n_tokens"][:n],
+            rejected_lengths=r["n_tokens"][n:])
+        lg = r["logits_mean"]
+        stats = {"loss": ("mean", losses.detach().sum(), n),
+                 "rewards/chosen": ("mean", chosen_r.sum(), n), "rewards/rejected": ("mean", rejected_r.sum(), n),
+                 "rewards/margins": ("mean", (chosen_r - rejected_r).sum(), n),
+                 "rewards/accuracies": ("mean", (chosen_r > rejected_r).to(pc.dtype).sum(), n),
+                 "logps/chosen": ("mean", pc.detach().sum(), n), "logps/rejected": ("mean", pr.detach().sum(), n),
+                 "logits/chosen": ("mean", lg[:n].sum(), n), "logits/rejected": ("mean", lg[n:].sum(), n)}
+        return losses.sum() / denominator, stats
+    return loss_fn
+
+
+def _fingerprint(model, examples: list[dict]) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    h.update(json.dumps([[e["prompt_ids"], e["chosen_ids"], e["rejected_ids"]] for e in examples]).encode())
+    return h.hexdigest()[:20]
+
+
+def attach_ref_logps(examples: list[dict], reference: Reference, pad_id: int, cache_dir: Path, *,
+                     batch_size: int, is_main: bool, wait) -> Path:
+    """Add ref_chosen_logps / ref_rejected_logps to each example, computed once and cached on disk."""
+    with reference.active() as ref_model:
+        key = _fingerprint(ref_model, examples)
+        device = next(ref_model.parameters()).device
+    path = cache_dir / f"ref_logps-{key}.pt"
+    if is_main and not path.is_file():
+        prompts = [e["prompt_ids"] for e in examples]
+        lc, _ = batched_logps(reference, prompts, [e["chosen_ids"] for e in examples], pad_id,
+                              batch_size=batch_size, device=device)
+        lr, _ = batched_logps(reference, prompts, [e["rejected_ids"] for e in examples], pad_id,
+                              batch_size=batch_size, device=device)
+        atomic_torch_save({"chosen": lc, "rejected": lr}, path)
+    wait()
+    cached = safe_torch_load(path)
+    for i, e in enumerate(examples):
+        e["ref_chosen_logps"] = float(cached["chosen"][i])
+        e["ref_rejected_logps"] = float(cached["rejected"][i])
+    return path
+
+
+def build_reference(cfg: Config, policy, tok) -> Reference:
+    if cfg.ref_model:
+        ref_args = copy.copy(cfg)
+        ref_args.model, ref_args.lora = cfg.ref_model, None
+        return Reference(freeze(load_causal_lm(ref_args, tok, seed=cfg.seed, trainable=False)))
+    if cfg.lora is not None:
+        return Reference(adapter_host=policy)
+    raise AssertionError("a frozen copy is made before LoRA is applied")
+
+
+def train(cfg: Config) -> dict:
+    seed_everything(cfg.seed)
+    quiet_libraries(cfg.quiet)
+    acc = make_accelerator(cfg)
+    if (Path(cfg.output_dir) / METRICS_FILE).is_file():  # a finished run: return its metrics, no retraining
+        done = open_run(cfg, acc).completed_metrics()
+        if done is not None:
+            return done
+    tok = load_tokenizer(cfg)
+    train_rows, tw, eval_rows, ew = load_split_pair(cfg, seed=cfg.seed, builtin=builtin_pairs)
+    train_ex, tstats = tokenize_preferences(tok, normalise_preferences(train_rows, tw), tw, cfg.max_length,
+                                            cfg.on_overlong)
+    eval_ex = []
+    if eval_rows:
+        eval_ex = tokenize_preferences(tok, normalise_preferences(eval_rows, ew), ew, cfg.max_length,
+                                       cfg.on_overlong)[0]
+    run = open_run(cfg, acc)  # after data validation: bad input writes nothing
+    policy = load_causal_lm(cfg, tok, seed=cfg.seed)
+    if cfg.lora is None and not cfg.ref_model:
+        reference = Reference(freeze(copy.deepcopy(policy)))   # the initial policy, frozen
+    else:
+        reference = build_reference(cfg, policy, tok)
+    if reference.model is not None:
+        reference.model.to(acc.device)
+    if cfg.precompute_ref_logps and not cfg.reference_free:
+        cache = Path(cfg.ref_cache_dir) if cfg.ref_cache_dir else run.path / "cache"
+        for exs in (train_ex, eval_ex):
+            if exs:
+                attach_ref_logps(exs, reference, tok.pad_token_id, cache, batch_size=cfg.eval.batch_size,
+                                 is_main=acc.is_main_process, wait=acc.wait_for_everyone)
+    loss_fn = make_loss_fn(tok.pad_token_id, cfg, reference)
+    trainer = Trainer(run, cfg, acc, policy, train_ex, loss_fn, seed=cfg.seed)
+    if acc.is_main_process and trainer.resumed_from == 0:
+        total, trainable = count_parameters(policy)
+        run.log(0, {"model/parameters": total, "model/trainable": trainable, "data/train_pairs": len(train_ex),
+                    "data/eval_pairs": len(eval_ex), **tstats.as_metrics("data")})
+    prompts = eval_prompts(cfg.eval_prompts, cfg.eval.num_prompts) if acc.is_main_process else []
+    rm, rm_tok = None, None
+    if prompts and cfg.reward_model:
+        rm_args = ModelArgs(model=cfg.reward_model, dtype=cfg.dtype, tiny=cfg.tiny)
+        rm_tok = load_tokenizer(rm_args)
+        rm = freeze(load_reward_model(rm_args, rm_tok)).to(acc.device)
+    evaluator = PolicyEvaluator(tok, prompts, reference, cfg.eval, reward_model=rm, rm_tok=rm_tok) if prompts else None
+
+    def evaluate() -> dict:
+        m = {}
+        if eval_ex:
+            m.update(evaluate_examples(trainer.unwrapped, loss_fn, eval_ex, batch_size=cfg.eval.batch_size,
+                                       count_fn=lambda e: 1))
+        if evaluator is not None:
+            gm, samples = evaluator(trainer.unwrapped)
+            m.update(gm)
+            m["eval/samples"] = samples
+        return m
+
+    def on_step(step: int, metrics: dict) -> None:
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < trainer.total_steps and acc.is_main_process:
+            run.log(step, evaluate())
+
+    last = trainer.train(on_step)
+    final = None
+    if acc.is_main_process:
+        save_model(trainer.unwrapped, tok, run.path / "model")
+        ev = evaluate()
+        run.log(trainer.step, ev)
+        final = run.finish({**{f"train/{k}": v for k, v in last.items()},
+                            **{k: v for k, v in ev.items() if k != "eval/samples"}, "steps": trainer.step})
+    acc.wait_for_everyone()
+    return broadcast_metrics(acc, final)
+
+
+def main(argv=None) -> int:
+    return stage_main(Config, train, argv, prog="reins dpo", stage="dpo")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

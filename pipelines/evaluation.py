@@ -1,0 +1,113 @@
+"""Shared evaluation of LM policies (used by sft, dpo and ppo): gold reward, KL to the reference, win rate.
+
+On a fixed set of eval prompts, with a fixed seed and temperature:
+- `eval/gold_reward`: mean gold-judge score of the policy's completions (VADER compound for `sentiment`);
+- `eval/kl_to_ref`: sequence-level KL(pi || pi_ref) estimated on the policy's own samples, the mean over
+  samples of sum_t k1(log pi - log pi_ref) (pgcore.kl.kl_estimate; unbiased for the tempered distributions
+  the samples come from); `eval/kl_to_ref_k3` is the non-negative k3 estimate of the same quantity;
+- `eval/win_rate_vs_ref`: fraction of prompts where the gold judge prefers the policy's completion to the
+  reference's (ties count 1/2);
+- `eval/reward_model_score`: mean reward-model score of the policy's completions, when a reward model is given
+  (texts are decoded and re-tokenised with the reward model's own tokenizer, so tokenizers may differ);
+- `eval/completion_length`, `eval/eos_rate`; and a few sample completions for the log.
+Runs on the main process only (other processes wait); the reference's completions are cached across calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pgcore.kl import kl_estimate
+from pipelines.data import encode_completion, encode_prompt
+from pipelines.generation import GenerationArgs, generate
+from pipelines.scoring import Reference, batched_logps, completion_batch, reward_scores, to_device
+
+
+@dataclass
+class EvalArgs:
+    num_prompts: int = 128
+    seed: int = 1234
+    temperature: float = 1.0
+    max_new_tokens: int = 32
+    batch_size: int = 64
+    num_samples_logged: int = 4
+
+
+def _judge(name: str):
+    if name == "sentiment":
+        from pipelines.task import gold_reward
+
+        return gold_reward
+    raise ValueError(f"unknown gold judge {name!r}")
+
+
+@torch.no_grad()
+def score_texts(reward_model, rm_tok, prompts: list, completions: list[str], *, batch_size: int = 32):
+    """Reward-model scores of (prompt, completion text) pairs, tokenised with the reward model's tokenizer."""
+    device = next(reward_model.parameters()).device
+    pids = [encode_prompt(rm_tok, p) for p in prompts]
+    cids = []
+    for p, c in zip(prompts, completions):
+        if isinstance(p, list):
+            cids.append(encode_completion(rm_tok, p, [{"role": "assistant", "content": c}]))
+        else:
+            cids.append(encode_completion(rm_tok, p, c) if c else [rm_tok.eos_token_id])
+    scores = []
+    was = reward_model.training
+    reward_model.eval()
+    for s in range(0, len(pids), batch_size):
+        b = completion_batch(pids[s:s + batch_size], cids[s:s + batch_size], rm_tok.pad_token_id)
+        scores.append(reward_scores(reward_model, to_device(b, device)).float().cpu())
+    reward_model.train(was)
+    return torch.cat(scores)
+
+
+class PolicyEvaluator:
+    """Evaluates a policy against a fixed reference on fixed prompts (see the module docstring)."""
+
+    def __init__(self, tok, prompts: list, reference: Reference | None, args: EvalArgs, *, judge: str = "sentiment",
+                 reward_model=None, rm_tok=None):
+        self.tok, self.args, self.reference = tok, args, reference
+        self.prompts = prompts[: args.num_prompts]
+        self.prompt_ids = [encode_prompt(tok, p) for p in self.prompts]
+        self.judge = _judge(judge)
+        self.reward_model, self.rm_tok = reward_model, rm_tok or tok
+        self.gen = GenerationArgs(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                  batch_size=args.batch_size)
+        self._ref_gold: torch.Tensor | None = None
+
+    def _ref_scores(self) -> torch.Tensor:
+        if self._ref_gold is None:
+            with self.reference.active() as ref:
+                s = generate(ref, self.tok, self.prompt_ids, self.gen, seed=self.args.seed)
+            self._ref_gold = torch.tensor(self.judge(s.texts), dtype=torch.float64)
+        return self._ref_gold
+
+    @torch.no_grad()
+    def __call__(self, policy) -> tuple[dict, list[dict]]:
+        a = self.args
+        s = generate(policy, self.tok, self.prompt_ids, self.gen, seed=a.seed)
+        gold = torch.tensor(self.judge(s.texts), dtype=torch.float64)
+        m = {"eval/gold_reward": gold.mean().item(),
+             "eval/completion_length": sum(map(len, s.completion_ids)) / len(s.completion_ids),
+             "eval/eos_rate": sum(s.finished) / len(s.finished)}
+        if self.reference is not None:
+            device = next(policy.parameters()).device
+            temp = a.temperature if a.temperature > 0 else 1.0
+            lp, _ = batched_logps(policy, s.prompt_ids, s.completion_ids, self.tok.pad_token_id,
+                                  batch_size=a.batch_size, temperature=temp, device=device)
+            rlp, _ = batched_logps(self.reference, s.prompt_ids, s.completion_ids, self.tok.pad_token_id,
+                                   batch_size=a.batch_size, temperature=temp, device=device)
+            m["eval/kl_to_ref"] = kl_estimate(lp.double(), rlp.double(), "k1").mean().item()
+            m["eval/kl_to_ref_k3"] = kl_estimate(lp.double(), rlp.double(), "k3").mean().item()
+            ref_gold = self._ref_scores()
+            m["eval/ref_gold_reward"] = ref_gold.mean().item()
+            m["eval/win_rate_vs_ref"] = ((gold > ref_gold).double() + 0.5 * (gold == ref_gold).double()).mean().item()
+        if self.reward_model is not None:
+            scores = score_texts(self.reward_model, self.rm_tok, self.prompts, s.texts)
+            m["eval/reward_model_score"] = scores.mean().item()
+        samples = [{"prompt": p if isinstance(p, str) else str(p), "completion": t, "gold": g}
+                   for p, t, g in zip(self.prompts[: a.num_samples_logged], s.texts, gold.tolist())]
+        return m, samples

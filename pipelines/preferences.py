@@ -1,0 +1,167 @@
+"""`reins preferences`: sample >= 2 completions per prompt from a policy and label pairs with the gold judge.
+
+Labelling (per prompt, over its `num_samples` scored completions):
+- "max_margin": chosen = the highest-scoring, rejected = the lowest; the prompt is skipped when their gold
+  scores differ by less than `min_margin` (ambiguous pairs);
+- "bradley_terry": two distinct completions drawn at random; the first is chosen with probability
+  sigma((s_1 - s_2) / bt_temperature), the Bradley-Terry model of seed 001 §6.1.1 with the gold score as reward,
+  so labels are noisy in proportion to how close the scores are.
+Pairs whose completions are identical text are skipped. Output: a `datasets` DatasetDict with splits
+train/test and columns prompt, chosen, rejected, chosen_score, rejected_score, saved to `output_dir/data`
+(give that path as `data:` to the reward and dpo stages). Resumable: prompts are processed in seeded chunks and
+the rows made so far are checkpointed.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from pipelines.common import quiet_libraries
+from pipelines.data import BUILTIN, BUILTIN_CHAT, encode_prompt, load_records, normalise_prompts, split_off
+from pipelines.generation import GenerationArgs, generate
+from pipelines.models import ModelArgs, load_causal_lm, load_tokenizer
+from reins.cli import stage_main
+from reins.config import check
+from reins.errors import DataError
+from reins.runio import RunDir, seed_everything
+
+
+@dataclass
+class Config(ModelArgs):
+    output_dir: str = "runs/preferences"
+    seed: int = 0
+    quiet: bool = False
+    prompts: str = BUILTIN               # builtin:sentiment(-chat), or a prompt-only file / datasets dir / Hub id
+    prompt_split: str = "train"
+    num_train_prompts: int = 1000
+    num_test_prompts: int = 200          # builtin: held-out items; a file: split off its prompts
+    num_samples: int = 4
+    labeling: Literal["max_margin", "bradley_terry"] = "max_margin"
+    min_margin: float = 0.1
+    bt_temperature: float = 0.1
+    judge: str = "sentiment"
+    chunk_size: int = 128                # prompts per checkpoint
+    generation: GenerationArgs = field(default_factory=GenerationArgs)
+
+    def validate(self):
+        self.validate_model()
+        check(self.num_samples >= 2, f"num_samples must be >= 2, got {self.num_samples}")
+        check(self.num_train_prompts >= 1 and self.num_test_prompts >= 0, "prompt counts must be >= 1 / >= 0")
+        check(self.min_margin >= 0, "min_margin must be >= 0")
+        check(self.bt_temperature > 0, "bt_temperature must be > 0")
+        check(self.chunk_size >= 1, "chunk_size must be >= 1")
+
+
+def label_pair(texts: list[str], scores: list[float], cfg: Config, rng: random.Random) -> tuple[int, int] | None:
+    """Indices (chosen, rejected) for one prompt's samples, or None to skip it.
+
+    Empty completions (the policy emitted EOS at once) are never paired: the data stages reject them.
+    """
+    ok = [i for i, t in enumerate(texts) if t.strip()]
+    if len(ok) < 2:
+        return None
+    if cfg.labeling == "max_margin":
+        order = sorted(ok, key=lambda i: scores[i])
+        lo, hi = order[0], order[-1]
+        if scores[hi] - scores[lo] < cfg.min_margin or texts[hi] == texts[lo]:
+            return None
+        return hi, lo
+    i, j = rng.sample(ok, 2)
+    if texts[i] == texts[j]:
+        return None
+    z = (scores[i] - scores[j]) / cfg.bt_temperature
+    p_i = 1.0 / (1.0 + math.exp(-z)) if z > -50 else 0.0
+    return (i, j) if rng.random() < p_i else (j, i)
+
+
+def _prompts(cfg: Config) -> tuple[list, list]:
+    if cfg.prompts in (BUILTIN, BUILTIN_CHAT):
+        from pipelines.task import as_chat, sentiment_prompts
+
+        wrap = as_chat if cfg.prompts == BUILTIN_CHAT else (lambda p: p)
+        # Task seed 0 (not the stage seed): the held-out items are the same ones every stage evaluates on.
+        return ([wrap(p) for p in sentiment_prompts(cfg.num_train_prompts, seed=0, split="train")],
+                [wrap(p) for p in sentiment_prompts(cfg.num_test_prompts, seed=0, split="eval")])
+    rows, where = load_records(cfg.prompts, cfg.prompt_split)
+    prompts = normalise_prompts(rows, where)
+    n = cfg.num_train_prompts + cfg.num_test_prompts
+    if len(prompts) < 2:
+        raise DataError(f"{where}: need at least 2 prompts, got {len(prompts)}")
+    frac = cfg.num_test_prompts / n
+    train, test = split_off(prompts[:n], frac, cfg.seed)
+    return train, test
+
+
+def train(cfg: Config) -> dict:
+    seed_everything(cfg.seed)
+    quiet_libraries(cfg.quiet)
+    run = RunDir(cfg.output_dir, cfg, quiet=cfg.quiet)
+    done = run.completed_metrics()
+    if done is not None:
+        return done
+    from pipelines.evaluation import _judge
+
+    judge = _judge(cfg.judge)
+    tok = load_tokenizer(cfg)
+    policy = load_causal_lm(cfg, tok, seed=cfg.seed, trainable=False)
+    if torch.cuda.is_available():
+        policy.to("cuda")
+    train_p, test_p = _prompts(cfg)
+    jobs = [("train", p) for p in train_p] + [("test", p) for p in test_p]
+    state = run.load_checkpoint() or {"next": 0, "rows": [], "skipped": 0, "scores": []}
+    chunks = range(0, len(jobs), cfg.chunk_size)
+    bar = run.progress(len(chunks), state["next"], desc="preferences")
+    for c, start in enumerate(chunks):
+        if c < state["next"]:
+            continue
+        part = jobs[start:start + cfg.chunk_size]
+        pids = [encode_prompt(tok, p) for _, p in part]
+        rep = [ids for ids in pids for _ in range(cfg.num_samples)]
+        s = generate(policy, tok, rep, cfg.generation, seed=cfg.seed * 100_003 + c)
+        scores = judge(s.texts)
+        rng = random.Random(f"{cfg.seed}-{c}")
+        for k, (split, prompt) in enumerate(part):
+            texts = s.texts[k * cfg.num_samples:(k + 1) * cfg.num_samples]
+            sc = scores[k * cfg.num_samples:(k + 1) * cfg.num_samples]
+            state["scores"].extend(sc)
+            pair = label_pair(texts, sc, cfg, rng)
+            if pair is None:
+                state["skipped"] += 1
+                continue
+            i, j = pair
+            state["rows"].append({"split": split, "prompt": prompt, "chosen": texts[i], "rejected": texts[j],
+                                  "chosen_score": sc[i], "rejected_score": sc[j]})
+        state["next"] = c + 1
+        run.save_checkpoint(state)
+        run.log(c + 1, {"pairs": len(state["rows"]), "skipped": state["skipped"]})
+        bar.update(1)
+    bar.close()
+    import datasets
+
+    cols = ["prompt", "chosen", "rejected", "chosen_score", "rejected_score"]
+    splits = {}
+    for split in ("train", "test"):
+        rows = [r for r in state["rows"] if r["split"] == split]
+        splits[split] = datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in cols})
+    if len(splits["train"]) == 0:
+        raise DataError("no preference pairs were kept (all prompts skipped); lower min_margin or sample more")
+    datasets.DatasetDict(splits).save_to_disk(str(run.path / "data"))
+    margins = [r["chosen_score"] - r["rejected_score"] for r in state["rows"]]
+    metrics = {"pairs/train": len(splits["train"]), "pairs/test": len(splits["test"]),
+               "pairs/skipped": state["skipped"], "samples/gold_mean": sum(state["scores"]) / len(state["scores"]),
+               "pairs/margin_mean": sum(margins) / max(1, len(margins)),
+               "pairs/chosen_score_mean": sum(r["chosen_score"] for r in state["rows"]) / max(1, len(margins))}
+    return run.finish(metrics)
+
+
+def main(argv=None) -> int:
+    return stage_main(Config, train, argv, prog="reins preferences", stage="preferences")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,139 @@
+"""`reins reward`: a Bradley-Terry reward model on preference pairs.
+
+Loss (pgcore.preference_losses.bradley_terry_loss): -mean log sigma(r(x, y_w) - r(x, y_l) - margin)
++ center_coef * mean((r_w + r_l)^2) (seed 001 §6.1.1; margin from a `margin` column when `use_margin`,
+Llama 2; centering, Eisenstein et al. 2023). The model is AutoModelForSequenceClassification (num_labels=1)
+initialised from `model` (the SFT model), scoring the EOS token of prompt+completion; chosen and rejected go
+through one concatenated forward. Metrics use TRL's names: loss, accuracy, margin, mean_reward, min_reward,
+max_reward; eval/accuracy on the held-out pairs. Artifact: `output_dir/model` (merged if trained with LoRA).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pgcore.preference_losses import bradley_terry_loss
+from pipelines.common import broadcast_metrics, evaluate_examples, open_run, quiet_libraries
+from pipelines.data import DataArgs, load_split_pair, normalise_preferences, split_off, tokenize_preferences
+from pipelines.models import ModelArgs, count_parameters, load_reward_model, load_tokenizer, save_model
+from pipelines.scoring import completion_batch, reward_scores, to_device
+from pipelines.trainer import TrainArgs, Trainer, make_accelerator
+from reins.cli import stage_main
+from reins.config import check
+from reins.errors import DataError
+from reins.runio import METRICS_FILE, seed_everything
+
+
+@dataclass
+class Config(TrainArgs, DataArgs, ModelArgs):
+    output_dir: str = "runs/reward"
+    seed: int = 0
+    quiet: bool = False
+    center_coef: float = 0.0           # TRL center_rewards_coefficient (0.01 recommended when used)
+    use_margin: bool = False           # subtract the data's `margin` column inside the sigmoid
+    eval_fraction: float = 0.1         # held-out share when the data has no eval split
+    eval_batch_size: int = 64
+    learning_rate: float = 1e-4
+    num_epochs: float = 2.0
+
+    def validate(self):
+        self.validate_model()
+        self.validate_data()
+        self.validate_train()
+        check(self.center_coef >= 0, "center_coef must be >= 0")
+        check(0 <= self.eval_fraction < 1, "eval_fraction must be in [0, 1)")
+
+
+def builtin_pairs(n: int, seed: int, split: str) -> list[dict]:
+    """The built-in task as preference pairs: a positive and a negative completion of the same opening."""
+    from pipelines.task import sentiment_corpus
+
+    rows = sentiment_corpus(2 * n, seed=seed, split="train" if split == "train" else "eval")
+    pos = [r for r in rows if r.polarity > 0]
+    neg = [r for r in rows if r.polarity < 0]
+    return [{"prompt": p.prompt, "chosen": p.completion, "rejected": q.completion}
+            for p, q in zip(pos, neg) if p.completion != q.completion][:n]
+
+
+def make_loss_fn(pad_id: int, cfg: Config):
+    def loss_fn(model, examples: list[dict], denominator: float):
+        n = len(examples)
+        prompts = [e["prompt_ids"] for e in examples] * 2
+        comps = [e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples]
+        b = to_device(completion_batch(prompts, comps, pad_id), next(model.parameters()).device)
+        r = reward_scores(model, b)
+        rc, rr = r[:n], r[n:]
+        margin = None
+        if cfg.use_margin:
+            margin = torch.tensor([e.get("margin", 0.0) for e in examples], dtype=r.dtype, device=r.device)
+        loss, info = bradley_terry_loss(rc, rr, margin=margin, center_coef=cfg.center_coef)
+        stats = {"loss": ("mean", loss.detach() * n, n), "accuracy": ("mean", info["accuracy"] * n, n),
+                 "margin": ("mean", info["margin"] * n, n), "mean_reward": ("mean", info["mean_reward"] * n, n),
+                 "min_reward": ("min", info["min_reward"]), "max_reward": ("max", info["max_reward"])}
+        # loss is a mean over this micro-batch; times n / denominator makes it the global-batch mean's share.
+        return loss * (n / denominator), stats
+    return loss_fn
+
+
+def train(cfg: Config) -> dict:
+    seed_everything(cfg.seed)
+    quiet_libraries(cfg.quiet)
+    acc = make_accelerator(cfg)
+    if (Path(cfg.output_dir) / METRICS_FILE).is_file():  # a finished run: return its metrics, no retraining
+        done = open_run(cfg, acc).completed_metrics()
+        if done is not None:
+            return done
+    tok = load_tokenizer(cfg)
+    train_rows, tw, eval_rows, ew = load_split_pair(cfg, seed=cfg.seed, builtin=builtin_pairs)
+    train_rows = normalise_preferences(train_rows, tw)
+    if eval_rows is None and cfg.eval_fraction > 0:
+        train_rows, eval_rows = split_off(train_rows, cfg.eval_fraction, cfg.seed)
+        ew = tw + " (held-out split)"
+    elif eval_rows is not None:
+        eval_rows = normalise_preferences(eval_rows, ew)
+    if cfg.use_margin and "margin" not in train_rows[0]:
+        raise DataError(f"{tw}: use_margin=true but the data has no 'margin' column")
+    train_ex, tstats = tokenize_preferences(tok, train_rows, tw, cfg.max_length, cfg.on_overlong)
+    eval_ex = tokenize_preferences(tok, eval_rows, ew, cfg.max_length, cfg.on_overlong)[0] if eval_rows else []
+    run = open_run(cfg, acc)  # after data validation: bad input writes nothing
+    model = load_reward_model(cfg, tok, seed=cfg.seed)
+    loss_fn = make_loss_fn(tok.pad_token_id, cfg)
+    trainer = Trainer(run, cfg, acc, model, train_ex, loss_fn, seed=cfg.seed)
+    if acc.is_main_process and trainer.resumed_from == 0:
+        total, trainable = count_parameters(model)
+        run.log(0, {"model/parameters": total, "model/trainable": trainable, "data/train_pairs": len(train_ex),
+                    "data/eval_pairs": len(eval_ex), **tstats.as_metrics("data")})
+
+    def evaluate() -> dict:
+        if not eval_ex:
+            return {}
+        return evaluate_examples(trainer.unwrapped, loss_fn, eval_ex, batch_size=cfg.eval_batch_size,
+                                 count_fn=lambda e: 1)
+
+    def on_step(step: int, metrics: dict) -> None:
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < trainer.total_steps and acc.is_main_process:
+            run.log(step, evaluate())
+
+    last = trainer.train(on_step)
+    final = None
+    if acc.is_main_process:
+        model = trainer.unwrapped
+        if cfg.lora is not None:
+            model = model.merge_and_unload()  # a plain sequence classifier: PPO and eval load it directly
+        save_model(model, tok, run.path / "model")
+        ev = evaluate()
+        run.log(trainer.step, ev)
+        final = run.finish({**{f"train/{k}": v for k, v in last.items()}, **ev, "steps": trainer.step})
+    acc.wait_for_everyone()
+    return broadcast_metrics(acc, final)
+
+
+def main(argv=None) -> int:
+    return stage_main(Config, train, argv, prog="reins reward", stage="reward")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

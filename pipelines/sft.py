@@ -1,0 +1,129 @@
+"""`reins sft`: supervised fine-tuning of a causal LM, loss on completion tokens only (or all tokens of `text`).
+
+Loss: token-mean negative log-likelihood over the completion tokens of the global batch,
+-sum_{i,t} m_{i,t} log pi(y_{i,t} | x_i, y_{i,<t}) / sum_{i,t} m_{i,t} (the behaviour-cloning objective the
+seeds' RLHF pipeline starts from, seed 001 §6.1). Packing (optional) concatenates all sequences, EOS-separated,
+into max_length blocks and trains on every token.
+Default: the tiny model on the built-in sentiment corpus. Artifact: `output_dir/model` (save_pretrained).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipelines.common import broadcast_metrics, eval_prompts, evaluate_examples, open_run, quiet_libraries
+from pipelines.data import BUILTIN, DataArgs, builtin_sft_rows, load_split_pair, normalise_sft, tokenize_sft
+from pipelines.evaluation import EvalArgs, PolicyEvaluator
+from pipelines.models import ModelArgs, count_parameters, load_causal_lm, load_tokenizer, save_model
+from pipelines.scoring import completion_batch, sequence_logps, to_device
+from pipelines.trainer import TrainArgs, Trainer, make_accelerator
+from reins.cli import stage_main
+from reins.runio import METRICS_FILE, seed_everything
+
+
+@dataclass
+class Config(TrainArgs, DataArgs, ModelArgs):
+    output_dir: str = "runs/sft"
+    seed: int = 0
+    quiet: bool = False
+    packing: bool = False
+    eval_prompts: str | None = BUILTIN   # prompts for the generation eval (None/"none": skip it)
+    eval: EvalArgs = field(default_factory=EvalArgs)
+    learning_rate: float = 1e-3
+
+    def validate(self):
+        self.validate_model()
+        self.validate_data()
+        self.validate_train()
+
+
+def pack(examples: list[dict], block: int) -> list[dict]:
+    """Concatenate prompt+completion ids of all examples and cut into `block`-token pieces (last one dropped)."""
+    stream = [t for e in examples for t in e["prompt_ids"] + e["completion_ids"]]
+    return [{"prompt_ids": [], "completion_ids": stream[s:s + block]}
+            for s in range(0, len(stream) - block + 1, block)]
+
+
+def n_predicted(ex: dict) -> int:
+    """Completion tokens that carry a loss (the very first token of a prompt-less sequence has no context)."""
+    return len(ex["completion_ids"]) - (1 if not ex["prompt_ids"] else 0)
+
+
+def make_loss_fn(pad_id: int):
+    def loss_fn(model, examples: list[dict], denominator: float):
+        b = completion_batch([e["prompt_ids"] for e in examples], [e["completion_ids"] for e in examples], pad_id)
+        dev = next(model.parameters()).device
+        b = to_device(b, dev)
+        r = sequence_logps(model, b, with_entropy=True)
+        nll = -r["token_logps"].sum()
+        n = r["mask"].sum()
+        stats = {"loss": ("mean", nll.detach(), n), "entropy": ("mean", r["entropy"].sum(), n),
+                 "mean_token_accuracy": ("mean", r["correct"].sum(), n), "num_tokens": ("mean", n, 1.0)}
+        return nll / denominator, stats
+    return loss_fn
+
+
+def train(cfg: Config) -> dict:
+    seed_everything(cfg.seed)
+    quiet_libraries(cfg.quiet)
+    acc = make_accelerator(cfg)
+    if (Path(cfg.output_dir) / METRICS_FILE).is_file():  # a finished run: return its metrics, no retraining
+        done = open_run(cfg, acc).completed_metrics()
+        if done is not None:
+            return done
+    tok = load_tokenizer(cfg)
+    train_rows, tw, eval_rows, ew = load_split_pair(cfg, seed=cfg.seed, builtin=builtin_sft_rows)
+    train_ex, tstats = tokenize_sft(tok, normalise_sft(train_rows, tw), tw, cfg.max_length, cfg.on_overlong)
+    eval_ex = []
+    if eval_rows:
+        eval_ex, _ = tokenize_sft(tok, normalise_sft(eval_rows, ew), ew, cfg.max_length, cfg.on_overlong)
+    if cfg.packing:
+        train_ex, eval_ex = pack(train_ex, cfg.max_length), pack(eval_ex, cfg.max_length)
+    run = open_run(cfg, acc)  # after data validation: bad input writes nothing
+    model = load_causal_lm(cfg, tok, seed=cfg.seed)
+    loss_fn = make_loss_fn(tok.pad_token_id)
+    trainer = Trainer(run, cfg, acc, model, train_ex, loss_fn, seed=cfg.seed, count_fn=n_predicted)
+    if acc.is_main_process and trainer.resumed_from == 0:
+        total, trainable = count_parameters(model)
+        run.log(0, {"model/parameters": total, "model/trainable": trainable, "data/train_rows": len(train_ex),
+                    **tstats.as_metrics("data")})
+    evaluator = None
+    prompts = eval_prompts(cfg.eval_prompts, cfg.eval.num_prompts) if acc.is_main_process else []
+    if prompts:
+        evaluator = PolicyEvaluator(tok, prompts, None, cfg.eval)
+
+    def evaluate() -> dict:
+        m = {}
+        if eval_ex:
+            m.update(evaluate_examples(trainer.unwrapped, loss_fn, eval_ex, batch_size=cfg.eval.batch_size,
+                                       count_fn=n_predicted))
+        if evaluator is not None:
+            gm, samples = evaluator(trainer.unwrapped)
+            m.update(gm)
+            m["eval/samples"] = samples
+        return m
+
+    def on_step(step: int, metrics: dict) -> None:
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < trainer.total_steps and acc.is_main_process:
+            run.log(step, evaluate())
+
+    last = trainer.train(on_step)
+    final = None
+    if acc.is_main_process:
+        save_model(trainer.unwrapped, tok, run.path / "model")
+        ev = evaluate()
+        run.log(trainer.step, ev)
+        final = {**{f"train/{k}": v for k, v in last.items()},
+                 **{k: v for k, v in ev.items() if k != "eval/samples"}, "steps": trainer.step}
+        final = run.finish(final)
+    acc.wait_for_everyone()
+    return broadcast_metrics(acc, final)
+
+
+def main(argv=None) -> int:
+    return stage_main(Config, train, argv, prog="reins sft", stage="sft")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,225 @@
+"""The training loop shared by the sft, reward and dpo stages: accelerate, exact batching, resumable checkpoints.
+
+Batching: `batch_size` is the GLOBAL batch of one optimizer step (examples across all processes and
+accumulation micro-steps). Each epoch draws a seeded permutation; step k takes the k-th slice of it and splits
+it into world_size x grad_accum micro-batches. A stage's `loss_fn(model, examples, denominator)` returns the SUM
+of per-item losses over its micro-batch divided by `denominator`, the item count (pairs, or tokens) of the whole
+global batch; the loop multiplies by world_size x grad_accum to undo DDP's and accelerate's averaging, so the
+gradient is exactly that of the global-batch mean however the batch is split (anchors-preference.md §6:
+gradient-accumulation normalisation bugs).
+
+Checkpoint (main process, atomic, weights-only): trainable parameters, optimizer, scheduler, RNG, step; the
+data position follows from the step. A non-finite loss or gradient norm raises NonFiniteError before the
+optimizer step and before any checkpoint, so the last good checkpoint is kept.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from pipelines.models import load_trainable_state, trainable_state
+from reins.config import check
+from reins.errors import ConfigError
+from reins.runio import RunDir, check_finite, get_rng_state, set_rng_state
+
+
+@dataclass
+class TrainArgs:
+    """Optimisation options shared by the LM stages (a mixin of their Config dataclasses)."""
+
+    learning_rate: float = 1e-4
+    batch_size: int = 16                 # global batch per optimizer step
+    grad_accum: int = 1                  # micro-batches per process per step
+    num_epochs: float = 1.0
+    max_steps: int | None = None         # overrides num_epochs
+    warmup_steps: int = 0
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "linear"
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    log_every: int = 10
+    save_every: int = 50
+    eval_every: int | None = None        # None: evaluate at the end only
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    cpu: bool = False                    # force CPU even where CUDA is available
+
+    def validate_train(self):
+        check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
+        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        check(self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}")
+        check(self.num_epochs > 0, f"num_epochs must be > 0, got {self.num_epochs}")
+        check(self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1")
+        check(self.warmup_steps >= 0, "warmup_steps must be >= 0")
+        check(self.save_every >= 1 and self.log_every >= 1, "save_every and log_every must be >= 1")
+
+
+def make_accelerator(args: TrainArgs):
+    """An Accelerator for this process. On a machine without CUDA it is forced onto CPU (gloo): accelerate's
+    launcher does not pass `use_cpu` on (environment.md), which would otherwise give independent rank-0 runs."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # In-process (tests, notebooks) a previous stage's singleton state would leak its settings.
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    cpu = args.cpu or not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "") in ("1", "true")
+    return Accelerator(cpu=cpu, gradient_accumulation_steps=args.grad_accum, mixed_precision=args.mixed_precision)
+
+
+def _lr_lambda(args: TrainArgs, total: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < args.warmup_steps:
+            return (step + 1) / (args.warmup_steps + 1)
+        if args.lr_scheduler == "constant":
+            return 1.0
+        frac = (step - args.warmup_steps) / max(1, total - args.warmup_steps)
+        if args.lr_scheduler == "linear":
+            return max(0.0, 1.0 - frac)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
+    return f
+
+
+class Trainer:
+    """Runs `loss_fn` over `examples` with the stage contract's checkpoint/resume/NaN rules.
+
+    loss_fn(model, examples, denominator) -> (loss, stats) where stats maps a metric name to
+    ("mean", sum, count) | ("min", value) | ("max", value); means are reduced exactly across processes.
+    count_fn(example) -> the example's share of the denominator (1 for pairs, its completion tokens for SFT).
+    """
+
+    def __init__(self, run: RunDir | None, args: TrainArgs, accelerator, model, examples: list, loss_fn,
+                 *, seed: int, count_fn=None, extra_state: Callable[[], dict] | None = None,
+                 load_extra: Callable[[dict], None] | None = None):
+        self.run, self.args, self.acc, self.examples = run, args, accelerator, examples
+        self.loss_fn, self.seed = loss_fn, seed
+        self.count_fn = count_fn or (lambda ex: 1)
+        self.extra_state, self.load_extra = extra_state, load_extra
+        world = accelerator.num_processes
+        self.micro = args.batch_size // (world * args.grad_accum)
+        if self.micro * world * args.grad_accum != args.batch_size:
+            raise ConfigError(f"batch_size={args.batch_size} must be a multiple of num_processes ({world}) x "
+                              f"grad_accum ({args.grad_accum})")
+        self.steps_per_epoch = len(examples) // args.batch_size
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"batch_size={args.batch_size} is larger than the {len(examples)} training examples")
+        self.total_steps = args.max_steps or max(1, math.ceil(args.num_epochs * self.steps_per_epoch))
+        params = [p for p in model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=args.learning_rate)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(args, self.total_steps))
+        self.step = 0
+        state = run.load_checkpoint() if run is not None else None
+        if state is not None:
+            load_trainable_state(model, state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            self.step = int(state["step"])
+            if self.load_extra is not None:
+                self.load_extra(state.get("extra", {}))
+            self._rng = state["rng"]
+        else:
+            self._rng = None
+        # The scheduler is NOT prepared: accelerate's wrapper steps it num_processes times per call, while our
+        # schedule is defined per global optimizer step.
+        self.model, self.optimizer = accelerator.prepare(model, opt)
+        self.scheduler = sched
+        self.resumed_from = self.step
+
+    @property
+    def unwrapped(self):
+        return self.acc.unwrap_model(self.model)
+
+    def global_batch(self, step: int) -> list[int]:
+        epoch, k = divmod(step, self.steps_per_epoch)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        perm = torch.randperm(len(self.examples), generator=g)
+        B = self.args.batch_size
+        return perm[k * B:(k + 1) * B].tolist()
+
+    def _reduce(self, stats: list[dict]) -> dict:
+        """Exact cross-process reduction of the micro-batch stats of one step."""
+        names = list(stats[0])
+        dev = self.acc.device
+        out = {}
+        for name in names:
+            kind = stats[0][name][0]
+            if kind == "mean":
+                v = torch.stack([torch.stack([torch.as_tensor(s[name][1], dtype=torch.float64),
+                                              torch.as_tensor(s[name][2], dtype=torch.float64)]) for s in stats])
+                tot = self.acc.reduce(v.sum(0).to(dev), reduction="sum")
+                out[name] = (tot[0] / tot[1].clamp_min(1e-12)).item()
+            else:
+                fn = torch.min if kind == "min" else torch.max
+                v = fn(torch.stack([torch.as_tensor(s[name][1], dtype=torch.float64) for s in stats])).to(dev)
+                g = self.acc.gather(v.reshape(1))
+                out[name] = fn(g).item()
+        return out
+
+    def train(self, on_step: Callable[[int, dict], None] | None = None) -> dict:
+        """Run to `total_steps`; `on_step(step, metrics)` after each step (eval hooks). Returns the last metrics."""
+        if self._rng is not None:
+            set_rng_state(self._rng)
+        if self.run is not None and self.acc.is_main_process:
+            self.run.truncate_log(self.step)
+        args, acc, world = self.args, self.acc, self.acc.num_processes
+        bar = self.run.progress(self.total_steps, self.step, desc="train") if (
+            self.run is not None and acc.is_main_process) else None
+        last: dict = {}
+        self.model.train()
+        while self.step < self.total_steps:
+            idx = self.global_batch(self.step)
+            denom = float(sum(self.count_fn(self.examples[i]) for i in idx))
+            chunks = [idx[c * self.micro:(c + 1) * self.micro] for c in range(world * args.grad_accum)]
+            mine = chunks[acc.process_index * args.grad_accum:(acc.process_index + 1) * args.grad_accum]
+            stats = []
+            for chunk in mine:
+                with acc.accumulate(self.model):
+                    loss, st = self.loss_fn(self.model, [self.examples[i] for i in chunk], denom)
+                    acc.backward(loss * (world * args.grad_accum))
+                    stats.append(st)
+            metrics = self._reduce(stats)
+            max_norm = args.max_grad_norm if args.max_grad_norm is not None else float("inf")
+            grad_norm = acc.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], max_norm)
+            check_finite("loss", metrics["loss"], step=self.step + 1)
+            check_finite("grad_norm", grad_norm, step=self.step + 1)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            metrics["grad_norm"] = float(grad_norm)
+            metrics["learning_rate"] = self.scheduler.get_last_lr()[0]
+            metrics["epoch"] = self.step / self.steps_per_epoch
+            last = metrics
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+            if on_step is not None:
+                on_step(self.step, metrics)
+            if self.run is not None and acc.is_main_process and (
+                    self.step % args.log_every == 0 or self.step == self.total_steps):
+                self.run.log(self.step, metrics)
+            if self.step % args.save_every == 0 or self.step == self.total_steps:
+                self.save()
+        if bar is not None:
+            bar.close()
+        return last
+
+    def save(self) -> None:
+        if self.run is None:
+            return
+        if self.acc.is_main_process:
+            state: dict[str, Any] = {"step": self.step, "model": trainable_state(self.unwrapped),
+                                     "optimizer": self.optimizer.state_dict(),
+                                     "scheduler": self.scheduler.state_dict(), "rng": get_rng_state()}
+            if self.extra_state is not None:
+                state["extra"] = self.extra_state()
+            self.run.save_checkpoint(state)
+        self.acc.wait_for_everyone()

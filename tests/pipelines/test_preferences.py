@@ -1,0 +1,73 @@
+"""Preference labelling by the gold judge, and the preferences stage (dataset written, exact resume)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from pipelines import preferences
+from reins.config import from_dict
+from reins.runio import RunDir
+from tests.pipelines.helpers import SMALL
+
+
+def _cfg(tmp_path, **kw):
+    base = {"output_dir": str(tmp_path / "run"), "quiet": True, "tiny": dict(SMALL), "num_train_prompts": 6,
+            "num_test_prompts": 2, "num_samples": 3, "chunk_size": 3, "min_margin": 0.0,
+            "generation": {"max_new_tokens": 10}}
+    base.update(kw)
+    return from_dict(preferences.Config, base)
+
+
+def test_max_margin_labels_best_vs_worst(tmp_path):
+    cfg = _cfg(tmp_path, min_margin=0.3)
+    rng = random.Random(0)
+    assert preferences.label_pair(["a", "b", "c"], [0.1, 0.9, -0.5], cfg, rng) == (1, 2)
+    assert preferences.label_pair(["a", "b", "c"], [0.1, 0.2, 0.0], cfg, rng) is None  # margin 0.2 < 0.3
+    assert preferences.label_pair(["a", " ", "c"], [0.1, 0.9, -0.5], cfg, rng) == (0, 2)  # empty never paired
+    assert preferences.label_pair(["a", "a"], [0.9, -0.9], cfg, rng) is None  # identical texts
+
+
+@pytest.mark.parametrize("temp", [0.5, 1.0])
+def test_bradley_terry_labels_follow_sigmoid(tmp_path, temp):
+    cfg = _cfg(tmp_path, labeling="bradley_terry", bt_temperature=temp)
+    rng = random.Random(1)
+    n, first = 4000, 0
+    for _ in range(n):
+        c, r = preferences.label_pair(["x", "y"], [1.0, 0.0], cfg, rng)
+        first += c == 0
+    p = 1 / (1 + math.exp(-1.0 / temp))  # P(x > y) = sigma((s_x - s_y) / T)
+    assert first / n == pytest.approx(p, abs=4 * math.sqrt(p * (1 - p) / n))
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_preferences_stage_writes_pairs_and_resumes_exactly(tmp_path, monkeypatch):
+    import datasets
+
+    full = preferences.train(_cfg(tmp_path / "a"))
+    orig = RunDir.log
+
+    def crash(self, step, metrics):
+        if step == 2:
+            raise _Stop()
+        orig(self, step, metrics)
+
+    monkeypatch.setattr(RunDir, "log", crash)
+    with pytest.raises(_Stop):
+        preferences.train(_cfg(tmp_path / "b"))
+    monkeypatch.setattr(RunDir, "log", orig)
+    resumed = preferences.train(_cfg(tmp_path / "b"))
+    assert resumed == full
+    da = datasets.load_from_disk(str(tmp_path / "a" / "run" / "data"))
+    db = datasets.load_from_disk(str(tmp_path / "b" / "run" / "data"))
+    assert set(da) == {"train", "test"}
+    assert da["train"].to_list() == db["train"].to_list()
+    assert da["train"].column_names == ["prompt", "chosen", "rejected", "chosen_score", "rejected_score"]
+    for row in da["train"].to_list() + da["test"].to_list():
+        assert row["chosen_score"] >= row["rejected_score"] and row["chosen"] != row["rejected"]
+    assert full["pairs/train"] + full["pairs/test"] + full["pairs/skipped"] == 8

@@ -1,0 +1,210 @@
+"""Stage runs on the small tiny model: parameters move (only adapters under LoRA), exact resume, NaN stop."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from pipelines import dpo, reward, sft
+from pipelines.models import freeze, load_causal_lm, load_tokenizer
+from pipelines.trainer import Trainer, make_accelerator
+from reins.config import from_dict
+from reins.errors import ConfigError, DataError, NonFiniteError
+from reins.runio import RunDir
+from tests.pipelines.helpers import stage_overrides
+
+
+def _cfg(mod, tmp_path, **kw):
+    names = {f.name for f in dataclasses.fields(mod.Config)}
+    return from_dict(mod.Config, {k: v for k, v in stage_overrides(tmp_path, **kw).items() if k in names})
+
+
+def _params(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_one_dpo_step_changes_every_parameter(tmp_path):
+    cfg = _cfg(dpo, tmp_path, max_steps=1, learning_rate=1e-2)
+    tok = load_tokenizer(cfg)
+    before = _params(load_causal_lm(cfg, tok, seed=cfg.seed))
+    dpo.train(cfg)
+    after = _params(load_causal_lm(from_dict(dpo.Config, {**stage_overrides(tmp_path),
+                                                           "model": str(tmp_path / "run" / "model")}), tok))
+    assert before.keys() == after.keys()
+    unchanged = [n for n in before if torch.equal(before[n], after[n])]
+    assert unchanged == []
+
+
+def test_lora_step_changes_only_adapter_parameters(tmp_path):
+    # Two steps: LoRA's B starts at 0, so A's gradient is 0 in the first step and A moves from the second.
+    cfg = _cfg(dpo, tmp_path, max_steps=2, learning_rate=1e-2, lora={"r": 2})
+    tok = load_tokenizer(cfg)
+    acc = make_accelerator(cfg)
+    model = load_causal_lm(cfg, tok, seed=cfg.seed)
+    before = _params(model)
+    loss_fn = dpo.make_loss_fn(tok.pad_token_id, cfg, dpo.Reference(adapter_host=model))
+    exs, _ = dpo.tokenize_preferences(tok, dpo.normalise_preferences(dpo.builtin_pairs(16, 0, "train"), "b"),
+                                      "b", 48)
+    Trainer(None, cfg, acc, model, exs, loss_fn, seed=0).train()
+    after = _params(model)
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    lora = {n for n in before if "lora_" in n}
+    assert lora and changed == lora  # every adapter weight moved, nothing else did
+
+
+def test_reward_step_trains_head_and_trunk(tmp_path):
+    cfg = _cfg(reward, tmp_path, max_steps=1, learning_rate=1e-2, eval_fraction=0.25)
+    m = reward.train(cfg)
+    assert 0.0 <= m["eval/accuracy"] <= 1.0 and m["steps"] == 1
+    assert (tmp_path / "run" / "model" / "config.json").is_file()
+    cfgjson = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert cfgjson["architectures"] == ["LlamaForSequenceClassification"] and len(cfgjson["id2label"]) == 1
+    assert cfgjson["pad_token_id"] != cfgjson["eos_token_id"]
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("mod", [sft, dpo])
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch, mod):
+    kw = {"max_steps": 4, "save_every": 2, "learning_rate": 3e-3}
+    full = mod.train(_cfg(mod, tmp_path / "a", **kw))
+    orig_log = RunDir.log
+
+    def crash_at_3(self, step, metrics):
+        if step == 3:
+            raise _Stop()
+        orig_log(self, step, metrics)
+
+    monkeypatch.setattr(RunDir, "log", crash_at_3)
+    with pytest.raises(_Stop):
+        mod.train(_cfg(mod, tmp_path / "b", **kw))
+    assert not (tmp_path / "b" / "run" / "metrics.json").exists()
+    monkeypatch.setattr(RunDir, "log", orig_log)
+    resumed = mod.train(_cfg(mod, tmp_path / "b", **kw))
+    assert resumed.keys() == full.keys()
+    for k in full:
+        assert resumed[k] == pytest.approx(full[k], rel=1e-6, abs=1e-9), k
+    log_a = [json.loads(x) for x in (tmp_path / "a" / "run" / "log.jsonl").read_text().splitlines()]
+    log_b = [json.loads(x) for x in (tmp_path / "b" / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log_a] == [r["step"] for r in log_b]
+    assert [r.get("loss") for r in log_a] == pytest.approx([r.get("loss") for r in log_b])
+    # A completed run is not retrained: its metrics are returned as they are.
+    assert mod.train(_cfg(mod, tmp_path / "b", **kw)) == resumed
+
+
+def test_nan_loss_stops_before_checkpointing(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = dpo.dpo_loss
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        losses, c, r = real(*a, **k)
+        return (losses * float("nan") if calls["n"] >= 2 else losses), c, r
+
+    monkeypatch.setattr(dpo, "dpo_loss", poisoned)
+    cfg = _cfg(dpo, tmp_path, max_steps=4, save_every=1)
+    with pytest.raises(NonFiniteError, match="non-finite loss at step 2"):
+        dpo.train(cfg)
+    run = RunDir(cfg.output_dir, cfg)
+    assert run.load_checkpoint()["step"] == 1
+    assert run.completed_metrics() is None
+
+
+def test_config_and_data_errors_before_training(tmp_path):
+    with pytest.raises(ConfigError, match="beta must be > 0"):
+        _cfg(dpo, tmp_path, beta=-1.0)
+    with pytest.raises(ConfigError, match="multiple of num_processes"):
+        dpo.train(_cfg(dpo, tmp_path / "x", batch_size=6, grad_accum=4))
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "b"}) + "\n")
+    with pytest.raises(DataError, match=r"p\.jsonl: row 0: 'chosen' and 'rejected' are identical"):
+        dpo.train(_cfg(dpo, tmp_path / "y", data=str(tmp_path / "p.jsonl")))
+    assert not (tmp_path / "y" / "run").exists()  # nothing written for a run that never started
+
+
+def test_frozen_reference_has_no_grad(tmp_path):
+    cfg = _cfg(dpo, tmp_path)
+    tok = load_tokenizer(cfg)
+    ref = freeze(load_causal_lm(cfg, tok))
+    assert not any(p.requires_grad for p in ref.parameters()) and not ref.training
+
+
+def test_grad_accum_gives_the_same_curve_as_one_big_batch(tmp_path):
+    kw = {"max_steps": 2, "learning_rate": 3e-3, "max_eval_samples": 2}
+    a = dpo.train(_cfg(dpo, tmp_path / "a", grad_accum=1, **kw))
+    b = dpo.train(_cfg(dpo, tmp_path / "b", grad_accum=4, **kw))
+    for k in ("train/loss", "train/rewards/margins", "train/grad_norm", "eval/loss"):
+        assert a[k] == pytest.approx(b[k], abs=1e-5), k
+
+
+def test_gradient_checkpointing_does_not_change_gradients(tmp_path):
+    from pipelines.data import builtin_sft_rows, normalise_sft, tokenize_sft
+
+    cfg = _cfg(sft, tmp_path, dtype="float64")
+    tok = load_tokenizer(cfg)
+    exs, _ = tokenize_sft(tok, normalise_sft(builtin_sft_rows(4, 0, "train"), "b"), "b", 48)
+    grads = []
+    for ckpt in (False, True):
+        cfg.gradient_checkpointing = ckpt
+        model = load_causal_lm(cfg, tok, seed=0)
+        flag = getattr(model, "is_activation_checkpointing", None)
+        assert (flag if flag is not None else model.is_gradient_checkpointing) == ckpt
+        model.train()
+        loss, _ = sft.make_loss_fn(tok.pad_token_id)(model, exs, 50.0)
+        loss.backward()
+        grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    assert torch.allclose(grads[0], grads[1], rtol=0, atol=1e-12)
+
+
+def test_conversational_preferences_train_end_to_end(tmp_path):
+    rows = [{"prompt": [{"role": "user", "content": f"Review hotel {i}."}],
+             "chosen": [{"role": "assistant", "content": "The room was spotless. I loved it."}],
+             "rejected": [{"role": "assistant", "content": f"The room was dirty {i}."}]} for i in range(8)]
+    path = tmp_path / "conv.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = dpo.train(_cfg(dpo, tmp_path, data=str(path), max_steps=1, precompute_ref_logps=True))
+    assert m["steps"] == 1 and m["train/loss"] == pytest.approx(0.6931471805599453, abs=1e-6)  # policy == ref
+    assert list((tmp_path / "run" / "cache").glob("ref_logps-*.pt"))
+
+
+def test_sft_packing_blocks():
+    exs = [{"prompt_ids": [1, 2], "completion_ids": [3, 4, 5]}, {"prompt_ids": [6], "completion_ids": [7, 8]}]
+    assert sft.pack(exs, 3) == [{"prompt_ids": [], "completion_ids": [1, 2, 3]},
+                                {"prompt_ids": [], "completion_ids": [4, 5, 6]}]  # the 2-token tail is dropped
+
+
+def test_lora_reward_model_trains_its_head_and_saves_merged(tmp_path):
+    m = reward.train(_cfg(reward, tmp_path, max_steps=1, learning_rate=1e-2, lora={"r": 2}, eval_fraction=0.25))
+    assert m["steps"] == 1
+    out = tmp_path / "run" / "model"
+    assert (out / "config.json").is_file() and not (out / "adapter_config.json").exists()
+    from pipelines.models import load_reward_model
+
+    cfg = _cfg(reward, tmp_path)
+    tok = load_tokenizer(cfg)
+    init = load_reward_model(cfg, tok, seed=cfg.seed)
+    cfg.model = str(out)
+    trained = load_reward_model(cfg, tok)
+    assert not torch.equal(init.score.weight, trained.score.weight)  # the trained head was saved (merged)
+    # The saved reward model is used by DPO's evaluation (eval/reward_model_score).
+    d = dpo.train(_cfg(dpo, tmp_path / "d", max_steps=1, eval_prompts="builtin:sentiment", reward_model=str(out),
+                       eval={"num_prompts": 2, "max_new_tokens": 6}))
+    assert "eval/reward_model_score" in d and math.isfinite(d["eval/reward_model_score"])
+
+
+def test_explicit_ref_model_is_used(tmp_path):
+    from pipelines.models import save_model
+
+    cfg = _cfg(dpo, tmp_path / "x")
+    tok = load_tokenizer(cfg)
+    save_model(load_causal_lm(cfg, tok, seed=cfg.seed), tok, tmp_path / "same")     # = the initial policy
+    save_model(load_causal_lm(cfg, tok, seed=cfg.seed + 1), tok, tmp_path / "other")
+    same = dpo.train(_cfg(dpo, tmp_path / "a", max_steps=1, ref_model=str(tmp_path / "same")))
+    other = dpo.train(_cfg(dpo, tmp_path / "b", max_steps=1, ref_model=str(tmp_path / "other")))
+    assert same["train/loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert abs(other["train/loss"] - math.log(2)) > 1e-3
