@@ -1,0 +1,219 @@
+"""DPO and reward-model training samples/s: reins (pipelines/dpo.py, pipelines/reward.py) vs TRL 1.16
+(DPOTrainer, RewardTrainer), identical work.
+
+The driver builds one Llama model (pipelines.models, `tiny` spec or a ~15M-parameter one) and its tokenizer,
+saves them with `save_pretrained`, and tokenises the built-in sentiment preference pairs once with
+reins' tokenizer code; both sides load that directory and train on exactly those token ids (TRL's own
+tokenisation is bypassed by handing it pre-tokenised columns: `prompt_ids/chosen_ids/rejected_ids` for DPO,
+prompt+completion `chosen_ids/rejected_ids` for the reward model, which RewardTrainer accepts as processed data).
+Both: fp32, full fine-tuning, AdamW lr 1e-4 with a linear schedule over the same (large) max_steps, weight decay
+0, max grad norm 1.0, no gradient checkpointing, no gradient accumulation, the same per-step batch of pairs,
+chosen and rejected in one concatenated forward, a frozen reference copy for DPO (sigmoid loss, beta 0.1) or,
+in `dpo_precomputed_ref`, reference log-probs computed once before training by each library's own
+precompute option (reins `precompute_ref_logps`, TRL `precompute_ref_log_probs`; not timed), a
+fresh scalar head for the reward model (Bradley-Terry loss, no margin, no centering). A step is one optimizer
+step of each library's own training loop (reins: pipelines.trainer.Trainer; TRL: transformers' Trainer, logging
+every `block_steps` steps, which is TRL's DPO default of 10 at the full size). Throughput: preference pairs/s.
+Final loss: reins, the mean training loss over the last block; TRL, its last logged loss (the mean over the
+last `block_steps` steps, which ends where the last block ends give or take the warm-up offset).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks.common import BlockClock, count_flops, pin_threads, worker_args
+
+MODELS = {  # pipelines.models.TinySpec fields
+    "tiny": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 384},
+    "15m": {"hidden_size": 384, "num_layers": 8, "num_heads": 6, "intermediate_size": 1024},
+}
+SIZES = {  # per model: (blocks, steps per block)
+    "small": {"models": {"tiny": (3, 5)}, "tasks": ["dpo", "dpo_precomputed_ref", "rm"], "batch": 8, "pairs": 64,
+              "warmup": 2},
+    "full": {"models": {"tiny": (6, 10), "15m": (4, 5)}, "tasks": ["dpo", "dpo_precomputed_ref", "rm"],
+             "batch": 16, "pairs": 512, "warmup": 3},
+}
+THREADS = "all"
+TARGETS = {"dpo": 2.0, "dpo_precomputed_ref": 2.0, "rm": 2.0}  # issue 8
+PEER = "trl"
+MAX_STEPS = 1_000_000  # both schedules decay over the same horizon; the driver stops the run long before
+
+
+def prepare(size: str, workdir: Path, threads: int, device: str, seed: int = 0) -> list[dict]:
+    from pipelines.data import normalise_preferences, tokenize_preferences
+    from pipelines.models import ModelArgs, TinySpec, count_parameters, load_causal_lm, load_tokenizer
+    from pipelines.reward import builtin_pairs
+
+    cfg = SIZES[size]
+    tok = load_tokenizer(ModelArgs())
+    rows = builtin_pairs(cfg["pairs"], seed, "train")
+    examples, _ = tokenize_preferences(tok, normalise_preferences(rows, "builtin"), "builtin", 128)
+    data = workdir / "pairs.json"
+    data.write_text(json.dumps([{k: e[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
+                                for e in examples]))
+    seq = sum(len(e["prompt_ids"]) + (len(e["chosen_ids"]) + len(e["rejected_ids"])) / 2 for e in examples)
+    out = []
+    for m, (blocks, block_steps) in cfg["models"].items():
+        model_dir = workdir / f"model-{m}"
+        model = load_causal_lm(ModelArgs(tiny=TinySpec(**MODELS[m])), tok, seed=seed)
+        n_params = count_parameters(model)[0]
+        model.save_pretrained(model_dir)
+        tok.save_pretrained(model_dir)
+        for task in cfg["tasks"]:
+            spec = {"name": f"{task}_vs_trl/{m}", "task": task, "model_dir": str(model_dir), "data": str(data),
+                    "batch": cfg["batch"], "lr": 1e-4, "beta": 0.1, "threads": threads, "device": device,
+                    "seed": seed, "warmup": cfg["warmup"]}
+            out.append({"spec": spec, "blocks": blocks, "block_steps": block_steps,
+                        "items_per_step": cfg["batch"], "unit": "pairs/s", "target": TARGETS[task], "peer": PEER,
+                        "venv": "bench",
+                        "size_desc": f"{m} Llama ({n_params / 1e6:.1f}M params), batch {cfg['batch']} pairs, "
+                                     f"mean seq {seq / len(examples):.0f} tok"})
+    return out
+
+
+class _Stop(Exception):
+    pass
+
+
+def _ours(spec: dict, clock: BlockClock) -> dict:
+    import copy
+
+    import torch
+
+    from pipelines import dpo, reward
+    from pipelines.models import ModelArgs, freeze, load_causal_lm, load_reward_model, load_tokenizer
+    from pipelines.scoring import Reference
+    from pipelines.trainer import Trainer, make_accelerator
+
+    examples = json.loads(Path(spec["data"]).read_text())
+    common = dict(model=spec["model_dir"], batch_size=spec["batch"], max_steps=MAX_STEPS, learning_rate=spec["lr"],
+                  lr_scheduler="linear", weight_decay=0.0, max_grad_norm=1.0, cpu=spec["device"] == "cpu",
+                  seed=spec["seed"])
+    tok = load_tokenizer(ModelArgs(model=spec["model_dir"]))
+    if spec["task"].startswith("dpo"):
+        cfg = dpo.Config(beta=spec["beta"], loss_type="sigmoid", **common)
+        acc = make_accelerator(cfg)
+        policy = load_causal_lm(cfg, tok, seed=spec["seed"])
+        ref = Reference(freeze(copy.deepcopy(policy)).to(acc.device))
+        if spec["task"] == "dpo_precomputed_ref":  # the stage's own cache path; the copy is dropped afterwards
+            dpo.attach_ref_logps(examples, ref, tok.pad_token_id, Path(spec["model_dir"]).parent / "ref-cache",
+                                 batch_size=spec["batch"], is_main=True, wait=lambda: None)
+            ref = None
+        loss_fn = dpo.make_loss_fn(tok.pad_token_id, cfg, ref)
+    else:
+        cfg = reward.Config(center_coef=0.0, use_margin=False, **common)
+        acc = make_accelerator(cfg)
+        policy = load_reward_model(cfg, tok, seed=spec["seed"])
+        loss_fn = reward.make_loss_fn(tok.pad_token_id, cfg)
+    trainer = Trainer(None, cfg, acc, policy, examples, loss_fn, seed=spec["seed"])
+    batch = examples[: spec["batch"]]
+    flops, _ = count_flops(lambda: loss_fn(trainer.model, batch, float(len(batch)))[0].backward())
+    trainer.optimizer.zero_grad(set_to_none=True)
+
+    def on_step(step: int, metrics: dict) -> None:
+        clock.record_loss(metrics["loss"])
+        if not clock.tick():
+            raise _Stop
+
+    clock.start()
+    if clock.running:
+        try:
+            trainer.train(on_step)
+        except _Stop:
+            pass
+    return {"flops_per_step": flops, "versions": {"torch": torch.__version__}}
+
+
+def _peer(spec: dict, clock: BlockClock) -> dict:
+    import tempfile
+
+    import torch
+    import transformers
+    import trl
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+
+    examples = json.loads(Path(spec["data"]).read_text())
+    tok = AutoTokenizer.from_pretrained(spec["model_dir"])
+    logged: list[tuple[int, float]] = []
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            clock.start()
+            control.should_training_stop = not clock.running
+
+        def on_step_end(self, args, state, control, **kw):
+            if not clock.tick():
+                control.should_training_stop = True
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                logged.append((state.global_step, float(logs["loss"])))
+
+    common = dict(output_dir=tempfile.mkdtemp(prefix="trl-bench-"), per_device_train_batch_size=spec["batch"],
+                  gradient_accumulation_steps=1, learning_rate=spec["lr"], lr_scheduler_type="linear",
+                  warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, max_steps=MAX_STEPS,
+                  gradient_checkpointing=False, logging_steps=spec["block_steps"], save_strategy="no",
+                  eval_strategy="no",
+                  report_to="none", use_cpu=spec["device"] == "cpu", seed=spec["seed"], dataloader_num_workers=0,
+                  disable_tqdm=True, bf16=False, fp16=False, max_length=None)
+    torch.manual_seed(spec["seed"])
+    if spec["task"].startswith("dpo"):
+        class PretokenizedDPOTrainer(trl.DPOTrainer):
+            def _prepare_dataset(self, dataset, *args, **kwargs):  # the data is tokenised already
+                return dataset
+
+        ds = Dataset.from_list(examples)
+        model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32)
+        args = trl.DPOConfig(beta=spec["beta"], loss_type="sigmoid",
+                             precompute_ref_log_probs=spec["task"] == "dpo_precomputed_ref",
+                             precompute_ref_batch_size=spec["batch"], **common)
+        trainer = PretokenizedDPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
+                                         callbacks=[Clock()])
+    else:
+        ds = Dataset.from_list([{"chosen_ids": e["prompt_ids"] + e["chosen_ids"],
+                                 "rejected_ids": e["prompt_ids"] + e["rejected_ids"]} for e in examples])
+        model = AutoModelForSequenceClassification.from_pretrained(spec["model_dir"], num_labels=1,
+                                                                   dtype=torch.float32)
+        model.config.pad_token_id = tok.pad_token_id
+        args = trl.RewardConfig(center_rewards_coefficient=None, **common)
+        trainer = trl.RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
+                                    callbacks=[Clock()])
+    flops = _trl_step_flops(trainer, spec["batch"])
+    trainer.train()
+    return {"flops_per_step": flops, "final_loss": logged[-1][1] if logged else None,
+            "versions": {"torch": torch.__version__, "trl": trl.__version__,
+                         "transformers": transformers.__version__}}
+
+
+def _trl_step_flops(trainer, batch: int) -> int | None:
+    """FLOPs of one TRL forward+backward on the first batch of its own dataloader (no optimizer step)."""
+    try:
+        inputs = next(iter(trainer.get_train_dataloader()))
+        inputs = trainer._prepare_inputs(inputs)
+        model = trainer.model
+
+        def fb():
+            loss = trainer.compute_loss(model, inputs)
+            loss.backward()
+
+        flops, _ = count_flops(fb)
+        model.zero_grad(set_to_none=True)
+        return flops
+    except Exception:  # noqa: BLE001 - a FLOP count is informative only
+        return None
+
+
+def main(argv=None) -> int:
+    side, spec, out = worker_args(argv)
+    pin_threads(spec["threads"])
+    clock = BlockClock(spec["warmup"], spec["device"])
+    extra = (_ours if side == "ours" else _peer)(spec, clock)
+    clock.final(out, **extra)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
