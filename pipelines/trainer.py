@@ -72,7 +72,7 @@ def make_accelerator(args: TrainArgs):
     return Accelerator(cpu=cpu, gradient_accumulation_steps=args.grad_accum, mixed_precision=args.mixed_precision)
 
 
-def _lr_lambda(args: TrainArgs, total: int) -> Callable[[int], float]:
+def lr_lambda(args: TrainArgs, total: int) -> Callable[[int], float]:
     def f(step: int) -> float:
         if step < args.warmup_steps:
             return (step + 1) / (args.warmup_steps + 1)
@@ -114,7 +114,7 @@ class Trainer:
         no_decay = [p for p in params if p.dim() < 2]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=args.learning_rate)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(args, self.total_steps))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args, self.total_steps))
         self.step = 0
         state = run.load_checkpoint() if run is not None else None
         if state is not None:

@@ -1,0 +1,425 @@
+"""`reins ppo`: RLHF with KL-penalised PPO (Ziegler et al. 2019; the N+ implementation details, Huang et al. 2024).
+
+One iteration ("update", the unit of `max_steps`, `save_every`, `eval_every`):
+1. rollout: `batch_size` prompts (global; each process takes its share, data position = iteration) are
+   completed by the policy (KV-cached sampling, `generation.temperature/top_p/max_new_tokens`, truncated
+   after the first EOS, pad != EOS); log-probs of policy and reference are recomputed with logits / temperature;
+   values from the value model; reward-model scores (re-tokenised when the RM's tokenizer differs);
+2. rewards: per-token KL penalty plus the transformed score on the last token (pipelines/ppo_rollout.py);
+   the KL coefficient is fixed, proportional (target, horizon) or halve/double (seed 000 Alg 5);
+3. advantages: GAE over response tokens (gamma, lam), whitened (pgcore.advantages);
+4. update: `ppo_epochs` passes over `num_minibatches` shuffled minibatches, each split into `grad_accum`
+   micro-batches; loss = PPO clipped surrogate + vf_coef * clipped value loss - entropy_coef * entropy
+   (pgcore.policy_losses, seed 000 §8.2 / seed 001 §2.10), token means over the minibatch, max grad norm.
+Metrics use TRL/N+ names (objective/kl, objective/entropy, objective/rlhf_reward, objective/scores,
+policy/approxkl, policy/clipfrac, val/clipfrac, val/vpred, loss/policy, loss/value, val/ratio, val/ratio_max,
+kl_coef), plus the shared evaluation (eval/gold_reward, eval/kl_to_ref, eval/win_rate_vs_ref,
+eval/reward_model_score) every `eval_every` iterations with sample completions logged under `samples`.
+Checkpoint after an iteration: policy + value parameters, optimizer, scheduler, KL coefficient, RNG, iteration
+(which fixes the data position); a re-run resumes exactly. Non-finite rewards, log-probs, values, losses or
+gradients stop the run (NonFiniteError) before anything is checkpointed. Artifacts: `output_dir/model` (the
+policy) and `output_dir/value_model`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from pgcore.distributions import entropy_from_logits, token_logprobs
+from pgcore.policy_losses import entropy_bonus, ppo_clip_loss, value_loss
+from pipelines.common import broadcast_metrics, eval_prompts, open_run, quiet_libraries
+from pipelines.data import BUILTIN, BUILTIN_CHAT, encode_prompt, load_records, normalise_prompts
+from pipelines.evaluation import EvalArgs, PolicyEvaluator
+from pipelines.generation import GenerationArgs, generate
+from pipelines.models import (
+    ModelArgs,
+    count_parameters,
+    load_tokenizer,
+    load_trainable_state,
+    save_model,
+    trainable_state,
+)
+from pipelines.ppo_models import build_models, load_reward, resolve_reward_dir
+from pipelines.ppo_rollout import (
+    KLController,
+    advantages_and_returns,
+    lm_logits,
+    rollout_batch,
+    score_responses,
+    shape_rewards,
+    transform_scores,
+)
+from pipelines.scoring import to_device
+from pipelines.trainer import TrainArgs, lr_lambda, make_accelerator
+from reins.cli import stage_main
+from reins.config import check
+from reins.errors import ConfigError, DataError, NonFiniteError
+from reins.runio import check_finite, get_rng_state, seed_everything, set_rng_state
+
+
+@dataclass
+class Config(TrainArgs, ModelArgs):
+    output_dir: str = "runs/ppo"
+    seed: int = 0
+    quiet: bool = False
+    # models (`model` is the SFT policy)
+    reward_model: str = ""                # reward stage output dir, or any sequence-classification model dir
+    value_model: str = "auto"             # auto | reward | policy | shared | PATH
+    ref_model: str | None = None          # default: the initial policy (frozen copy / adapter disabled)
+    # prompts
+    data: str = BUILTIN                   # prompt-only file / datasets dir / Hub id, builtin:sentiment(-chat)
+    train_split: str = "train"
+    builtin_size: int = 2000
+    max_train_samples: int | None = None
+    max_prompt_length: int = 64           # longer prompts are dropped (counted in data/dropped_prompts)
+    generation: GenerationArgs = field(default_factory=lambda: GenerationArgs(max_new_tokens=32, temperature=1.0))
+    # reward
+    kl_coef: float = 0.05
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    kl_control: Literal["fixed", "proportional", "halve_double"] = "fixed"
+    kl_target: float = 6.0
+    kl_horizon: int = 10000
+    missing_eos_penalty: float | None = None
+    score_clip: float | None = None
+    score_norm: bool = False              # standardise scores over the global rollout batch
+    whiten_rewards: bool = False
+    # PPO update
+    ppo_epochs: int = 4
+    num_minibatches: int = 1
+    gamma: float = 1.0
+    lam: float = 0.95
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    entropy_coef: float = 0.0
+    whiten_advantages: bool = True
+    adam_eps: float = 1e-5                # N+ detail 15
+    value_learning_rate: float | None = None
+    # evaluation (every eval_every iterations, and before the first and after the last)
+    eval_prompts: str | None = BUILTIN
+    eval: EvalArgs = field(default_factory=EvalArgs)
+    batch_size: int = 64                  # prompts (rollouts) per iteration, over all processes
+    learning_rate: float = 3e-6
+    max_grad_norm: float | None = 1.0
+    log_every: int = 1
+    save_every: int = 10
+
+    def validate(self):
+        self.validate_model()
+        self.validate_train()
+        check(self.generation.temperature > 0, "generation.temperature must be > 0 for PPO (sampling)")
+        check(self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}")
+        check(self.kl_target > 0 and self.kl_horizon >= 1, "kl_target must be > 0 and kl_horizon >= 1")
+        check(self.ppo_epochs >= 1 and self.num_minibatches >= 1, "ppo_epochs and num_minibatches must be >= 1")
+        check(0 <= self.gamma <= 1 and 0 <= self.lam <= 1, "gamma and lam must be in [0, 1]")
+        check(self.cliprange > 0 and self.cliprange_value > 0, "cliprange and cliprange_value must be > 0")
+        check(self.vf_coef >= 0 and self.entropy_coef >= 0, "vf_coef and entropy_coef must be >= 0")
+        check(self.missing_eos_penalty is None or self.missing_eos_penalty >= 0, "missing_eos_penalty must be >= 0")
+        check(self.score_clip is None or self.score_clip > 0, "score_clip must be > 0")
+        check(self.max_prompt_length >= 1, "max_prompt_length must be >= 1")
+
+
+# ----------------------------------------------------------------------------------------- data
+def load_prompts(cfg: Config, tok) -> tuple[list, list[list[int]], int]:
+    """(prompts, their token ids, number dropped as longer than max_prompt_length)."""
+    if cfg.data in (BUILTIN, BUILTIN_CHAT):
+        from pipelines.task import as_chat, sentiment_prompts
+
+        prompts = sentiment_prompts(cfg.builtin_size, seed=cfg.seed, split="train")
+        if cfg.data == BUILTIN_CHAT:
+            prompts = [as_chat(p) for p in prompts]
+    else:
+        rows, where = load_records(cfg.data, cfg.train_split)
+        prompts = normalise_prompts(rows, where)
+    if cfg.max_train_samples is not None:
+        prompts = prompts[: cfg.max_train_samples]
+    kept, ids = [], []
+    for p in prompts:
+        e = encode_prompt(tok, p)
+        if 0 < len(e) <= cfg.max_prompt_length:
+            kept.append(p)
+            ids.append(e)
+    if not kept:
+        raise DataError(f"{cfg.data}: no prompt of at most max_prompt_length={cfg.max_prompt_length} tokens")
+    return kept, ids, len(prompts) - len(kept)
+
+
+def iteration_prompts(n_prompts: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """The prompt indices of iteration `step`: the step-th slice of a seeded per-epoch permutation."""
+    per_epoch = n_prompts // batch_size
+    epoch, k = divmod(step, per_epoch)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n_prompts, generator=g)[k * batch_size:(k + 1) * batch_size].tolist()
+
+
+# ----------------------------------------------------------------------------------------- rollout
+@torch.no_grad()
+def rollout(cfg: Config, ac, reference, reward_model, rm_tok, tok, prompts: list, prompt_ids: list[list[int]], *,
+            same_tok: bool, kl_coef: float, seed: int, reduce) -> tuple[dict, dict, float]:
+    """Sample, score and shape one iteration's rollouts on this process. `reduce(t)` sums over processes.
+
+    Returns (tensors for the update, metrics, seconds spent sampling).
+    """
+    T = cfg.generation.temperature
+    t0 = time.perf_counter()
+    s = generate(ac.policy, tok, prompt_ids, cfg.generation, seed=seed)
+    gen_seconds = time.perf_counter() - t0
+    batch = rollout_batch(prompt_ids, s.completion_ids, tok.pad_token_id)
+    device = next(ac.parameters()).device
+    mask = batch["response_mask"].to(device)
+    bs = cfg.generation.batch_size
+    logps, ref_logps, values, ent = [], [], [], []
+    was = ac.training
+    ac.eval()
+    for a in range(0, len(prompt_ids), bs):
+        sub = to_device({k: v[a:a + bs] for k, v in batch.items() if k != "prompt_width"}, device)
+        R = sub["response"].shape[1]
+        logits, v = ac(sub["input_ids"], sub["attention_mask"], R)
+        m = sub["response_mask"].to(logits.dtype)
+        logps.append(token_logprobs(logits, sub["response"], temperature=T, mask=m))
+        ent.append(entropy_from_logits(logits, temperature=T) * m)
+        values.append(v * m)
+        with reference.active() as ref:
+            ref_logps.append(token_logprobs(lm_logits(ref, sub), sub["response"], temperature=T, mask=m))
+    ac.train(was)
+    logps, ref_logps, values, ent = (torch.cat(x) for x in (logps, ref_logps, values, ent))
+    raw = score_responses(reward_model, rm_tok, prompts, prompt_ids, s.completion_ids, s.texts, s.finished,
+                          same_tokenizer=same_tok, pad_id=tok.pad_token_id).to(device=device, dtype=logps.dtype)
+    finished = torch.tensor(s.finished, device=device)
+    # One finiteness verdict for all processes (a rank raising alone would leave the others waiting).
+    bad = sum(int((~torch.isfinite(x)).sum()) for x in (raw, logps, ref_logps, values))
+    n = torch.tensor(float(len(prompt_ids)), dtype=torch.float64, device=device)
+    sums = reduce(torch.stack([torch.tensor(float(bad), dtype=torch.float64, device=device), n,
+                               raw.double().sum(), raw.double().square().sum()]))
+    if sums[0] > 0:
+        raise NonFiniteError("non-finite reward-model scores, log-probs or values in the rollout; stopping "
+                             "(the last good checkpoint is kept)")
+    N = sums[1]
+    mean = (sums[2] / N).item()
+    std = math.sqrt(max((sums[3] / N - (sums[2] / N) ** 2).item() * N.item() / max(N.item() - 1, 1), 0.0))
+    scores = transform_scores(raw, finished, missing_eos_penalty=cfg.missing_eos_penalty,
+                              score_clip=cfg.score_clip, score_norm=cfg.score_norm, norm_stats=(mean, std))
+    rewards, kl, non_score = shape_rewards(logps, ref_logps, scores, mask, kl_coef=kl_coef,
+                                           kl_estimator=cfg.kl_estimator)
+    adv, ret = advantages_and_returns(rewards, values, mask, gamma=cfg.gamma, lam=cfg.lam,
+                                      whiten_rewards=cfg.whiten_rewards, whiten_advantages=cfg.whiten_advantages)
+    data = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device),
+            "response": batch["response"].to(device), "response_mask": mask, "logps": logps, "values": values,
+            "advantages": adv, "returns": ret}
+    lengths = mask.sum(-1).double()
+    stats = reduce(torch.stack([kl.sum(-1).double().sum(), ent.sum(-1).double().sum(),
+                                non_score.sum(-1).double().sum(), scores.double().sum(), raw.double().sum(),
+                                finished.double().sum(), lengths.sum()]))
+    names = ["objective/kl", "objective/entropy", "objective/non_score_reward", "objective/scores",
+             "objective/raw_scores", "val/eos_rate", "response_length"]
+    m = {k: (v / N).item() for k, v in zip(names, stats)}
+    m["objective/rlhf_reward"] = m["objective/scores"] + m["objective/non_score_reward"]
+    m["rollout/tokens"] = int(stats[-1].item())
+    return data, m, gen_seconds
+
+
+# ----------------------------------------------------------------------------------------- update
+def ppo_update(cfg: Config, model, optimizer, accelerator, data: dict, *, generator: torch.Generator) -> dict:
+    """`ppo_epochs` x `num_minibatches` optimizer steps on this process's rollouts; the mean stats."""
+    T = cfg.generation.temperature
+    N = data["input_ids"].shape[0]
+    mb = N // cfg.num_minibatches
+    micro = mb // cfg.grad_accum
+    params = [p for p in model.parameters() if p.requires_grad]
+    max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
+    acc_stats = torch.zeros(9, dtype=torch.float64, device=accelerator.device)
+    ratio_max = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    model.train()
+    for _ in range(cfg.ppo_epochs):
+        perm = torch.randperm(N, generator=generator).tolist()
+        for k in range(cfg.num_minibatches):
+            idx = perm[k * mb:(k + 1) * mb]
+            n_mb = data["response_mask"][idx].sum().clamp_min(1)
+            for a in range(cfg.grad_accum):
+                mi = idx[a * micro:(a + 1) * micro]
+                d = {key: v[mi] for key, v in data.items()}
+                m = d["response_mask"].to(d["logps"].dtype)
+                with accelerator.accumulate(model):
+                    logits, values = model(d["input_ids"], d["attention_mask"], d["response"].shape[1])
+                    logp = token_logprobs(logits, d["response"], temperature=T, mask=m)
+                    pl, pinfo = ppo_clip_loss(logp, d["logps"], d["advantages"], cfg.cliprange, mask=m)
+                    vl, vinfo = value_loss(values, d["returns"], old_values=d["values"], clip_eps=cfg.cliprange_value,
+                                           mask=m)
+                    with torch.set_grad_enabled(cfg.entropy_coef > 0):
+                        ent = entropy_bonus(entropy_from_logits(logits, temperature=T), mask=m)
+                    # Token-mean over the whole minibatch: each micro-batch's mean weighted by its token share;
+                    # times grad_accum undoes accelerate's division of the loss by it.
+                    w = m.sum() / n_mb
+                    loss = (pl + cfg.vf_coef * vl - cfg.entropy_coef * ent) * w
+                    accelerator.backward(loss * cfg.grad_accum)
+                nt = m.sum().double()
+                vals = torch.stack([pl.detach(), vl.detach(), pinfo["approxkl"], pinfo["clipfrac"], vinfo["clipfrac"],
+                                    pinfo["ratio_mean"], (values.detach() * m).sum() / m.sum().clamp_min(1),
+                                    ent.detach()]).double()
+                acc_stats[:8] += vals * nt
+                acc_stats[8] += nt
+                ratio_max = torch.maximum(ratio_max, pinfo["ratio_max"].double())
+            grad_norm = accelerator.clip_grad_norm_(params, max_norm)
+            check_finite("gradient norm", grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    tot = accelerator.reduce(acc_stats, reduction="sum")
+    rmax = accelerator.gather(ratio_max.reshape(1)).max()
+    names = ["loss/policy", "loss/value", "policy/approxkl", "policy/clipfrac", "val/clipfrac", "val/ratio",
+             "val/vpred", "policy/entropy"]
+    out = {k: (tot[i] / tot[8].clamp_min(1)).item() for i, k in enumerate(names)}
+    out["val/ratio_max"] = float(rmax.reshape(()))
+    out["grad_norm"] = float(grad_norm)
+    for k in ("loss/policy", "loss/value"):
+        check_finite(k, out[k])
+    return out
+
+
+# ----------------------------------------------------------------------------------------- stage
+def _optimizer(cfg: Config, ac):
+    groups = [{"params": ac.policy_parameters(), "lr": cfg.learning_rate},
+              {"params": ac.value_parameters(), "lr": cfg.value_learning_rate or cfg.learning_rate}]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+
+
+def param_sync_gap(accelerator, model) -> float:
+    """Max |difference| between processes of per-tensor parameter sums (0 when DDP keeps ranks in sync)."""
+    if accelerator.num_processes == 1:
+        return 0.0
+    v = torch.stack([p.detach().double().sum() for p in model.parameters() if p.requires_grad])
+    g = accelerator.gather(v.reshape(1, -1))
+    return float((g - g[0:1]).abs().max())
+
+
+def train(cfg: Config) -> dict:
+    quiet_libraries(cfg.quiet)
+    seed_everything(cfg.seed)
+    acc = make_accelerator(cfg)
+    run = open_run(cfg, acc)
+    done = run.completed_metrics()
+    if done is not None:
+        return done
+    world = acc.num_processes
+    local = cfg.batch_size // world
+    if local * world != cfg.batch_size or local % (cfg.num_minibatches * cfg.grad_accum):
+        raise ConfigError(f"batch_size={cfg.batch_size} must be a multiple of num_processes ({world}) x "
+                          f"num_minibatches ({cfg.num_minibatches}) x grad_accum ({cfg.grad_accum})")
+    tok = load_tokenizer(cfg)
+    if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
+        raise ConfigError(f"{cfg.model}: the tokenizer needs a pad token distinct from EOS (pad == EOS hides where "
+                          "responses end)")
+    prompts, prompt_ids, dropped = load_prompts(cfg, tok)
+    if len(prompts) < cfg.batch_size:
+        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {len(prompts)} prompts")
+    per_epoch = len(prompts) // cfg.batch_size
+    total = cfg.max_steps or max(1, math.ceil(cfg.num_epochs * per_epoch))
+    reward_model, rm_tok, same_tok = load_reward(cfg, tok)
+    ac, reference = build_models(cfg, tok, same_tok=same_tok, reward_path=resolve_reward_dir(cfg.reward_model))
+    ac.to(acc.device)
+    reward_model.to(acc.device)
+    if reference.model is not None:
+        reference.model.to(acc.device)
+    optimizer = _optimizer(cfg, ac)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total))
+    kl = KLController(cfg.kl_coef, cfg.kl_control, cfg.kl_target, cfg.kl_horizon)
+    step, state, last = 0, run.load_checkpoint(), {}
+    if state is not None:
+        load_trainable_state(ac, state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        kl.value = float(state["kl_coef"])
+        step = int(state["step"])
+        last = dict(state.get("last_metrics", {}))   # a kill after the final save still ends with them
+        set_rng_state(state["rng"])
+    # The scheduler is not prepared: accelerate would step it once per process (as pipelines.trainer notes).
+    model, optimizer = acc.prepare(ac, optimizer)
+    unwrapped = acc.unwrap_model(model)
+    if acc.is_main_process:
+        run.truncate_log(step)
+    reduce = (lambda t: acc.reduce(t, reduction="sum")) if world > 1 else (lambda t: t)
+    evaluator = None
+    eprompts = eval_prompts(cfg.eval_prompts, cfg.eval.num_prompts) if acc.is_main_process else []
+    if eprompts:
+        evaluator = PolicyEvaluator(tok, eprompts, reference, cfg.eval, reward_model=reward_model, rm_tok=rm_tok)
+
+    def evaluate(at: int) -> dict:
+        if evaluator is None:
+            return {}
+        m, samples = evaluator(unwrapped.policy)
+        run.log(at, {**m, "samples": samples})
+        return m
+
+    if step == 0 and acc.is_main_process:
+        total_p, trainable = count_parameters(ac)
+        run.log(0, {"model/parameters": total_p, "model/trainable": trainable, "data/prompts": len(prompts),
+                    "data/dropped_prompts": dropped, "reward_model/same_tokenizer": same_tok})
+        init_eval = evaluate(0)
+        if init_eval:
+            run.log(0, {f"init/{k[5:]}": v for k, v in init_eval.items()})
+    bar = run.progress(total, step, desc="ppo") if acc.is_main_process else None
+
+    def save() -> None:
+        if acc.is_main_process:
+            run.save_checkpoint({"step": step, "model": trainable_state(unwrapped), "optimizer": optimizer.state_dict(),
+                                 "scheduler": scheduler.state_dict(), "kl_coef": kl.value, "rng": get_rng_state(),
+                                 "last_metrics": last})
+        acc.wait_for_everyone()
+
+    while step < total:
+        idx = iteration_prompts(len(prompts), cfg.batch_size, step, cfg.seed)
+        mine = idx[acc.process_index * local:(acc.process_index + 1) * local]
+        t0 = time.perf_counter()
+        coef = kl.value
+        data, m, gen_s = rollout(cfg, unwrapped, reference, reward_model, rm_tok, tok, [prompts[i] for i in mine],
+                          [prompt_ids[i] for i in mine], same_tok=same_tok, kl_coef=coef,
+                          seed=cfg.seed * 1_000_003 + step * 7919 + acc.process_index, reduce=reduce)
+        t1 = time.perf_counter()
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 7919 + 17 * acc.process_index + 1)
+        m.update(ppo_update(cfg, model, optimizer, acc, data, generator=g))
+        t2 = time.perf_counter()
+        m["kl_coef"] = coef
+        m["lr"] = scheduler.get_last_lr()[0]
+        kl.update(m["objective/kl"], cfg.batch_size)
+        scheduler.step()
+        step += 1
+        m["episode"] = step * cfg.batch_size
+        # Timings go to log.jsonl only (metrics.json must not depend on the machine's speed).
+        perf = {"perf/rollout_tokens_per_s": m["rollout/tokens"] / world / max(t1 - t0, 1e-9),
+                "perf/generation_tokens_per_s": m["rollout/tokens"] / world / max(gen_s, 1e-9),
+                "perf/update_s": t2 - t1, "perf/rollout_s": t1 - t0}
+        last = m
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(score=f"{m['objective/scores']:.3f}", kl=f"{m['objective/kl']:.3f}")
+        if acc.is_main_process and (step % cfg.log_every == 0 or step == total):
+            run.log(step, {**m, **perf})
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < total and acc.is_main_process:
+            evaluate(step)
+        if step % cfg.save_every == 0 or step == total:
+            save()
+    if bar is not None:
+        bar.close()
+    gap = param_sync_gap(acc, model)
+    final = None
+    if acc.is_main_process:
+        save_model(unwrapped.policy, tok, run.path / "model")
+        if unwrapped.critic is not None:
+            save_model(unwrapped.critic, tok, run.path / "value_model")
+        ev = evaluate(step)
+        final = run.finish({**{f"train/{k}": v for k, v in last.items()}, **ev, "steps": step,
+                            "dist/world_size": world, "dist/param_sync_gap": gap})
+    acc.wait_for_everyone()
+    return broadcast_metrics(acc, final)
+
+
+def main(argv=None) -> int:
+    return stage_main(Config, train, argv, prog="reins ppo", stage="ppo")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
