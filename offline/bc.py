@@ -1,0 +1,73 @@
+"""Behaviour cloning baseline on a Minari dataset: `reins bc --config FILE dataset=<id-or-path>`.
+
+Maximum likelihood of the dataset actions, L = -E[log pi(a|s)], i.e. AWR with beta = 0 (seeds-spec T21:
+beta = 0 is behaviour cloning), computed with pgcore.awr_loss. The actors are IQL's (Gaussian, or
+deterministic where log pi = -||pi(s) - a||^2 makes it MSE regression) or CQL's tanh-Gaussian, so the
+comparison with IQL/CQL uses the same network and data pipeline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+
+from offline.nets import build_actor
+from offline.trainer import OfflineConfig, run_offline
+from pgcore.offline_losses import awr_loss
+from reins.cli import stage_main
+from reins.config import check
+
+PRESETS: dict[str, dict] = {
+    # CORL BC baseline (from memory, not re-read): deterministic actor, MSE, lr 3e-4, obs normalisation, 1M steps.
+    "corl": dict(actor="deterministic", lr=3e-4, normalize_obs=True, max_steps=1_000_000, eval_every=5000,
+                 eval_episodes=10),
+}
+
+
+@dataclass
+class Config(OfflineConfig):
+    output_dir: str = "runs/bc"
+    actor: Literal["deterministic", "gaussian", "tanh_gaussian"] = "deterministic"
+    lr: float = 3e-4
+
+    PRESETS: ClassVar[dict] = PRESETS
+
+    def validate(self) -> None:
+        super().validate()
+        check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+
+
+class BC:
+    def __init__(self, cfg: Config, obs_dim: int, act_dim: int, device: torch.device):
+        self.actor_spec = {"kind": cfg.actor, "obs_dim": obs_dim, "act_dim": act_dim, "hidden": list(cfg.hidden)}
+        self.actor = build_actor(cfg.actor, obs_dim, act_dim, list(cfg.hidden)).to(device)
+        self.opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr, foreach=True)
+
+    def update(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        logp = self.actor.log_prob(b["observations"], b["actions"])
+        loss = awr_loss(logp, torch.zeros_like(logp), beta=0.0)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return {"loss/actor": loss.detach()}
+
+    def state_dict(self) -> dict:
+        return {"actor": self.actor.state_dict(), "opt": self.opt.state_dict()}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.actor.load_state_dict(s["actor"])
+        self.opt.load_state_dict(s["opt"])
+
+
+def train(cfg: Config) -> dict:
+    return run_offline(cfg, BC, "bc")
+
+
+def main(argv=None) -> int:
+    return stage_main(Config, train, argv, prog="reins bc", stage="bc")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,226 @@
+"""Conservative Q-learning (CQL(H), SAC-style) on a Minari dataset: `reins cql --config FILE dataset=<id>`.
+
+Seed 001 §5.3 with R(mu) = -KL(mu || uniform) (the logsumexp form, seeds-spec O3); the continuous-action
+estimator, importance sampling and the Lagrange variant are [NOT IN SEEDS]: Kumar et al. 2020 App. F / eq. 30,
+following the original code (aviralkumar2907/CQL, min_q_version=3) and CORL. Each update:
+  1. temperature: L_alpha = -E[log alpha (log pi(a~|s) + target_entropy)]     (pgcore.sac_temperature_loss)
+  2. actor:       L_pi = E[alpha log pi(a~|s) - min_e Q_e(s, a~)]               (pgcore.sac_actor_loss)
+                  during the first bc_steps: E[alpha log pi(a~|s) - log pi(a_data|s)]   (BC warm-up)
+  3. critics:     L_Q = sum_e E[(Q_e(s, a) - y)^2] + alpha' * cql_alpha * sum_e (gap_e - target_gap?)
+       y = r + gamma (1 - d) (min_e Qhat_e(s', a') [- alpha log pi(a'|s') if backup_entropy])  (pgcore.sac_q_target)
+           (max_target_backup: the max over N actions a' ~ pi(.|s') of min_e Qhat_e)
+       gap_e = E_s[ T * logsumexp_i((Q_e(s, a_i) - log p(a_i)) / T) ] - E[Q_e(s, a_data)]
+           with N actions each from Unif(-1, 1)^A (log p = -A log 2), pi(.|s) and pi(.|s') (the latter
+           evaluated at Q(s, .), as in the original code), log p = log pi for the policy samples
+           (pgcore.cql_regularizer); without importance sampling: logsumexp over [Q_rand, Q_data, Q_pi(s'), Q_pi(s)].
+       alpha' = cql_alpha fixed, or Lagrange: alpha' = clamp(exp(log alpha'), 0, 1e6) trained by
+           pgcore.cql_alpha_loss on the gap minus target_gap (CORL's scaling: alpha' * cql_alpha * (gap - gap0)).
+  4. Qhat <- Polyak(Qhat, Q, tau)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from offline.nets import EnsembleCritic, TanhGaussianActor
+from offline.trainer import OfflineConfig, run_offline
+from pgcore.offline_losses import cql_alpha_loss, cql_regularizer
+from pgcore.policy_losses import polyak_update, sac_actor_loss, sac_q_target, sac_temperature_loss
+from reins.cli import stage_main
+from reins.config import check
+
+PRESETS: dict[str, dict] = {
+    # Original CQL (aviralkumar2907/CQL, README for gym): 3x256 nets, policy lr 1e-4, min_q_weight 5 (or 10),
+    # no Lagrange, 10 actions, importance sampling, BC warm-up 40k steps, deterministic backup, raw obs.
+    "paper-locomotion": dict(hidden=[256, 256, 256], q_hidden=[256, 256, 256], policy_lr=1e-4, qf_lr=3e-4,
+                             cql_alpha=5.0, cql_lagrange=False, cql_n_actions=10, cql_importance_sample=True,
+                             bc_steps=40_000, backup_entropy=False, normalize_obs=False, log_std_offset=0.0,
+                             max_steps=1_000_000, eval_every=5000, eval_episodes=10),
+    # CORL algorithms/offline/cql.py locomotion configs: alpha 10, policy lr 3e-5, 3 hidden layers,
+    # orthogonal init, obs normalisation, no BC warm-up.
+    "corl-locomotion": dict(hidden=[256, 256, 256], q_hidden=[256, 256, 256], policy_lr=3e-5, qf_lr=3e-4,
+                            cql_alpha=10.0, cql_lagrange=False, cql_n_actions=10, cql_importance_sample=True,
+                            bc_steps=0, backup_entropy=False, normalize_obs=True, orthogonal_init=True,
+                            max_steps=1_000_000, eval_every=5000, eval_episodes=10),
+    # young-geng/CQL defaults (CORL's source): 2x256, lr 3e-4, min_q_weight 5.
+    "young-geng": dict(hidden=[256, 256], q_hidden=[256, 256], policy_lr=3e-4, qf_lr=3e-4, cql_alpha=5.0,
+                       cql_lagrange=False, cql_n_actions=10, bc_steps=0, backup_entropy=False,
+                       max_steps=1_000_000),
+}
+
+
+@dataclass
+class Config(OfflineConfig):
+    output_dir: str = "runs/cql"
+    q_hidden: list[int] = field(default_factory=lambda: [256, 256])
+    policy_lr: float = 3e-4
+    qf_lr: float = 3e-4
+    alpha_lr: float = 0.0  # SAC temperature lr; 0 = policy_lr
+    auto_alpha: bool = True  # SAC temperature tuned to target_entropy (else fixed at `alpha`)
+    alpha: float = 1.0  # initial / fixed SAC temperature
+    target_entropy: float | None = None  # default -|A|
+    backup_entropy: bool = False  # include -alpha log pi in the TD target (original: deterministic backup)
+    tau: float = 0.005
+    cql_alpha: float = 5.0  # weight of the conservative term (min_q_weight)
+    cql_n_actions: int = 10  # actions per proposal (uniform, pi(.|s), pi(.|s'))
+    cql_importance_sample: bool = True  # CQL(H) with densities (min_q_version 3); false: version 2
+    cql_temp: float = 1.0
+    cql_lagrange: bool = False  # tune alpha' so that the gap approaches cql_target_action_gap
+    cql_target_action_gap: float = 1.0
+    cql_log_alpha_prime_init: float = 0.0  # original 0 (alpha' = 1); CORL starts at 1.0 (alpha' = e)
+    cql_alpha_prime_lr: float = 3e-4
+    cql_max_target_backup: bool = False
+    cql_clip_diff_min: float = -math.inf
+    cql_clip_diff_max: float = math.inf
+    bc_steps: int = 0  # BC warm-up of the actor (original: 40k)
+    log_std_offset: float = -1.0
+    orthogonal_init: bool = False
+
+    PRESETS: ClassVar[dict] = PRESETS
+
+    def validate(self) -> None:
+        super().validate()
+        check(0.0 < self.tau <= 1.0, f"tau must be in (0, 1], got {self.tau}")
+        check(self.cql_alpha >= 0, f"cql_alpha must be >= 0, got {self.cql_alpha}")
+        check(self.cql_n_actions >= 1, f"cql_n_actions must be >= 1, got {self.cql_n_actions}")
+        check(self.cql_temp > 0, f"cql_temp must be > 0, got {self.cql_temp}")
+        check(self.alpha > 0, f"alpha must be > 0, got {self.alpha}")
+        check(self.bc_steps >= 0, f"bc_steps must be >= 0, got {self.bc_steps}")
+        for name in ("policy_lr", "qf_lr", "cql_alpha_prime_lr"):
+            check(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
+        check(self.alpha_lr >= 0, f"alpha_lr must be >= 0, got {self.alpha_lr}")
+
+
+class CQL:
+    def __init__(self, cfg: Config, obs_dim: int, act_dim: int, device: torch.device):
+        self.cfg, self.act_dim, self.device = cfg, act_dim, device
+        self.actor_spec = {"kind": "tanh_gaussian", "obs_dim": obs_dim, "act_dim": act_dim,
+                           "hidden": list(cfg.hidden), "log_std_offset": cfg.log_std_offset}
+        self.actor = TanhGaussianActor(obs_dim, act_dim, cfg.hidden, log_std_offset=cfg.log_std_offset).to(device)
+        self.critic = EnsembleCritic(obs_dim, act_dim, cfg.q_hidden, 2, cfg.orthogonal_init).to(device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.log_alpha = torch.tensor(math.log(cfg.alpha), device=device, requires_grad=True)
+        self.log_alpha_prime = torch.tensor(cfg.cql_log_alpha_prime_init, device=device, requires_grad=True)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.policy_lr, foreach=True)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.qf_lr, foreach=True)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr or cfg.policy_lr)
+        self.alpha_prime_opt = torch.optim.Adam([self.log_alpha_prime], lr=cfg.cql_alpha_prime_lr)
+        self.target_entropy = -float(act_dim) if cfg.target_entropy is None else cfg.target_entropy
+        self.steps = 0
+
+    def _policy_samples(self, obs: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """n actions per state from pi(.|s): ([B, n, A], [B, n]), detached."""
+        with torch.no_grad():
+            rep = obs.unsqueeze(1).expand(-1, n, -1)
+            a, logp = self.actor.dist(rep).rsample()
+        return a, logp
+
+    def update(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        obs, act, rew, next_obs, term = b["observations"], b["actions"], b["rewards"], b["next_observations"], \
+            b["terminals"]
+        bsz, n = obs.shape[0], cfg.cql_n_actions
+
+        # 1-2. temperature and actor (stepped before the critics, as in CORL)
+        new_a, logp = self.actor.dist(obs).rsample()
+        if cfg.auto_alpha:
+            alpha_loss = sac_temperature_loss(self.log_alpha, logp, self.target_entropy)
+            self.alpha_opt.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_opt.step()
+        alpha = self.log_alpha.detach().exp()
+        if self.steps < cfg.bc_steps:
+            pi_loss = (alpha * logp - self.actor.log_prob(obs, act)).mean()
+        else:
+            pi_loss = sac_actor_loss(logp, self.critic(obs, new_a).min(dim=0).values, alpha)
+        self.actor_opt.zero_grad(set_to_none=True)
+        pi_loss.backward()
+        self.actor_opt.step()
+
+        # 3. critics: TD target
+        with torch.no_grad():
+            if cfg.cql_max_target_backup:
+                a2, logp2 = self._policy_samples(next_obs, n)
+                q_next = self.critic_target(next_obs.unsqueeze(1).expand(-1, n, -1), a2)  # [2, B, n]
+                next_q, best = q_next.max(dim=-1)
+                next_q = next_q.min(dim=0).values
+                next_logp = logp2.gather(-1, best.min(dim=0).indices.unsqueeze(-1)).squeeze(-1)
+            else:
+                a2, next_logp = self.actor.dist(next_obs).rsample()
+                next_q = self.critic_target(next_obs, a2).min(dim=0).values
+            y = sac_q_target(rew, next_q, next_logp, alpha=alpha if cfg.backup_entropy else 0.0, gamma=cfg.gamma,
+                             terminated=term)
+        q = self.critic(obs, act)  # [2, B]
+        td_loss = F.mse_loss(q[0], y) + F.mse_loss(q[1], y)
+
+        # 3. critics: conservative term
+        rand_a = torch.rand(bsz, n, self.act_dim, device=obs.device, dtype=obs.dtype) * 2 - 1
+        cur_a, cur_logp = self._policy_samples(obs, n)
+        nxt_a, nxt_logp = self._policy_samples(next_obs, n)
+        obs_rep = obs.unsqueeze(1).expand(-1, 3 * n, -1)  # one critic call for all 3N proposals
+        q_rand, q_cur, q_nxt = self.critic(obs_rep, torch.cat([rand_a, cur_a, nxt_a], dim=1)).split(n, dim=-1)
+        temp = cfg.cql_temp
+        if cfg.cql_importance_sample:
+            q_cat = torch.cat([q_rand, q_nxt, q_cur], dim=-1)
+            log_dens = torch.cat([torch.full_like(cur_logp, -self.act_dim * math.log(2.0)), nxt_logp, cur_logp],
+                                 dim=-1)
+            gaps = torch.stack([temp * cql_regularizer(q_cat[e] / temp, q[e] / temp, log_dens / temp)
+                                for e in range(2)])
+        else:
+            q_cat = torch.cat([q_rand, q.unsqueeze(-1), q_nxt, q_cur], dim=-1)
+            gaps = torch.stack([temp * cql_regularizer(q_cat[e] / temp, q[e] / temp) for e in range(2)])
+        gaps = gaps.clamp(cfg.cql_clip_diff_min, cfg.cql_clip_diff_max)
+        if cfg.cql_lagrange:
+            alpha_prime = self.log_alpha_prime.exp().clamp(0.0, 1e6)
+            cql_loss = (alpha_prime.detach() * cfg.cql_alpha * (gaps - cfg.cql_target_action_gap)).sum()
+            ap_loss = cql_alpha_loss(self.log_alpha_prime, gaps, cfg.cql_target_action_gap)
+            self.alpha_prime_opt.zero_grad(set_to_none=True)
+            ap_loss.backward()
+            self.alpha_prime_opt.step()
+        else:
+            alpha_prime = torch.ones((), device=obs.device)
+            cql_loss = cfg.cql_alpha * gaps.sum()
+        q_loss = td_loss + cql_loss
+        self.critic_opt.zero_grad(set_to_none=True)
+        q_loss.backward()
+        self.critic_opt.step()
+
+        # 4. target critics
+        polyak_update(self.critic_target.parameters(), self.critic.parameters(), cfg.tau)
+        self.steps += 1
+        return {"loss/actor": pi_loss.detach(), "loss/td": td_loss.detach(), "loss/cql": cql_loss.detach(),
+                "train/cql_gap": gaps.detach().mean(), "train/alpha": alpha, "train/alpha_prime": alpha_prime.detach(),
+                "train/q_mean": q.detach().mean(), "train/entropy": -logp.detach().mean()}
+
+    def state_dict(self) -> dict:
+        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+                "critic_target": self.critic_target.state_dict(), "log_alpha": self.log_alpha.detach().clone(),
+                "log_alpha_prime": self.log_alpha_prime.detach().clone(), "actor_opt": self.actor_opt.state_dict(),
+                "critic_opt": self.critic_opt.state_dict(), "alpha_opt": self.alpha_opt.state_dict(),
+                "alpha_prime_opt": self.alpha_prime_opt.state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, s: dict) -> None:
+        for name in ("actor", "critic", "critic_target", "actor_opt", "critic_opt", "alpha_opt", "alpha_prime_opt"):
+            getattr(self, name).load_state_dict(s[name])
+        with torch.no_grad():
+            self.log_alpha.copy_(s["log_alpha"])
+            self.log_alpha_prime.copy_(s["log_alpha_prime"])
+        self.steps = int(s["steps"])
+
+
+def train(cfg: Config) -> dict:
+    return run_offline(cfg, CQL, "cql")
+
+
+def main(argv=None) -> int:
+    return stage_main(Config, train, argv, prog="reins cql", stage="cql")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,160 @@
+"""Implicit Q-learning (IQL) on a Minari dataset: `reins iql --config FILE dataset=<id-or-path>`.
+
+Seed 001 §5.2 (Kostrikov, Nair, Levine 2021): each update, on a minibatch (s, a, r, s', d),
+  1. V:     L_V = E[ L_2^tau( min_e Qhat_e(s, a) - V(s) ) ]           expectile regression (pgcore.expectile_loss)
+  2. Q:     L_Q = sum_e E[ (Q_e(s, a) - (r + gamma (1 - d) V(s')))^2 ]   (pgcore.ddpg_target gives the target)
+  3. pi:    L_pi = -E[ min(exp(beta (Qhat - V)), 100) log pi(a|s) ]    AWR extraction (pgcore.awr_loss; the seed's
+            sign erratum §6.9 fixed)
+  4. Qhat <- Polyak(Qhat, Q, tau)                                       (pgcore.polyak_update)
+Update order follows CORL (V(s') and the advantage use V before its step), which saves two forward passes;
+the original computes them after the V step. The actor's learning rate follows a cosine decay over max_steps
+(original IQL, CORL). d is the termination flag only: truncated transitions bootstrap.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+
+from offline.nets import EnsembleCritic, ValueNet, build_actor
+from offline.trainer import OfflineConfig, run_offline
+from pgcore.offline_losses import awr_loss, expectile_loss
+from pgcore.policy_losses import ddpg_target, polyak_update
+from reins.cli import stage_main
+from reins.config import check
+
+# Published settings (anchors-offline.md §1). Values are applied to fields left at their defaults.
+PRESETS: dict[str, dict] = {
+    # Original IQL (ikostrikov/implicit_q_learning, mujoco_config.py): reward 1000/(max-min), raw obs,
+    # orthogonal init, 1M steps, eval every 5k steps with 10 episodes.
+    "paper-locomotion": dict(expectile=0.7, beta=3.0, normalize_reward=True, normalize_obs=False,
+                             orthogonal_init=True, tau=0.005, max_steps=1_000_000, eval_every=5000,
+                             eval_episodes=10, actor="gaussian"),
+    # CORL configs/offline/iql: obs normalisation on, reward normalisation off for most locomotion data.
+    "corl-locomotion": dict(expectile=0.7, beta=3.0, normalize_obs=True, normalize_reward=False, tau=0.005,
+                            max_steps=1_000_000, eval_every=5000, eval_episodes=10, actor="gaussian",
+                            log_std_min=-20.0),
+    # CORL hopper-medium-v2 / hopper-medium-replay-v2: deterministic actor, reward norm on, tau 0.001.
+    "corl-hopper-medium": dict(expectile=0.7, beta=3.0, normalize_obs=True, normalize_reward=True, tau=0.001,
+                               max_steps=1_000_000, eval_every=5000, eval_episodes=10, actor="deterministic"),
+    # CORL hopper-medium-expert-v2: beta 6, expectile 0.5.
+    "corl-hopper-medium-expert": dict(expectile=0.5, beta=6.0, normalize_obs=True, normalize_reward=False,
+                                      tau=0.005, max_steps=1_000_000, eval_every=5000, eval_episodes=10,
+                                      actor="gaussian", log_std_min=-20.0),
+}
+
+
+@dataclass
+class Config(OfflineConfig):
+    output_dir: str = "runs/iql"
+    expectile: float = 0.7  # tau of the expectile loss
+    beta: float = 3.0  # inverse temperature of the advantage weights
+    max_weight: float = 100.0  # exp-advantage clip
+    actor: Literal["gaussian", "deterministic"] = "gaussian"
+    actor_dropout: float = 0.0
+    log_std_min: float = -5.0  # original IQL; CORL clamps at -20
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    value_lr: float = 3e-4
+    actor_cosine: bool = True  # cosine decay of the actor lr over max_steps
+    tau: float = 0.005  # Polyak rate of the target critics
+    n_critics: int = 2
+    value_layer_norm: bool = False
+    orthogonal_init: bool = False
+
+    PRESETS: ClassVar[dict] = PRESETS
+
+    def validate(self) -> None:
+        super().validate()
+        check(0.0 < self.expectile < 1.0, f"expectile must be in (0, 1), got {self.expectile}")
+        check(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
+        check(self.max_weight > 0, f"max_weight must be > 0, got {self.max_weight}")
+        check(0.0 < self.tau <= 1.0, f"tau must be in (0, 1], got {self.tau}")
+        check(self.n_critics >= 1, f"n_critics must be >= 1, got {self.n_critics}")
+        for name in ("actor_lr", "critic_lr", "value_lr"):
+            check(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
+
+
+class IQL:
+    def __init__(self, cfg: Config, obs_dim: int, act_dim: int, device: torch.device):
+        self.cfg = cfg
+        self.actor_spec = {"kind": cfg.actor, "obs_dim": obs_dim, "act_dim": act_dim, "hidden": list(cfg.hidden),
+                           "dropout": cfg.actor_dropout}
+        if cfg.actor == "gaussian":
+            self.actor_spec["log_std_min"] = cfg.log_std_min
+        spec = dict(self.actor_spec)
+        self.actor = build_actor(spec.pop("kind"), spec.pop("obs_dim"), spec.pop("act_dim"), spec.pop("hidden"),
+                                 **spec).to(device)
+        self.critic = EnsembleCritic(obs_dim, act_dim, cfg.hidden, cfg.n_critics, cfg.orthogonal_init).to(device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.value = ValueNet(obs_dim, cfg.hidden, cfg.value_layer_norm, cfg.orthogonal_init).to(device)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, foreach=True)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, foreach=True)
+        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=cfg.value_lr, foreach=True)
+        self.actor_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.actor_opt, cfg.max_steps) \
+            if cfg.actor_cosine else None
+
+    def update(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        obs, act, rew, next_obs, term = b["observations"], b["actions"], b["rewards"], b["next_observations"], \
+            b["terminals"]
+        with torch.no_grad():
+            target_q = self.critic_target(obs, act).min(dim=0).values
+            next_v = self.value(next_obs)
+
+        v = self.value(obs)
+        adv = target_q - v
+        v_loss = expectile_loss(adv, cfg.expectile)
+        self.value_opt.zero_grad(set_to_none=True)
+        v_loss.backward()
+        self.value_opt.step()
+
+        y = ddpg_target(rew, next_v, gamma=cfg.gamma, terminated=term)
+        q = self.critic(obs, act)
+        q_loss = sum(F.mse_loss(q[e], y) for e in range(q.shape[0]))
+        self.critic_opt.zero_grad(set_to_none=True)
+        q_loss.backward()
+        self.critic_opt.step()
+        polyak_update(self.critic_target.parameters(), self.critic.parameters(), cfg.tau)
+
+        logp = self.actor.log_prob(obs, act)
+        pi_loss = awr_loss(logp, adv.detach(), cfg.beta, cfg.max_weight)
+        self.actor_opt.zero_grad(set_to_none=True)
+        pi_loss.backward()
+        self.actor_opt.step()
+        if self.actor_sched is not None:
+            self.actor_sched.step()
+        return {"loss/value": v_loss.detach(), "loss/q": q_loss.detach(), "loss/actor": pi_loss.detach(),
+                "train/q_mean": q.detach().mean(), "train/v_mean": v.detach().mean(),
+                "train/adv_mean": adv.detach().mean()}
+
+    def state_dict(self) -> dict:
+        s = {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+             "critic_target": self.critic_target.state_dict(), "value": self.value.state_dict(),
+             "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
+             "value_opt": self.value_opt.state_dict()}
+        if self.actor_sched is not None:
+            s["actor_sched"] = self.actor_sched.state_dict()
+        return s
+
+    def load_state_dict(self, s: dict) -> None:
+        for name in ("actor", "critic", "critic_target", "value", "actor_opt", "critic_opt", "value_opt"):
+            getattr(self, name).load_state_dict(s[name])
+        if self.actor_sched is not None:
+            self.actor_sched.load_state_dict(s["actor_sched"])
+
+
+def train(cfg: Config) -> dict:
+    return run_offline(cfg, IQL, "iql")
+
+
+def main(argv=None) -> int:
+    return stage_main(Config, train, argv, prog="reins iql", stage="iql")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

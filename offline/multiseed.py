@@ -1,0 +1,67 @@
+"""Run one offline stage over several seeds and aggregate: mean, IQM and a bootstrap 95% CI.
+
+    python -m offline.multiseed iql --config recipes/offline/iql-pendulum.yaml seeds=[0,1,2,3,4]
+
+Each seed runs (resumably, under the stage contract) in <output_dir>/seed_<s>; the aggregate of their final
+metrics (last and best normalised score, return) goes to <output_dir>/aggregate.json and is printed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from offline.evaluate import aggregate_runs
+from reins.config import load_config, parse_overrides
+from reins.errors import ConfigError, ReinsError
+from reins.runio import atomic_write_text
+
+STAGES = {"iql": "offline.iql", "cql": "offline.cql", "bc": "offline.bc"}
+
+
+def run_seeds(stage: str, config_path: str | None, overrides: dict, seeds: list[int]) -> dict:
+    if stage not in STAGES:
+        raise ConfigError(f"unknown offline stage '{stage}' (valid: {', '.join(STAGES)})")
+    if not seeds:
+        raise ConfigError("seeds must list at least one seed")
+    mod = importlib.import_module(STAGES[stage])
+    base = load_config(mod.Config, config_path, overrides, stage=stage)
+    root = Path(base.output_dir)
+    dirs = []
+    for s in seeds:
+        cfg = load_config(mod.Config, config_path, {**overrides, "seed": s, "output_dir": str(root / f"seed_{s}")},
+                          stage=stage)
+        mod.train(cfg)
+        dirs.append(root / f"seed_{s}")
+    out = {"stage": stage, "seeds": list(seeds), **aggregate_runs(dirs)}
+    atomic_write_text(root / "aggregate.json", json.dumps(out, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    stage, rest = argv[0], argv[1:]
+    config_path = None
+    if "--config" in rest:
+        i = rest.index("--config")
+        config_path = rest[i + 1]
+        rest = rest[:i] + rest[i + 2:]
+    try:
+        overrides = parse_overrides(rest)
+        seeds = overrides.pop("seeds", [0, 1, 2])
+        seeds = [int(s) for s in (seeds if isinstance(seeds, list) else [seeds])]
+        out = run_seeds(stage, config_path, overrides, seeds)
+    except ReinsError as e:
+        print(f"offline.multiseed: error: {e}", file=sys.stderr)
+        return e.exit_code
+    print(json.dumps(out, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

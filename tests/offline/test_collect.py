@@ -1,0 +1,193 @@
+"""`reins collect`: tiers, reference scores, metadata, atomicity, replay cutting and online run sources."""
+
+from __future__ import annotations
+
+import json
+
+import minari
+import numpy as np
+import pytest
+import torch
+
+from offline import collect
+from offline.behaviour import OnlineRunSource, PendulumSwingUp, replay_episodes
+from offline.collect import Config, train
+from offline.data import load_dataset, load_transitions
+from reins.errors import ConfigError, DataError
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "collect"), behaviour="scripted", steps_per_tier=600, ref_episodes=4,
+                n_envs=4, tiers=["random", "medium", "expert", "medium-replay", "medium-expert"],
+                dataset_prefix="test/pend")
+    base.update(kw)
+    cfg = Config(**base)
+    cfg.validate()
+    return cfg
+
+
+def test_scripted_tiers(minari_root, tmp_path):
+    m = train(_cfg(tmp_path))
+    ids = [f"test/pend/{t}-v0" for t in collect.TIERS]
+    assert m["datasets"] == ", ".join(ids)
+    lo, hi = m["ref/min_score"], m["ref/max_score"]
+    assert hi > lo + 500  # the swing-up controller is far better than uniform torques
+    for t in collect.TIERS:
+        ds = load_dataset(f"test/pend/{t}-v0")
+        meta = ds.storage.metadata
+        assert (meta["ref_min_score"], meta["ref_max_score"]) == (lo, hi)
+        rets = np.array([ep.rewards.sum() for ep in ds.iterate_episodes()])
+        # the stored behaviour return and minari's own normalised score agree with the episodes
+        assert meta["reins/behaviour_return_mean"] == pytest.approx(rets.mean())
+        assert float(minari.get_normalized_score(ds, rets.mean())) * 100 == pytest.approx(m[f"{t}/normalized_score"])
+        assert meta["reins/tier"] == t and len(meta["reins/episode_seeds"]) == ds.total_episodes
+    # whole 200-step Pendulum episodes, at least steps_per_tier transitions
+    assert m["random/steps"] >= 600 and m["random/steps"] % 200 == 0
+    assert m["medium-expert/episodes"] == m["medium/episodes"] + m["expert/episodes"]
+    assert m["random/normalized_score"] < m["medium/normalized_score"] < m["expert/normalized_score"]
+    # medium is the first "snapshot" (falling epsilon) to reach a third of the way from random to expert
+    assert m["medium/eval_return"] >= lo + (hi - lo) / 3
+    assert m["medium-replay/episodes"] == 100
+    # the transition view of a collected tier: Pendulum only truncates
+    tr = load_transitions("test/pend/medium-v0")
+    assert tr.terminals.sum() == 0 and tr.timeouts.sum() == m["medium/episodes"]
+
+
+def test_collect_is_deterministic(minari_root, tmp_path):
+    a = train(_cfg(tmp_path, output_dir=str(tmp_path / "a"), tiers=["random", "expert"], dataset_prefix="test/a"))
+    b = train(_cfg(tmp_path, output_dir=str(tmp_path / "b"), tiers=["random", "expert"], dataset_prefix="test/b"))
+    assert a["expert/return_mean"] == b["expert/return_mean"] and a["ref/min_score"] == b["ref/min_score"]
+
+
+def test_failed_collection_leaves_nothing(minari_root, tmp_path, monkeypatch):
+    real = collect.write_tier
+    calls = []
+
+    def failing(staging, ds_id, *args, **kw):
+        calls.append(ds_id)
+        if len(calls) == 3:
+            raise RuntimeError("disk full")
+        return real(staging, ds_id, *args, **kw)
+
+    monkeypatch.setattr(collect, "write_tier", failing)
+    with pytest.raises(RuntimeError, match="disk full"):
+        train(_cfg(tmp_path))
+    assert len(calls) == 3
+    assert [p.name for p in minari_root.iterdir()] == []  # no dataset, no staging directory
+    assert not (tmp_path / "collect" / "metrics.json").exists()
+
+
+def test_existing_dataset_is_not_overwritten(minari_root, tmp_path):
+    train(_cfg(tmp_path, tiers=["random"]))
+    before = (minari_root / "test/pend/random-v0/data/metadata.json").read_text()
+    with pytest.raises(DataError, match="test/pend/random-v0 already exists"):
+        train(_cfg(tmp_path, output_dir=str(tmp_path / "other"), tiers=["random"], ref_episodes=3))
+    assert (minari_root / "test/pend/random-v0/data/metadata.json").read_text() == before
+
+
+def test_bad_config():
+    with pytest.raises(ConfigError, match="unknown tier 'full'"):
+        Config(tiers=["full"], behaviour="scripted").validate()
+    with pytest.raises(ConfigError, match="behaviour_run"):
+        Config(behaviour="online").validate()
+
+
+def test_invalid_dataset_prefix(minari_root, tmp_path):
+    with pytest.raises(ConfigError, match="not a valid Minari id"):
+        train(_cfg(tmp_path, dataset_prefix="x"))
+
+
+def _replay_dump():
+    """Two envs interleaved: env 0 runs a 2-step terminated episode then 1 unfinished step; env 1 runs 3 steps
+    truncated. Observations encode (env, episode, t)."""
+    rows = []
+    def o(env, ep, t):
+        return [env, ep, t]
+    # vector steps at global steps 0, 2, 4 (2 envs)
+    rows.append((o(0, 0, 0), o(0, 0, 1), 0, 0, 0, 0))
+    rows.append((o(1, 0, 0), o(1, 0, 1), 0, 0, 1, 0))
+    rows.append((o(0, 0, 1), o(0, 0, 2), 1, 0, 0, 2))  # terminated
+    rows.append((o(1, 0, 1), o(1, 0, 2), 0, 0, 1, 2))
+    rows.append((o(0, 1, 0), o(0, 1, 1), 0, 0, 0, 4))  # unfinished
+    rows.append((o(1, 0, 2), o(1, 0, 3), 0, 1, 1, 4))  # truncated
+    obs, nxt, term, trunc, env, step = map(np.array, zip(*rows))
+    n = len(rows)
+    return {"observations": torch.tensor(obs, dtype=torch.float32),
+            "next_observations": torch.tensor(nxt, dtype=torch.float32),
+            "actions": torch.arange(n, dtype=torch.float32).unsqueeze(-1), "rewards": torch.arange(n).float(),
+            "terminated": torch.tensor(term, dtype=torch.bool), "truncated": torch.tensor(trunc, dtype=torch.bool),
+            "env_index": torch.tensor(env), "global_step": torch.tensor(step)}
+
+
+def test_replay_episodes_cut_per_env():
+    eps = replay_episodes(_replay_dump())
+    assert [len(e) for e in eps] == [2, 1, 3]
+    e0, e1, e2 = eps
+    np.testing.assert_array_equal(e0.observations[:, 2], [0, 1, 2])
+    np.testing.assert_array_equal(e0.terminations, [False, True])
+    np.testing.assert_array_equal(e1.truncations, [True])  # unfinished tail kept, marked truncated
+    np.testing.assert_array_equal(e2.observations[:, 0], [1, 1, 1, 1])
+    np.testing.assert_array_equal(e2.truncations, [False, False, True])
+    np.testing.assert_array_equal(e2.rewards, [1, 3, 5])
+    # only transitions collected before the medium snapshot's step
+    early = replay_episodes(_replay_dump(), up_to_step=4)
+    assert [len(e) for e in early] == [2, 2]
+    assert early[1].truncations[-1]
+
+
+def test_replay_continuity_break_splits():
+    d = _replay_dump()
+    d["observations"][3, 2] = 99.0  # env 1's second transition does not continue its first
+    eps = replay_episodes(d)
+    assert [len(e) for e in eps] == [2, 1, 1, 2]
+
+
+def test_online_run_source(tmp_path):
+    from online.envs import EnvSpec
+    from online.nets import build_actor
+    from online.policy_io import save_policy
+
+    spec = EnvSpec("Pendulum-v1", 3, -np.ones(3) * 8, np.ones(3) * 8, False, 1, np.array([-2.0]), np.array([2.0]))
+    run = tmp_path / "online"
+    (run / "snapshots").mkdir(parents=True)
+    index = [{"step": 1000, "eval_return": -1200.0}, {"step": 2000, "eval_return": -700.0},
+             {"step": 3000, "eval_return": -300.0}, {"step": 4000, "eval_return": -150.0},
+             {"step": 5000, "eval_return": -180.0}]
+    arch = _deterministic_arch()
+    for row in index:
+        torch.manual_seed(row["step"])
+        actor = build_actor(arch)
+        save_policy(run / "snapshots" / f"step_{row['step']}.pt", actor=actor, arch=arch, spec=spec, algo="td3",
+                    meta={"marker": row["step"]})
+    (run / "snapshots" / "index.json").write_text(json.dumps(index))
+    torch.save(_replay_dump(), run / "replay.pt")
+    src = OnlineRunSource(run)
+    assert src.expert().meta["marker"] == 4000  # best eval return
+    pol, info = src.medium(-800.0)
+    assert info["medium/snapshot_step"] == 2000 and pol.meta["marker"] == 2000
+    assert pol.act(np.zeros((2, 3), np.float32)).shape == (2, 1)
+    assert [len(e) for e in src.replay()] == [2, 1, 3]  # everything before step 2000
+    with pytest.raises(DataError, match="no snapshot reaches the medium threshold"):
+        src.medium(0.0)
+
+
+def _deterministic_arch():
+    return {"kind": "deterministic", "obs_dim": 3, "act_dim": 1, "hidden": [8], "activation": "relu"}
+
+
+def test_pendulum_controller_swings_up():
+    import gymnasium as gym
+
+    env = gym.make("Pendulum-v1")
+    obs, _ = env.reset(seed=0)
+    total = 0.0
+    for _ in range(200):
+        obs, r, *_ = env.step(PendulumSwingUp().act(obs[None])[0])
+        total += r
+    assert total > -400  # uniform random torques average about -1200
+
+
+def test_finished_collection_is_reused(minari_root, tmp_path):
+    cfg = _cfg(tmp_path, tiers=["random"])
+    first = train(cfg)
+    assert train(cfg) == first  # same run dir, datasets present: cached, no "already exists" error

@@ -1,0 +1,200 @@
+"""The losses IQL/CQL/BC optimise equal hand-written oracles of their equations (float64, exact)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+
+from offline.bc import BC
+from offline.bc import Config as BCConfig
+from offline.cql import CQL
+from offline.cql import Config as CQLConfig
+from offline.iql import IQL
+from offline.iql import Config as IQLConfig
+from offline.nets import EnsembleCritic
+
+OBS, ACT, B = 3, 2, 32
+
+
+def _batch(gen, terminal_every=4):
+    return {
+        "observations": torch.randn(B, OBS, generator=gen, dtype=torch.float64),
+        "actions": torch.rand(B, ACT, generator=gen, dtype=torch.float64) * 1.8 - 0.9,
+        "rewards": torch.randn(B, generator=gen, dtype=torch.float64),
+        "next_observations": torch.randn(B, OBS, generator=gen, dtype=torch.float64),
+        "terminals": (torch.arange(B) % terminal_every == 0).double(),
+    }
+
+
+def _double(algo, names):
+    for n in names:
+        getattr(algo, n).double()
+    return algo
+
+
+def test_ensemble_critic_matches_separate_mlps(gen):
+    c = EnsembleCritic(OBS, ACT, [8, 8], n=2).double()
+    s = torch.randn(5, OBS, dtype=torch.float64, generator=gen)
+    a = torch.randn(5, ACT, dtype=torch.float64, generator=gen)
+    out = c(s, a)
+    for e in range(2):
+        h = torch.cat([s, a], -1)
+        for i, layer in enumerate(c.layers):
+            h = h @ layer.weight[e] + layer.bias[e]
+            h = torch.relu(h) if i < len(c.layers) - 1 else h
+        torch.testing.assert_close(out[e], h.squeeze(-1))
+    # extra leading dims ([B, N, d]) give [E, B, N]
+    assert c(s.unsqueeze(1).expand(-1, 4, -1), a.unsqueeze(1).expand(-1, 4, -1)).shape == (2, 5, 4)
+
+
+def test_iql_losses_match_oracle(gen):
+    torch.manual_seed(0)
+    cfg = IQLConfig(hidden=[16, 16], expectile=0.8, beta=2.5, max_weight=5.0, gamma=0.9)
+    algo = _double(IQL(cfg, OBS, ACT, torch.device("cpu")), ["actor", "critic", "critic_target", "value"])
+    b = _batch(gen)
+    before = copy.deepcopy(algo)
+    info = algo.update(b)
+    s, a, r, s2, d = (b[k] for k in ("observations", "actions", "rewards", "next_observations", "terminals"))
+    with torch.no_grad():
+        qt = torch.minimum(*before.critic_target(s, a))
+        v = before.value(s)
+        u = qt - v
+        w = torch.where(u < 0, 1 - 0.8, 0.8)  # |tau - 1(u < 0)|
+        v_loss = (w * u ** 2).mean()
+        y = r + 0.9 * (1 - d) * before.value(s2)
+        q = before.critic(s, a)
+        q_loss = ((q[0] - y) ** 2).mean() + ((q[1] - y) ** 2).mean()
+        mean = torch.tanh(before.actor.net(s))
+        std = before.actor.log_std.exp()
+        logp = (-0.5 * ((a - mean) / std) ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)).sum(-1)
+        weights = torch.clamp(torch.exp(2.5 * u), max=5.0)
+        pi_loss = -(weights * logp).mean()
+    torch.testing.assert_close(info["loss/value"], v_loss)
+    torch.testing.assert_close(info["loss/q"], q_loss)
+    torch.testing.assert_close(info["loss/actor"], pi_loss)
+    # target critics moved by exactly tau towards the updated critics
+    for pt, p0, p1 in zip(algo.critic_target.parameters(), before.critic_target.parameters(),
+                          algo.critic.parameters()):
+        torch.testing.assert_close(pt, (1 - cfg.tau) * p0 + cfg.tau * p1)
+
+
+def test_iql_deterministic_actor_is_weighted_mse(gen):
+    torch.manual_seed(0)
+    cfg = IQLConfig(hidden=[16], actor="deterministic", beta=1.0)
+    algo = _double(IQL(cfg, OBS, ACT, torch.device("cpu")), ["actor", "critic", "critic_target", "value"])
+    b = _batch(gen)
+    before = copy.deepcopy(algo)
+    info = algo.update(b)
+    with torch.no_grad():
+        s, a = b["observations"], b["actions"]
+        u = torch.minimum(*before.critic_target(s, a)) - before.value(s)
+        mse = ((torch.tanh(before.actor.net(s)) - a) ** 2).sum(-1)
+        expected = (torch.clamp(torch.exp(u), max=100.0) * mse).mean()
+    torch.testing.assert_close(info["loss/actor"], expected)
+
+
+def _cql_oracle_gap(q_data, q_rand, q_cur, q_nxt, cur_logp, nxt_logp, act_dim, temp, importance):
+    """temp * logsumexp over the concatenated proposals / temp, averaged over states, minus mean Q(s, a)."""
+    if importance:
+        parts = [q_rand + act_dim * math.log(2.0), q_nxt - nxt_logp, q_cur - cur_logp]
+    else:
+        parts = [q_rand, q_data.unsqueeze(-1), q_nxt, q_cur]
+    cat = torch.cat(parts, dim=-1) / temp
+    m = cat.max(dim=-1, keepdim=True).values
+    lse = (m.squeeze(-1) + torch.log(torch.exp(cat - m).sum(-1))) * temp
+    return lse.mean() - q_data.mean()
+
+
+def _replay_cql_samples(algo, b, seed, n):
+    """Re-draw the update's random numbers in the same order (global RNG) to rebuild its samples."""
+    torch.manual_seed(seed)
+    s, s2 = b["observations"], b["next_observations"]
+    with torch.no_grad():
+        algo.actor.dist(s).rsample()  # actor/temperature sample
+        algo.actor.dist(s2).rsample()  # TD target sample
+        rand_a = torch.rand(B, n, ACT, dtype=torch.float64) * 2 - 1
+        cur_a, cur_logp = algo.actor.dist(s.unsqueeze(1).expand(-1, n, -1)).rsample()
+        nxt_a, nxt_logp = algo.actor.dist(s2.unsqueeze(1).expand(-1, n, -1)).rsample()
+    return rand_a, cur_a, cur_logp, nxt_a, nxt_logp
+
+
+def _check_cql(gen, importance):
+    torch.manual_seed(1)
+    n = 3
+    cfg = CQLConfig(hidden=[16], q_hidden=[16], cql_n_actions=n, cql_importance_sample=importance, cql_temp=0.7,
+                    cql_alpha=2.0, gamma=0.95)
+    algo = CQL(cfg, OBS, ACT, torch.device("cpu"))
+    _double(algo, ["actor", "critic", "critic_target"])
+    b = _batch(gen)
+    before = copy.deepcopy(algo)
+    # The actor is stepped before the critic's samples are drawn: replay them from the updated actor.
+    torch.manual_seed(5)
+    info = algo.update(b)
+    rand_a, cur_a, cur_logp, nxt_a, nxt_logp = _replay_cql_samples(algo, b, 5, n)
+    s, a = b["observations"], b["actions"]
+    with torch.no_grad():
+        q = before.critic(s, a)
+        rep = s.unsqueeze(1).expand(-1, n, -1)
+        gaps = []
+        for e in range(2):
+            gaps.append(_cql_oracle_gap(q[e], before.critic(rep, rand_a)[e], before.critic(rep, cur_a)[e],
+                                        before.critic(rep, nxt_a)[e], cur_logp, nxt_logp, ACT, 0.7, importance))
+        gaps = torch.stack(gaps)
+    torch.testing.assert_close(info["train/cql_gap"], gaps.mean())
+    torch.testing.assert_close(info["loss/cql"], 2.0 * gaps.sum())
+
+
+def test_cql_importance_sampled_gap_matches_oracle(gen):
+    _check_cql(gen, importance=True)
+
+
+def test_cql_plain_logsumexp_gap_matches_oracle(gen):
+    _check_cql(gen, importance=False)
+
+
+def test_cql_td_target_and_lagrange(gen):
+    torch.manual_seed(2)
+    cfg = CQLConfig(hidden=[16], q_hidden=[16], cql_n_actions=2, cql_lagrange=True, cql_target_action_gap=0.5,
+                    cql_log_alpha_prime_init=0.3, gamma=0.9, backup_entropy=True)
+    algo = CQL(cfg, OBS, ACT, torch.device("cpu"))
+    _double(algo, ["actor", "critic", "critic_target"])
+    algo.log_alpha.data = algo.log_alpha.data.double()
+    b = _batch(gen)
+    before = copy.deepcopy(algo)
+    torch.manual_seed(9)
+    info = algo.update(b)
+    torch.manual_seed(9)
+    s, a, r, s2, d = (b[k] for k in ("observations", "actions", "rewards", "next_observations", "terminals"))
+    with torch.no_grad():
+        before.actor.dist(s).rsample()
+        alpha = algo.log_alpha.exp()  # after its own step, as used by the critic target
+        a2, logp2 = algo.actor.dist(s2).rsample()
+        y = r + 0.9 * (1 - d) * (torch.minimum(*before.critic_target(s2, a2)) - alpha * logp2)
+        q = before.critic(s, a)
+        td = ((q[0] - y) ** 2).mean() + ((q[1] - y) ** 2).mean()
+    torch.testing.assert_close(info["loss/td"], td)
+    # Lagrange: alpha' = exp(0.3) multiplies cql_alpha * (gap - target), and log alpha' moves against the gap
+    gap = info["train/cql_gap"]
+    torch.testing.assert_close(info["loss/cql"], math.exp(0.3) * cfg.cql_alpha * (2 * gap - 2 * 0.5),
+                               check_dtype=False)
+    moved = float(algo.log_alpha_prime.detach()) - 0.3
+    assert moved * (float(gap) - 0.5) > 0  # dual ascent: grows while the gap exceeds the target
+
+
+def test_bc_is_negative_log_likelihood(gen):
+    torch.manual_seed(3)
+    algo = BC(BCConfig(hidden=[16], actor="tanh_gaussian"), OBS, ACT, torch.device("cpu"))
+    algo.actor.double()
+    b = _batch(gen)
+    before = copy.deepcopy(algo.actor)
+    info = algo.update(b)
+    with torch.no_grad():
+        s, a = b["observations"], b["actions"]
+        mean, raw = before.net(s).chunk(2, -1)
+        log_std = (raw - 1.0).clamp(-20, 2)
+        u = torch.atanh(a)
+        base = (-0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        logp = base - torch.log(1 - a ** 2).sum(-1)
+    torch.testing.assert_close(info["loss/actor"], -logp.mean())
