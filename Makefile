@@ -22,7 +22,7 @@ test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 demo: install
-	$(BIN)/reins demo
+	$(BIN)/reins run recipes/quickstart.yaml
 
 lint: install
 	$(BIN)/ruff check .

@@ -8,11 +8,15 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="reins-hf-"))
 os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("MINARI_DATASETS_PATH", tempfile.mkdtemp(prefix="reins-minari-"))
+# Tiny models gain nothing from intra-op threads, and subprocess tests (2-process accelerate runs) would
+# oversubscribe the 2 cores: one thread per process keeps the suite fast and its timings stable.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(1)
 
 
 @pytest.fixture
