@@ -240,6 +240,22 @@ def _source(cfg: Config):
     return OnlineRunSource(cfg.behaviour_run)
 
 
+def _remove_stale_staging(root: Path) -> None:
+    """Delete staging roots left by collections that were killed (their process no longer exists)."""
+    if not root.is_dir():
+        return
+    for d in root.glob(".reins-staging-*"):
+        pid = d.name[len(".reins-staging-"):].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, owned by someone else
+
+
 def train(cfg: Config) -> dict:
     from minari.dataset.minari_dataset import parse_dataset_id
 
@@ -261,10 +277,10 @@ def train(cfg: Config) -> dict:
         if taken:
             raise DataError(f"dataset {taken[0]} already exists in {root} (set overwrite=true or another "
                             "dataset_prefix/version)")
-    run = RunDir(cfg.output_dir, cfg, quiet=cfg.quiet)
-    probe = make_env(cfg.env_id)  # fail fast on an unknown env id
+    probe = make_env(cfg.env_id)  # fail fast on an unknown env id, before the run dir exists
     space = probe.action_space
     probe.close()
+    run = RunDir(cfg.output_dir, cfg, quiet=cfg.quiet)
     src = _source(cfg)
     sd = cfg.seed * 1_000_003  # episode seeds: sd + offset per tier, + k per episode
     n_ref = cfg.ref_episodes
@@ -304,7 +320,8 @@ def train(cfg: Config) -> dict:
         episodes["medium-expert"] = episodes["medium"] + episodes["expert"]
 
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".reins-staging-", dir=root))
+    _remove_stale_staging(root)
+    staging = Path(tempfile.mkdtemp(prefix=f".reins-staging-{os.getpid()}-", dir=root))
     try:
         for tier in cfg.tiers:
             eps = episodes[tier]

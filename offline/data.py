@@ -37,7 +37,10 @@ def datasets_root() -> Path:
 def _local_ids(root: Path) -> list[str]:
     if not root.is_dir():
         return []
-    return sorted(str(p.parent.relative_to(root)) for p in root.rglob("data") if (p / "metadata.json").is_file())
+    # Hidden directories (collect's staging roots) hold half-written datasets, never listed as available.
+    return sorted(str(p.parent.relative_to(root)) for p in root.rglob("data")
+                  if (p / "metadata.json").is_file() and not any(part.startswith(".")
+                                                                  for part in p.relative_to(root).parts))
 
 
 def resolve_dataset_path(dataset: str) -> Path:

@@ -22,6 +22,7 @@ Truncation: a prompt of max_length tokens or more is an error; an overlong compl
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -365,6 +366,8 @@ def tokenize_preferences(tok, rows: list[dict], where: str, max_length: int, on_
         if "margin" in row and row["margin"] is not None:
             if not isinstance(row["margin"], (int, float)) or isinstance(row["margin"], bool):
                 raise DataError(f"{where}: row {i}: field 'margin' must be a number")
+            if not math.isfinite(row["margin"]):
+                raise DataError(f"{where}: row {i}: field 'margin' is not finite ({row['margin']})")
             ex["margin"] = float(row["margin"])
         out.append(ex)
     if not out:

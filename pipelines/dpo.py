@@ -180,7 +180,8 @@ def train(cfg: Config) -> dict:
     prompts = eval_prompts(cfg.eval_prompts, cfg.eval.num_prompts) if acc.is_main_process else []
     rm, rm_tok = None, None
     if prompts and cfg.reward_model:
-        rm_args = ModelArgs(model=cfg.reward_model, dtype=cfg.dtype, tiny=cfg.tiny)
+        rm_args = ModelArgs(model=cfg.reward_model, dtype=cfg.dtype, tiny=cfg.tiny,
+                            trust_remote_code=cfg.trust_remote_code)
         rm_tok = load_tokenizer(rm_args)
         rm = freeze(load_reward_model(rm_args, rm_tok)).to(acc.device)
     evaluator = PolicyEvaluator(tok, prompts, reference, cfg.eval, reward_model=rm, rm_tok=rm_tok) if prompts else None

@@ -11,6 +11,7 @@ A directory holding `adapter_config.json` is a PEFT adapter: its base is loaded 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -76,6 +77,7 @@ class ModelArgs:
     gradient_checkpointing: bool = False
     attn_implementation: str | None = None   # eager | sdpa | flash_attention_2 (None: transformers' default)
     tiny: TinySpec = field(default_factory=TinySpec)
+    trust_remote_code: bool = False          # run a model repo's own Python code: only if a recipe says so
 
     def validate_model(self):
         check(self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
@@ -176,9 +178,10 @@ def load_tokenizer(args: ModelArgs):
         if src == TINY:
             return build_tiny_tokenizer(args.tiny.vocab_size)
     try:
-        tok = AutoTokenizer.from_pretrained(src)
-    except OSError as e:
-        raise DataError(f"cannot load tokenizer '{src}': {str(e).splitlines()[0]}") from None
+        with _hf_errors_only():
+            tok = AutoTokenizer.from_pretrained(src, trust_remote_code=args.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot load tokenizer '{src}': {_first_line(e)}") from None
     return ensure_pad_token(tok)
 
 
@@ -194,17 +197,37 @@ def tiny_config(spec: TinySpec, tok):
 
 
 def _pretrained_kwargs(args: ModelArgs) -> dict[str, Any]:
-    kw: dict[str, Any] = {"dtype": DTYPES[args.dtype]}
+    kw: dict[str, Any] = {"dtype": DTYPES[args.dtype], "trust_remote_code": args.trust_remote_code}
     if args.attn_implementation:
         kw["attn_implementation"] = args.attn_implementation
     return kw
 
 
+@contextlib.contextmanager
+def _hf_errors_only():
+    """transformers' config warnings (e.g. an unknown model type) would precede our one-line error."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
 def _from_pretrained(cls, name: str, args: ModelArgs, **extra):
     try:
-        return cls.from_pretrained(name, **_pretrained_kwargs(args), **extra)
-    except OSError as e:
-        raise DataError(f"cannot load model '{name}': {str(e).splitlines()[0]}") from None
+        with _hf_errors_only():
+            return cls.from_pretrained(name, **_pretrained_kwargs(args), **extra)
+    except (OSError, ValueError) as e:
+        # ValueError: e.g. a repo that needs its own code while trust_remote_code is off.
+        raise DataError(f"cannot load model '{name}': {_first_line(e)}") from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _finish(model, tok, args: ModelArgs, *, seed: int, task_type: str, trainable: bool = True):
@@ -254,7 +277,7 @@ def load_causal_lm(args: ModelArgs, tok, *, seed: int = 0, trainable: bool = Tru
 
             base_name = resolve_model(base)
             inner = ModelArgs(model=base_name, dtype=args.dtype, attn_implementation=args.attn_implementation,
-                              tiny=args.tiny)
+                              tiny=args.tiny, trust_remote_code=args.trust_remote_code)
             model = load_causal_lm(inner, tok, seed=seed, trainable=False)
             model = PeftModel.from_pretrained(model, name, is_trainable=trainable)
         else:

@@ -100,18 +100,20 @@ def _prompts(cfg: Config) -> tuple[list, list]:
 def train(cfg: Config) -> dict:
     seed_everything(cfg.seed)
     quiet_libraries(cfg.quiet)
-    run = RunDir(cfg.output_dir, cfg, quiet=cfg.quiet)
-    done = run.completed_metrics()
-    if done is not None:
-        return done
+    # Validate every input before the run dir exists: a typo must not leave a config.yaml behind that then
+    # refuses the corrected command as "a different run".
+    train_p, test_p = _prompts(cfg)
     from pipelines.evaluation import _judge
 
     judge = _judge(cfg.judge)
     tok = load_tokenizer(cfg)
+    run = RunDir(cfg.output_dir, cfg, quiet=cfg.quiet)
+    done = run.completed_metrics()
+    if done is not None:
+        return done
     policy = load_causal_lm(cfg, tok, seed=cfg.seed, trainable=False)
     if torch.cuda.is_available():
         policy.to("cuda")
-    train_p, test_p = _prompts(cfg)
     jobs = [("train", p) for p in train_p] + [("test", p) for p in test_p]
     state = run.load_checkpoint() or {"next": 0, "rows": [], "skipped": 0, "scores": []}
     chunks = range(0, len(jobs), cfg.chunk_size)

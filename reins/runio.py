@@ -19,6 +19,7 @@ import os
 import random
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +79,13 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise DataError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means the file is not a safe checkpoint
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"{path}: refused to load (not a weights-only checkpoint): {first[:200]}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception:  # noqa: BLE001 - any unpickling failure means the file is not a safe checkpoint
+        # torch's own message ends by suggesting weights_only=False, which is exactly what must not happen.
+        raise DataError(f"{path}: refused to load: not a weights-only checkpoint (it holds pickled objects "
+                        "that could run code; reins never unpickles those)") from None
 
 
 # ----------------------------------------------------------------------------------------- RNG state

@@ -1,0 +1,161 @@
+"""Helpers shared by the cross-stage e2e tests: tiny stage settings, the real CLI with captured stderr, output
+directory snapshots, blocked sockets, hostile files (a pickle that runs code, a model dir with custom code)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import socket
+import sys
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The small tiny-Llama of tests/pipelines/helpers.py as CLI overrides (seconds per stage on 2 cores).
+TINY_MODEL = ["tiny.hidden_size=32", "tiny.num_layers=2", "tiny.num_heads=2", "tiny.intermediate_size=64",
+              "tiny.vocab_size=400", "tiny.max_position_embeddings=128"]
+# Training-stage settings (sft, reward, dpo) on top of the model: two steps on a slice of the built-in task.
+TINY_TRAIN = TINY_MODEL + ["max_length=48", "builtin_size=64", "max_eval_samples=8", "batch_size=8",
+                           "max_steps=2", "save_every=1", "log_every=1"]
+
+
+def run_cli(argv: list[str], capfd) -> tuple[int, list[str]]:
+    """`reins <argv>` in-process; returns (exit code, non-empty stderr lines).
+
+    Warnings are shown as a plain `python -m reins.cli` would show them (pytest would otherwise swallow them),
+    and stderr is captured at the file-descriptor level so library loggers are seen too. An exception that
+    escapes the CLI is a bug (a traceback for the user): it is reported as exit code None with its text.
+    """
+    from reins.cli import main
+
+    capfd.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        for cat in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+            warnings.filterwarnings("ignore", category=cat)
+        warnings.showwarning = _print_warning
+        try:
+            code = main(list(argv))
+        except BaseException as e:  # noqa: BLE001 - any escape is what the test reports
+            out = capfd.readouterr()
+            return None, [f"TRACEBACK {type(e).__name__}: {e}"] + _lines(out.err)
+    out = capfd.readouterr()
+    return code, _lines(out.err)
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None):
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def _lines(text: str) -> list[str]:
+    return [x for x in text.splitlines() if x.strip()]
+
+
+def snapshot(path: Path) -> dict[str, bytes]:
+    """Every file under `path` (relative name -> bytes); {} when it does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def write_jsonl(path: Path, rows: list, raw: str = "") -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + raw)
+    return path
+
+
+def resolved_config_yaml(stage: str, argv: list[str]) -> str | None:
+    """The config.yaml a run of `reins <stage> <argv>` would write, or None when the config does not resolve."""
+    import importlib
+
+    from reins.cli import STAGES
+    from reins.config import dump_yaml, load_config, parse_overrides, to_dict
+    from reins.errors import ReinsError
+
+    path, rest, quiet = None, [], False
+    it = iter(argv)
+    for a in it:
+        if a == "--config":
+            path = next(it)
+        elif a == "--quiet":
+            quiet = True
+        else:
+            rest.append(a)
+    mod = importlib.import_module(STAGES[stage][0])
+    try:
+        over = parse_overrides(rest)
+        if quiet:
+            over["quiet"] = True
+        return dump_yaml(to_dict(load_config(mod.Config, path, over, stage=stage)))
+    except ReinsError:
+        return None
+
+
+# ----------------------------------------------------------------------------------------- hostile files
+class _RunsCode:
+    """Unpickling this calls os.system: the classic malicious checkpoint."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def write_malicious_pickle(path: Path, marker: Path, *, torch_zip: bool = False) -> Path:
+    """A .pt file whose loading with plain pickle / torch.load(weights_only=False) creates `marker`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"step": 3, "model": _RunsCode(marker), "format": _RunsCode(marker)}
+    if torch_zip:
+        import torch
+
+        torch.save(payload, path)  # the zip container torch writes, with the payload pickled inside
+    else:
+        path.write_bytes(pickle.dumps(payload))
+    return path
+
+
+def write_remote_code_model(path: Path, marker: Path) -> Path:
+    """A model directory whose config/tokenizer point at custom code (auto_map) that creates `marker`."""
+    path.mkdir(parents=True, exist_ok=True)
+    code = f"open({str(marker)!r}, 'w').write('ran')\n"
+    (path / "evil.py").write_text(code)
+    auto = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel",
+            "AutoModelForSequenceClassification": "evil.EvilModel", "AutoTokenizer": ["evil.EvilTok", None]}
+    (path / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["EvilModel"],
+                                                  "auto_map": auto}))
+    (path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "EvilTok",
+                                                            "auto_map": {"AutoTokenizer": ["evil.EvilTok", None]}}))
+    return path
+
+
+# ----------------------------------------------------------------------------------------- no network
+class NetworkBlocked(OSError):
+    pass
+
+
+def block_network(monkeypatch) -> list:
+    """Make every outgoing connection and name lookup fail; returns the list of attempts (for asserting none)."""
+    attempts: list = []
+
+    def refuse(kind):
+        def f(*args, **kwargs):
+            attempts.append((kind, args[1:2] if kind.startswith("socket.") else args[:1]))
+            raise NetworkBlocked(f"network blocked in tests ({kind})")
+        return f
+
+    monkeypatch.setattr(socket.socket, "connect", refuse("socket.connect"))
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse("socket.connect_ex"))
+    monkeypatch.setattr(socket, "create_connection", refuse("create_connection"))
+    monkeypatch.setattr(socket, "getaddrinfo", refuse("getaddrinfo"))
+    monkeypatch.setattr(socket, "gethostbyname", refuse("gethostbyname"))
+    return attempts
+
+
+def subprocess_env(**extra) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1"}
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
