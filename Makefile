@@ -21,8 +21,10 @@ install: $(BIN)/.installed
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# The demo keeps its Minari datasets beside its run (runs/minari), so a fresh clone never collides with
+# datasets an earlier clone left in ~/.minari.
 demo: install
-	$(BIN)/reins run recipes/quickstart.yaml
+	MINARI_DATASETS_PATH=$(CURDIR)/runs/minari $(BIN)/reins run recipes/quickstart.yaml
 
 lint: install
 	$(BIN)/ruff check .

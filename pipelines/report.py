@@ -157,16 +157,16 @@ def write_report(recipe: dict, stages: list, results: dict[str, dict]) -> Path:
         if curve:
             figs.append(curve)
         for r in log:
-            if isinstance(r.get("samples"), list) and r["samples"]:
-                samples.append((s.name, r["step"], r["samples"]))
+            items = r.get("samples", r.get("eval/samples"))
+            if isinstance(items, list) and items:
+                samples.append((s.name, r["step"], items))
     if samples:
-        lines += ["", "## Sample completions", ""]
+        lines += ["", "## Sample completions (prompt, **completion**, gold-judge score)", ""]
         for name, step, items in _first_and_last(samples):
             lines.append(f"**{name}, step {step}**")
             lines.append("")
             for item in items[:3]:
-                text = item if isinstance(item, str) else json.dumps(item)
-                lines.append(f"- {text.replace(chr(10), ' ')}")
+                lines.append(f"- {_sample_line(item)}")
             lines.append("")
     if figs:
         lines += ["", "## Plots", ""] + [f"![{f}]({f})" for f in figs]
@@ -182,6 +182,16 @@ def write_report(recipe: dict, stages: list, results: dict[str, dict]) -> Path:
     path = out_dir / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def _sample_line(item: Any) -> str:
+    if isinstance(item, dict) and "completion" in item:
+        gold = item.get("gold")
+        score = f" (gold {gold:+.2f})" if isinstance(gold, (int, float)) else ""
+        text = f"{item.get('prompt', '')} **{item['completion'].strip()}**{score}"
+    else:
+        text = item if isinstance(item, str) else json.dumps(item)
+    return text.replace("\n", " ")
 
 
 def _first_and_last(samples: list[tuple[str, int, list]]) -> list[tuple[str, int, list]]:
