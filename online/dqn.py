@@ -1,0 +1,107 @@
+"""DQN and Double DQN with a target network and replay (seed 001 §4.4.3, Def 10).
+
+Behaviour: epsilon-greedy (`epsilon_greedy_probs`) with epsilon decayed linearly from `epsilon_start` to
+`epsilon_end` over the first `exploration_fraction * total_steps` env steps of the run. Update on a replay minibatch:
+    y = dqn_target(r, Q'(s', .), gamma, terminated)                       (double: false)
+    y = double_dqn_target(r, Q(s', .), Q'(s', .), gamma, terminated)      (double: true)
+    loss = value_loss(Q(s, a), y);  every `target_update_every` updates: polyak_update(Q', Q, tau)
+(tau = 1 is the hard copy of the seed's algorithm).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from online.nets import build_actor
+from online.offpolicy import OffPolicyConfig
+from pgcore.policy_losses import double_dqn_target, dqn_target, epsilon_greedy_probs, polyak_update, value_loss
+from reins.config import check
+from reins.runio import check_finite
+
+
+@dataclass
+class DQNConfig(OffPolicyConfig):
+    double: bool = True
+    lr: float = 2.5e-4
+    buffer_size: int = 10_000
+    batch_size: int = 128
+    learning_starts: int = 10_000
+    train_freq: int = 10
+    tau: float = 1.0
+    target_update_every: int = 50        # gradient updates between target updates
+    epsilon_start: float = 1.0
+    epsilon_end: float = 0.05
+    exploration_fraction: float = 0.5
+    max_grad_norm: float = 10.0
+    hidden: list[int] = field(default_factory=lambda: [120, 84])
+
+    def validate(self) -> None:
+        super().validate()
+        check(0.0 <= self.epsilon_end <= self.epsilon_start <= 1.0,
+              "need 0 <= epsilon_end <= epsilon_start <= 1")
+        check(0.0 < self.exploration_fraction <= 1.0, "exploration_fraction must be in (0, 1]")
+        check(self.target_update_every >= 1, f"target_update_every must be >= 1, got {self.target_update_every}")
+        check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+
+
+class DQN:
+    def __init__(self, cfg: DQNConfig, spec, gen: torch.Generator, *, total_steps: int):
+        self.cfg, self.spec, self.gen = cfg, spec, gen
+        self.total_steps = total_steps  # horizon of the epsilon schedule
+        self.arch = {"kind": "q", "obs_dim": spec.obs_dim, "act_dim": spec.act_dim, "hidden": list(cfg.hidden),
+                     "activation": "relu"}
+        self.q = build_actor(self.arch)
+        self.q_target = copy.deepcopy(self.q).requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=cfg.lr)
+        self.n_updates = 0
+        self.epsilon = cfg.epsilon_start
+
+    def epsilon_at(self, step: int) -> float:
+        cfg = self.cfg
+        frac = min(step / max(cfg.exploration_fraction * self.total_steps, 1.0), 1.0)
+        return cfg.epsilon_start + frac * (cfg.epsilon_end - cfg.epsilon_start)
+
+    @torch.no_grad()
+    def explore(self, obs: torch.Tensor, step: int) -> np.ndarray:
+        self.epsilon = self.epsilon_at(step)
+        probs = epsilon_greedy_probs(self.q(obs), self.epsilon)
+        return torch.multinomial(probs, 1, generator=self.gen).squeeze(-1).numpy()
+
+    def update(self, batch: dict, *, step: int) -> dict:
+        cfg = self.cfg
+        obs, next_obs = batch["observations"], batch["next_observations"]
+        with torch.no_grad():
+            next_q_target = self.q_target(next_obs)
+            if cfg.double:
+                y = double_dqn_target(batch["rewards"], self.q(next_obs), next_q_target, gamma=cfg.gamma,
+                                      terminated=batch["terminated"])
+            else:
+                y = dqn_target(batch["rewards"], next_q_target, gamma=cfg.gamma, terminated=batch["terminated"])
+        q = self.q(obs).gather(-1, batch["actions"].long().unsqueeze(-1)).squeeze(-1)
+        loss, _ = value_loss(q, y)
+        check_finite("dqn loss", loss, step=step)
+        self.optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.q.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        self.n_updates += 1
+        if self.n_updates % cfg.target_update_every == 0:
+            polyak_update(self.q_target, self.q, cfg.tau)
+        return {"loss/td": loss.detach(), "q/mean": q.detach().mean(), "epsilon": self.epsilon}
+
+    def export(self) -> dict:
+        return {"actor": self.q, "arch": self.arch, "explore": {"epsilon": float(self.cfg.epsilon_end)}}
+
+    def state_dict(self) -> dict:
+        return {"q": self.q.state_dict(), "q_target": self.q_target.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "n_updates": self.n_updates}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.q.load_state_dict(s["q"])
+        self.q_target.load_state_dict(s["q_target"])
+        self.optimizer.load_state_dict(s["optimizer"])
+        self.n_updates = int(s["n_updates"])

@@ -1,0 +1,107 @@
+"""PPO: clipped surrogate (seed 000 §8.2, seed 001 §2.10) or adaptive-KL penalty (seed 000 §8.1, Alg 5).
+
+Per iteration: collect `num_envs * num_steps` steps, GAE advantages (pgcore.advantages.gae), then
+`update_epochs` passes of shuffled minibatches minimising
+
+    L = L_policy + vf_coef * L_value - ent_coef * H
+
+with L_policy = `ppo_clip_loss` (loss: clip) or `ppo_kl_penalty_loss` with the closed-form KL(old || new)
+and beta adapted after each iteration by `adaptive_kl_beta` (loss: kl_penalty). Optional early stop of the
+epochs when the approximate KL exceeds `target_kl` ([NOT IN SEEDS]: OpenAI Spinning Up).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from online.onpolicy import ActorCriticAgent, OnPolicyConfig, minibatches
+from pgcore.advantages import gae, whiten
+from pgcore.kl import adaptive_kl_beta
+from pgcore.policy_losses import entropy_bonus, ppo_clip_loss, ppo_kl_penalty_loss, value_loss
+from reins.config import check
+from reins.runio import check_finite
+
+
+@dataclass
+class PPOConfig(OnPolicyConfig):
+    loss: Literal["clip", "kl_penalty"] = "clip"
+    update_epochs: int = 4
+    num_minibatches: int = 4
+    clip_eps: float = 0.2
+    clip_value: bool = False          # PPO2 value clipping with clip_eps
+    kl_beta: float = 1.0              # initial beta of the KL-penalty form
+    kl_target: float = 0.01           # d_targ of seed 000 Alg 5
+    target_kl: float | None = None  # early-stop the epochs past this approx KL (clip form)
+    vf_coef: float = 0.5
+    ent_coef: float = 0.0
+
+    def validate(self) -> None:
+        super().validate()
+        check(self.update_epochs >= 1, f"update_epochs must be >= 1, got {self.update_epochs}")
+        check(self.num_minibatches >= 1, f"num_minibatches must be >= 1, got {self.num_minibatches}")
+        check(self.clip_eps > 0, f"clip_eps must be > 0, got {self.clip_eps}")
+        check(self.kl_beta >= 0, f"kl_beta must be >= 0, got {self.kl_beta}")
+        check(self.kl_target > 0, f"kl_target must be > 0, got {self.kl_target}")
+
+
+class PPO(ActorCriticAgent):
+    def __init__(self, cfg: PPOConfig, spec, gen):
+        super().__init__(cfg, spec, gen)
+        self.optimizer = torch.optim.Adam([*self.actor.parameters(), *self.critic.parameters()], lr=cfg.lr,
+                                          eps=1e-5)
+        self.beta = float(cfg.kl_beta)
+
+    def update(self, b: dict, *, step: int, progress: float) -> dict:
+        cfg = self.cfg
+        self.set_lr(self.optimizer, progress)
+        adv, ret = gae(b["rewards"], b["values"], gamma=cfg.gamma, lam=cfg.gae_lambda,
+                       next_values=b["next_values"], terminated=b["terminated"], truncated=b["truncated"])
+        obs, actions, old_logp = self.flat(b["obs"]), self.flat(b["actions"]), self.flat(b["logp"])
+        old_values, adv, ret = self.flat(b["values"]), self.flat(adv), self.flat(ret)
+        old_params = tuple(self.flat(p) for p in b["params"])
+        params_list = [*self.actor.parameters(), *self.critic.parameters()]
+        stats: dict[str, float] = {}
+        for _ in range(cfg.update_epochs):
+            for idx in minibatches(len(obs), cfg.num_minibatches, self.gen):
+                params = self.dist_params(obs[idx])
+                logp, entropy = self.log_prob_entropy(params, actions[idx])
+                a = whiten(adv[idx]) if cfg.normalize_advantages else adv[idx]
+                if cfg.loss == "clip":
+                    pl, pinfo = ppo_clip_loss(logp, old_logp[idx], a, cfg.clip_eps)
+                else:
+                    kl = self.kl(tuple(p[idx] for p in old_params), params)
+                    pl, pinfo = ppo_kl_penalty_loss(logp, old_logp[idx], a, kl, self.beta)
+                vl, vinfo = value_loss(self.critic(obs[idx]), ret[idx], old_values=old_values[idx],
+                                       clip_eps=cfg.clip_eps if cfg.clip_value else None)
+                ent = entropy_bonus(entropy)
+                loss = pl + cfg.vf_coef * vl - cfg.ent_coef * ent
+                check_finite("ppo loss", loss, step=step)
+                self.optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params_list, cfg.max_grad_norm)
+                self.optimizer.step()
+            stats = {"loss/policy": pl.item(), "loss/value": vl.item(), "policy/entropy": ent.item(),
+                     **{f"policy/{k}": float(v) for k, v in pinfo.items()}}
+            if cfg.loss == "clip" and cfg.target_kl is not None and stats["policy/approxkl"] > cfg.target_kl:
+                break
+        with torch.no_grad():
+            kl_full = float(self.kl(old_params, self.dist_params(obs)).mean())
+        stats["policy/kl"] = kl_full
+        if cfg.loss == "kl_penalty":
+            # seed 000 Alg 5: halve beta when KL < d_targ / 1.5, double it when KL > 1.5 d_targ.
+            self.beta = adaptive_kl_beta(self.beta, kl_full, cfg.kl_target)
+            stats["policy/kl_beta"] = self.beta
+        return stats
+
+    def state_dict(self) -> dict:
+        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "beta": self.beta}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.actor.load_state_dict(s["actor"])
+        self.critic.load_state_dict(s["critic"])
+        self.optimizer.load_state_dict(s["optimizer"])
+        self.beta = float(s["beta"])

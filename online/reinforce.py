@@ -1,0 +1,74 @@
+"""REINFORCE with reward-to-go and a learned baseline (seed 001 §2.3-2.5, seed 003 "REINFORCE").
+
+    G_t = r_t + gamma * G_{t+1}   within an episode (pgcore.advantages.discounted_returns)
+    loss = reinforce_loss(log pi(a_t|s_t), G_t - b(s_t)) + vf_coef * value_loss(b(s_t), G_t)
+
+Batches are fixed-length rollouts, so an episode can be cut by a time limit or by the rollout's end; only
+there is the missing tail replaced by the baseline's estimate gamma * b(s'_t) (folded into r_t so the
+recursion stops, `dones = terminated OR truncated`). Episodes that terminate inside the batch use the pure
+Monte-Carlo return, as in the seeds. Use long rollouts (num_steps ~ episode length) for the classic method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from online.onpolicy import ActorCriticAgent, OnPolicyConfig
+from pgcore.advantages import discounted_returns, whiten
+from pgcore.policy_losses import reinforce_loss, value_loss
+from reins.runio import check_finite
+
+
+@dataclass
+class ReinforceConfig(OnPolicyConfig):
+    num_envs: int = 4
+    num_steps: int = 200
+    lr: float = 1e-3
+    vf_coef: float = 0.5
+    vf_iters: int = 5                 # extra critic regression steps per batch
+    max_grad_norm: float = 1.0
+
+
+class Reinforce(ActorCriticAgent):
+    def __init__(self, cfg: ReinforceConfig, spec, gen):
+        super().__init__(cfg, spec, gen)
+        self.pi_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
+        self.vf_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
+
+    def update(self, b: dict, *, step: int, progress: float) -> dict:
+        cfg = self.cfg
+        self.set_lr(self.pi_opt, progress)
+        term, trunc = b["terminated"], b["truncated"]
+        rewards = b["rewards"] + cfg.gamma * trunc * (1.0 - term) * b["next_values"]
+        returns = discounted_returns(rewards, cfg.gamma, dones=torch.maximum(term, trunc))
+        obs, actions, ret = self.flat(b["obs"]), self.flat(b["actions"]), self.flat(returns)
+        weights = ret - self.flat(b["values"])
+        if cfg.normalize_advantages:
+            weights = whiten(weights)
+        logp, _ = self.log_prob_entropy(self.dist_params(obs), actions)
+        pl = reinforce_loss(logp, weights)
+        check_finite("reinforce loss", pl, step=step)
+        self.pi_opt.zero_grad()
+        pl.backward()
+        torch.nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.max_grad_norm)
+        self.pi_opt.step()
+        for _ in range(cfg.vf_iters):
+            vl, _ = value_loss(self.critic(obs), ret)
+            check_finite("baseline loss", vl, step=step)
+            self.vf_opt.zero_grad()
+            (cfg.vf_coef * vl).backward()
+            torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
+            self.vf_opt.step()
+        return {"loss/policy": pl.item(), "loss/value": vl.item(), "returns/mean": float(ret.mean())}
+
+    def state_dict(self) -> dict:
+        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+                "pi_opt": self.pi_opt.state_dict(), "vf_opt": self.vf_opt.state_dict()}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.actor.load_state_dict(s["actor"])
+        self.critic.load_state_dict(s["critic"])
+        self.pi_opt.load_state_dict(s["pi_opt"])
+        self.vf_opt.load_state_dict(s["vf_opt"])

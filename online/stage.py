@@ -1,0 +1,128 @@
+"""`reins online`: train one online agent on a gymnasium env (stage contract: config.yaml, log.jsonl,
+metrics.json, checkpoints/checkpoint.pt, and the artifact `policy.pt` in the `online.policy_io` format).
+
+    reins online --config recipes/online/ppo-cartpole.yaml [key=value ...]
+
+`algo` selects the agent; its hyperparameters live in the config section of the same name (`ppo.clip_eps=0.1`).
+Off-policy agents (sac, td3, ddpg, dqn) can also write evaluated policy snapshots (`save_snapshots`,
+`snapshot_every`) and their replay buffer (`save_replay`) for `offline/`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from online.a2c import A2C, A2CConfig
+from online.common import Harness
+from online.dqn import DQN, DQNConfig
+from online.offpolicy import train_off_policy
+from online.onpolicy import train_on_policy
+from online.ppo import PPO, PPOConfig
+from online.reinforce import Reinforce, ReinforceConfig
+from online.sac import SAC, SACConfig
+from online.td3 import TD3, DDPGConfig, TD3Config
+from online.trpo import TRPO, NPGConfig, TRPOConfig
+from reins.cli import stage_main
+from reins.config import check
+from reins.errors import ConfigError
+from reins.runio import seed_everything
+
+Algo = Literal["reinforce", "a2c", "ppo", "npg", "trpo", "ddpg", "td3", "sac", "dqn"]
+
+# algo -> (agent class, action space it needs, off-policy?)
+AGENTS = {
+    "reinforce": (Reinforce, "any", False),
+    "a2c": (A2C, "any", False),
+    "ppo": (PPO, "any", False),
+    "npg": (TRPO, "any", False),
+    "trpo": (TRPO, "any", False),
+    "ddpg": (TD3, "box", True),
+    "td3": (TD3, "box", True),
+    "sac": (SAC, "box", True),
+    "dqn": (DQN, "discrete", True),
+}
+
+
+@dataclass
+class Config:
+    output_dir: str
+    seed: int = 0
+    quiet: bool = False
+    algo: Algo = "ppo"
+    env_id: str = "CartPole-v1"
+    total_steps: int = 100_000
+    eval_every: int = 10_000          # env steps between evaluations (0: only at the end)
+    eval_episodes: int = 10
+    eval_seed: int = 1_000_000        # evaluation envs are seeded eval_seed + k, separate from training
+    checkpoint_every: int = 20_000    # env steps between checkpoints (segment boundaries; 0: never)
+    log_every: int = 1_000
+    torch_threads: int = 1
+    # off-policy agents only: behaviour data for offline/
+    save_snapshots: bool = False
+    snapshot_every: int = 10_000
+    save_replay: bool = False
+    reinforce: ReinforceConfig = field(default_factory=ReinforceConfig)
+    a2c: A2CConfig = field(default_factory=A2CConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    npg: NPGConfig = field(default_factory=NPGConfig)
+    trpo: TRPOConfig = field(default_factory=TRPOConfig)
+    ddpg: DDPGConfig = field(default_factory=DDPGConfig)
+    td3: TD3Config = field(default_factory=TD3Config)
+    sac: SACConfig = field(default_factory=SACConfig)
+    dqn: DQNConfig = field(default_factory=DQNConfig)
+
+    def validate(self) -> None:
+        check(bool(self.output_dir), "output_dir must be set")
+        check(self.total_steps >= 1, f"total_steps must be >= 1, got {self.total_steps}")
+        check(self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}")
+        check(self.eval_episodes >= 1, f"eval_episodes must be >= 1, got {self.eval_episodes}")
+        check(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        check(self.torch_threads >= 1, f"torch_threads must be >= 1, got {self.torch_threads}")
+        check(self.snapshot_every >= 1, f"snapshot_every must be >= 1, got {self.snapshot_every}")
+        off_policy = AGENTS[self.algo][2]
+        if (self.save_snapshots or self.save_replay) and not off_policy:
+            raise ConfigError(f"save_snapshots/save_replay are for off-policy algos (sac, td3, ddpg, dqn), "
+                              f"not '{self.algo}'")
+
+    @property
+    def agent_config(self):
+        return getattr(self, self.algo)
+
+
+def train(cfg: Config) -> dict:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.torch_threads)  # small nets: one thread is fastest and leaves cores to the envs
+    try:
+        return _train(cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: Config) -> dict:
+    agent_cls, needs, off_policy = AGENTS[cfg.algo]
+    acfg = cfg.agent_config
+    seed_everything(cfg.seed)  # network initialisation uses the global torch RNG
+    h = Harness(cfg, cfg.algo, acfg.num_envs, acfg.gamma, normalize_obs=acfg.normalize_obs,
+                normalize_reward=getattr(acfg, "normalize_reward", False), needs=needs)
+    done = h.run.completed_metrics()
+    if done is not None:
+        h.envs.close()
+        return done
+    kwargs = {"algo": cfg.algo} if cfg.algo in ("npg", "trpo", "ddpg", "td3") else {}
+    if cfg.algo == "dqn":
+        kwargs = {"total_steps": cfg.total_steps}
+    agent = agent_cls(acfg, h.spec, h.gen, **kwargs)
+    if off_policy:
+        return train_off_policy(h, agent)
+    return train_on_policy(h, agent)
+
+
+def main(argv=None) -> int:
+    return stage_main(Config, train, argv, prog="reins online", stage="online")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
