@@ -88,6 +88,18 @@ def config_help(config_cls: type) -> str:
     return "\n".join(lines)
 
 
+def shutdown_distributed() -> None:
+    """Tear down a torch.distributed process group before exit.
+
+    Exiting with a live gloo group lets its C++ threads be destroyed mid-flight ("terminate called without an
+    active exception", SIGABRT) on some ranks, which turns a finished multi-process run into a failed launch.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def stage_main(config_cls: type, train: Callable[[Any], dict], argv: list[str] | None, *, prog: str,
                stage: str | None = None) -> int:
     """Shared `main` of a stage: parse --config/--quiet/overrides, run, print metrics, map errors to exits."""
@@ -123,7 +135,10 @@ def stage_main(config_cls: type, train: Callable[[Any], dict], argv: list[str] |
         if quiet:
             overrides["quiet"] = True
         cfg = load_config(config_cls, config_path, overrides, stage=stage)
-        metrics = train(cfg)
+        try:
+            metrics = train(cfg)
+        finally:
+            shutdown_distributed()
     except ReinsError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -166,7 +166,8 @@ def test_recipes_load():
     from reins.config import load_config
 
     mods = {"iql": iql, "cql": cql, "bc": bc, "collect": collect}
-    recipes = sorted(Path("recipes/offline").glob("*.yaml"))
+    # One-stage recipes only: pipeline recipes (`stages:`) are planned by tests/e2e/test_recipe_files.py.
+    recipes = sorted(p for p in Path("recipes/offline").glob("*.yaml") if "stage" in yaml.safe_load(p.read_text()))
     assert len(recipes) >= 8
     for path in recipes:
         stage = yaml.safe_load(path.read_text())["stage"]

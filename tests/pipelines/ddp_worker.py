@@ -13,6 +13,7 @@ import torch
 
 from pipelines import dpo
 from pipelines.trainer import Trainer
+from reins.cli import shutdown_distributed
 from reins.config import from_dict
 
 
@@ -29,7 +30,10 @@ def main() -> None:
         return out
 
     Trainer.train = train_and_dump
-    dpo.train(cfg)
+    try:
+        dpo.train(cfg)
+    finally:
+        shutdown_distributed()
 
 
 if __name__ == "__main__":
