@@ -129,6 +129,9 @@ def write_report(recipe: dict, stages: list, results: dict[str, dict]) -> Path:
             if isinstance(m.get("eval/kl_to_ref"), (int, float)) and isinstance(m.get("eval/gold_reward"),
                                                                                  (int, float)):
                 kl_points.append((s.name, m["eval/kl_to_ref"], m["eval/gold_reward"]))
+                ref = m.get("eval/ref_gold_reward")
+                if isinstance(ref, (int, float)) and not any(p[0] == "reference" for p in kl_points):
+                    kl_points.append(("reference", 0.0, ref))  # the policy the KL is measured to
         if s.stage == "reward" and any(k in m for k in RM_KEYS):
             rm_rows.append([s.name] + [_fmt(m.get(k)) for k in RM_KEYS])
         if any(k in m for k in OFFLINE_KEYS):
