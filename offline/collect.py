@@ -38,6 +38,7 @@ class Config:
     output_dir: str = "runs/collect"
     seed: int = 0
     quiet: bool = False
+    report_to: str = "jsonl"  # none | jsonl | tensorboard (log.jsonl is always written)
     env_id: str = "Pendulum-v1"
     dataset_prefix: str = "reins/pendulum"  # dataset ids are <prefix>/<tier>-v<version>
     version: int = 0

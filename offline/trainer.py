@@ -36,6 +36,7 @@ class OfflineConfig:
     output_dir: str = "runs/offline"
     seed: int = 0
     quiet: bool = False
+    report_to: str = "jsonl"  # none | jsonl | tensorboard (log.jsonl is always written)
     preset: str = ""  # a named set of published hyperparameters (see PRESETS in the algorithm's module)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     torch_threads: int = 0  # >0: torch.set_num_threads (1 is fastest for small nets on a busy CPU)

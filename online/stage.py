@@ -51,6 +51,7 @@ class Config:
     output_dir: str
     seed: int = 0
     quiet: bool = False
+    report_to: str = "jsonl"  # none | jsonl | tensorboard (log.jsonl is always written)
     algo: Algo = "ppo"
     env_id: str = "CartPole-v1"
     total_steps: int = 100_000

@@ -49,6 +49,7 @@ class Config(TrainArgs, DataArgs, ModelArgs):
     output_dir: str = "runs/dpo"
     seed: int = 0
     quiet: bool = False
+    report_to: str = "jsonl"  # none | jsonl | tensorboard (log.jsonl is always written)
     beta: float = 0.1
     loss_type: Literal["sigmoid", "robust", "ipo", "hinge"] = "sigmoid"
     label_smoothing: float = 0.0

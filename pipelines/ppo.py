@@ -67,6 +67,7 @@ class Config(TrainArgs, ModelArgs):
     output_dir: str = "runs/ppo"
     seed: int = 0
     quiet: bool = False
+    report_to: str = "jsonl"  # none | jsonl | tensorboard (log.jsonl is always written)
     # models (`model` is the SFT policy)
     reward_model: str = ""                # reward stage output dir, or any sequence-classification model dir
     value_model: str = "auto"             # auto | reward | policy | shared | PATH

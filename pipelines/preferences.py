@@ -36,6 +36,7 @@ class Config(ModelArgs):
     output_dir: str = "runs/preferences"
     seed: int = 0
     quiet: bool = False
+    report_to: str = "jsonl"  # none | jsonl | tensorboard (log.jsonl is always written)
     prompts: str = BUILTIN               # builtin:sentiment(-chat), or a prompt-only file / datasets dir / Hub id
     prompt_split: str = "train"
     num_train_prompts: int = 1000

@@ -32,6 +32,7 @@ class Config(TrainArgs, DataArgs, ModelArgs):
     output_dir: str = "runs/reward"
     seed: int = 0
     quiet: bool = False
+    report_to: str = "jsonl"  # none | jsonl | tensorboard (log.jsonl is always written)
     center_coef: float = 0.0           # TRL center_rewards_coefficient (0.01 recommended when used)
     use_margin: bool = False           # subtract the data's `margin` column inside the sigmoid
     eval_fraction: float = 0.1         # held-out share when the data has no eval split

@@ -27,6 +27,7 @@ class Config(TrainArgs, DataArgs, ModelArgs):
     output_dir: str = "runs/sft"
     seed: int = 0
     quiet: bool = False
+    report_to: str = "jsonl"  # none | jsonl | tensorboard (log.jsonl is always written)
     packing: bool = False
     eval_prompts: str | None = BUILTIN   # prompts for the generation eval (None/"none": skip it)
     eval: EvalArgs = field(default_factory=EvalArgs)

@@ -37,6 +37,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 # Config keys that do not change what a run computes, so a resume with a different value is allowed.
 NON_SEMANTIC_KEYS = frozenset({"quiet", "log_every", "report_to", "progress"})
+REPORT_TO = ("none", "jsonl", "tensorboard")
 
 
 # ----------------------------------------------------------------------------------------- atomic files
@@ -180,6 +181,17 @@ class RunDir:
                 raise ConfigError(
                     f"output_dir {self.path} holds a different run's config (differs in: {', '.join(diff[:5])});"
                     " choose another output_dir or delete that one")
+        report_to = self.config.get("report_to", "jsonl")
+        if report_to not in REPORT_TO:
+            raise ConfigError(f"report_to must be one of {', '.join(REPORT_TO)}, got {report_to!r}")
+        self._tb = None
+        if report_to == "tensorboard":
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError("report_to=tensorboard needs the tensorboard package (pip install tensorboard)"
+                                  ) from None
+            self._tb_factory = lambda: SummaryWriter(log_dir=str(self.path / "tensorboard"))
         atomic_write_text(cfg_path, dump_yaml(self.config))
 
     # paths
@@ -215,6 +227,13 @@ class RunDir:
         row = {"step": int(step), **{k: _jsonable(v) for k, v in metrics.items()}}
         with open(self.log_path, "a") as f:
             f.write(json.dumps(row) + "\n")
+        if self.config.get("report_to") == "tensorboard":
+            if self._tb is None:
+                self._tb = self._tb_factory()
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(k, v, global_step=int(step))
+            self._tb.flush()
         if not self.quiet and not sys.stderr.isatty():
             # No progress bar when not on a terminal: a plain line per logged step instead.
             shown = " ".join(f"{k}={_fmt(v)}" for k, v in list(row.items())[1:8])

@@ -91,3 +91,29 @@ def test_metrics_written_atomically(tmp_path):
     assert run.completed_metrics() is None
     run.finish({"a/b": torch.tensor(2.0), "c": np.float32(1.5)})
     assert json.loads(run.metrics_path.read_text()) == {"a/b": 2.0, "c": 1.5}
+
+
+@dataclass
+class TbCfg:
+    output_dir: str
+    report_to: str = "tensorboard"
+    quiet: bool = True
+
+
+def test_report_to_tensorboard_writes_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = RunDir(tmp_path, TbCfg(str(tmp_path)))
+    for s in range(3):
+        run.log(s, {"loss": 1.0 / (s + 1), "samples": ["text"], "flag": True})
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert acc.Tags()["scalars"] == ["loss"]
+    assert [(e.step, round(e.value, 6)) for e in acc.Scalars("loss")] == [(0, 1.0), (1, 0.5), (2, 0.333333)]
+    assert len(run.read_log()) == 3  # jsonl is always written too
+
+
+def test_report_to_rejects_unknown_backend(tmp_path):
+    with pytest.raises(ConfigError, match="report_to must be one of none, jsonl, tensorboard, got 'wandb'"):
+        RunDir(tmp_path, TbCfg(str(tmp_path), report_to="wandb"))
+    assert not (tmp_path / "config.yaml").exists()
