@@ -73,3 +73,42 @@ def evaluate_examples(model, loss_fn, examples: list, *, batch_size: int, count_
                 acc[1] = min(acc[1], float(v[1])) if v[0] == "min" else max(acc[1], float(v[1]))
     model.train(was)
     return {prefix + k: (v[1] / max(v[2], 1e-12) if v[0] == "mean" else v[1]) for k, v in sums.items()}
+
+
+def lm_evaluate_fn(trainer, loss_fn, eval_examples: list, *, batch_size: int, count_fn, evaluator=None):
+    """The evaluation an LM stage runs every `eval_every` steps and at the end: its own loss statistics on the
+    held-out examples, plus the shared policy evaluation (gold reward, KL, win rate, samples) when given."""
+
+    def evaluate() -> dict:
+        m = {}
+        if eval_examples:
+            m.update(evaluate_examples(trainer.unwrapped, loss_fn, eval_examples, batch_size=batch_size,
+                                       count_fn=count_fn))
+        if evaluator is not None:
+            gm, samples = evaluator(trainer.unwrapped)
+            m.update(gm)
+            m["eval/samples"] = samples  # logged, never a final metric
+        return m
+
+    return evaluate
+
+
+def train_and_finish(trainer, run: RunDir, accelerator, tok, evaluate, *, eval_every: int,
+                     export=lambda model: model) -> dict:
+    """Train with periodic evaluation, then save `export(model)`, evaluate once more and write metrics.json."""
+    from pipelines.models import save_model
+
+    def on_step(step: int, metrics: dict) -> None:
+        if eval_every and step % eval_every == 0 and step < trainer.total_steps and accelerator.is_main_process:
+            run.log(step, evaluate())
+
+    last = trainer.train(on_step)
+    final = None
+    if accelerator.is_main_process:
+        save_model(export(trainer.unwrapped), tok, run.path / "model")
+        ev = evaluate()
+        run.log(trainer.step, ev)
+        final = run.finish({**{f"train/{k}": v for k, v in last.items()},
+                            **{k: v for k, v in ev.items() if k != "eval/samples"}, "steps": trainer.step})
+    accelerator.wait_for_everyone()
+    return broadcast_metrics(accelerator, final)

@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 
 from pgcore.preference_losses import dpo_loss
-from pipelines.common import broadcast_metrics, eval_prompts, evaluate_examples, open_run, quiet_libraries
+from pipelines.common import eval_prompts, lm_evaluate_fn, open_run, quiet_libraries, train_and_finish
 from pipelines.data import BUILTIN, DataArgs, load_split_pair, normalise_preferences, tokenize_preferences
 from pipelines.evaluation import EvalArgs, PolicyEvaluator
 from pipelines.models import (
@@ -34,7 +34,6 @@ from pipelines.models import (
     load_causal_lm,
     load_reward_model,
     load_tokenizer,
-    save_model,
 )
 from pipelines.reward import builtin_pairs
 from pipelines.scoring import Reference, batched_logps, completion_batch, sequence_logps, to_device
@@ -187,31 +186,9 @@ def train(cfg: Config) -> dict:
         rm = freeze(load_reward_model(rm_args, rm_tok)).to(acc.device)
     evaluator = PolicyEvaluator(tok, prompts, reference, cfg.eval, reward_model=rm, rm_tok=rm_tok) if prompts else None
 
-    def evaluate() -> dict:
-        m = {}
-        if eval_ex:
-            m.update(evaluate_examples(trainer.unwrapped, loss_fn, eval_ex, batch_size=cfg.eval.batch_size,
-                                       count_fn=lambda e: 1))
-        if evaluator is not None:
-            gm, samples = evaluator(trainer.unwrapped)
-            m.update(gm)
-            m["eval/samples"] = samples
-        return m
-
-    def on_step(step: int, metrics: dict) -> None:
-        if cfg.eval_every and step % cfg.eval_every == 0 and step < trainer.total_steps and acc.is_main_process:
-            run.log(step, evaluate())
-
-    last = trainer.train(on_step)
-    final = None
-    if acc.is_main_process:
-        save_model(trainer.unwrapped, tok, run.path / "model")
-        ev = evaluate()
-        run.log(trainer.step, ev)
-        final = run.finish({**{f"train/{k}": v for k, v in last.items()},
-                            **{k: v for k, v in ev.items() if k != "eval/samples"}, "steps": trainer.step})
-    acc.wait_for_everyone()
-    return broadcast_metrics(acc, final)
+    evaluate = lm_evaluate_fn(trainer, loss_fn, eval_ex, batch_size=cfg.eval.batch_size, count_fn=lambda e: 1,
+                              evaluator=evaluator)
+    return train_and_finish(trainer, run, acc, tok, evaluate, eval_every=cfg.eval_every)
 
 
 def main(argv=None) -> int:

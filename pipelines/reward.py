@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from pgcore.preference_losses import bradley_terry_loss
-from pipelines.common import broadcast_metrics, evaluate_examples, open_run, quiet_libraries
+from pipelines.common import lm_evaluate_fn, open_run, quiet_libraries, train_and_finish
 from pipelines.data import DataArgs, load_split_pair, normalise_preferences, split_off, tokenize_preferences
-from pipelines.models import ModelArgs, count_parameters, load_reward_model, load_tokenizer, save_model
+from pipelines.models import ModelArgs, count_parameters, load_reward_model, load_tokenizer
 from pipelines.scoring import completion_batch, reward_scores, to_device
 from pipelines.trainer import TrainArgs, Trainer, make_accelerator
 from reins.cli import stage_main
@@ -108,28 +108,10 @@ def train(cfg: Config) -> dict:
         run.log(0, {"model/parameters": total, "model/trainable": trainable, "data/train_pairs": len(train_ex),
                     "data/eval_pairs": len(eval_ex), **tstats.as_metrics("data")})
 
-    def evaluate() -> dict:
-        if not eval_ex:
-            return {}
-        return evaluate_examples(trainer.unwrapped, loss_fn, eval_ex, batch_size=cfg.eval_batch_size,
-                                 count_fn=lambda e: 1)
-
-    def on_step(step: int, metrics: dict) -> None:
-        if cfg.eval_every and step % cfg.eval_every == 0 and step < trainer.total_steps and acc.is_main_process:
-            run.log(step, evaluate())
-
-    last = trainer.train(on_step)
-    final = None
-    if acc.is_main_process:
-        model = trainer.unwrapped
-        if cfg.lora is not None:
-            model = model.merge_and_unload()  # a plain sequence classifier: PPO and eval load it directly
-        save_model(model, tok, run.path / "model")
-        ev = evaluate()
-        run.log(trainer.step, ev)
-        final = run.finish({**{f"train/{k}": v for k, v in last.items()}, **ev, "steps": trainer.step})
-    acc.wait_for_everyone()
-    return broadcast_metrics(acc, final)
+    evaluate = lm_evaluate_fn(trainer, loss_fn, eval_ex, batch_size=cfg.eval_batch_size, count_fn=lambda e: 1)
+    # Under LoRA, save a plain sequence classifier (merged): PPO and evaluation load it directly.
+    export = (lambda m: m.merge_and_unload()) if cfg.lora is not None else (lambda m: m)
+    return train_and_finish(trainer, run, acc, tok, evaluate, eval_every=cfg.eval_every, export=export)
 
 
 def main(argv=None) -> int:

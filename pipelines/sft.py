@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.common import broadcast_metrics, eval_prompts, evaluate_examples, open_run, quiet_libraries
+from pipelines.common import eval_prompts, lm_evaluate_fn, open_run, quiet_libraries, train_and_finish
 from pipelines.data import BUILTIN, DataArgs, builtin_sft_rows, load_split_pair, normalise_sft, tokenize_sft
 from pipelines.evaluation import EvalArgs, PolicyEvaluator
-from pipelines.models import ModelArgs, count_parameters, load_causal_lm, load_tokenizer, save_model
+from pipelines.models import ModelArgs, count_parameters, load_causal_lm, load_tokenizer
 from pipelines.scoring import completion_batch, sequence_logps, to_device
 from pipelines.trainer import TrainArgs, Trainer, make_accelerator
 from reins.cli import stage_main
@@ -94,32 +94,9 @@ def train(cfg: Config) -> dict:
     if prompts:
         evaluator = PolicyEvaluator(tok, prompts, None, cfg.eval)
 
-    def evaluate() -> dict:
-        m = {}
-        if eval_ex:
-            m.update(evaluate_examples(trainer.unwrapped, loss_fn, eval_ex, batch_size=cfg.eval.batch_size,
-                                       count_fn=n_predicted))
-        if evaluator is not None:
-            gm, samples = evaluator(trainer.unwrapped)
-            m.update(gm)
-            m["eval/samples"] = samples
-        return m
-
-    def on_step(step: int, metrics: dict) -> None:
-        if cfg.eval_every and step % cfg.eval_every == 0 and step < trainer.total_steps and acc.is_main_process:
-            run.log(step, evaluate())
-
-    last = trainer.train(on_step)
-    final = None
-    if acc.is_main_process:
-        save_model(trainer.unwrapped, tok, run.path / "model")
-        ev = evaluate()
-        run.log(trainer.step, ev)
-        final = {**{f"train/{k}": v for k, v in last.items()},
-                 **{k: v for k, v in ev.items() if k != "eval/samples"}, "steps": trainer.step}
-        final = run.finish(final)
-    acc.wait_for_everyone()
-    return broadcast_metrics(acc, final)
+    evaluate = lm_evaluate_fn(trainer, loss_fn, eval_ex, batch_size=cfg.eval.batch_size, count_fn=n_predicted,
+                              evaluator=evaluator)
+    return train_and_finish(trainer, run, acc, tok, evaluate, eval_every=cfg.eval_every)
 
 
 def main(argv=None) -> int:
