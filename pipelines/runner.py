@@ -36,7 +36,7 @@ import yaml
 from reins.cli import STAGES
 from reins.config import from_dict, parse_overrides, read_yaml, set_dotted, to_dict
 from reins.errors import ConfigError, ReinsError
-from reins.runio import CONFIG_FILE, METRICS_FILE, _diff_keys, _semantic
+from reins.runio import CONFIG_FILE, METRICS_FILE, config_changes
 
 _REF = re.compile(r"\$\{([A-Za-z0-9_\-]+)\.([A-Za-z0-9_.]+)\}")
 RECIPE_KEYS = ("name", "output_dir", "stages", "report", "quiet")
@@ -140,12 +140,12 @@ def plan(recipe: dict, *, where: str = "recipe") -> list[PlannedStage]:
         cfg = from_dict(module.Config, spec, where=at)
         resolved = to_dict(cfg)
         scope[name] = resolved
-        planned.append(PlannedStage(name, stage, module, cfg, _is_cached(resolved)))
+        planned.append(PlannedStage(name, stage, module, cfg, _is_cached(cfg)))
     return planned
 
 
-def _is_cached(resolved: dict) -> bool:
-    out = Path(resolved["output_dir"])
+def _is_cached(config: Any) -> bool:
+    out = Path(config.output_dir)
     cfg_file, metrics_file = out / CONFIG_FILE, out / METRICS_FILE
     if not (cfg_file.is_file() and metrics_file.is_file()):
         return False
@@ -154,7 +154,7 @@ def _is_cached(resolved: dict) -> bool:
         json.loads(metrics_file.read_text())
     except (yaml.YAMLError, json.JSONDecodeError):
         return False
-    return not _diff_keys(_semantic(old), _semantic(resolved))
+    return not config_changes(old, config)
 
 
 def run_recipe(path: str | Path, overrides: dict[str, Any] | None = None, *, dry_run: bool = False,

@@ -13,6 +13,7 @@ Checkpoints are plain dicts of tensors, numbers and strings saved with `torch.sa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -158,6 +159,33 @@ def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+def _with_defaults(old: dict, defaults: dict) -> dict:
+    """`old` with keys it lacks taken from `defaults` (recursively): keys added to a config since it was saved."""
+    out = dict(old)
+    for k, v in defaults.items():
+        if k not in out:
+            out[k] = v
+        elif isinstance(v, dict) and isinstance(out[k], dict):
+            out[k] = _with_defaults(out[k], v)
+    return out
+
+
+def config_changes(old: dict, config: Any) -> list[str]:
+    """Dotted keys whose value in `config` differs from a saved config.yaml (`old`).
+
+    Non-semantic keys (quiet, log_every, report_to, progress) never count, and a key the saved config lacks
+    counts only if `config` sets it away from its default: a newer version adding an option does not turn an
+    earlier run into "a different run".
+    """
+    new = to_dict(config) if not isinstance(config, dict) else dict(config)
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        try:
+            old = _with_defaults(old, to_dict(type(config)()))
+        except TypeError:  # a config class with required fields has no all-default instance
+            pass
+    return _diff_keys(_semantic(old), _semantic(new))
+
+
 class RunDir:
     """One stage's output directory. Creating it validates that it is empty or holds this same run."""
 
@@ -176,7 +204,7 @@ class RunDir:
                 old = None
             if not isinstance(old, dict):
                 raise ConfigError(f"{cfg_path}: unreadable config of an earlier run; choose another output_dir")
-            diff = _diff_keys(_semantic(old), _semantic(self.config))
+            diff = config_changes(old, config)
             if diff:
                 raise ConfigError(
                     f"output_dir {self.path} holds a different run's config (differs in: {', '.join(diff[:5])});"

@@ -117,3 +117,24 @@ def test_report_to_rejects_unknown_backend(tmp_path):
     with pytest.raises(ConfigError, match="report_to must be one of none, jsonl, tensorboard, got 'wandb'"):
         RunDir(tmp_path, TbCfg(str(tmp_path), report_to="wandb"))
     assert not (tmp_path / "config.yaml").exists()
+
+
+@dataclass
+class CfgV2:
+    """Cfg after a release added an option."""
+
+    output_dir: str = ""
+    lr: float = 0.1
+    quiet: bool = True
+    new_option: int = 3
+
+
+def test_added_option_at_default_is_the_same_run(tmp_path):
+    RunDir(tmp_path, Cfg(str(tmp_path))).finish({"loss": 1.0})
+    # The new option at its default: still this run (resumable, cached) ...
+    assert RunDir(tmp_path, CfgV2(str(tmp_path))).completed_metrics() == {"loss": 1.0}
+    # ... set away from its default: a different run.
+    other = tmp_path / "other"
+    RunDir(other, Cfg(str(other)))
+    with pytest.raises(ConfigError, match=r"differs in: new_option"):
+        RunDir(other, CfgV2(str(other), new_option=4))
