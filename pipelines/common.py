@@ -3,10 +3,12 @@ examples with a stage's own loss, and broadcasting the final metrics."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from pipelines.data import BUILTIN, BUILTIN_CHAT, load_records, normalise_prompts
-from reins.runio import RunDir
+from reins.runio import METRICS_FILE, RunDir, seed_everything
 
 
 def quiet_libraries(quiet: bool) -> None:
@@ -28,6 +30,19 @@ def open_run(cfg, accelerator) -> RunDir:
     if run is None:
         run = RunDir(cfg.output_dir, cfg, quiet=True)
     return run
+
+
+def start_lm_stage(cfg):
+    """Seed, quiet the libraries and make the accelerator; also return a finished run's metrics (else None)."""
+    from pipelines.trainer import make_accelerator
+
+    seed_everything(cfg.seed)
+    quiet_libraries(cfg.quiet)
+    acc = make_accelerator(cfg)
+    done = None
+    if (Path(cfg.output_dir) / METRICS_FILE).is_file():
+        done = open_run(cfg, acc).completed_metrics()
+    return acc, done
 
 
 def eval_prompts(source: str | None, n: int, split: str = "test") -> list:

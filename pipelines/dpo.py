@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 
 from pgcore.preference_losses import dpo_loss
-from pipelines.common import eval_prompts, lm_evaluate_fn, open_run, quiet_libraries, train_and_finish
+from pipelines.common import eval_prompts, lm_evaluate_fn, open_run, start_lm_stage, train_and_finish
 from pipelines.data import BUILTIN, DataArgs, load_split_pair, normalise_preferences, tokenize_preferences
 from pipelines.evaluation import EvalArgs, PolicyEvaluator
 from pipelines.models import (
@@ -37,10 +37,10 @@ from pipelines.models import (
 )
 from pipelines.reward import builtin_pairs
 from pipelines.scoring import Reference, batched_logps, completion_batch, sequence_logps, to_device
-from pipelines.trainer import TrainArgs, Trainer, make_accelerator
+from pipelines.trainer import TrainArgs, Trainer
 from reins.cli import stage_main
 from reins.config import check
-from reins.runio import METRICS_FILE, atomic_torch_save, safe_torch_load, seed_everything
+from reins.runio import atomic_torch_save, safe_torch_load
 
 
 @dataclass
@@ -142,13 +142,9 @@ def build_reference(cfg: Config, policy, tok) -> Reference:
 
 
 def train(cfg: Config) -> dict:
-    seed_everything(cfg.seed)
-    quiet_libraries(cfg.quiet)
-    acc = make_accelerator(cfg)
-    if (Path(cfg.output_dir) / METRICS_FILE).is_file():  # a finished run: return its metrics, no retraining
-        done = open_run(cfg, acc).completed_metrics()
-        if done is not None:
-            return done
+    acc, done = start_lm_stage(cfg)
+    if done is not None:  # a finished run: return its metrics, no retraining
+        return done
     tok = load_tokenizer(cfg)
     train_rows, tw, eval_rows, ew = load_split_pair(cfg, seed=cfg.seed, builtin=builtin_pairs)
     train_ex, tstats = tokenize_preferences(tok, normalise_preferences(train_rows, tw), tw, cfg.max_length,

@@ -11,20 +11,18 @@ max_reward; eval/accuracy on the held-out pairs. Artifact: `output_dir/model` (m
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from pgcore.preference_losses import bradley_terry_loss
-from pipelines.common import lm_evaluate_fn, open_run, quiet_libraries, train_and_finish
+from pipelines.common import lm_evaluate_fn, open_run, start_lm_stage, train_and_finish
 from pipelines.data import DataArgs, load_split_pair, normalise_preferences, split_off, tokenize_preferences
 from pipelines.models import ModelArgs, count_parameters, load_reward_model, load_tokenizer
 from pipelines.scoring import completion_batch, reward_scores, to_device
-from pipelines.trainer import TrainArgs, Trainer, make_accelerator
+from pipelines.trainer import TrainArgs, Trainer
 from reins.cli import stage_main
 from reins.config import check
 from reins.errors import DataError
-from reins.runio import METRICS_FILE, seed_everything
 
 
 @dataclass
@@ -80,13 +78,9 @@ def make_loss_fn(pad_id: int, cfg: Config):
 
 
 def train(cfg: Config) -> dict:
-    seed_everything(cfg.seed)
-    quiet_libraries(cfg.quiet)
-    acc = make_accelerator(cfg)
-    if (Path(cfg.output_dir) / METRICS_FILE).is_file():  # a finished run: return its metrics, no retraining
-        done = open_run(cfg, acc).completed_metrics()
-        if done is not None:
-            return done
+    acc, done = start_lm_stage(cfg)
+    if done is not None:  # a finished run: return its metrics, no retraining
+        return done
     tok = load_tokenizer(cfg)
     train_rows, tw, eval_rows, ew = load_split_pair(cfg, seed=cfg.seed, builtin=builtin_pairs)
     train_rows = normalise_preferences(train_rows, tw)

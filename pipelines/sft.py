@@ -10,16 +10,14 @@ Default: the tiny model on the built-in sentiment corpus. Artifact: `output_dir/
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from pipelines.common import eval_prompts, lm_evaluate_fn, open_run, quiet_libraries, train_and_finish
+from pipelines.common import eval_prompts, lm_evaluate_fn, open_run, start_lm_stage, train_and_finish
 from pipelines.data import BUILTIN, DataArgs, builtin_sft_rows, load_split_pair, normalise_sft, tokenize_sft
 from pipelines.evaluation import EvalArgs, PolicyEvaluator
 from pipelines.models import ModelArgs, count_parameters, load_causal_lm, load_tokenizer
 from pipelines.scoring import completion_batch, sequence_logps, to_device
-from pipelines.trainer import TrainArgs, Trainer, make_accelerator
+from pipelines.trainer import TrainArgs, Trainer
 from reins.cli import stage_main
-from reins.runio import METRICS_FILE, seed_everything
 
 
 @dataclass
@@ -66,13 +64,9 @@ def make_loss_fn(pad_id: int):
 
 
 def train(cfg: Config) -> dict:
-    seed_everything(cfg.seed)
-    quiet_libraries(cfg.quiet)
-    acc = make_accelerator(cfg)
-    if (Path(cfg.output_dir) / METRICS_FILE).is_file():  # a finished run: return its metrics, no retraining
-        done = open_run(cfg, acc).completed_metrics()
-        if done is not None:
-            return done
+    acc, done = start_lm_stage(cfg)
+    if done is not None:  # a finished run: return its metrics, no retraining
+        return done
     tok = load_tokenizer(cfg)
     train_rows, tw, eval_rows, ew = load_split_pair(cfg, seed=cfg.seed, builtin=builtin_sft_rows)
     train_ex, tstats = tokenize_sft(tok, normalise_sft(train_rows, tw), tw, cfg.max_length, cfg.on_overlong)
