@@ -4,6 +4,8 @@ metrics.json, checkpoints/checkpoint.pt, and the artifact `policy.pt` in the `on
     reins online --config recipes/online/ppo-cartpole.yaml [key=value ...]
 
 `algo` selects the agent; its hyperparameters live in the config section of the same name (`ppo.clip_eps=0.1`).
+config.yaml holds the shared keys and the selected agent's section only (`Config.run_config_view`), so a change
+to another agent's defaults does not make a saved run "a different run" on resume.
 Off-policy agents (sac, td3, ddpg, dqn) can also write evaluated policy snapshots (`save_snapshots`,
 `snapshot_every`) and their replay buffer (`save_replay`) for `offline/`.
 """
@@ -48,7 +50,9 @@ AGENTS = {
 
 @dataclass
 class Config:
-    output_dir: str
+    # Required (validate); a default only so that Config() exists: reins.runio fills keys a saved config.yaml
+    # lacks (options added since) from Config()'s values.
+    output_dir: str = ""
     seed: int = 0
     quiet: bool = False
     report_to: str = "jsonl"  # none | jsonl | tensorboard (log.jsonl is always written)
@@ -91,6 +95,15 @@ class Config:
     @property
     def agent_config(self):
         return getattr(self, self.algo)
+
+    def run_config_view(self, d: dict) -> dict:
+        """What identifies this run (reins.runio's hook for config.yaml and the resume guard): every shared key
+        and the section of the selected agent, `self.algo`; the other agents' sections do not affect the run.
+
+        Applied to a config.yaml written before this hook (every section) it drops the other sections too, so
+        such a run still resumes; a saved run of another algo still differs in `algo`.
+        """
+        return {k: v for k, v in d.items() if k not in AGENTS or k == self.algo}
 
 
 def train(cfg: Config) -> dict:

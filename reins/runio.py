@@ -175,15 +175,28 @@ def config_changes(old: dict, config: Any) -> list[str]:
 
     Non-semantic keys (quiet, log_every, report_to, progress) never count, and a key the saved config lacks
     counts only if `config` sets it away from its default: a newer version adding an option does not turn an
-    earlier run into "a different run".
+    earlier run into "a different run". Both sides are first narrowed by the config's `run_config_view` hook.
     """
-    new = to_dict(config) if not isinstance(config, dict) else dict(config)
+    new = run_config(config)
+    old = _view(config, old)
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         try:
-            old = _with_defaults(old, to_dict(type(config)()))
+            old = _with_defaults(old, _view(config, to_dict(type(config)())))
         except TypeError:  # a config class with required fields has no all-default instance
             pass
     return _diff_keys(_semantic(old), _semantic(new))
+
+
+def _view(config: Any, d: dict) -> dict:
+    # A config class may narrow what identifies its run (online: only the selected agent's section).
+    view = getattr(config, "run_config_view", None)
+    return view(d) if callable(view) else d
+
+
+def run_config(config: Any) -> dict:
+    """The dict config.yaml stores and resumes compare: `config.run_config_view(to_dict(config))` if the
+    config defines that hook, else the whole config."""
+    return _view(config, to_dict(config) if not isinstance(config, dict) else dict(config))
 
 
 class RunDir:
@@ -192,7 +205,7 @@ class RunDir:
     def __init__(self, output_dir: str | Path, config: Any, *, quiet: bool = False):
         self.path = Path(output_dir)
         self.quiet = quiet
-        self.config = to_dict(config) if not isinstance(config, dict) else dict(config)
+        self.config = run_config(config)
         self.path.mkdir(parents=True, exist_ok=True)
         cfg_path = self.path / CONFIG_FILE
         if cfg_path.exists():
