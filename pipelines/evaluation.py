@@ -8,7 +8,8 @@ On a fixed set of eval prompts, with a fixed seed and temperature:
 - `eval/win_rate_vs_ref`: fraction of prompts where the gold judge prefers the policy's completion to the
   reference's (ties count 1/2);
 - `eval/reward_model_score`: mean reward-model score of the policy's completions, when a reward model is given
-  (texts are decoded and re-tokenised with the reward model's own tokenizer, so tokenizers may differ);
+  (texts are decoded and re-tokenised with the reward model's own tokenizer, so tokenizers may differ; a
+  completion cut off at max_new_tokens is scored without the closing EOS / end of turn, as PPO scores it);
 - `eval/completion_length`, `eval/eos_rate`; and a few sample completions for the log.
 Runs on the main process only (other processes wait); the reference's completions are cached across calls.
 """
@@ -43,17 +44,60 @@ def _judge(name: str):
     raise ValueError(f"unknown gold judge {name!r}")
 
 
+def _chat_turn_tail(rm_tok, prompt: list) -> str | None:
+    """The text the chat template renders after an assistant message's content (its end of turn), or None.
+
+    Rendered with a probe content and read off after it, so it is exactly what `encode_completion` appends
+    to a completion's text (e.g. `<|endoftext|>` for the tiny template, `<|im_end|>\n` for ChatML).
+    """
+    probe = "reins-probe-completion"
+    ptext = rm_tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    full = rm_tok.apply_chat_template(list(prompt) + [{"role": "assistant", "content": probe}], tokenize=False)
+    i = full.rfind(probe)
+    return full[i + len(probe):] if i >= len(ptext) else None
+
+
+def encode_scored_completion(rm_tok, prompt, text: str, ended: bool = True) -> list[int]:
+    """Completion ids the reward model scores for a decoded completion `text` following `prompt`.
+
+    `ended` (the policy generated EOS): `encode_completion`'s ids, which close the turn (EOS, or the chat
+    template's end of turn). Cut off at max_new_tokens: the same ids without what the encoding appends after
+    the text (the EOS; the chat template's end-of-turn text), so the reward model reads the last generated
+    token, as PPO's `score_responses` does. An empty text keeps EOS: there must be a completion token to read.
+    """
+    if ended:
+        if isinstance(prompt, list):
+            return encode_completion(rm_tok, prompt, [{"role": "assistant", "content": text}])
+        return encode_completion(rm_tok, prompt, text) if text else [rm_tok.eos_token_id]
+    rendered = text
+    if isinstance(prompt, list):
+        ptext = rm_tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        full = rm_tok.apply_chat_template(list(prompt) + [{"role": "assistant", "content": text}],
+                                          tokenize=False)
+        tail = _chat_turn_tail(rm_tok, prompt)
+        # encode_completion tokenises full[len(ptext):] = (anything the template puts before the content) +
+        # content + tail; drop the tail. A template whose end of turn depends on the content: the bare text.
+        if full.startswith(ptext) and tail is not None and full.endswith(tail):
+            rendered = full[len(ptext): len(full) - len(tail)]
+    # The standard encoding is the text's ids + EOS (encode_completion): here without the EOS.
+    ids = list(rm_tok(rendered, add_special_tokens=False)["input_ids"]) if rendered else []
+    return ids or [rm_tok.eos_token_id]
+
+
 @torch.no_grad()
-def score_texts(reward_model, rm_tok, prompts: list, completions: list[str], *, batch_size: int = 32):
-    """Reward-model scores of (prompt, completion text) pairs, tokenised with the reward model's tokenizer."""
+def score_texts(reward_model, rm_tok, prompts: list, completions: list[str], *, ended: list[bool] | None = None,
+                batch_size: int = 32):
+    """Reward-model scores of (prompt, completion text) pairs, tokenised with the reward model's tokenizer.
+
+    `ended[i]` False marks a completion cut off at max_new_tokens (no EOS generated): it is scored without the
+    closing EOS / end of turn (`encode_scored_completion`); default: every completion ended.
+    """
+    ended = [True] * len(completions) if ended is None else list(ended)
+    if len(ended) != len(completions):
+        raise ValueError(f"ended has {len(ended)} entries for {len(completions)} completions")
     device = next(reward_model.parameters()).device
     pids = [encode_prompt(rm_tok, p) for p in prompts]
-    cids = []
-    for p, c in zip(prompts, completions):
-        if isinstance(p, list):
-            cids.append(encode_completion(rm_tok, p, [{"role": "assistant", "content": c}]))
-        else:
-            cids.append(encode_completion(rm_tok, p, c) if c else [rm_tok.eos_token_id])
+    cids = [encode_scored_completion(rm_tok, p, c, e) for p, c, e in zip(prompts, completions, ended)]
     scores = []
     was = reward_model.training
     reward_model.eval()
@@ -106,7 +150,7 @@ class PolicyEvaluator:
             m["eval/ref_gold_reward"] = ref_gold.mean().item()
             m["eval/win_rate_vs_ref"] = ((gold > ref_gold).double() + 0.5 * (gold == ref_gold).double()).mean().item()
         if self.reward_model is not None:
-            scores = score_texts(self.reward_model, self.rm_tok, self.prompts, s.texts)
+            scores = score_texts(self.reward_model, self.rm_tok, self.prompts, s.texts, ended=s.finished)
             m["eval/reward_model_score"] = scores.mean().item()
         samples = [{"prompt": p if isinstance(p, str) else str(p), "completion": t, "gold": g}
                    for p, t, g in zip(self.prompts[: a.num_samples_logged], s.texts, gold.tolist())]
