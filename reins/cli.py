@@ -97,6 +97,12 @@ def shutdown_distributed() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        # Wait for every rank first: a rank that tears its group down while a peer still sends into it makes
+        # the peer's gloo thread throw (the same SIGABRT, seen under load in CI-like runs).
+        try:
+            dist.barrier()
+        except Exception:  # noqa: BLE001 - a peer already gone: still tear ours down
+            pass
         dist.destroy_process_group()
 
 
