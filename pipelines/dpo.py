@@ -3,9 +3,12 @@
 Loss: pgcore.preference_losses.dpo_loss on sequence log-probs (sum over completion tokens) of the policy and
 the reference, loss_type in {sigmoid, robust, ipo, hinge}, beta, label_smoothing, reference_free (seed 001
 §6.1.2, Rafailov et al. 2023 eq. 7; variants in pgcore). Chosen and rejected go through ONE concatenated
-forward. The reference is a frozen copy of the initial policy, or, under LoRA, the same model with its adapter
-disabled (no second copy). `precompute_ref_logps` computes the reference log-probs once before training and
-caches them on disk, keyed by a hash of the reference weights and of the tokenised data.
+forward; by default (`shared_prompt`) that forward holds each pair as one row [prompt | chosen | rejected] with a
+4-D attention mask, so the prompt is processed once and padding mostly disappears (log-probs equal the two-row
+layout's to rounding; see pipelines.scoring.shared_prompt_batch). The reference is a frozen copy of the initial
+policy, or, under LoRA, the same model with its adapter disabled (no second copy).
+`precompute_ref_logps` computes the reference log-probs once before training and caches them
+on disk, keyed by a hash of the reference weights and of the tokenised data.
 Metrics use TRL's names: loss, rewards/{chosen,rejected,margins,accuracies}, logps/{chosen,rejected},
 logits/{chosen,rejected}, grad_norm; plus the shared evaluation (eval/gold_reward, eval/kl_to_ref,
 eval/win_rate_vs_ref, ...) and held-out pair metrics (eval/rewards/accuracies, ...).
@@ -36,7 +39,15 @@ from pipelines.models import (
     load_tokenizer,
 )
 from pipelines.reward import builtin_pairs
-from pipelines.scoring import Reference, batched_logps, completion_batch, sequence_logps, to_device
+from pipelines.scoring import (
+    Reference,
+    batched_logps,
+    completion_batch,
+    pair_logps,
+    sequence_logps,
+    shared_prompt_batch,
+    to_device,
+)
 from pipelines.trainer import TrainArgs, Trainer
 from reins.cli import stage_main
 from reins.config import check
@@ -55,6 +66,7 @@ class Config(TrainArgs, DataArgs, ModelArgs):
     reference_free: bool = False
     ref_model: str | None = None        # default: the initial policy (frozen copy / adapter disabled)
     precompute_ref_logps: bool = False
+    shared_prompt: bool = True          # one row per pair, prompt once (off under flash_attention_2: no 4-D masks)
     ref_cache_dir: str | None = None    # default: output_dir/cache
     eval_prompts: str | None = BUILTIN
     eval: EvalArgs = field(default_factory=EvalArgs)
@@ -70,12 +82,21 @@ class Config(TrainArgs, DataArgs, ModelArgs):
 
 
 def make_loss_fn(pad_id: int, cfg: Config, reference: Reference | None):
+    packed = cfg.shared_prompt and cfg.attn_implementation != "flash_attention_2"
+
     def loss_fn(model, examples: list[dict], denominator: float):
         n = len(examples)
-        prompts = [e["prompt_ids"] for e in examples] * 2
-        comps = [e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples]
-        b = to_device(completion_batch(prompts, comps, pad_id), next(model.parameters()).device)
-        r = sequence_logps(model, b)  # one forward for [chosen; rejected]
+        device = next(model.parameters()).device
+        if packed and all(e["prompt_ids"] for e in examples):
+            b = to_device(shared_prompt_batch([e["prompt_ids"] for e in examples],
+                                              [e["chosen_ids"] for e in examples],
+                                              [e["rejected_ids"] for e in examples], pad_id), device)
+            r = pair_logps(model, b)  # one forward, one row per pair
+        else:
+            prompts = [e["prompt_ids"] for e in examples] * 2
+            comps = [e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples]
+            b = to_device(completion_batch(prompts, comps, pad_id), device)
+            r = sequence_logps(model, b)  # one forward for [chosen; rejected]
         pc, pr = r["logps"][:n], r["logps"][n:]
         if cfg.reference_free:
             rc = rr = torch.zeros_like(pc)
@@ -83,7 +104,7 @@ def make_loss_fn(pad_id: int, cfg: Config, reference: Reference | None):
             rc = torch.tensor([e["ref_chosen_logps"] for e in examples], dtype=pc.dtype, device=pc.device)
             rr = torch.tensor([e["ref_rejected_logps"] for e in examples], dtype=pc.dtype, device=pc.device)
         else:
-            ref = reference.logps(b)["logps"].to(pc.dtype)
+            ref = (reference.pair_logps(b) if "segments" in b else reference.logps(b))["logps"].to(pc.dtype)
             rc, rr = ref[:n], ref[n:]
         losses, chosen_r, rejected_r = dpo_loss(
             pc, pr, rc, rr, beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,

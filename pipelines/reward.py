@@ -4,8 +4,10 @@ Loss (pgcore.preference_losses.bradley_terry_loss): -mean log sigma(r(x, y_w) - 
 + center_coef * mean((r_w + r_l)^2) (seed 001 §6.1.1; margin from a `margin` column when `use_margin`,
 Llama 2; centering, Eisenstein et al. 2023). The model is AutoModelForSequenceClassification (num_labels=1)
 initialised from `model` (the SFT model), scoring the EOS token of prompt+completion; chosen and rejected go
-through one concatenated forward. Metrics use TRL's names: loss, accuracy, margin, mean_reward, min_reward,
-max_reward; eval/accuracy on the held-out pairs. Artifact: `output_dir/model` (merged if trained with LoRA).
+through one forward, by default (`shared_prompt`) as one row [prompt | chosen | rejected] per pair with a 4-D
+attention mask (prompt processed once, little padding; scores equal the two-row layout's to rounding).
+Metrics use TRL's names: loss, accuracy, margin, mean_reward, min_reward, max_reward;
+eval/accuracy on the held-out pairs. Artifact: `output_dir/model` (merged if trained with LoRA).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pgcore.preference_losses import bradley_terry_loss
 from pipelines.common import lm_evaluate_fn, open_run, start_lm_stage, train_and_finish
 from pipelines.data import DataArgs, load_split_pair, normalise_preferences, split_off, tokenize_preferences
 from pipelines.models import ModelArgs, count_parameters, load_reward_model, load_tokenizer
-from pipelines.scoring import completion_batch, reward_scores, to_device
+from pipelines.scoring import completion_batch, pair_reward_scores, reward_scores, shared_prompt_batch, to_device
 from pipelines.trainer import TrainArgs, Trainer
 from reins.cli import stage_main
 from reins.config import check
@@ -37,6 +39,7 @@ class Config(TrainArgs, DataArgs, ModelArgs):
     eval_batch_size: int = 64
     learning_rate: float = 1e-4
     num_epochs: float = 2.0
+    shared_prompt: bool = True         # one row per pair, prompt once (off under flash_attention_2: no 4-D masks)
 
     def validate(self):
         self.validate_model()
@@ -58,12 +61,20 @@ def builtin_pairs(n: int, seed: int, split: str) -> list[dict]:
 
 
 def make_loss_fn(pad_id: int, cfg: Config):
+    packed = cfg.shared_prompt and cfg.attn_implementation != "flash_attention_2"
+
     def loss_fn(model, examples: list[dict], denominator: float):
         n = len(examples)
-        prompts = [e["prompt_ids"] for e in examples] * 2
-        comps = [e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples]
-        b = to_device(completion_batch(prompts, comps, pad_id), next(model.parameters()).device)
-        r = reward_scores(model, b)
+        device = next(model.parameters()).device
+        r = None
+        if packed and all(e["prompt_ids"] for e in examples):
+            r = pair_reward_scores(model, to_device(shared_prompt_batch(
+                [e["prompt_ids"] for e in examples], [e["chosen_ids"] for e in examples],
+                [e["rejected_ids"] for e in examples], pad_id), device))
+        if r is None:
+            prompts = [e["prompt_ids"] for e in examples] * 2
+            comps = [e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples]
+            r = reward_scores(model, to_device(completion_batch(prompts, comps, pad_id), device))
         rc, rr = r[:n], r[n:]
         margin = None
         if cfg.use_margin:

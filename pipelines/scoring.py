@@ -70,11 +70,125 @@ def sequence_logps(model, batch: dict, *, temperature: float = 1.0, with_entropy
     return res
 
 
+def shared_prompt_batch(prompt_ids: list[list[int]], chosen_ids: list[list[int]], rejected_ids: list[list[int]],
+                        pad_id: int) -> dict:
+    """One row per preference pair, [prompt | chosen | rejected], the prompt shared by both completions.
+
+    Instead of two padded rows (prompt+chosen, prompt+rejected) each pair is one row of p + c + r tokens;
+    rejected tokens carry positions p, p+1, ... (as if they followed the prompt directly) and a 4-D attention
+    mask lets each token see the prompt and the earlier tokens of its own segment only, so every completion
+    token gets exactly the logits it gets in its own sequence. This skips the prompt's second pass and most of
+    the padding. `allowed` [B, 1, T, T] is True where a query may attend to a key; pad rows attend to themselves
+    only so no softmax row is empty.
+    """
+    if any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("shared_prompt_batch needs a non-empty prompt per pair (its last token predicts both "
+                         "completions' first tokens)")
+    B = len(prompt_ids)
+    lens = [len(p) + len(c) + len(r) for p, c, r in zip(prompt_ids, chosen_ids, rejected_ids)]
+    T = max(lens)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    pos = torch.zeros((B, T), dtype=torch.long)
+    seg = torch.full((B, T), 3, dtype=torch.long)  # 0 prompt, 1 chosen, 2 rejected, 3 pad
+    for i, (p, c, r) in enumerate(zip(prompt_ids, chosen_ids, rejected_ids)):
+        n_p, n_c, n_r = len(p), len(c), len(r)
+        ids[i, : lens[i]] = torch.tensor(p + c + r, dtype=torch.long)
+        pos[i, : n_p + n_c] = torch.arange(n_p + n_c)
+        pos[i, n_p + n_c: lens[i]] = torch.arange(n_p, n_p + n_r)
+        seg[i, :n_p], seg[i, n_p: n_p + n_c], seg[i, n_p + n_c: lens[i]] = 0, 1, 2
+    q, k = seg[:, :, None], seg[:, None, :]
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    allowed = causal & ((k == 0) | (k == q)) & (q != 3)
+    allowed |= torch.eye(T, dtype=torch.bool)  # pad rows: themselves only
+    return {"input_ids": ids, "position_ids": pos, "allowed": allowed[:, None], "segments": seg,
+            "prompt_lens": torch.tensor([len(p) for p in prompt_ids]),
+            "chosen_lens": torch.tensor([len(c) for c in chosen_ids]),
+            "rejected_lens": torch.tensor([len(r) for r in rejected_ids])}
+
+
+def pair_logps(model, batch: dict, *, temperature: float = 1.0) -> dict:
+    """Sequence log-probs of chosen and rejected from one `shared_prompt_batch` forward.
+
+    Returns {'logps' [2B] (chosen then rejected, as `sequence_logps` on the concatenated batch), 'n_tokens' [2B],
+    'logits_mean' [2B]}. Token t of a completion is scored by the logits at t - 1, except the first rejected
+    token, which the prompt's last token predicts (its row predecessor is the last chosen token).
+    """
+    ids, seg = batch["input_ids"], batch["segments"]
+    dtype = next(model.parameters()).dtype
+    allowed = batch["allowed"]
+    # additive mask (0 = attend): works with the eager and sdpa attention of transformers' models alike
+    mask4 = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+    out = model(input_ids=ids, attention_mask=mask4, position_ids=batch["position_ids"], use_cache=False)
+    logits = out.logits
+    B = ids.shape[0]
+    rows = torch.arange(B, device=ids.device)
+    first_rej = batch["prompt_lens"] + batch["chosen_lens"]          # row index of the first rejected token
+    tgt_seg = seg[:, 1:]
+    cmask = (tgt_seg == 1)
+    rmask = (tgt_seg == 2)
+    rmask[rows, (first_rej - 1).clamp(max=tgt_seg.shape[1] - 1)] = False  # scored from the prompt instead
+    tlp = token_logprobs(logits[:, :-1], ids[:, 1:], temperature=temperature, mask=cmask | rmask)
+    has_rej = batch["rejected_lens"] > 0
+    last_prompt = batch["prompt_lens"] - 1
+    first_tok = ids[rows, first_rej.clamp(max=ids.shape[1] - 1)]
+    lp0 = token_logprobs(logits[rows, last_prompt], first_tok, temperature=temperature, mask=has_rej)
+    chosen = (tlp * cmask).sum(-1)
+    rejected = (tlp * rmask).sum(-1) + lp0
+    res = {"logps": torch.cat([chosen, rejected]),
+           "n_tokens": torch.cat([batch["chosen_lens"], batch["rejected_lens"]]).to(logits.dtype)}
+    with torch.no_grad():
+        lm = logits.detach()[:, :-1].mean(-1)
+        lm0 = logits.detach()[rows, last_prompt].mean(-1)
+        nc, nr = res["n_tokens"][:B].clamp_min(1), res["n_tokens"][B:].clamp_min(1)
+        res["logits_mean"] = torch.cat([(lm * cmask).sum(-1) / nc,
+                                        ((lm * rmask).sum(-1) + lm0 * has_rej) / nr])
+    return res
+
+
 def reward_scores(reward_model, batch: dict) -> torch.Tensor:
     """Scalar reward per sequence: the sequence-classification head at the last non-pad token (the EOS)."""
     ids, attn = batch["input_ids"], batch["attention_mask"]
     out = reward_model(input_ids=ids, attention_mask=attn, position_ids=position_ids(attn), use_cache=False)
     return out.logits[:, 0]
+
+
+def _score_head(model):
+    """The module producing per-token scalar scores of a sequence classifier (transformers names it `score`),
+    looked up through DDP/PEFT wrappers; None when there is none."""
+    inner = getattr(model, "module", model)  # DistributedDataParallel
+    found = [(name, m) for name, m in inner.named_modules() if name == "score" or name.endswith(".score")]
+    return min(found, key=lambda nm: len(nm[0]))[1] if found else None
+
+
+def pair_reward_scores(reward_model, batch: dict) -> torch.Tensor | None:
+    """Chosen then rejected scalar rewards [2B] from one `shared_prompt_batch` forward, or None when the model
+    has no `score` head to read per-token scores from (the caller falls back to two rows per pair).
+
+    transformers' sequence classifiers pool the head at the last non-pad token of a row, which in a shared row
+    is the rejected completion's end; the head's per-token output is caught with a forward hook instead (the
+    forward still goes through the wrapper, so DDP's gradient hooks fire) and read at both ends.
+    """
+    head = _score_head(reward_model)
+    if head is None:
+        return None
+    caught = []
+    handle = head.register_forward_hook(lambda mod, inp, out: caught.append(out))
+    try:
+        dtype = next(reward_model.parameters()).dtype
+        allowed = batch["allowed"]
+        mask4 = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min)
+        reward_model(input_ids=batch["input_ids"], attention_mask=mask4, position_ids=batch["position_ids"],
+                     use_cache=False)
+    finally:
+        handle.remove()
+    if len(caught) != 1 or caught[0].dim() != 3:
+        return None
+    scores = caught[0][..., 0]  # [B, T]
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    end_c = batch["prompt_lens"] + batch["chosen_lens"] - 1
+    end_r = end_c + batch["rejected_lens"]
+    return torch.cat([scores[rows, end_c], scores[rows, end_r]])
 
 
 class Reference:
@@ -106,6 +220,11 @@ class Reference:
     def logps(self, batch: dict, *, temperature: float = 1.0) -> dict:
         with self.active() as m:
             return sequence_logps(m, batch, temperature=temperature)
+
+    @torch.no_grad()
+    def pair_logps(self, batch: dict, *, temperature: float = 1.0) -> dict:
+        with self.active() as m:
+            return pair_logps(m, batch, temperature=temperature)
 
 
 @torch.no_grad()
