@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from offline.nets import EnsembleCritic, TanhGaussianActor
 from offline.trainer import OfflineConfig, run_offline
+from pgcore.distributions import TanhGaussian
 from pgcore.offline_losses import cql_alpha_loss, cql_regularizer
 from pgcore.policy_losses import polyak_update, sac_actor_loss, sac_q_target, sac_temperature_loss
 from reins.cli import stage_main
@@ -114,12 +115,11 @@ class CQL:
         self.target_entropy = -float(act_dim) if cfg.target_entropy is None else cfg.target_entropy
         self.steps = 0
 
-    def _policy_samples(self, obs: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """n actions per state from pi(.|s): ([B, n, A], [B, n]), detached."""
-        with torch.no_grad():
-            rep = obs.unsqueeze(1).expand(-1, n, -1)
-            a, logp = self.actor.dist(rep).rsample()
-        return a, logp
+    @staticmethod
+    def _draws(d: TanhGaussian, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """n actions per state from one evaluated policy distribution: ([B, n, A], [B, n]). The actor runs once
+        per state and its (mean, log-std) are broadcast over the n draws, not n forwards of repeated states."""
+        return TanhGaussian(d.mean.unsqueeze(1).expand(-1, n, -1), d.log_std.unsqueeze(1).expand(-1, n, -1)).rsample()
 
     def update(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         cfg = self.cfg
@@ -138,21 +138,24 @@ class CQL:
         if self.steps < cfg.bc_steps:
             pi_loss = (alpha * logp - self.actor.log_prob(obs, act)).mean()
         else:
+            self.critic.requires_grad_(False)  # only d loss / d action flows back: no critic weight grads
             pi_loss = sac_actor_loss(logp, self.critic(obs, new_a).min(dim=0).values, alpha)
+            self.critic.requires_grad_(True)
         self.actor_opt.zero_grad(set_to_none=True)
         pi_loss.backward()
         self.actor_opt.step()
 
         # 3. critics: TD target
         with torch.no_grad():
+            d_next = self.actor.dist(next_obs)  # shared by the TD target and the pi(.|s') proposals
             if cfg.cql_max_target_backup:
-                a2, logp2 = self._policy_samples(next_obs, n)
+                a2, logp2 = self._draws(d_next, n)
                 q_next = self.critic_target(next_obs.unsqueeze(1).expand(-1, n, -1), a2)  # [2, B, n]
                 next_q, best = q_next.max(dim=-1)
                 next_q = next_q.min(dim=0).values
                 next_logp = logp2.gather(-1, best.min(dim=0).indices.unsqueeze(-1)).squeeze(-1)
             else:
-                a2, next_logp = self.actor.dist(next_obs).rsample()
+                a2, next_logp = d_next.rsample()
                 next_q = self.critic_target(next_obs, a2).min(dim=0).values
             y = sac_q_target(rew, next_q, next_logp, alpha=alpha if cfg.backup_entropy else 0.0, gamma=cfg.gamma,
                              terminated=term)
@@ -161,8 +164,9 @@ class CQL:
 
         # 3. critics: conservative term
         rand_a = torch.rand(bsz, n, self.act_dim, device=obs.device, dtype=obs.dtype) * 2 - 1
-        cur_a, cur_logp = self._policy_samples(obs, n)
-        nxt_a, nxt_logp = self._policy_samples(next_obs, n)
+        with torch.no_grad():
+            cur_a, cur_logp = self._draws(self.actor.dist(obs), n)  # the actor as just updated
+            nxt_a, nxt_logp = self._draws(d_next, n)
         obs_rep = obs.unsqueeze(1).expand(-1, 3 * n, -1)  # one critic call for all 3N proposals
         q_rand, q_cur, q_nxt = self.critic(obs_rep, torch.cat([rand_a, cur_a, nxt_a], dim=1)).split(n, dim=-1)
         temp = cfg.cql_temp
