@@ -99,7 +99,7 @@ def _ours(spec: dict, clock: BlockClock) -> dict:
         step = it[0]
         idx = ppo.iteration_prompts(len(prompts), cfg.batch_size, step, cfg.seed)
         t0 = time.perf_counter()
-        data, m = ppo.rollout(cfg, unwrapped, reference, rm, rm_tok, tok, [prompts[i] for i in idx],
+        data, m, _ = ppo.rollout(cfg, unwrapped, reference, rm, rm_tok, tok, [prompts[i] for i in idx],
                               [prompt_ids[i] for i in idx], same_tok=same, kl_coef=cfg.kl_coef,
                               seed=step, reduce=lambda t: t)
         t1 = time.perf_counter()
@@ -114,7 +114,7 @@ def _ours(spec: dict, clock: BlockClock) -> dict:
 
     with FlopCounterMode(display=False) as fc_roll:
         idx = ppo.iteration_prompts(len(prompts), cfg.batch_size, 0, cfg.seed)
-        data, _ = ppo.rollout(cfg, unwrapped, reference, rm, rm_tok, tok, [prompts[i] for i in idx],
+        data, _, _ = ppo.rollout(cfg, unwrapped, reference, rm, rm_tok, tok, [prompts[i] for i in idx],
                               [prompt_ids[i] for i in idx], same_tok=same, kl_coef=cfg.kl_coef, seed=0,
                               reduce=lambda t: t)
     upd_flops, _ = count_flops(ppo.ppo_update, cfg, model, optimizer, acc, data,
