@@ -106,6 +106,12 @@ def shared_prompt_batch(prompt_ids: list[list[int]], chosen_ids: list[list[int]]
             "rejected_lens": torch.tensor([len(r) for r in rejected_ids])}
 
 
+def _additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """0 where `allowed`, the dtype's minimum elsewhere: the 4-D mask form transformers' eager and sdpa
+    attention both take as given."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
 def pair_logps(model, batch: dict, *, temperature: float = 1.0) -> dict:
     """Sequence log-probs of chosen and rejected from one `shared_prompt_batch` forward.
 
@@ -114,10 +120,7 @@ def pair_logps(model, batch: dict, *, temperature: float = 1.0) -> dict:
     token, which the prompt's last token predicts (its row predecessor is the last chosen token).
     """
     ids, seg = batch["input_ids"], batch["segments"]
-    dtype = next(model.parameters()).dtype
-    allowed = batch["allowed"]
-    # additive mask (0 = attend): works with the eager and sdpa attention of transformers' models alike
-    mask4 = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+    mask4 = _additive_mask(batch["allowed"], next(model.parameters()).dtype)
     out = model(input_ids=ids, attention_mask=mask4, position_ids=batch["position_ids"], use_cache=False)
     logits = out.logits
     B = ids.shape[0]
@@ -174,10 +177,7 @@ def pair_reward_scores(reward_model, batch: dict) -> torch.Tensor | None:
     caught = []
     handle = head.register_forward_hook(lambda mod, inp, out: caught.append(out))
     try:
-        dtype = next(reward_model.parameters()).dtype
-        allowed = batch["allowed"]
-        mask4 = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
-            ~allowed, torch.finfo(dtype).min)
+        mask4 = _additive_mask(batch["allowed"], next(reward_model.parameters()).dtype)
         reward_model(input_ids=batch["input_ids"], attention_mask=mask4, position_ids=batch["position_ids"],
                      use_cache=False)
     finally:
