@@ -42,11 +42,10 @@ from pipelines.reward import builtin_pairs
 from pipelines.scoring import (
     Reference,
     batched_logps,
-    completion_batch,
+    pair_batch,
     pair_logps,
     sequence_logps,
-    shared_prompt_batch,
-    to_device,
+    shared_prompt_on,
 )
 from pipelines.trainer import TrainArgs, Trainer
 from reins.cli import stage_main
@@ -82,21 +81,13 @@ class Config(TrainArgs, DataArgs, ModelArgs):
 
 
 def make_loss_fn(pad_id: int, cfg: Config, reference: Reference | None):
-    packed = cfg.shared_prompt and cfg.attn_implementation != "flash_attention_2"
+    shared = shared_prompt_on(cfg)
 
     def loss_fn(model, examples: list[dict], denominator: float):
         n = len(examples)
-        device = next(model.parameters()).device
-        if packed and all(e["prompt_ids"] for e in examples):
-            b = to_device(shared_prompt_batch([e["prompt_ids"] for e in examples],
-                                              [e["chosen_ids"] for e in examples],
-                                              [e["rejected_ids"] for e in examples], pad_id), device)
-            r = pair_logps(model, b)  # one forward, one row per pair
-        else:
-            prompts = [e["prompt_ids"] for e in examples] * 2
-            comps = [e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples]
-            b = to_device(completion_batch(prompts, comps, pad_id), device)
-            r = sequence_logps(model, b)  # one forward for [chosen; rejected]
+        b = pair_batch(examples, pad_id, next(model.parameters()).device, shared=shared)
+        # one forward for all 2n completions: one row per pair, or [chosen rows; rejected rows]
+        r = pair_logps(model, b) if "segments" in b else sequence_logps(model, b)
         pc, pr = r["logps"][:n], r["logps"][n:]
         if cfg.reference_free:
             rc = rr = torch.zeros_like(pc)

@@ -20,7 +20,7 @@ from pgcore.preference_losses import bradley_terry_loss
 from pipelines.common import lm_evaluate_fn, open_run, start_lm_stage, train_and_finish
 from pipelines.data import DataArgs, load_split_pair, normalise_preferences, split_off, tokenize_preferences
 from pipelines.models import ModelArgs, count_parameters, load_reward_model, load_tokenizer
-from pipelines.scoring import completion_batch, pair_reward_scores, reward_scores, shared_prompt_batch, to_device
+from pipelines.scoring import pair_batch, pair_reward_scores, reward_scores, shared_prompt_on
 from pipelines.trainer import TrainArgs, Trainer
 from reins.cli import stage_main
 from reins.config import check
@@ -61,20 +61,15 @@ def builtin_pairs(n: int, seed: int, split: str) -> list[dict]:
 
 
 def make_loss_fn(pad_id: int, cfg: Config):
-    packed = cfg.shared_prompt and cfg.attn_implementation != "flash_attention_2"
+    shared = shared_prompt_on(cfg)
 
     def loss_fn(model, examples: list[dict], denominator: float):
         n = len(examples)
         device = next(model.parameters()).device
-        r = None
-        if packed and all(e["prompt_ids"] for e in examples):
-            r = pair_reward_scores(model, to_device(shared_prompt_batch(
-                [e["prompt_ids"] for e in examples], [e["chosen_ids"] for e in examples],
-                [e["rejected_ids"] for e in examples], pad_id), device))
-        if r is None:
-            prompts = [e["prompt_ids"] for e in examples] * 2
-            comps = [e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples]
-            r = reward_scores(model, to_device(completion_batch(prompts, comps, pad_id), device))
+        b = pair_batch(examples, pad_id, device, shared=shared)
+        r = pair_reward_scores(model, b) if "segments" in b else reward_scores(model, b)
+        if r is None:  # no `score` head to read per-token scores from: two rows per pair
+            r = reward_scores(model, pair_batch(examples, pad_id, device, shared=False))
         rc, rr = r[:n], r[n:]
         margin = None
         if cfg.use_margin:

@@ -106,6 +106,22 @@ def shared_prompt_batch(prompt_ids: list[list[int]], chosen_ids: list[list[int]]
             "rejected_lens": torch.tensor([len(r) for r in rejected_ids])}
 
 
+def shared_prompt_on(cfg) -> bool:
+    """Whether a stage config's `shared_prompt` layout can be used: flash_attention_2 takes no 4-D mask."""
+    return bool(cfg.shared_prompt) and cfg.attn_implementation != "flash_attention_2"
+
+
+def pair_batch(examples: list[dict], pad_id: int, device, *, shared: bool) -> dict:
+    """Preference pairs (`prompt_ids`, `chosen_ids`, `rejected_ids`) as one batch on `device`: one row per pair
+    (`shared_prompt_batch`, which carries 'segments') when `shared` and every prompt is non-empty, else two
+    right-padded rows per pair, all chosen rows then all rejected rows (`completion_batch`)."""
+    prompts = [e["prompt_ids"] for e in examples]
+    chosen, rejected = [e["chosen_ids"] for e in examples], [e["rejected_ids"] for e in examples]
+    if shared and all(prompts):
+        return to_device(shared_prompt_batch(prompts, chosen, rejected, pad_id), device)
+    return to_device(completion_batch(prompts * 2, chosen + rejected, pad_id), device)
+
+
 def _additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """0 where `allowed`, the dtype's minimum elsewhere: the 4-D mask form transformers' eager and sdpa
     attention both take as given."""

@@ -15,7 +15,7 @@ import torch
 from pipelines import dpo, reward, sft
 from pipelines.data import encode_completion, encode_prompt
 from pipelines.models import freeze, load_reward_model
-from pipelines.scoring import Reference
+from pipelines.scoring import Reference, completion_batch
 from tests.pipelines.helpers import small_args, small_model, small_tok
 
 PAIRS = [("I stayed at the Harbour Inn last week and", " the room was spotless. I loved it.",
@@ -128,7 +128,7 @@ def test_lora_disabled_adapter_reference_equals_base_copy(tok):
     peft_model = get_peft_model(base, LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False))
     exs = _examples(tok)
     cfg = dpo.Config(output_dir="unused")
-    b = dpo.completion_batch([e["prompt_ids"] for e in exs], [e["chosen_ids"] for e in exs], tok.pad_token_id)
+    b = completion_batch([e["prompt_ids"] for e in exs], [e["chosen_ids"] for e in exs], tok.pad_token_id)
     via_adapter = Reference(adapter_host=peft_model).logps(b)["logps"]
     via_copy = Reference(base_copy).logps(b)["logps"]
     assert torch.allclose(via_adapter, via_copy, rtol=0, atol=1e-12)
