@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from offline.evaluate import aggregate_runs
+from reins.cli import flush_denormals
 from reins.config import load_config, parse_overrides
 from reins.errors import ConfigError, ReinsError
 from reins.runio import atomic_write_text
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0
     stage, rest = argv[0], argv[1:]
+    flush_denormals()
     config_path = None
     if "--config" in rest:
         i = rest.index("--config")

@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from reins.cli import STAGES
+from reins.cli import STAGES, flush_denormals
 from reins.config import from_dict, parse_overrides, read_yaml, set_dotted, to_dict
 from reins.errors import ConfigError, ReinsError
 from reins.runio import CONFIG_FILE, METRICS_FILE, config_changes
@@ -224,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--no-report", action="store_true")
     args = parser.parse_args(argv)
+    flush_denormals()
     try:
         overrides = parse_overrides(args.overrides)
         if args.quiet:

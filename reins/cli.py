@@ -106,6 +106,25 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
+def flush_denormals() -> bool:
+    """Treat subnormal floats as zero in this process's CPU math (FTZ/DAZ); returns whether it took effect.
+
+    Adam's moment estimates of parameters whose gradient has gone to zero (dead ReLU units) decay through
+    the subnormal range, where x86 arithmetic is ~100x slower: on Hopper-sized SAC this made the fused Adam
+    step 4x slower after a few hundred updates (0.45 -> 1.8 ms per update, 139 -> 115 updates/s). Values below
+    1.2e-38 are far below anything these models resolve, so they are flushed, as JAX and TensorFlow do on CPU.
+    Called at the start of every stage (before torch starts its worker threads, which inherit the setting);
+    `REINS_KEEP_DENORMALS=1` opts out.
+    """
+    import os
+
+    if os.environ.get("REINS_KEEP_DENORMALS", "") not in ("", "0"):
+        return False
+    import torch
+
+    return bool(torch.set_flush_denormal(True))
+
+
 def stage_main(config_cls: type, train: Callable[[Any], dict], argv: list[str] | None, *, prog: str,
                stage: str | None = None) -> int:
     """Shared `main` of a stage: parse --config/--quiet/overrides, run, print metrics, map errors to exits."""
@@ -136,6 +155,7 @@ def stage_main(config_cls: type, train: Callable[[Any], dict], argv: list[str] |
         else:
             rest.append(a)
         i += 1
+    flush_denormals()
     try:
         overrides = parse_overrides(rest)
         if quiet:

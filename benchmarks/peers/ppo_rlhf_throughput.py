@@ -139,6 +139,10 @@ def _ours(spec: dict, clock: BlockClock) -> dict:
 
 def main(argv=None) -> int:
     side, spec, out = worker_args(argv)
+    if side == "ours":  # what every reins stage does first (reins.cli.stage_main); the peer runs as it ships
+        from reins.cli import flush_denormals
+
+        flush_denormals()
     pin_threads(spec["threads"])
     clock = BlockClock(spec["warmup"], spec["device"])
     extra = _ours(spec, clock)

@@ -44,3 +44,29 @@ def test_stage_main_errors_are_one_line(capsys, tmp_path):
 def test_console_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "reins.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "stages:" in out.stdout
+
+
+def test_stages_flush_subnormal_floats_unless_opted_out(monkeypatch):
+    """Every stage runs with subnormal floats flushed to zero (Adam's decaying moments otherwise hit x86's slow
+    subnormal path); REINS_KEEP_DENORMALS=1 keeps IEEE behaviour."""
+    import torch
+
+    # a float32 subnormal (~1e-39; the smallest normal is 1.18e-38) made from its bits, so that no float
+    # conversion under an already flushing process can zero it on the way in
+    tiny = torch.tensor([0x000AE398], dtype=torch.int32).view(torch.float32)
+    seen = {}
+
+    def train(cfg):
+        seen["product"] = float((tiny * 1.0)[0])
+        return {}
+
+    try:
+        torch.set_flush_denormal(False)
+        monkeypatch.setenv("REINS_KEEP_DENORMALS", "1")
+        assert stage_main(Cfg, train, ["--quiet"], prog="reins t") == 0
+        assert seen["product"] > 0  # opted out: IEEE subnormals kept
+        monkeypatch.delenv("REINS_KEEP_DENORMALS")
+        assert stage_main(Cfg, train, ["--quiet"], prog="reins t") == 0
+        assert seen["product"] == 0.0  # flushed
+    finally:
+        torch.set_flush_denormal(True)  # what any stage run earlier in this process has already set
