@@ -28,6 +28,37 @@ from reins.config import check
 from reins.errors import ConfigError
 from reins.runio import RunDir, check_finite, get_rng_state, set_rng_state
 
+GROUP_MEGABATCHES = 50  # group_by_length sorts within this many batches at a time (as HF's LengthGroupedSampler)
+
+
+def example_length(example: dict) -> int:
+    """Tokens an example puts through the model: the sum of its `*_ids` lists (prompt + completion(s))."""
+    return sum(len(v) for k, v in example.items() if k.endswith("_ids") and isinstance(v, (list, tuple)))
+
+
+def epoch_order(lengths: list[int], batch_size: int, *, seed: int, epoch: int, group_by_length: bool) -> list[int]:
+    """The example indices of one epoch in step order (a pure function of seed and epoch, so resume is exact).
+
+    A seeded permutation of range(len(lengths)); its tail that does not fill a whole batch is left out this
+    epoch. With `group_by_length` (HF's name for it) the permutation is cut into mega-batches of
+    GROUP_MEGABATCHES batches, each sorted by length (longest first) and cut into batches, and the batches are
+    shuffled, so a batch holds examples of similar length and pads less while the epoch still visits the same
+    examples. The longest batch goes first, so a batch size that runs out of memory fails at once.
+    """
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    B = batch_size
+    perm = torch.randperm(len(lengths), generator=g)[:len(lengths) // B * B].tolist()
+    if not group_by_length:
+        return perm
+    batches = []
+    for m in range(0, len(perm), GROUP_MEGABATCHES * B):
+        block = sorted(perm[m:m + GROUP_MEGABATCHES * B], key=lambda i: -lengths[i])
+        batches += [block[b:b + B] for b in range(0, len(block), B)]
+    batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+    first = max(range(len(batches)), key=lambda i: lengths[batches[i][0]])
+    batches.insert(0, batches.pop(first))
+    return [i for b in batches for i in b]
+
 
 @dataclass
 class TrainArgs:
@@ -47,6 +78,7 @@ class TrainArgs:
     eval_every: int | None = None        # None: evaluate at the end only
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     cpu: bool = False                    # force CPU even where CUDA is available
+    group_by_length: bool = False        # batches of similar length (less padding; see Trainer.epoch_order)
 
     def validate_train(self):
         check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
@@ -132,6 +164,8 @@ class Trainer:
         self.model, self.optimizer = accelerator.prepare(model, opt)
         self.scheduler = sched
         self.resumed_from = self.step
+        self._order: tuple[int, list[int]] | None = None
+        self._lengths: list[int] | None = None
 
     @property
     def unwrapped(self):
@@ -139,10 +173,16 @@ class Trainer:
 
     def global_batch(self, step: int) -> list[int]:
         epoch, k = divmod(step, self.steps_per_epoch)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        perm = torch.randperm(len(self.examples), generator=g)
         B = self.args.batch_size
-        return perm[k * B:(k + 1) * B].tolist()
+        return self.epoch_order(epoch)[k * B:(k + 1) * B]
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        if self._order is None or self._order[0] != epoch:
+            if self._lengths is None:
+                self._lengths = [example_length(e) for e in self.examples]
+            self._order = (epoch, epoch_order(self._lengths, self.args.batch_size, seed=self.seed, epoch=epoch,
+                                              group_by_length=self.args.group_by_length))
+        return self._order[1]
 
     def _reduce(self, stats: list[dict]) -> dict:
         """Exact cross-process reduction of the micro-batch stats of one step."""
