@@ -179,7 +179,10 @@ def train(cfg: Config) -> dict:
             if exs:
                 attach_ref_logps(exs, reference, tok.pad_token_id, cache, batch_size=cfg.eval.batch_size,
                                  is_main=acc.is_main_process, wait=acc.wait_for_everyone)
-    loss_fn = make_loss_fn(tok.pad_token_id, cfg, reference)
+    train_ref = reference
+    if cfg.torch_compile and reference.model is not None and not cfg.precompute_ref_logps:
+        train_ref = Reference(torch.compile(reference.model, dynamic=True))  # the loss's reference forwards
+    loss_fn = make_loss_fn(tok.pad_token_id, cfg, train_ref)
     trainer = Trainer(run, cfg, acc, policy, train_ex, loss_fn, seed=cfg.seed)
     if acc.is_main_process and trainer.resumed_from == 0:
         total, trainable = count_parameters(policy)

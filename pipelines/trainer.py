@@ -79,6 +79,7 @@ class TrainArgs:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     cpu: bool = False                    # force CPU even where CUDA is available
     group_by_length: bool = False        # batches of similar length (less padding; see Trainer.epoch_order)
+    torch_compile: bool = False          # torch.compile(dynamic=True) the trained model (and DPO's reference)
 
     def validate_train(self):
         check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
@@ -162,6 +163,8 @@ class Trainer:
         # The scheduler is NOT prepared: accelerate's wrapper steps it num_processes times per call, while our
         # schedule is defined per global optimizer step.
         self.model, self.optimizer = accelerator.prepare(model, opt)
+        if args.torch_compile:  # after prepare, so a DDP wrapper is compiled with its hooks (torch's advice)
+            self.model = torch.compile(self.model, dynamic=True)
         self.scheduler = sched
         self.resumed_from = self.step
         self._order: tuple[int, list[int]] | None = None
@@ -169,7 +172,7 @@ class Trainer:
 
     @property
     def unwrapped(self):
-        return self.acc.unwrap_model(self.model)
+        return self.acc.unwrap_model(self.model, keep_torch_compile=False)
 
     def global_batch(self, step: int) -> list[int]:
         epoch, k = divmod(step, self.steps_per_epoch)
