@@ -389,6 +389,16 @@ def throughput(final: dict, items_per_step: float) -> dict:
             "block_steps_per_s_min": rates[0], "block_steps_per_s_max": rates[-1]}
 
 
+def ratio_bound(flops_per_step_ours: float | None, peer_steps_per_s: float | None,
+                ceiling_gflops: float) -> float | None:
+    """The largest ours/peer ratio this machine allows: our step's FLOPs done at the matmul ceiling (no other
+    cost at all) against the peer's measured step rate. A target above it cannot be met by any implementation
+    of our step on this machine; one close below it needs nearly all non-matmul time gone."""
+    if not flops_per_step_ours or not peer_steps_per_s:
+        return None
+    return ceiling_gflops * 1e9 / (flops_per_step_ours * peer_steps_per_s)
+
+
 # ------------------------------------------------------------------------------------------ results
 def fmt(x: Any, digits: int = 3) -> str:
     """A compact table cell: None -> '-', floats to `digits` significant digits, others as str."""
@@ -412,7 +422,8 @@ COLUMNS = [("benchmark", "benchmark"), ("size", "size"), ("unit", "unit"), ("our
            ("loss_peer", "final loss peer"), ("rss_ours_mb", "peak RSS ours MiB"),
            ("rss_peer_mb", "peak RSS peer MiB"), ("gflop_per_step", "GFLOP/step ours"),
            ("gflop_per_step_peer", "GFLOP/step peer"),
-           ("ceiling_frac_ours", "ours % of matmul ceiling"), ("ceiling_frac_peer", "peer % of matmul ceiling")]
+           ("ceiling_frac_ours", "ours % of matmul ceiling"), ("ceiling_frac_peer", "peer % of matmul ceiling"),
+           ("ratio_bound", "max ours/peer at ceiling")]
 
 
 def markdown_table(rows: list[dict], columns: list[tuple[str, str]] = COLUMNS) -> str:

@@ -32,6 +32,7 @@ from benchmarks.common import (
     machine_info,
     markdown_table,
     matmul_gflops,
+    ratio_bound,
     run_interleaved,
     thread_env,
     throughput,
@@ -117,7 +118,8 @@ def run_comparison(cmp: dict, workdir: Path, python_ours: str, python_peer: str 
             row.update({"peer": tp[1]["items_per_s"], "ratio": ratio(tp[0]["items_per_s"], tp[1]["items_per_s"]),
                         "loss_peer": finals[1].get("final_loss"), "rss_peer_mb": finals[1].get("peak_rss_mb"),
                         "gflop_per_step_peer": (finals[1].get("flops_per_step") or 0) / 1e9 or None,
-                        "ceiling_frac_peer": frac(finals[1], tp[1])})
+                        "ceiling_frac_peer": frac(finals[1], tp[1]),
+                        "ratio_bound": ratio_bound(finals[0].get("flops_per_step"), tp[1]["steps_per_s"], ceiling)})
         rows = [row]
     detail = {"spec": spec, "blocks": blocks, "block_steps": block_steps, "load_average_before": la0,
               "load_average_after": load_average(), "ceiling_gflops": ceiling,

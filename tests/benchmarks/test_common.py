@@ -17,6 +17,7 @@ from benchmarks.common import (
     markdown_table,
     mlp_forward_flops,
     mlp_train_flops,
+    ratio_bound,
     results_paths,
     schedule,
     serve,
@@ -115,6 +116,12 @@ def test_throughput_arithmetic():
     assert t["steps_per_s"] == pytest.approx(4.0)
     assert t["items_per_s"] == pytest.approx(16.0)
     assert t["block_steps_per_s_min"] == pytest.approx(10 / 3) and t["block_steps_per_s_max"] == pytest.approx(5.0)
+
+
+def test_ratio_bound_hand_value():
+    # our step: 0.5 GFLOP; ceiling 200 GFLOP/s -> at best 2.5 ms = 400 steps/s; peer does 100 steps/s -> 4x
+    assert ratio_bound(0.5e9, 100.0, 200.0) == pytest.approx(4.0)
+    assert ratio_bound(None, 100.0, 200.0) is None and ratio_bound(0.5e9, None, 200.0) is None
 
 
 def test_fmt_cells():

@@ -1,12 +1,14 @@
-"""DPO training pairs/s with and without `group_by_length`, same model, data, batch size and steps.
+"""DPO training pairs/s with and without a speed option (`group_by_length` or `torch_compile`), same model,
+data, batch size and steps.
 
-    OMP_NUM_THREADS=1 python benchmarks/pipelines/grouping_speed.py [--pairs 512] [--batch 16] [--model tiny|15m]
-        [--blocks 6] [--block-steps 10] [--mixed-lengths]
+    OMP_NUM_THREADS=1 python benchmarks/pipelines/dpo_options_speed.py [--option group_by_length|torch_compile]
+        [--pairs 512] [--batch 16] [--model tiny|15m] [--blocks 6] [--block-steps 10] [--mixed-lengths]
 
-Two DPO trainers (pipelines.trainer.Trainer, the stage's loss, frozen reference copy) start from the same
-weights; they train in alternating timed blocks of `--block-steps` optimizer steps (after `--warmup` untimed
-steps each) so that machine load hits both alike, and the median block rate is reported with the share of real
-(non-padding) tokens in the shared-prompt rows [prompt | chosen | rejected] that each one fed the model.
+Two DPO trainers (pipelines.trainer.Trainer, the stage's loss, frozen reference copy; the second with the
+option on) start from the same weights; they train in alternating timed blocks of `--block-steps` optimizer
+steps (after `--warmup` untimed steps each, which also hold torch.compile's compilation) so that machine load
+hits both alike; the median block rate is reported with the share of real (non-padding) tokens in the
+shared-prompt rows [prompt | chosen | rejected] that each one fed the model.
 `--mixed-lengths` pads the built-in pairs' completions with a random number (0-40) of repeated words, to show a
 wider length spread than the built-in task's. Not a test: prints one JSON line.
 """
@@ -34,6 +36,7 @@ class _Stop(Exception):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--option", choices=["group_by_length", "torch_compile"], default="group_by_length")
     ap.add_argument("--pairs", type=int, default=512)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--model", choices=list(MODELS), default="tiny")
@@ -68,9 +71,11 @@ def main(argv=None) -> int:
     sides = {}
     for grouped in (False, True):
         cfg = dpo.Config(beta=0.1, batch_size=args.batch, max_steps=1_000_000, learning_rate=1e-4, cpu=True,
-                         group_by_length=grouped, seed=0)
+                         seed=0, **{args.option: grouped})
         policy = copy.deepcopy(base)
         ref = Reference(freeze(copy.deepcopy(base)))
+        if cfg.torch_compile:  # as pipelines.dpo.train does for the loss's reference
+            ref = Reference(torch.compile(ref.model, dynamic=True))
         trainer = Trainer(None, cfg, make_accelerator(cfg), policy, examples, dpo.make_loss_fn(tok.pad_token_id,
                                                                                                cfg, ref), seed=0)
         sides[grouped] = {"trainer": trainer, "rates": [], "real": 0, "padded": 0}
@@ -95,20 +100,24 @@ def main(argv=None) -> int:
             pass
         return steps * args.batch / (time.perf_counter() - w0)
 
-    for side in sides.values():
+    for side in sides.values():  # the warm-up also holds torch.compile's compilation (reported, not timed)
+        w0 = time.perf_counter()
         run_block(side, args.warmup)
+        side["warmup_s"] = time.perf_counter() - w0
         side["real"] = side["padded"] = 0
     for _ in range(args.blocks):
         for side in sides.values():
             side["rates"].append(run_block(side, args.block_steps))
     plain, grouped = sides[False], sides[True]
-    out = {"model": args.model, "pairs": args.pairs, "batch": args.batch, "mixed_lengths": args.mixed_lengths,
+    out = {"option": args.option, "model": args.model, "pairs": args.pairs, "batch": args.batch,
+           "mixed_lengths": args.mixed_lengths,
            "threads": args.threads, "steps_timed": args.blocks * args.block_steps,
-           "plain_pairs_per_s": round(statistics.median(plain["rates"]), 1),
-           "grouped_pairs_per_s": round(statistics.median(grouped["rates"]), 1),
+           "warmup_s_off": round(plain["warmup_s"], 1), "warmup_s_on": round(grouped["warmup_s"], 1),
+           "off_pairs_per_s": round(statistics.median(plain["rates"]), 1),
+           "on_pairs_per_s": round(statistics.median(grouped["rates"]), 1),
            "speedup": round(statistics.median(grouped["rates"]) / statistics.median(plain["rates"]), 3),
-           "plain_real_token_share": round(plain["real"] / plain["padded"], 3),
-           "grouped_real_token_share": round(grouped["real"] / grouped["padded"], 3)}
+           "off_real_token_share": round(plain["real"] / plain["padded"], 3),
+           "on_real_token_share": round(grouped["real"] / grouped["padded"], 3)}
     print(json.dumps(out), flush=True)
     return 0
 
