@@ -282,6 +282,19 @@ def worker_args(argv=None) -> tuple[str, dict, str | None]:
     return a.side, json.loads(Path(a.spec).read_text()), a.out
 
 
+def start_worker(argv=None) -> tuple[str, dict, str | None, BlockClock]:
+    """The common start of a peer script's worker: parse its arguments; on our side, flush subnormal floats as
+    every reins stage does first (reins.cli.stage_main), the peer running as it ships; pin the thread pool; and
+    make the block clock. Returns (side, spec, out path, clock)."""
+    side, spec, out = worker_args(argv)
+    if side == "ours":
+        from reins.cli import flush_denormals
+
+        flush_denormals()
+    pin_threads(spec["threads"])
+    return side, spec, out, BlockClock(spec["warmup"], spec["device"])
+
+
 # ------------------------------------------------------------------------------------------ driver side
 @dataclass
 class Side:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks.common import BlockClock, count_flops, pin_threads, worker_args
+from benchmarks.common import BlockClock, count_flops, start_worker
 
 MODELS = {  # pipelines.models.TinySpec fields
     "tiny": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 384},
@@ -207,13 +207,7 @@ def _trl_step_flops(trainer, batch: int) -> int | None:
 
 
 def main(argv=None) -> int:
-    side, spec, out = worker_args(argv)
-    if side == "ours":  # what every reins stage does first (reins.cli.stage_main); the peer runs as it ships
-        from reins.cli import flush_denormals
-
-        flush_denormals()
-    pin_threads(spec["threads"])
-    clock = BlockClock(spec["warmup"], spec["device"])
+    side, spec, out, clock = start_worker(argv)
     extra = (_ours if side == "ours" else _peer)(spec, clock)
     clock.final(out, **extra)
     return 0

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import BlockClock, count_flops, pin_threads, serve, worker_args
+from benchmarks.common import count_flops, serve, start_worker
 
 OBS, ACT, EPISODE = 11, 3, 1000
 SIZES = {
@@ -129,13 +129,7 @@ def _d3_device(device: str):
 
 
 def main(argv=None) -> int:
-    side, spec, out = worker_args(argv)
-    if side == "ours":  # what every reins stage does first (reins.cli.stage_main); the peer runs as it ships
-        from reins.cli import flush_denormals
-
-        flush_denormals()
-    pin_threads(spec["threads"])
-    clock = BlockClock(spec["warmup"], spec["device"])
+    side, spec, out, clock = start_worker(argv)
     step, flops, versions = (_ours if side == "ours" else _peer)(spec)
     serve(clock, step)
     clock.final(out, flops_per_step=flops, versions=versions)

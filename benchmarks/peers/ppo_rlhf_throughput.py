@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from benchmarks.common import BlockClock, count_flops, fmt, pin_threads, worker_args
+from benchmarks.common import BlockClock, count_flops, fmt, start_worker
 
 SIZES = {
     "small": {"batch": 8, "new_tokens": 16, "ppo_epochs": 1, "minibatches": 1, "warmup": 1, "blocks": 2,
@@ -138,13 +138,7 @@ def _ours(spec: dict, clock: BlockClock) -> dict:
 
 
 def main(argv=None) -> int:
-    side, spec, out = worker_args(argv)
-    if side == "ours":  # what every reins stage does first (reins.cli.stage_main); the peer runs as it ships
-        from reins.cli import flush_denormals
-
-        flush_denormals()
-    pin_threads(spec["threads"])
-    clock = BlockClock(spec["warmup"], spec["device"])
+    side, spec, out, clock = start_worker(argv)
     extra = _ours(spec, clock)
     clock.final(out, **extra)
     return 0
