@@ -26,7 +26,7 @@ from offline.behaviour import Episode, OnlineRunSource, ScriptedPendulumSource, 
 from offline.data import datasets_root
 from offline.evaluate import make_env
 from reins.cli import stage_main
-from reins.config import check
+from reins.config import RunArgs, check
 from reins.errors import ConfigError, DataError
 from reins.runio import RunDir
 
@@ -34,11 +34,8 @@ TIERS = ("random", "medium", "expert", "medium-replay", "medium-expert")
 
 
 @dataclass
-class Config:
+class Config(RunArgs):
     output_dir: str = "runs/collect"
-    seed: int = 0
-    quiet: bool = False
-    report_to: str = "jsonl"  # none | jsonl | tensorboard (log.jsonl is always written)
     env_id: str = "Pendulum-v1"
     dataset_prefix: str = "reins/pendulum"  # dataset ids are <prefix>/<tier>-v<version>
     version: int = 0

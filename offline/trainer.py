@@ -23,20 +23,17 @@ import torch
 from offline.data import DeviceBuffer, Normalization, load_transitions, pick_device, reference_scores
 from offline.evaluate import evaluate, normalized_score
 from offline.policy import OfflinePolicy, policy_state, save_policy
-from reins.config import check
+from reins.config import RunArgs, check
 from reins.errors import ConfigError, DataError
 from reins.runio import RunDir, check_finite, get_rng_state, seed_everything, set_rng_state
 
 
 @dataclass
-class OfflineConfig:
+class OfflineConfig(RunArgs):
     """Settings shared by every offline stage (the algorithm's own dataclass extends this)."""
 
     dataset: str = ""  # a Minari dataset id under $MINARI_DATASETS_PATH, or a path to one
     output_dir: str = "runs/offline"
-    seed: int = 0
-    quiet: bool = False
-    report_to: str = "jsonl"  # none | jsonl | tensorboard (log.jsonl is always written)
     preset: str = ""  # a named set of published hyperparameters (see PRESETS in the algorithm's module)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     torch_threads: int = 0  # >0: torch.set_num_threads (1 is fastest for small nets on a busy CPU)

@@ -28,7 +28,7 @@ from online.sac import SAC, SACConfig
 from online.td3 import TD3, DDPGConfig, TD3Config
 from online.trpo import TRPO, NPGConfig, TRPOConfig
 from reins.cli import stage_main
-from reins.config import check
+from reins.config import RunArgs, check
 from reins.errors import ConfigError
 from reins.runio import seed_everything
 
@@ -49,13 +49,9 @@ AGENTS = {
 
 
 @dataclass
-class Config:
-    # Required (validate); a default only so that Config() exists: reins.runio fills keys a saved config.yaml
-    # lacks (options added since) from Config()'s values.
-    output_dir: str = ""
-    seed: int = 0
-    quiet: bool = False
-    report_to: str = "jsonl"  # none | jsonl | tensorboard (log.jsonl is always written)
+class Config(RunArgs):
+    # output_dir is required (validate); RunArgs' default "" only lets Config() exist: reins.runio fills keys
+    # a saved config.yaml lacks (options added since) from Config()'s values.
     algo: Algo = "ppo"
     env_id: str = "CartPole-v1"
     total_steps: int = 100_000

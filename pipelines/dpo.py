@@ -49,16 +49,13 @@ from pipelines.scoring import (
 )
 from pipelines.trainer import TrainArgs, Trainer
 from reins.cli import stage_main
-from reins.config import check
+from reins.config import RunArgs, check
 from reins.runio import atomic_torch_save, safe_torch_load
 
 
 @dataclass
-class Config(TrainArgs, DataArgs, ModelArgs):
+class Config(TrainArgs, DataArgs, ModelArgs, RunArgs):
     output_dir: str = "runs/dpo"
-    seed: int = 0
-    quiet: bool = False
-    report_to: str = "jsonl"  # none | jsonl | tensorboard (log.jsonl is always written)
     beta: float = 0.1
     loss_type: Literal["sigmoid", "robust", "ipo", "hinge"] = "sigmoid"
     label_smoothing: float = 0.0

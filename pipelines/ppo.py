@@ -57,17 +57,14 @@ from pipelines.ppo_rollout import (
 from pipelines.scoring import to_device
 from pipelines.trainer import TrainArgs, lr_lambda, make_accelerator
 from reins.cli import stage_main
-from reins.config import check
+from reins.config import RunArgs, check
 from reins.errors import ConfigError, DataError, NonFiniteError
 from reins.runio import check_finite, get_rng_state, seed_everything, set_rng_state
 
 
 @dataclass
-class Config(TrainArgs, ModelArgs):
+class Config(TrainArgs, ModelArgs, RunArgs):
     output_dir: str = "runs/ppo"
-    seed: int = 0
-    quiet: bool = False
-    report_to: str = "jsonl"  # none | jsonl | tensorboard (log.jsonl is always written)
     # models (`model` is the SFT policy)
     reward_model: str = ""                # reward stage output dir, or any sequence-classification model dir
     value_model: str = "auto"             # auto | reward | policy | shared | PATH

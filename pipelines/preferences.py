@@ -26,17 +26,14 @@ from pipelines.data import BUILTIN, BUILTIN_CHAT, encode_prompt, load_records, n
 from pipelines.generation import GenerationArgs, generate
 from pipelines.models import ModelArgs, load_causal_lm, load_tokenizer
 from reins.cli import stage_main
-from reins.config import check
+from reins.config import RunArgs, check
 from reins.errors import DataError
 from reins.runio import RunDir, seed_everything
 
 
 @dataclass
-class Config(ModelArgs):
+class Config(ModelArgs, RunArgs):
     output_dir: str = "runs/preferences"
-    seed: int = 0
-    quiet: bool = False
-    report_to: str = "jsonl"  # none | jsonl | tensorboard (log.jsonl is always written)
     prompts: str = BUILTIN               # builtin:sentiment(-chat), or a prompt-only file / datasets dir / Hub id
     prompt_split: str = "train"
     num_train_prompts: int = 1000

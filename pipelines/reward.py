@@ -23,16 +23,13 @@ from pipelines.models import ModelArgs, count_parameters, load_reward_model, loa
 from pipelines.scoring import pair_batch, pair_reward_scores, reward_scores, shared_prompt_on
 from pipelines.trainer import TrainArgs, Trainer
 from reins.cli import stage_main
-from reins.config import check
+from reins.config import RunArgs, check
 from reins.errors import DataError
 
 
 @dataclass
-class Config(TrainArgs, DataArgs, ModelArgs):
+class Config(TrainArgs, DataArgs, ModelArgs, RunArgs):
     output_dir: str = "runs/reward"
-    seed: int = 0
-    quiet: bool = False
-    report_to: str = "jsonl"  # none | jsonl | tensorboard (log.jsonl is always written)
     center_coef: float = 0.0           # TRL center_rewards_coefficient (0.01 recommended when used)
     use_margin: bool = False           # subtract the data's `margin` column inside the sigmoid
     eval_fraction: float = 0.1         # held-out share when the data has no eval split

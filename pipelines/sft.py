@@ -18,14 +18,12 @@ from pipelines.models import ModelArgs, count_parameters, load_causal_lm, load_t
 from pipelines.scoring import completion_batch, sequence_logps, to_device
 from pipelines.trainer import TrainArgs, Trainer
 from reins.cli import stage_main
+from reins.config import RunArgs
 
 
 @dataclass
-class Config(TrainArgs, DataArgs, ModelArgs):
+class Config(TrainArgs, DataArgs, ModelArgs, RunArgs):
     output_dir: str = "runs/sft"
-    seed: int = 0
-    quiet: bool = False
-    report_to: str = "jsonl"  # none | jsonl | tensorboard (log.jsonl is always written)
     packing: bool = False
     eval_prompts: str | None = BUILTIN   # prompts for the generation eval (None/"none": skip it)
     eval: EvalArgs = field(default_factory=EvalArgs)

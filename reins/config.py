@@ -18,6 +18,16 @@ import yaml
 
 from reins.errors import ConfigError
 
+
+@dataclasses.dataclass
+class RunArgs:
+    """The stage contract's own keys, a base of every stage's Config (each sets its `output_dir` default)."""
+
+    output_dir: str = ""
+    seed: int = 0
+    quiet: bool = False
+    report_to: str = "jsonl"  # none | jsonl | tensorboard (log.jsonl is always written)
+
 T = TypeVar("T")
 
 # Keys a recipe file may carry for the runner that are not part of a stage's own config.
