@@ -31,12 +31,16 @@ from online.offpolicy import random_actions  # noqa: E402
 from online.sac import SAC, SACConfig  # noqa: E402
 
 
-def reins_setup(env_id, hidden, batch, fill, seed):
-    """A reins SAC agent and a replay buffer filled with `fill` random transitions; returns update()."""
+def reins_setup(env_id, hidden, batch, fill, seed, compile_nets=False):
+    """A reins SAC agent and a replay buffer filled with `fill` random transitions; returns update().
+    `compile_nets`: torch.compile the actor's and critics' forwards (static shapes) to measure what it gives."""
     envs, spec = make_vector_env(env_id, 1)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     agent = SAC(SACConfig(hidden=list(hidden), batch_size=batch), spec, gen)
+    if compile_nets:
+        for net in (agent.actor, agent.critic, agent.critic_target):
+            net.forward = torch.compile(net.forward, dynamic=False)
     buf = ReplayBuffer(fill, spec.obs_dim, spec.act_dim, False)
     obs, _ = envs.reset(seed=seed)
     for t in range(fill):
@@ -92,12 +96,20 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5, help="alternating timed blocks per side")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--compile-nets", action="store_true",
+                    help="compare reins eager (as 'reins') with reins with torch.compile'd nets (as the peer)")
+    ap.add_argument("--keep-denormals", action="store_true", help="do not flush subnormal floats (reins does)")
     args = ap.parse_args(argv)
+    if not args.keep_denormals:
+        from reins.cli import flush_denormals
+
+        flush_denormals()
     torch.set_num_threads(args.threads)
     rows = []
     for env_id in args.env or ["Pendulum-v1"]:
         common = (env_id, args.hidden, args.batch, args.fill, args.seed)
-        ours_fn, theirs_fn = reins_setup(*common), sb3_setup(*common)
+        ours_fn = reins_setup(*common)
+        theirs_fn = reins_setup(*common, compile_nets=True) if args.compile_nets else sb3_setup(*common)
         ours_fn(args.warmup)
         if theirs_fn is not None:
             theirs_fn(args.warmup)
@@ -113,8 +125,9 @@ def main(argv=None) -> int:
         theirs_cpu = med(r[1] for r in theirs_r) if theirs_r else None
         rows.append({"env": env_id, "hidden": args.hidden, "batch": args.batch, "threads": args.threads,
                      "reins_updates_per_s": round(ours, 1), "reins_updates_per_cpu_s": round(ours_cpu, 1),
-                     "sb3_updates_per_s": None if theirs is None else round(theirs, 1),
-                     "sb3_updates_per_cpu_s": None if theirs is None else round(theirs_cpu, 1),
+                     "other": "reins, torch.compile'd nets" if args.compile_nets else "stable-baselines3",
+                     "other_updates_per_s": None if theirs is None else round(theirs, 1),
+                     "other_updates_per_cpu_s": None if theirs is None else round(theirs_cpu, 1),
                      "speedup_wall": None if theirs is None else round(ours / theirs, 2),
                      "speedup_cpu": None if theirs is None else round(ours_cpu / theirs_cpu, 2)})
         print(json.dumps(rows[-1]), flush=True)
