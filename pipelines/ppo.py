@@ -120,6 +120,9 @@ class Config(TrainArgs, ModelArgs, RunArgs):
         check(self.missing_eos_penalty is None or self.missing_eos_penalty >= 0, "missing_eos_penalty must be >= 0")
         check(self.score_clip is None or self.score_clip > 0, "score_clip must be > 0")
         check(self.max_prompt_length >= 1, "max_prompt_length must be >= 1")
+        # TrainArgs options that only the sft/reward/dpo Trainer implements: an error, not a silent no-op
+        check(not self.group_by_length, "group_by_length is not used by ppo (its batches are its own rollouts)")
+        check(not self.torch_compile, "torch_compile is not supported by ppo (sft, reward and dpo have it)")
 
 
 # ----------------------------------------------------------------------------------------- data

@@ -226,3 +226,12 @@ def test_seeded_run_raises_gold_reward(tmp_path):
     assert final["eval/gold_reward"] > init["init/gold_reward"] + 0.15
     assert final["eval/reward_model_score"] > init["init/reward_model_score"] + 1.0
     assert final["eval/win_rate_vs_ref"] > 0.55
+
+
+@pytest.mark.parametrize("key", ["group_by_length", "torch_compile"])
+def test_trainer_only_options_are_refused_not_ignored(key):
+    """The LM TrainArgs options that only sft/reward/dpo implement fail validation in ppo with their name."""
+    from reins.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=key):
+        from_dict(ppo.Config, {"output_dir": "unused", key: True}).validate()
