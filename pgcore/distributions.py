@@ -22,6 +22,7 @@ __all__ = [
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 _LOG2 = math.log(2.0)
+_HALF_CHUNK = 1024  # positions per float32 block in token_logprobs for half-precision logits
 
 
 def _gather_minus_lse(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -36,7 +37,8 @@ def token_logprobs(logits, labels, *, temperature=1.0, mask=None) -> torch.Tenso
 
     Token log-probabilities of a sequence policy: log pi(y|x) = sum_t log pi(y_t | x, y_<t) (seed 001 §6.1.2,
     implied). Computed as ``gather - logsumexp`` so no [B, T, V] log-softmax copy is kept. Half-precision
-    logits are processed row by row in float32 (logsumexp in bf16 loses ~2 digits) and cast back. Masked
+    logits are processed in float32 (logsumexp in bf16 loses ~2 digits), `_HALF_CHUNK` positions at a time,
+    and cast back. Any leading shape works, also flattened [N, V] logits of the scored positions only. Masked
     positions return 0 and their labels may be anything (e.g. -100).
     """
     labels = labels.to(torch.long)
@@ -45,10 +47,12 @@ def token_logprobs(logits, labels, *, temperature=1.0, mask=None) -> torch.Tenso
         valid = torch.broadcast_to(torch.as_tensor(mask, device=logits.device) != 0, labels.shape)
         labels = torch.where(valid, labels, torch.zeros_like(labels))
     if logits.dtype in (torch.float16, torch.bfloat16) and logits.dim() > 1:
-        out = torch.stack([
-            _gather_minus_lse(row.float(), lab, temperature).to(logits.dtype)
-            for row, lab in zip(logits, labels)
-        ])
+        # float32 in chunks of positions, so no full-size float32 copy of [..., V] exists at once
+        flat, flat_lab = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
+        out = torch.cat([
+            _gather_minus_lse(chunk.float(), lab, temperature).to(logits.dtype)
+            for chunk, lab in zip(flat.split(_HALF_CHUNK), flat_lab.split(_HALF_CHUNK))
+        ]).reshape(labels.shape)
     else:
         out = _gather_minus_lse(logits, labels, temperature)
     if valid is not None:

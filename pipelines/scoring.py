@@ -7,6 +7,8 @@ score identically.
 
 from __future__ import annotations
 
+import inspect
+import sys
 from contextlib import contextmanager
 
 import torch
@@ -49,24 +51,83 @@ def to_device(batch: dict, device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def takes_logits_to_keep(model) -> bool:
+    """Whether `model` (through DDP, torch.compile and PEFT wrappers) computes its LM head only at the
+    True positions of a boolean `logits_to_keep` [B, T] mask (transformers' causal LMs do; custom code and
+    older transformers releases may not: they get the full logits)."""
+    m = model
+    for _ in range(8):
+        inner = getattr(m, "module", None) or getattr(m, "_orig_mod", None)
+        if inner is None and hasattr(m, "get_base_model"):
+            inner = m.get_base_model()
+        if inner is None or inner is m:
+            break
+        m = inner
+    key = type(m)
+    if key not in _TAKES_KEEP:
+        # transformers >= 5 slices the hidden states with `slice_logits_to_keep`, which takes a boolean
+        # [B, T] mask; older releases (and custom code) index a 1-D position set or an int only.
+        helper = getattr(sys.modules.get(key.__module__), "slice_logits_to_keep", None)
+        try:
+            ok = ("logits_to_keep" in inspect.signature(m.forward).parameters and helper is not None
+                  and "torch.bool" in inspect.getsource(helper))
+        except (TypeError, ValueError, OSError):
+            ok = False
+        _TAKES_KEEP[key] = ok
+    return _TAKES_KEEP[key]
+
+
+_TAKES_KEEP: dict[type, bool] = {}
+
+
+def scored_logits(model, keep: torch.Tensor, **inputs) -> tuple[torch.Tensor, bool]:
+    """The model's logits at the True positions of `keep` [B, T] as [N, V] in row-major order, with the LM
+    head applied to those positions only (`logits_to_keep` as a boolean mask); or, for a model without that
+    argument, the full [B, T, V] logits. The flag says which of the two came back."""
+    if takes_logits_to_keep(model) and bool(keep.any()):
+        out = model(**inputs, use_cache=False, logits_to_keep=keep)
+        if out.logits.dim() == 2:
+            return out.logits, True
+        return out.logits, False  # pragma: no cover - a model that ignored the mask
+    return model(**inputs, use_cache=False).logits, False
+
+
+def _at(flat_rows: torch.Tensor, keep: torch.Tensor, fill=0.0) -> torch.Tensor:
+    """Scatter per-position values [N] of the True positions of `keep` [B, T] back into a [B, T] tensor."""
+    out = torch.full(keep.shape, fill, dtype=flat_rows.dtype, device=flat_rows.device)
+    return out.masked_scatter(keep, flat_rows)
+
+
 def sequence_logps(model, batch: dict, *, temperature: float = 1.0, with_entropy: bool = False) -> dict:
     """Per-sequence sums of completion-token log-probs (seed 001 §6.1.2: log pi(y|x) = sum_t log pi(y_t|...)).
 
     Returns {'logps' [B], 'token_logps' [B, T-1] (0 off the completion), 'mask' [B, T-1], 'n_tokens' [B],
     'logits_mean' [B] (mean completion logit, TRL's logits/* metric)} and 'entropy' [B, T-1] if asked.
+    The LM head runs only at the positions that predict completion tokens where the model allows it
+    (`scored_logits`): prompt and padding positions never get [V]-wide logits.
     """
     ids, attn = batch["input_ids"], batch["attention_mask"]
-    out = model(input_ids=ids, attention_mask=attn, position_ids=position_ids(attn), use_cache=False)
-    logits = out.logits[:, :-1]
-    mask = batch["completion_mask"][:, 1:].to(logits.dtype)
-    tlp = token_logprobs(logits, ids[:, 1:], temperature=temperature, mask=mask)
+    cm = batch["completion_mask"][:, 1:] != 0
+    keep = torch.nn.functional.pad(cm, (0, 1))  # position t predicts token t + 1
+    logits, flat = scored_logits(model, keep, input_ids=ids, attention_mask=attn, position_ids=position_ids(attn))
+    if flat:
+        nxt = torch.nn.functional.pad(ids[:, 1:], (0, 1))
+        tlp = _at(token_logprobs(logits, nxt[keep], temperature=temperature), keep)[:, :-1]
+        mask = cm.to(tlp.dtype)
+        per_pos = lambda v: _at(v, keep)[:, :-1]  # noqa: E731
+    else:
+        logits = logits[:, :-1]
+        mask = cm.to(logits.dtype)
+        tlp = token_logprobs(logits, ids[:, 1:], temperature=temperature, mask=mask)
+        per_pos = lambda v: v  # noqa: E731
     n = mask.sum(-1)
     res = {"logps": tlp.sum(-1), "token_logps": tlp, "mask": mask, "n_tokens": n}
     with torch.no_grad():
-        res["logits_mean"] = (logits.detach().mean(-1) * mask).sum(-1) / n.clamp_min(1)
+        lg = logits.detach()
+        res["logits_mean"] = (per_pos(lg.mean(-1)) * mask).sum(-1) / n.clamp_min(1)
         if with_entropy:
-            res["entropy"] = entropy_from_logits(logits.detach(), temperature=temperature) * mask
-            res["correct"] = (logits.detach().argmax(-1) == ids[:, 1:]).to(mask.dtype) * mask
+            res["entropy"] = per_pos(entropy_from_logits(lg, temperature=temperature)) * mask
+            res["correct"] = per_pos((lg.argmax(-1) == (nxt[keep] if flat else ids[:, 1:])).to(mask.dtype)) * mask
     return res
 
 
@@ -133,31 +194,43 @@ def pair_logps(model, batch: dict, *, temperature: float = 1.0) -> dict:
 
     Returns {'logps' [2B] (chosen then rejected, as `sequence_logps` on the concatenated batch), 'n_tokens' [2B],
     'logits_mean' [2B]}. Token t of a completion is scored by the logits at t - 1, except the first rejected
-    token, which the prompt's last token predicts (its row predecessor is the last chosen token).
+    token, which the prompt's last token predicts (its row predecessor is the last chosen token). The LM head
+    runs only at those positions where the model allows it (`scored_logits`).
     """
     ids, seg = batch["input_ids"], batch["segments"]
     mask4 = _additive_mask(batch["allowed"], next(model.parameters()).dtype)
-    out = model(input_ids=ids, attention_mask=mask4, position_ids=batch["position_ids"], use_cache=False)
-    logits = out.logits
-    B = ids.shape[0]
+    B, T = ids.shape
     rows = torch.arange(B, device=ids.device)
     first_rej = batch["prompt_lens"] + batch["chosen_lens"]          # row index of the first rejected token
     tgt_seg = seg[:, 1:]
     cmask = (tgt_seg == 1)
     rmask = (tgt_seg == 2)
-    rmask[rows, (first_rej - 1).clamp(max=tgt_seg.shape[1] - 1)] = False  # scored from the prompt instead
-    tlp = token_logprobs(logits[:, :-1], ids[:, 1:], temperature=temperature, mask=cmask | rmask)
+    rmask[rows, (first_rej - 1).clamp(max=T - 2)] = False  # scored from the prompt instead
     has_rej = batch["rejected_lens"] > 0
     last_prompt = batch["prompt_lens"] - 1
-    first_tok = ids[rows, first_rej.clamp(max=ids.shape[1] - 1)]
-    lp0 = token_logprobs(logits[rows, last_prompt], first_tok, temperature=temperature, mask=has_rej)
+    first_tok = ids[rows, first_rej.clamp(max=T - 1)]
+    scored = torch.nn.functional.pad(cmask | rmask, (0, 1))
+    keep = scored.clone()
+    keep[rows, last_prompt] |= has_rej
+    logits, flat = scored_logits(model, keep, input_ids=ids, attention_mask=mask4,
+                                 position_ids=batch["position_ids"])
+    if flat:
+        nxt = torch.nn.functional.pad(ids[:, 1:], (0, 1))
+        tlp = _at(token_logprobs(logits, nxt[keep], temperature=temperature, mask=scored[keep]), keep)[:, :-1]
+        row_of = (keep.flatten().long().cumsum(0) - 1).view(B, T)  # flat row of each kept position
+        at_prompt = logits[row_of[rows, last_prompt].clamp_min(0)]
+        lm = _at(logits.detach().mean(-1), keep)[:, :-1]
+    else:
+        tlp = token_logprobs(logits[:, :-1], ids[:, 1:], temperature=temperature, mask=cmask | rmask)
+        at_prompt = logits[rows, last_prompt]
+        lm = logits.detach()[:, :-1].mean(-1)
+    lp0 = token_logprobs(at_prompt, first_tok, temperature=temperature, mask=has_rej)
     chosen = (tlp * cmask).sum(-1)
     rejected = (tlp * rmask).sum(-1) + lp0
     res = {"logps": torch.cat([chosen, rejected]),
            "n_tokens": torch.cat([batch["chosen_lens"], batch["rejected_lens"]]).to(logits.dtype)}
     with torch.no_grad():
-        lm = logits.detach()[:, :-1].mean(-1)
-        lm0 = logits.detach()[rows, last_prompt].mean(-1)
+        lm0 = at_prompt.detach().mean(-1)
         nc, nr = res["n_tokens"][:B].clamp_min(1), res["n_tokens"][B:].clamp_min(1)
         res["logits_mean"] = torch.cat([(lm * cmask).sum(-1) / nc,
                                         ((lm * rmask).sum(-1) + lm0 * has_rej) / nr])
