@@ -65,6 +65,12 @@ def evaluate_policy(policy: Policy, env_id: str, episodes: int, seed: int) -> di
             "eval/return_median": float(np.median(returns)), "eval/length_mean": float(lengths.mean())}
 
 
+def scalar_metrics(metrics: dict) -> dict[str, float]:
+    """The scalar entries of an update's metrics as floats (what metrics.json and checkpoints keep)."""
+    return {k: float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.numel() == 1)}
+
+
 @dataclass
 class Harness:
     """Owns everything about a run that is not the learning algorithm."""
@@ -99,6 +105,7 @@ class Harness:
         self.recent: list[float] = []
         self.episodes = 0
         self.last_eval: dict = {}
+        self.resumed_info: dict = {}  # the last update's metrics as of the checkpoint resumed from
         self.snapshots: list[dict] = []
         self.next_checkpoint = cfg.checkpoint_every
         self.checkpoint_step = -1
@@ -230,19 +237,22 @@ class Harness:
             self.load_state_dict(state["harness"])
             agent.load_state_dict(state["agent"])
             extra_state = state.get("extra")
+            self.resumed_info = dict(state.get("info", {}))
             self.run.truncate_log(self.step)
         self._step0 = self.step
         self._t0 = time.time()
         self._bar = self.run.progress(self.cfg.total_steps, self.step, desc=f"{self.algo} {self.cfg.env_id}")
         return self.reset_envs(), extra_state
 
-    def save_checkpoint(self, agent, extra: dict | None = None) -> np.ndarray:
-        """End the segment: checkpoint, then reset the envs with the next segment's seeds (see module doc)."""
+    def save_checkpoint(self, agent, extra: dict | None = None, info: dict | None = None) -> np.ndarray:
+        """End the segment: checkpoint, then reset the envs with the next segment's seeds (see module doc).
+        `info`, the last update's metrics, is kept so that a resumed run logs and reports them as the
+        uninterrupted run does (until its next update, and in metrics.json if none follows)."""
         while self.cfg.checkpoint_every > 0 and self.next_checkpoint <= self.step:
             self.next_checkpoint += self.cfg.checkpoint_every
         self.segment += 1
         self.checkpoint_step = self.step
-        state = {"harness": self.state_dict(), "agent": agent.state_dict()}
+        state = {"harness": self.state_dict(), "agent": agent.state_dict(), "info": scalar_metrics(info or {})}
         if extra is not None:
             state["extra"] = extra
         self.run.save_checkpoint(state)
@@ -253,12 +263,10 @@ class Harness:
         if self._bar is not None:
             self._bar.close()
         if self.checkpoint_step != self.step:
-            self.save_checkpoint(agent, extra)
+            self.save_checkpoint(agent, extra, metrics)
         final = self.evaluate(agent)
         self.save_policy(agent, self.run.path / "policy.pt", {"eval_return": final["eval/return_mean"]})
-        scalars = {k: float(v) for k, v in metrics.items()
-                   if isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.numel() == 1)}
-        out = {**scalars, **final,
+        out = {**scalar_metrics(metrics), **final,
                "train/steps": self.step, "train/episodes": self.episodes, "train/updates": self.updates}
         if self.recent:
             out["train/episode_return"] = float(np.mean(self.recent))

@@ -3,7 +3,8 @@
 - `make_vector_env` builds a `gymnasium.vector.SyncVectorEnv` in SAME_STEP autoreset mode, so the true final
   observation of an episode arrives in `info["final_obs"]` on the step that ends it (replay buffers store it as
   `next_observation`; on-policy agents bootstrap from its value on truncation).
-- `EnvSpec` summarises the spaces the agents support: a Box observation (flattened to a vector) and a Box
+- `EnvSpec` summarises the spaces the agents support: a Box observation (flattened to a vector; Discrete,
+  Tuple and Dict observations are flattened by `flat_observations`, one-hot for Discrete parts) and a Box
   (1-D) or Discrete action. Anything else raises `DataError` before training starts; an unknown env id too.
 - `RunningMeanStd` is the parallel-variance running estimate (Chan et al. 1979) used for observation
   normalisation and for reward scaling by the std of the discounted return ([NOT IN SEEDS]: the PPO
@@ -51,13 +52,37 @@ def _make_one(env_id: str, **kwargs) -> gym.Env:
     try:
         # gymnasium prints "Did you mean" hints to stderr on top of raising; keep only our one-line error.
         with contextlib.redirect_stderr(io.StringIO()):
-            return gym.make(env_id, **kwargs)
+            return flat_observations(gym.make(env_id, **kwargs), env_id)
     except gym.error.Error as e:
         raise DataError(f"unknown gymnasium env id '{env_id}': {str(e).strip().splitlines()[0]}") from None
     except (ImportError, ModuleNotFoundError) as e:
         raise DataError(f"env '{env_id}' cannot be created, a dependency is missing: {e}") from None
     except TypeError as e:
         raise DataError(f"env '{env_id}' cannot be created: {e}") from None
+
+
+def _fixed_size(space: gym.Space) -> bool:
+    """A space whose every part has a fixed size once flattened (no Text, Sequence or Graph)."""
+    if isinstance(space, (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)):
+        return True
+    if isinstance(space, (gym.spaces.Tuple, gym.spaces.Dict)):
+        return all(_fixed_size(s) for s in (space.spaces.values() if isinstance(space, gym.spaces.Dict)
+                                            else space.spaces))
+    return False
+
+
+def flat_observations(env: gym.Env, env_id: str) -> gym.Env:
+    """`env` itself when it observes a Box; otherwise wrapped in gymnasium's `FlattenObservation`, so a
+    Discrete observation arrives one-hot and a Tuple/Dict of Box/Discrete parts as one concatenated vector
+    (FrozenLake, Taxi, Blackjack). Spaces without a fixed flat size (Text, Graph, Sequence) are refused."""
+    space = env.observation_space
+    if isinstance(space, gym.spaces.Box):
+        return env
+    if not _fixed_size(space):
+        env.close()
+        raise DataError(f"env '{env_id}': unsupported observation space {space} (online agents need a Box, "
+                        "or a Discrete/Tuple/Dict observation that flattens to one)")
+    return gym.wrappers.FlattenObservation(env)
 
 
 def spec_from_spaces(env_id: str, obs_space: gym.Space, act_space: gym.Space) -> EnvSpec:
@@ -97,7 +122,8 @@ def make_vector_env(env_id: str, num_envs: int, **kwargs) -> tuple[gym.vector.Ve
     if num_envs < 1:
         raise ConfigError(f"num_envs must be >= 1, got {num_envs}")
     _, spec = make_env(env_id, **kwargs)  # validates the id and spaces with a clear error first
-    envs = gym.vector.SyncVectorEnv([lambda: gym.make(env_id, **kwargs) for _ in range(num_envs)],
+    envs = gym.vector.SyncVectorEnv([lambda: flat_observations(gym.make(env_id, **kwargs), env_id)
+                                     for _ in range(num_envs)],
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     return envs, spec
 

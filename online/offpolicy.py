@@ -63,7 +63,7 @@ def train_off_policy(h, agent) -> dict:
     obs, extra = h.start(agent)
     if extra is not None:
         buffer.load_state_dict(extra["buffer"])
-    info: dict = {}
+    info: dict = dict(h.resumed_info)
     vector_steps = h.step // h.num_envs
     while h.step < cfg.total_steps:
         h.obs_norm.update(obs)
@@ -88,7 +88,7 @@ def train_off_policy(h, agent) -> dict:
         if h.checkpoint_due():
             # The segment boundary cuts the running episodes: their last transition becomes a truncation.
             buffer.mark_last_truncated(h.num_envs)
-            obs = h.save_checkpoint(agent, extra={"buffer": buffer.state_dict()})
+            obs = h.save_checkpoint(agent, extra={"buffer": buffer.state_dict()}, info=info)
     buffer.mark_last_truncated(h.num_envs)  # the end of the run cuts the episodes still running
     if cfg.save_replay:
         atomic_torch_save(buffer.export(), h.run.path / "replay.pt")

@@ -104,10 +104,11 @@ class ActorCriticAgent:
     def export(self) -> dict:
         return {"actor": self.actor, "arch": self.arch}
 
-    def set_lr(self, optimizer: torch.optim.Optimizer, progress: float) -> None:
+    def set_lr(self, optimizer: torch.optim.Optimizer, progress: float, base: float | None = None) -> None:
+        """With `anneal_lr`, the learning rate decays linearly from `base` (default `cfg.lr`) to 0."""
         if self.cfg.anneal_lr:
             for g in optimizer.param_groups:
-                g["lr"] = self.cfg.lr * max(1.0 - progress, 0.0)
+                g["lr"] = (self.cfg.lr if base is None else base) * max(1.0 - progress, 0.0)
 
     @staticmethod
     def flat(x: torch.Tensor) -> torch.Tensor:
@@ -151,14 +152,17 @@ def train_on_policy(h, agent: ActorCriticAgent) -> dict:
     cfg = agent.cfg
     total = h.cfg.total_steps
     obs, _ = h.start(agent)
-    info: dict = {}
+    info: dict = dict(h.resumed_info)
     while h.step < total:
+        # progress as of the rollout's start: the first update runs at the full learning rate, the last at
+        # lr / n_updates (CleanRL's schedule), none at 0
+        progress = h.step / total
         batch, obs = collect_rollout(h, agent, obs, cfg.num_steps)
-        info = agent.update(batch, step=h.step, progress=h.step / total)
+        info = agent.update(batch, step=h.step, progress=progress)
         h.updates += 1
         h.periodic(agent, info)
         if h.checkpoint_due():
-            obs = h.save_checkpoint(agent)
+            obs = h.save_checkpoint(agent, info=info)
     return h.finish(agent, info)
 
 

@@ -55,7 +55,7 @@ class TRPO(ActorCriticAgent):
 
     def update(self, b: dict, *, step: int, progress: float) -> dict:
         cfg = self.cfg
-        self.set_lr(self.vf_opt, progress)
+        self.set_lr(self.vf_opt, progress, cfg.vf_lr)
         adv, ret = gae(b["rewards"], b["values"], gamma=cfg.gamma, lam=cfg.gae_lambda,
                        next_values=b["next_values"], terminated=b["terminated"], truncated=b["truncated"])
         obs, actions, old_logp = self.flat(b["obs"]), self.flat(b["actions"]), self.flat(b["logp"])

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from online.buffer import ReplayBuffer
-from online.envs import RunningMeanStd, final_observations, make_env, make_vector_env, spec_from_spaces
+from online.envs import (
+    RunningMeanStd,
+    final_observations,
+    flat_observations,
+    make_env,
+    make_vector_env,
+    spec_from_spaces,
+)
 from online.stage import Config, train
 from reins.config import from_dict
 from reins.errors import ConfigError, DataError
@@ -22,10 +29,19 @@ def test_unknown_env_id_is_a_data_error_before_anything_is_written(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+class _TextObsEnv(gym.Env):
+    observation_space = gym.spaces.Text(8)
+    action_space = gym.spaces.Discrete(2)
+
+
 def test_unsupported_spaces_raise_data_errors():
-    with pytest.raises(DataError, match="unsupported observation space Discrete"):
-        make_env("FrozenLake-v1")
+    with pytest.raises(DataError, match="env 'T-v0': unsupported observation space Text"):
+        flat_observations(_TextObsEnv(), "T-v0")
     box = gym.spaces.Box(-1, 1, (3,))
+    with pytest.raises(DataError, match="unsupported action space MultiDiscrete"):
+        spec_from_spaces("X-v0", box, gym.spaces.MultiDiscrete([2, 3]))
+    with pytest.raises(DataError, match="unsupported action space Dict"):
+        spec_from_spaces("X-v0", box, gym.spaces.Dict({"a": gym.spaces.Discrete(2)}))
     with pytest.raises(DataError, match="unsupported action space MultiBinary"):
         spec_from_spaces("X-v0", box, gym.spaces.MultiBinary(3))
     with pytest.raises(DataError, match="unsupported action space"):
@@ -110,3 +126,23 @@ def test_replay_buffer_state_round_trip_keeps_sampling_identical():
     _fill(clone, 1)
     for k in buf.data:
         np.testing.assert_array_equal(buf.data[k], clone.data[k])
+
+
+@pytest.mark.parametrize("env_id,dim", [("FrozenLake-v1", 16), ("Blackjack-v1", 32 + 11 + 2)])
+def test_discrete_and_tuple_observations_arrive_flattened_one_hot(env_id, dim):
+    """Discrete parts of an observation become one-hot blocks, in training and evaluation envs alike."""
+    raw = gym.make(env_id)
+    env, spec = make_env(env_id)
+    envs, vspec = make_vector_env(env_id, 2)
+    assert spec.obs_dim == vspec.obs_dim == dim and spec.discrete
+    o_raw, _ = raw.reset(seed=3)
+    o, _ = env.reset(seed=3)
+    ov, _ = envs.reset(seed=[3, 4])
+    parts = o_raw if isinstance(o_raw, tuple) else (o_raw,)
+    sizes = [s.n for s in (raw.observation_space.spaces if isinstance(o_raw, tuple) else [raw.observation_space])]
+    expect = np.concatenate([np.eye(n)[int(x)] for x, n in zip(parts, sizes)])
+    np.testing.assert_array_equal(o, expect)
+    np.testing.assert_array_equal(ov[0], expect)
+    assert o.sum() == len(parts)
+    for e in (raw, env, envs):
+        e.close()

@@ -46,48 +46,74 @@ RESUME_CASES = [
      600, 200),
     ("dqn", "CartPole-v1", {"dqn": {"hidden": [16], "learning_starts": 100, "batch_size": 16, "train_freq": 2,
                                     "buffer_size": 300, "target_update_every": 5}}, 900, 300),
+    ("reinforce", "CartPole-v1", {"reinforce": {"num_envs": 2, "num_steps": 64, "hidden": [16],
+                                                "anneal_lr": True}}, 512, 128),
+    ("a2c", "CartPole-v1", {"a2c": {"num_envs": 2, "num_steps": 8, "hidden": [16], "gae_lambda": 0.95}}, 256, 64),
+    ("trpo", "CartPole-v1", {"trpo": {"num_envs": 2, "num_steps": 64, "hidden": [16], "anneal_lr": True}},
+     512, 128),
+    ("npg", "Pendulum-v1", {"npg": {"num_envs": 2, "num_steps": 64, "hidden": [16], "normalize_obs": True}},
+     512, 128),
+    ("td3", "Pendulum-v1", {"td3": {"hidden": [16], "learning_starts": 100, "batch_size": 16, "num_envs": 2,
+                                    "train_freq": 2}}, 600, 200),
+    ("ddpg", "Pendulum-v1", {"ddpg": {"hidden": [16], "learning_starts": 100, "batch_size": 16}}, 400, 100),
 ]
+
+
+def _assert_same(a, b, path="checkpoint"):
+    """Nested checkpoint contents (tensors, optimiser states, RNG states, counters) are identical."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _assert_same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
 
 
 @pytest.mark.parametrize("algo,env_id,extra,total,every", RESUME_CASES, ids=[c[0] for c in RESUME_CASES])
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, algo, env_id, extra, total, every):
     kw = dict(algo=algo, env_id=env_id, total_steps=total, checkpoint_every=every, eval_every=every, log_every=50,
               **extra)
-    off = algo != "ppo"
+    off = algo in ("sac", "dqn", "td3", "ddpg")
     if off:
         kw.update(save_replay=True, save_snapshots=True, snapshot_every=every)
     full = train(_cfg(tmp_path / "a", **kw))
-    _crash_after_checkpoints(monkeypatch, 2)
+    assert any(k.startswith("loss/") for k in full)  # the last update's metrics are reported
+    # killed after the 2nd checkpoint (mid-run), and after the last one (before metrics.json is written)
+    for crash_at, run in ((2, "b"), (total // every, "c")):
+        _check_resume(tmp_path, monkeypatch, kw, full, crash_at, run, off)
+
+
+def _check_resume(tmp_path, monkeypatch, kw, full, crash_at, run, off):
+    _crash_after_checkpoints(monkeypatch, crash_at)
     with pytest.raises(Injected):
-        train(_cfg(tmp_path / "b", **kw))
+        train(_cfg(tmp_path / run, **kw))
     monkeypatch.undo()
-    assert not (tmp_path / "b" / "metrics.json").exists()
-    resumed = train(_cfg(tmp_path / "b", **kw))
+    assert not (tmp_path / run / "metrics.json").exists()
+    resumed = train(_cfg(tmp_path / run, **kw))
     assert resumed == full
     pa = torch.load(tmp_path / "a" / "policy.pt", weights_only=True)
-    pb = torch.load(tmp_path / "b" / "policy.pt", weights_only=True)
-    for k, v in pa["state_dict"].items():
-        assert torch.equal(v, pb["state_dict"][k]), k
-    if pa["obs_norm"] is not None:
-        assert torch.equal(pa["obs_norm"]["mean"], pb["obs_norm"]["mean"])
+    pb = torch.load(tmp_path / run / "policy.pt", weights_only=True)
+    _assert_same(pa, pb, "policy")
     ca = torch.load(tmp_path / "a" / "checkpoints" / "checkpoint.pt", weights_only=True)
-    cb = torch.load(tmp_path / "b" / "checkpoints" / "checkpoint.pt", weights_only=True)
-    for k, v in ca["agent"].items():
-        if isinstance(v, dict) and all(isinstance(t, torch.Tensor) for t in v.values()):
-            for name, t in v.items():
-                assert torch.equal(t, cb["agent"][k][name]), (k, name)
+    cb = torch.load(tmp_path / run / "checkpoints" / "checkpoint.pt", weights_only=True)
+    _assert_same(ca, cb)  # networks, optimisers, temperature, buffers, RNG states, counters
     la = _strip_time(RunDir(tmp_path / "a", _cfg(tmp_path / "a", **kw)).read_log())
-    lb = _strip_time(RunDir(tmp_path / "b", _cfg(tmp_path / "b", **kw)).read_log())
+    lb = _strip_time(RunDir(tmp_path / run, _cfg(tmp_path / run, **kw)).read_log())
     assert la == lb
     if off:
         ra = torch.load(tmp_path / "a" / "replay.pt", weights_only=True)
-        rb = torch.load(tmp_path / "b" / "replay.pt", weights_only=True)
-        for k in ra:
-            assert torch.equal(ra[k], rb[k]), k
+        rb = torch.load(tmp_path / run / "replay.pt", weights_only=True)
+        _assert_same(ra, rb, "replay")
         assert (tmp_path / "a" / "snapshots" / "index.json").read_text() == \
-            (tmp_path / "b" / "snapshots" / "index.json").read_text()
+            (tmp_path / run / "snapshots" / "index.json").read_text()
     # a finished run is not retrained
-    assert train(_cfg(tmp_path / "b", **kw)) == full
+    assert train(_cfg(tmp_path / run, **kw)) == full
 
 
 def test_replay_and_snapshots_for_offline(tmp_path):
@@ -142,3 +168,15 @@ def test_non_finite_loss_stops_before_checkpointing_the_bad_step(tmp_path, monke
     assert ck["harness"]["step"] == 512  # the last good checkpoint (after update 2) is kept
     for p in ck["agent"]["actor"].values():
         assert torch.isfinite(p).all()
+
+
+@pytest.mark.parametrize("algo", ["trpo", "npg"])
+def test_annealed_value_learning_rate_decays_from_vf_lr(tmp_path, algo):
+    """With anneal_lr, TRPO/NPG's critic optimiser decays its own vf_lr (not the policy's lr) linearly to 0."""
+    cfg = _cfg(tmp_path / algo, algo=algo, env_id="CartPole-v1", total_steps=512, checkpoint_every=0,
+               eval_every=0, **{algo: {"num_envs": 2, "num_steps": 64, "hidden": [8], "anneal_lr": True,
+                                       "lr": 0.1, "vf_lr": 0.002}})
+    train(cfg)
+    ck = torch.load(tmp_path / algo / "checkpoints" / "checkpoint.pt", weights_only=True)
+    # 4 updates of 128 steps; the last one runs on the rollout that starts at step 384 of 512
+    assert ck["agent"]["vf_opt"]["param_groups"][0]["lr"] == pytest.approx(0.002 * (1 - 384 / 512))
