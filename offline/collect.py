@@ -184,14 +184,18 @@ def write_tier(staging: Path, ds_id: str, episodes: list[Episode], cfg: Config, 
 def publish(staging: Path, root: Path, ids: list[str], overwrite: bool) -> None:
     """Rename the staged datasets into the real root; undo every rename if one fails."""
     moved: list[tuple[Path, Path | None]] = []
+    created: list[Path] = []  # namespace folders and metadata files this call added to root
     try:
         for ds_id in ids:
             src, dst = staging / ds_id, root / ds_id
+            missing = [p for p in reversed(dst.relative_to(root).parents) if not (root / p).exists()]
             dst.parent.mkdir(parents=True, exist_ok=True)
+            created += [root / p for p in missing]
             for meta in _namespace_files(staging, ds_id):  # minari's namespace metadata, if absent in root
                 target = root / meta.relative_to(staging)
                 if not target.exists():
                     shutil.copy2(meta, target)
+                    created.append(target)
             backup = None
             if dst.exists():
                 if not overwrite:
@@ -205,6 +209,11 @@ def publish(staging: Path, root: Path, ids: list[str], overwrite: bool) -> None:
             shutil.rmtree(dst, ignore_errors=True)
             if backup is not None:
                 os.replace(backup, dst)
+        for path in reversed(created):  # files first, then the folders, deepest first
+            if path.is_file():
+                path.unlink(missing_ok=True)
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
         raise
     for _, backup in moved:
         if backup is not None:

@@ -98,6 +98,16 @@ class Config(OfflineConfig):
         check(self.alpha_lr >= 0, f"alpha_lr must be >= 0, got {self.alpha_lr}")
 
 
+def max_backup(q_next: torch.Tensor, logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """CQL's max-backup target from N proposals a'_1..N ~ pi(.|s'): min_e max_j Q'_e(s', a'_j) (Kumar et al.'s
+    code: each critic's max over the proposals, then the smaller of the two), with log pi of the proposal that
+    the min's critic picked (for `backup_entropy`). q_next [E, B, N], logp [B, N] -> ([B], [B])."""
+    best_q, best_j = q_next.max(dim=-1)           # [E, B]
+    e = best_q.argmin(dim=0, keepdim=True)         # [1, B]: the critic whose max is the smaller
+    j = best_j.gather(0, e).squeeze(0)             # [B]: its proposal
+    return best_q.gather(0, e).squeeze(0), logp.gather(-1, j.unsqueeze(-1)).squeeze(-1)
+
+
 class CQL:
     def __init__(self, cfg: Config, obs_dim: int, act_dim: int, device: torch.device):
         self.cfg, self.act_dim, self.device = cfg, act_dim, device
@@ -151,9 +161,7 @@ class CQL:
             if cfg.cql_max_target_backup:
                 a2, logp2 = self._draws(d_next, n)
                 q_next = self.critic_target(next_obs.unsqueeze(1).expand(-1, n, -1), a2)  # [2, B, n]
-                next_q, best = q_next.max(dim=-1)
-                next_q = next_q.min(dim=0).values
-                next_logp = logp2.gather(-1, best.min(dim=0).indices.unsqueeze(-1)).squeeze(-1)
+                next_q, next_logp = max_backup(q_next, logp2)
             else:
                 a2, next_logp = d_next.rsample()
                 next_q = self.critic_target(next_obs, a2).min(dim=0).values
@@ -183,7 +191,8 @@ class CQL:
         if cfg.cql_lagrange:
             alpha_prime = self.log_alpha_prime.exp().clamp(0.0, 1e6)
             cql_loss = (alpha_prime.detach() * cfg.cql_alpha * (gaps - cfg.cql_target_action_gap)).sum()
-            ap_loss = cql_alpha_loss(self.log_alpha_prime, gaps, cfg.cql_target_action_gap)
+            # the multiplier of the scaled gap cql_alpha * (gap - gap0), as in CORL and the original code
+            ap_loss = cfg.cql_alpha * cql_alpha_loss(self.log_alpha_prime, gaps, cfg.cql_target_action_gap)
             self.alpha_prime_opt.zero_grad(set_to_none=True)
             ap_loss.backward()
             self.alpha_prime_opt.step()

@@ -187,10 +187,17 @@ def to_transitions(ds, *, name: str = "") -> Transitions:
         **{k: np.concatenate(v) for k, v in parts.items()},
         episode_returns=np.asarray(returns, dtype=np.float64), action_low=low, action_high=high,
         dataset_id=str(meta.get("dataset_id", name)), env_id=_env_id(ds.env_spec),
-        eval_env_id=_env_id(getattr(ds, "eval_env_spec", None)) or _env_id(ds.env_spec),
+        eval_env_id=_env_id(_eval_env_spec(ds)) or _env_id(ds.env_spec),
         ref_min_score=_opt_float(meta.get("ref_min_score")), ref_max_score=_opt_float(meta.get("ref_max_score")),
-        metadata=meta, eval_env_spec=getattr(ds, "eval_env_spec", None) or ds.env_spec,
+        metadata=meta, eval_env_spec=_eval_env_spec(ds) or ds.env_spec,
     )
+
+
+def _eval_env_spec(ds):
+    """The dataset's evaluation env spec (Minari's `eval_env`), or None when it names none. Minari 0.5 exposes
+    it only through `recover_environment(eval_env=True)`, which builds the env; the parsed spec it builds from
+    is read instead (`_eval_env_spec`, or a public `eval_env_spec` where a release has one)."""
+    return getattr(ds, "eval_env_spec", None) or getattr(ds, "_eval_env_spec", None)
 
 
 def _opt_float(x) -> float | None:

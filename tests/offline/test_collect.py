@@ -77,6 +77,27 @@ def test_failed_collection_leaves_nothing(minari_root, tmp_path, monkeypatch):
     assert not (tmp_path / "collect" / "metrics.json").exists()
 
 
+def test_failure_while_publishing_leaves_the_root_as_it_was(minari_root, tmp_path, monkeypatch):
+    """The staged tiers are renamed into the root one by one; if a rename fails, the tiers already moved, the
+    namespace folders and Minari's namespace metadata files that were added are all removed again."""
+    import os
+
+    real, calls = os.replace, []
+
+    def failing(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError("rename failed")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError, match="rename failed"):
+        train(_cfg(tmp_path))
+    monkeypatch.undo()
+    assert len(calls) == 2
+    assert list(minari_root.iterdir()) == []
+
+
 def test_existing_dataset_is_not_overwritten(minari_root, tmp_path):
     train(_cfg(tmp_path, tiers=["random"]))
     before = (minari_root / "test/pend/random-v0/data/metadata.json").read_text()

@@ -127,3 +127,32 @@ def test_device_buffer_sampling_is_seeded():
     # rows stay aligned across fields
     torch.testing.assert_close(b1["observations"][:, 0], 2 * b1["rewards"].float())
     assert len(set(b1["rewards"].tolist())) > 5
+
+
+def test_dataset_eval_env_is_used_for_evaluation(minari_root):
+    """A dataset whose `eval_env` differs from its collection env (here: 50-step Pendulum episodes) is evaluated
+    in the eval env, as `recover_environment(eval_env=True)` gives it; without one, in the collection env."""
+    import dataclasses
+    import warnings
+
+    import gymnasium as gym
+    import minari
+
+    from offline.trainer import OfflineConfig, _eval_env
+
+    eps = [dataclasses.replace(ep, id=k) for k, ep in enumerate(two_episodes())]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        minari.create_dataset_from_buffers("test/evalenv-v0", eps, env="Pendulum-v1",
+                                           eval_env=gym.make("Pendulum-v1", max_episode_steps=50).spec)
+    tr = load_transitions("test/evalenv-v0")
+    spec = _eval_env(OfflineConfig(output_dir="unused"), tr)
+    assert spec.id == "Pendulum-v1" and spec.max_episode_steps == 50
+    env = gym.make(spec)
+    env.reset(seed=0)
+    steps = 1
+    while not any(env.step(env.action_space.sample())[2:4]):
+        steps += 1
+    assert steps == 50
+    write_dataset("test/plain-v0", two_episodes())
+    assert _eval_env(OfflineConfig(output_dir="unused"), load_transitions("test/plain-v0")).max_episode_steps == 200

@@ -181,6 +181,21 @@ def test_cql_td_target_and_lagrange(gen):
                                check_dtype=False)
     moved = float(algo.log_alpha_prime.detach()) - 0.3
     assert moved * (float(gap) - 0.5) > 0  # dual ascent: grows while the gap exceeds the target
+    # its gradient is that of -alpha' * cql_alpha * (gap - target) (CORL, Kumar et al.'s code); Adam's first
+    # moment after one step is (1 - beta1) * grad
+    grad = algo.alpha_prime_opt.state[algo.log_alpha_prime]["exp_avg"] / 0.1
+    torch.testing.assert_close(grad, -cfg.cql_alpha * math.exp(0.3) * (gap - 0.5), check_dtype=False)
+
+
+def test_cql_max_backup_takes_each_critics_max_then_the_min():
+    from offline.cql import max_backup
+
+    q = torch.tensor([[[1.0, 5.0, 2.0], [0.0, -1.0, 3.0]],    # critic 0: maxima 5 (j=1), 3 (j=2)
+                      [[4.0, 0.0, 1.0], [9.0, 2.0, 8.0]]])   # critic 1: maxima 4 (j=0), 9 (j=0)
+    logp = torch.tensor([[-1.0, -2.0, -3.0], [-4.0, -5.0, -6.0]])
+    v, lp = max_backup(q, logp)
+    assert v.tolist() == [4.0, 3.0]        # min over critics of each critic's max
+    assert lp.tolist() == [-1.0, -6.0]     # log pi of the proposal the smaller critic picked
 
 
 def test_bc_is_negative_log_likelihood(gen):
