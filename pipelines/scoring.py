@@ -92,6 +92,19 @@ def scored_logits(model, keep: torch.Tensor, **inputs) -> tuple[torch.Tensor, bo
     return model(**inputs, use_cache=False).logits, False
 
 
+class FullLogits(torch.nn.Module):
+    """`model` behind a forward that takes no `logits_to_keep`, so scoring computes logits at every position
+    (the reference path that tests and benchmarks compare `scored_logits` against)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner = model
+
+    def forward(self, input_ids, attention_mask, position_ids, use_cache=False):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=use_cache)
+
+
 def _at(flat_rows: torch.Tensor, keep: torch.Tensor, fill=0.0) -> torch.Tensor:
     """Scatter per-position values [N] of the True positions of `keep` [B, T] back into a [B, T] tensor."""
     out = torch.full(keep.shape, fill, dtype=flat_rows.dtype, device=flat_rows.device)

@@ -22,23 +22,16 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pipelines.scoring import completion_batch, pair_logps, sequence_logps, shared_prompt_batch  # noqa: E402
-
-
-class FullLogits(nn.Module):
-    """The model without `logits_to_keep` in its forward: scoring falls back to logits at every position."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.inner = model
-
-    def forward(self, input_ids, attention_mask, position_ids, use_cache=False):
-        return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          use_cache=use_cache)
+from pipelines.scoring import (  # noqa: E402
+    FullLogits,
+    completion_batch,
+    pair_logps,
+    sequence_logps,
+    shared_prompt_batch,
+)
 
 
 def main(argv=None) -> None:

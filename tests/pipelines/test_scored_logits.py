@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from pgcore.distributions import token_logprobs
 from pipelines.scoring import (
+    FullLogits,
     completion_batch,
     pair_logps,
     sequence_logps,
@@ -20,18 +20,6 @@ from pipelines.scoring import (
     takes_logits_to_keep,
 )
 from tests.pipelines.helpers import small_model, small_tok
-
-
-class FullLogits(nn.Module):
-    """The same model behind a forward without `logits_to_keep`: scoring must fall back to full logits."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.inner = model
-
-    def forward(self, input_ids, attention_mask, position_ids, use_cache=False):
-        return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          use_cache=use_cache)
 
 
 def _rows_through_head(model):
