@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from pipelines.models import ModelArgs, freeze, load_causal_lm, load_reward_model, load_tokenizer
-from pipelines.scoring import Reference, position_ids
+from pipelines.scoring import Reference, last_logits_kwargs, position_ids
 from reins.errors import ConfigError, DataError
 
 
@@ -89,8 +89,8 @@ class ActorCritic(nn.Module):
         pos = position_ids(attention_mask)
         shared = self.value_head is not None
         out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=False,
-                          logits_to_keep=R + 1, output_hidden_states=shared)
-        logits = out.logits[:, :-1]
+                          output_hidden_states=shared, **last_logits_kwargs(self.policy, R + 1))
+        logits = out.logits[:, -R - 1:-1]
         if shared:
             hidden = out.hidden_states[-1][:, -R - 1:-1]
             values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)

@@ -25,7 +25,7 @@ import torch
 from pgcore.advantages import gae, whiten
 from pgcore.kl import adaptive_kl_beta, kl_estimate, proportional_kl_coef
 from pipelines.data import encode_completion, encode_prompt
-from pipelines.scoring import completion_batch, position_ids, reward_scores, to_device
+from pipelines.scoring import completion_batch, last_logits_kwargs, position_ids, reward_scores, to_device
 
 
 def rollout_batch(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> dict:
@@ -56,8 +56,8 @@ def lm_logits(model, batch: dict) -> torch.Tensor:
     R = batch["response"].shape[1]
     ids, attn = batch["input_ids"], batch["attention_mask"]
     out = model(input_ids=ids, attention_mask=attn, position_ids=position_ids(attn), use_cache=False,
-                logits_to_keep=R + 1)
-    return out.logits[:, :-1]
+                **last_logits_kwargs(model, R + 1))
+    return out.logits[:, -R - 1:-1]
 
 
 def retokenise(rm_tok, prompt, text: str, finished: bool) -> tuple[list[int], list[int]]:

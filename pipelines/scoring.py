@@ -51,10 +51,8 @@ def to_device(batch: dict, device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def takes_logits_to_keep(model) -> bool:
-    """Whether `model` (through DDP, torch.compile and PEFT wrappers) computes its LM head only at the
-    True positions of a boolean `logits_to_keep` [B, T] mask (transformers' causal LMs do; custom code and
-    older transformers releases may not: they get the full logits)."""
+def _unwrapped(model):
+    """The model inside DDP, torch.compile and PEFT wrappers (whose forwards pass keyword arguments on)."""
     m = model
     for _ in range(8):
         inner = getattr(m, "module", None) or getattr(m, "_orig_mod", None)
@@ -63,14 +61,36 @@ def takes_logits_to_keep(model) -> bool:
         if inner is None or inner is m:
             break
         m = inner
+    return m
+
+
+def accepts_logits_to_keep(model) -> bool:
+    """Whether `model`'s forward takes a `logits_to_keep` argument at all (an int: the last n positions)."""
+    m = _unwrapped(model)
+    try:
+        return "logits_to_keep" in inspect.signature(m.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def last_logits_kwargs(model, n: int) -> dict:
+    """Keyword arguments that make `model` compute logits for its last `n` positions only, where it can; the
+    caller slices `logits[:, -n:]` either way, so models without `logits_to_keep` give the same result."""
+    return {"logits_to_keep": n} if accepts_logits_to_keep(model) else {}
+
+
+def takes_logits_to_keep(model) -> bool:
+    """Whether `model` (through DDP, torch.compile and PEFT wrappers) computes its LM head only at the
+    True positions of a boolean `logits_to_keep` [B, T] mask (transformers' causal LMs do; custom code and
+    older transformers releases may not: they get the full logits)."""
+    m = _unwrapped(model)
     key = type(m)
     if key not in _TAKES_KEEP:
         # transformers >= 5 slices the hidden states with `slice_logits_to_keep`, which takes a boolean
         # [B, T] mask; older releases (and custom code) index a 1-D position set or an int only.
         helper = getattr(sys.modules.get(key.__module__), "slice_logits_to_keep", None)
         try:
-            ok = ("logits_to_keep" in inspect.signature(m.forward).parameters and helper is not None
-                  and "torch.bool" in inspect.getsource(helper))
+            ok = (accepts_logits_to_keep(m) and helper is not None and "torch.bool" in inspect.getsource(helper))
         except (TypeError, ValueError, OSError):
             ok = False
         _TAKES_KEEP[key] = ok

@@ -116,3 +116,16 @@ def test_half_precision_token_logprobs_on_flattened_positions(dtype):
     got = token_logprobs(logits, labels, temperature=0.9)
     assert got.dtype == dtype and got.shape == (2500,)
     torch.testing.assert_close(got.float(), ref.to(dtype).float(), rtol=0, atol=0)
+
+
+def test_ppo_response_logits_same_for_a_model_without_logits_to_keep():
+    """PPO asks for the last R + 1 positions' logits only; a model that cannot be asked gets them sliced."""
+    from pipelines.ppo_rollout import lm_logits, rollout_batch
+
+    tok = small_tok()
+    P, C, _ = _data(9)
+    m = small_model(tok, dtype="float64")
+    b = rollout_batch(P, [c or [5] for c in C], tok.pad_token_id)
+    a, full = lm_logits(m, b), lm_logits(FullLogits(m), b)
+    assert a.shape == full.shape == (len(P), b["response"].shape[1], m.config.vocab_size)
+    torch.testing.assert_close(a, full, rtol=0, atol=1e-12)
