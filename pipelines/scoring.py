@@ -7,6 +7,7 @@ score identically.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 from contextlib import contextmanager
@@ -66,9 +67,13 @@ def _unwrapped(model):
 
 def accepts_logits_to_keep(model) -> bool:
     """Whether `model`'s forward takes a `logits_to_keep` argument at all (an int: the last n positions)."""
-    m = _unwrapped(model)
+    return _forward_takes_keep(type(_unwrapped(model)))
+
+
+@functools.cache
+def _forward_takes_keep(cls: type) -> bool:
     try:
-        return "logits_to_keep" in inspect.signature(m.forward).parameters
+        return "logits_to_keep" in inspect.signature(cls.forward).parameters
     except (TypeError, ValueError):
         return False
 
@@ -83,21 +88,18 @@ def takes_logits_to_keep(model) -> bool:
     """Whether `model` (through DDP, torch.compile and PEFT wrappers) computes its LM head only at the
     True positions of a boolean `logits_to_keep` [B, T] mask (transformers' causal LMs do; custom code and
     older transformers releases may not: they get the full logits)."""
-    m = _unwrapped(model)
-    key = type(m)
-    if key not in _TAKES_KEEP:
-        # transformers >= 5 slices the hidden states with `slice_logits_to_keep`, which takes a boolean
-        # [B, T] mask; older releases (and custom code) index a 1-D position set or an int only.
-        helper = getattr(sys.modules.get(key.__module__), "slice_logits_to_keep", None)
-        try:
-            ok = (accepts_logits_to_keep(m) and helper is not None and "torch.bool" in inspect.getsource(helper))
-        except (TypeError, ValueError, OSError):
-            ok = False
-        _TAKES_KEEP[key] = ok
-    return _TAKES_KEEP[key]
+    return _takes_bool_keep(type(_unwrapped(model)))
 
 
-_TAKES_KEEP: dict[type, bool] = {}
+@functools.cache
+def _takes_bool_keep(cls: type) -> bool:
+    # transformers >= 5 slices the hidden states with `slice_logits_to_keep`, which takes a boolean [B, T]
+    # mask; older releases (and custom code) index a 1-D position set or an int only.
+    helper = getattr(sys.modules.get(cls.__module__), "slice_logits_to_keep", None)
+    try:
+        return _forward_takes_keep(cls) and helper is not None and "torch.bool" in inspect.getsource(helper)
+    except (TypeError, OSError):
+        return False
 
 
 def scored_logits(model, keep: torch.Tensor, **inputs) -> tuple[torch.Tensor, bool]:
@@ -105,10 +107,8 @@ def scored_logits(model, keep: torch.Tensor, **inputs) -> tuple[torch.Tensor, bo
     head applied to those positions only (`logits_to_keep` as a boolean mask); or, for a model without that
     argument, the full [B, T, V] logits. The flag says which of the two came back."""
     if takes_logits_to_keep(model) and bool(keep.any()):
-        out = model(**inputs, use_cache=False, logits_to_keep=keep)
-        if out.logits.dim() == 2:
-            return out.logits, True
-        return out.logits, False  # pragma: no cover - a model that ignored the mask
+        logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
+        return logits, logits.dim() == 2
     return model(**inputs, use_cache=False).logits, False
 
 
