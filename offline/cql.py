@@ -28,7 +28,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from offline.nets import EnsembleCritic, TanhGaussianActor
+from offline.nets import EnsembleCritic, TanhGaussianActor, small_last_init_
 from offline.trainer import OfflineConfig, run_offline
 from pgcore.distributions import TanhGaussian
 from pgcore.offline_losses import cql_alpha_loss, cql_regularizer
@@ -48,11 +48,12 @@ PRESETS: dict[str, dict] = {
     "corl-locomotion": dict(hidden=[256, 256, 256], q_hidden=[256, 256, 256], policy_lr=3e-5, qf_lr=3e-4,
                             cql_alpha=10.0, cql_lagrange=False, cql_n_actions=10, cql_importance_sample=True,
                             bc_steps=0, backup_entropy=False, normalize_obs=True, orthogonal_init=True,
+                            actor_last_gain=1e-2,
                             max_steps=1_000_000, eval_every=5000, eval_episodes=10),
     # young-geng/CQL defaults (CORL's source): 2x256, lr 3e-4, min_q_weight 5.
     "young-geng": dict(hidden=[256, 256], q_hidden=[256, 256], policy_lr=3e-4, qf_lr=3e-4, cql_alpha=5.0,
                        cql_lagrange=False, cql_n_actions=10, bc_steps=0, backup_entropy=False,
-                       max_steps=1_000_000),
+                       actor_last_gain=1e-2, max_steps=1_000_000),
 }
 
 
@@ -81,7 +82,8 @@ class Config(OfflineConfig):
     cql_clip_diff_max: float = math.inf
     bc_steps: int = 0  # BC warm-up of the actor (original: 40k)
     log_std_offset: float = -1.0
-    orthogonal_init: bool = False
+    orthogonal_init: bool = False  # critics: orthogonal, gain sqrt(2) on hidden layers, 1e-2 on the output (CORL)
+    actor_last_gain: float | None = None  # actor output layer: xavier-uniform with this gain, zero bias (CORL 1e-2)
 
     PRESETS: ClassVar[dict] = PRESETS
 
@@ -93,6 +95,8 @@ class Config(OfflineConfig):
         check(self.cql_temp > 0, f"cql_temp must be > 0, got {self.cql_temp}")
         check(self.alpha > 0, f"alpha must be > 0, got {self.alpha}")
         check(self.bc_steps >= 0, f"bc_steps must be >= 0, got {self.bc_steps}")
+        check(self.actor_last_gain is None or self.actor_last_gain > 0,
+              f"actor_last_gain must be > 0 or null, got {self.actor_last_gain}")
         for name in ("policy_lr", "qf_lr", "cql_alpha_prime_lr"):
             check(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
         check(self.alpha_lr >= 0, f"alpha_lr must be >= 0, got {self.alpha_lr}")
@@ -114,6 +118,8 @@ class CQL:
         self.actor_spec = {"kind": "tanh_gaussian", "obs_dim": obs_dim, "act_dim": act_dim,
                            "hidden": list(cfg.hidden), "log_std_offset": cfg.log_std_offset}
         self.actor = TanhGaussianActor(obs_dim, act_dim, cfg.hidden, log_std_offset=cfg.log_std_offset).to(device)
+        if cfg.actor_last_gain is not None:
+            small_last_init_(self.actor.net, cfg.actor_last_gain)
         self.critic = EnsembleCritic(obs_dim, act_dim, cfg.q_hidden, 2, cfg.orthogonal_init).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor(math.log(cfg.alpha), device=device, requires_grad=True)

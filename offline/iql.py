@@ -14,13 +14,14 @@ the original computes them after the V step. The actor's learning rate follows a
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 
-from offline.nets import EnsembleCritic, ValueNet, build_actor
+from offline.nets import EnsembleCritic, ValueNet, build_actor, orthogonal_init_
 from offline.trainer import OfflineConfig, run_offline
 from pgcore.offline_losses import awr_loss, expectile_loss
 from pgcore.policy_losses import ddpg_target, polyak_update
@@ -64,7 +65,7 @@ class Config(OfflineConfig):
     tau: float = 0.005  # Polyak rate of the target critics
     n_critics: int = 2
     value_layer_norm: bool = False
-    orthogonal_init: bool = False
+    orthogonal_init: bool = False  # original IQL init: orthogonal, gain sqrt(2) on every layer of every net
 
     PRESETS: ClassVar[dict] = PRESETS
 
@@ -89,9 +90,16 @@ class IQL:
         spec = dict(self.actor_spec)
         self.actor = build_actor(spec.pop("kind"), spec.pop("obs_dim"), spec.pop("act_dim"), spec.pop("hidden"),
                                  **spec).to(device)
-        self.critic = EnsembleCritic(obs_dim, act_dim, cfg.hidden, cfg.n_critics, cfg.orthogonal_init).to(device)
+        # ikostrikov/implicit_q_learning's default_init: orthogonal with scale sqrt(2) on every Dense layer,
+        # output layers included, for the actor, the critics and the value net alike.
+        gain = math.sqrt(2.0)
+        if cfg.orthogonal_init:
+            orthogonal_init_(self.actor.net, gain)
+        self.critic = EnsembleCritic(obs_dim, act_dim, cfg.hidden, cfg.n_critics, cfg.orthogonal_init,
+                                     last_gain=gain).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.value = ValueNet(obs_dim, cfg.hidden, cfg.value_layer_norm, cfg.orthogonal_init).to(device)
+        self.value = ValueNet(obs_dim, cfg.hidden, cfg.value_layer_norm, cfg.orthogonal_init,
+                              last_gain=gain).to(device)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, foreach=True)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, foreach=True)
         self.value_opt = torch.optim.Adam(self.value.parameters(), lr=cfg.value_lr, foreach=True)

@@ -16,7 +16,7 @@ from pgcore.distributions import TanhGaussian, diag_gaussian_log_prob
 
 
 def mlp(in_dim: int, hidden: list[int], out_dim: int, *, layer_norm: bool = False, dropout: float = 0.0,
-        orthogonal: bool = False) -> nn.Sequential:
+        orthogonal: bool = False, last_gain: float = 1e-2) -> nn.Sequential:
     layers: list[nn.Module] = []
     d = in_dim
     for h in hidden:
@@ -28,15 +28,28 @@ def mlp(in_dim: int, hidden: list[int], out_dim: int, *, layer_norm: bool = Fals
             layers.append(nn.Dropout(dropout))
         d = h
     layers.append(nn.Linear(d, out_dim))
+    net = nn.Sequential(*layers)
     if orthogonal:
-        # Original IQL / CORL-CQL: orthogonal init with gain sqrt(2) on hidden layers, small last layer.
-        linears = [m for m in layers if isinstance(m, nn.Linear)]
-        for m in linears[:-1]:
-            nn.init.orthogonal_(m.weight, math.sqrt(2.0))
-            nn.init.zeros_(m.bias)
-        nn.init.orthogonal_(linears[-1].weight, 1e-2)
-        nn.init.zeros_(linears[-1].bias)
-    return nn.Sequential(*layers)
+        orthogonal_init_(net, last_gain)
+    return net
+
+
+def orthogonal_init_(net: nn.Module, last_gain: float = 1e-2) -> None:
+    """Orthogonal weights with gain sqrt(2) on the hidden layers and `last_gain` on the output layer, zero biases.
+
+    CORL's CQL critics use last_gain 1e-2; the original IQL code (`default_init`) uses sqrt(2) on every layer.
+    """
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    for i, m in enumerate(linears):
+        nn.init.orthogonal_(m.weight, last_gain if i == len(linears) - 1 else math.sqrt(2.0))
+        nn.init.zeros_(m.bias)
+
+
+def small_last_init_(net: nn.Module, gain: float = 1e-2) -> None:
+    """Xavier-uniform weights with a small gain and a zero bias on the output layer only (CORL's CQL actor)."""
+    last = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
+    nn.init.xavier_uniform_(last.weight, gain)
+    nn.init.zeros_(last.bias)
 
 
 class EnsembleLinear(nn.Module):
@@ -57,7 +70,8 @@ class EnsembleLinear(nn.Module):
 class EnsembleCritic(nn.Module):
     """E Q-functions Q_e(s, a) sharing nothing but the batched computation; returns [E, ...batch]."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], n: int = 2, orthogonal: bool = False):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], n: int = 2, orthogonal: bool = False,
+                 last_gain: float = 1e-2):
         super().__init__()
         self.n = n
         dims = [obs_dim + act_dim, *hidden, 1]
@@ -66,7 +80,7 @@ class EnsembleCritic(nn.Module):
             for i, layer in enumerate(self.layers):
                 last = i == len(self.layers) - 1
                 for e in range(n):
-                    nn.init.orthogonal_(layer.weight.data[e].T, 1e-2 if last else math.sqrt(2.0))
+                    nn.init.orthogonal_(layer.weight.data[e].T, last_gain if last else math.sqrt(2.0))
                 nn.init.zeros_(layer.bias)
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
@@ -81,9 +95,10 @@ class EnsembleCritic(nn.Module):
 
 
 class ValueNet(nn.Module):
-    def __init__(self, obs_dim: int, hidden: list[int], layer_norm: bool = False, orthogonal: bool = False):
+    def __init__(self, obs_dim: int, hidden: list[int], layer_norm: bool = False, orthogonal: bool = False,
+                 last_gain: float = 1e-2):
         super().__init__()
-        self.net = mlp(obs_dim, hidden, 1, layer_norm=layer_norm, orthogonal=orthogonal)
+        self.net = mlp(obs_dim, hidden, 1, layer_norm=layer_norm, orthogonal=orthogonal, last_gain=last_gain)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(obs).squeeze(-1)

@@ -213,3 +213,55 @@ def test_bc_is_negative_log_likelihood(gen):
         base = (-0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
         logp = base - torch.log(1 - a ** 2).sum(-1)
     torch.testing.assert_close(info["loss/actor"], -logp.mean())
+
+
+def _linears(module):
+    return [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+
+
+def _is_orthogonal(w, gain):
+    """Rows or columns (whichever are fewer) orthonormal up to `gain`, as nn.init.orthogonal_ makes them."""
+    g = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+    return torch.allclose(g, gain ** 2 * torch.eye(g.shape[0]), atol=1e-5 * max(1.0, gain ** 2))
+
+
+def test_iql_paper_preset_inits_every_layer_orthogonal_sqrt2():
+    """Original IQL's default_init: orthogonal, scale sqrt(2), on every Dense layer of actor, critics and V."""
+    cfg = IQLConfig(dataset="x", preset="paper-locomotion", hidden=[16, 16])
+    cfg.validate()  # applies the preset
+    algo = IQL(cfg, OBS, ACT, torch.device("cpu"))
+    nets = [_linears(algo.actor), _linears(algo.value)]
+    assert len(nets[0]) == 3 and len(nets[1]) == 3
+    for linears in nets:
+        for m in linears:  # output layers included
+            assert _is_orthogonal(m.weight.detach(), math.sqrt(2.0))
+            assert torch.count_nonzero(m.bias) == 0
+    for layer in algo.critic.layers:
+        for e in range(algo.critic.n):
+            assert _is_orthogonal(layer.weight.detach()[e], math.sqrt(2.0))
+        assert torch.count_nonzero(layer.bias) == 0
+    # without the preset the actor keeps torch's default (uniform, non-zero biases)
+    plain = IQL(IQLConfig(dataset="x", hidden=[16, 16]), OBS, ACT, torch.device("cpu"))
+    assert not _is_orthogonal(_linears(plain.actor)[0].weight.detach(), math.sqrt(2.0))
+    assert torch.count_nonzero(_linears(plain.actor)[0].bias) > 0
+
+
+def test_cql_corl_preset_inits_critics_orthogonal_and_actor_last_layer_small():
+    cfg = CQLConfig(dataset="x", preset="corl-locomotion", hidden=[16, 16], q_hidden=[16, 16])
+    cfg.validate()
+    assert cfg.actor_last_gain == 1e-2
+    algo = CQL(cfg, OBS, ACT, torch.device("cpu"))
+    n = len(algo.critic.layers)
+    for i, layer in enumerate(algo.critic.layers):
+        for e in range(2):
+            assert _is_orthogonal(layer.weight.detach()[e], 1e-2 if i == n - 1 else math.sqrt(2.0))
+    actor = _linears(algo.actor)
+    last = actor[-1].weight.detach()
+    bound = 1e-2 * math.sqrt(6.0 / (last.shape[0] + last.shape[1]))  # xavier-uniform, gain 1e-2
+    assert last.abs().max() <= bound and last.abs().max() > bound / 2
+    assert torch.count_nonzero(actor[-1].bias) == 0
+    # hidden actor layers keep torch's default init (CORL passes no orthogonal init to the actor)
+    first = actor[0].weight.detach()
+    assert not _is_orthogonal(first, math.sqrt(2.0)) and first.abs().max() > 0.1
+    with __import__("pytest").raises(Exception, match="actor_last_gain must be > 0"):
+        CQLConfig(dataset="x", actor_last_gain=0.0).validate()
