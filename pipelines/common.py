@@ -114,10 +114,10 @@ def train_and_finish(trainer, run: RunDir, accelerator, tok, evaluate, *, eval_e
     from pipelines.models import save_model
 
     def on_step(step: int, metrics: dict) -> None:
-        if eval_every and step % eval_every == 0 and step < trainer.total_steps and accelerator.is_main_process:
+        if step < trainer.total_steps and accelerator.is_main_process:
             run.log(step, evaluate())
 
-    last = trainer.train(on_step)
+    last = trainer.train(on_step, every=eval_every) if eval_every else trainer.train()
     final = None
     if accelerator.is_main_process:
         save_model(export(trainer.unwrapped), tok, run.path / "model")

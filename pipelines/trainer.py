@@ -9,8 +9,10 @@ gradient is exactly that of the global-batch mean however the batch is split (an
 gradient-accumulation normalisation bugs).
 
 Checkpoint (main process, atomic, weights-only): trainable parameters, optimizer, scheduler, RNG, step; the
-data position follows from the step. A non-finite loss or gradient norm raises NonFiniteError before the
-optimizer step and before any checkpoint, so the last good checkpoint is kept.
+data position follows from the step. Metrics stay on the device between sync points (log, save and hook steps);
+there the loss and gradient norm of every step since the last one are checked, and a non-finite one raises
+NonFiniteError naming its step before anything after it is logged, evaluated or checkpointed, so the last good
+checkpoint is kept.
 """
 
 from __future__ import annotations
@@ -169,6 +171,8 @@ class Trainer:
         self.resumed_from = self.step
         self._order: tuple[int, list[int]] | None = None
         self._lengths: list[int] | None = None
+        self._names: list[str] | None = None  # metric names and kinds, fixed by the first step's stats
+        self._kinds: list[str] = []
 
     @property
     def unwrapped(self):
@@ -187,27 +191,66 @@ class Trainer:
                                               group_by_length=self.args.group_by_length))
         return self._order[1]
 
-    def _reduce(self, stats: list[dict]) -> dict:
-        """Exact cross-process reduction of the micro-batch stats of one step."""
-        names = list(stats[0])
+    def _pack(self, stats: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step's micro-batch stats as device tensors, without a host sync: [M, 2] (sum, count) of the
+        "mean" metrics and [K] of the "min"/"max" ones (this process's extreme over its micro-batches)."""
         dev = self.acc.device
-        out = {}
-        for name in names:
-            kind = stats[0][name][0]
-            if kind == "mean":
-                v = torch.stack([torch.stack([torch.as_tensor(s[name][1], dtype=torch.float64),
-                                              torch.as_tensor(s[name][2], dtype=torch.float64)]) for s in stats])
-                tot = self.acc.reduce(v.sum(0).to(dev), reduction="sum")
-                out[name] = (tot[0] / tot[1].clamp_min(1e-12)).item()
-            else:
-                fn = torch.min if kind == "min" else torch.max
-                v = fn(torch.stack([torch.as_tensor(s[name][1], dtype=torch.float64) for s in stats])).to(dev)
-                g = self.acc.gather(v.reshape(1))
-                out[name] = fn(g).item()
+        if self._names is None:
+            self._names = list(stats[0])
+            self._kinds = [stats[0][n][0] for n in self._names]
+        f64 = torch.float64
+
+        def t(x):  # detached (the graph is not kept across steps); host numbers copied without a stream sync
+            if isinstance(x, torch.Tensor):
+                return x.detach().to(dev, f64).reshape(())
+            return torch.tensor(float(x), dtype=f64).to(dev, non_blocking=True)
+
+        means = [n for n, k in zip(self._names, self._kinds) if k == "mean"]
+        mean = torch.stack([torch.stack([sum(t(s[n][1]) for s in stats), sum(t(s[n][2]) for s in stats)])
+                            for n in means]) if means else torch.zeros(0, 2, dtype=f64, device=dev)
+        ext = []
+        for n, k in zip(self._names, self._kinds):
+            if k != "mean":
+                v = torch.stack([t(s[n][1]) for s in stats])
+                ext.append(v.min() if k == "min" else v.max())
+        return mean, (torch.stack(ext) if ext else torch.zeros(0, dtype=f64, device=dev))
+
+    def _read(self, pending: list[dict]) -> list[dict]:
+        """Reduce the pending steps' stats across processes and bring them to the host: two collectives and one
+        device-to-host copy for the whole interval, instead of a collective and a sync per metric per step."""
+        means = torch.stack([p["mean"] for p in pending])                  # [S, M, 2]
+        ext = torch.stack([p["ext"] for p in pending])                     # [S, K]
+        norms = torch.stack([torch.as_tensor(p["grad_norm"]).to(means.device, torch.float64).reshape(())
+                             for p in pending])
+        means = self.acc.reduce(means, reduction="sum")
+        if ext.numel():
+            g = self.acc.gather(ext.unsqueeze(0)).reshape(-1, *ext.shape)  # [world, S, K]
+            kinds = [k for k in self._kinds if k != "mean"]
+            lo, hi = g.min(dim=0).values, g.max(dim=0).values
+            ext = torch.stack([lo[:, j] if k == "min" else hi[:, j] for j, k in enumerate(kinds)], dim=1)
+        host = torch.cat([(means[..., 0] / means[..., 1].clamp_min(1e-12)).reshape(len(pending), -1),
+                          ext.reshape(len(pending), -1), norms.reshape(-1, 1)], dim=1).cpu().tolist()
+        mean_names = [n for n, k in zip(self._names, self._kinds) if k == "mean"]
+        ext_names = [n for n, k in zip(self._names, self._kinds) if k != "mean"]
+        out = []
+        for p, row in zip(pending, host):
+            m = dict(zip(mean_names + ext_names, row[:-1]))
+            m = {n: m[n] for n in self._names}  # the stage's own order
+            m["grad_norm"] = row[-1]
+            m.update(p["host"])
+            out.append(m)
         return out
 
-    def train(self, on_step: Callable[[int, dict], None] | None = None) -> dict:
-        """Run to `total_steps`; `on_step(step, metrics)` after each step (eval hooks). Returns the last metrics."""
+    def train(self, on_step: Callable[[int, dict], None] | None = None, every: int = 1) -> dict:
+        """Run to `total_steps`; `on_step(step, metrics)` after every `every`-th step (eval hooks). Returns the last
+        step's metrics.
+
+        Metrics stay on the device and are read, with the finiteness checks of loss and gradient norm, only at
+        sync points: every `log_every` and `save_every` step, every `every`-th step and the last one. A non-finite
+        loss or gradient norm stops the run at the next sync point with an error naming the first bad step, before
+        anything is logged, evaluated or checkpointed after it, so the last good checkpoint is kept (the steps
+        between the bad one and the sync point are computed and thrown away).
+        """
         if self._rng is not None:
             set_rng_state(self._rng)
         if self.run is not None and self.acc.is_main_process:
@@ -216,6 +259,7 @@ class Trainer:
         bar = self.run.progress(self.total_steps, self.step, desc="train") if (
             self.run is not None and acc.is_main_process) else None
         last: dict = {}
+        pending: list[dict] = []
         self.model.train()
         while self.step < self.total_steps:
             idx = self.global_batch(self.step)
@@ -228,28 +272,37 @@ class Trainer:
                     loss, st = self.loss_fn(self.model, [self.examples[i] for i in chunk], denom)
                     acc.backward(loss * (world * args.grad_accum))
                     stats.append(st)
-            metrics = self._reduce(stats)
+            mean, ext = self._pack(stats)
             max_norm = args.max_grad_norm if args.max_grad_norm is not None else float("inf")
             grad_norm = acc.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], max_norm)
-            check_finite("loss", metrics["loss"], step=self.step + 1)
-            check_finite("grad_norm", grad_norm, step=self.step + 1)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
-            metrics["grad_norm"] = float(grad_norm)
-            metrics["learning_rate"] = self.scheduler.get_last_lr()[0]
-            metrics["epoch"] = self.step / self.steps_per_epoch
-            last = metrics
+            pending.append({"mean": mean, "ext": ext, "grad_norm": grad_norm,
+                            "host": {"learning_rate": self.scheduler.get_last_lr()[0],
+                                     "epoch": self.step / self.steps_per_epoch}})
             if bar is not None:
                 bar.update(1)
+            logs = self.step % args.log_every == 0 or self.step == self.total_steps
+            saves = self.step % args.save_every == 0 or self.step == self.total_steps
+            hook = on_step is not None and self.step % every == 0
+            if not (logs or saves or hook):
+                continue
+            first = self.step - len(pending) + 1
+            rows = self._read(pending)
+            pending = []
+            for k, m in enumerate(rows):
+                check_finite("loss", m["loss"], step=first + k)
+                check_finite("grad_norm", m["grad_norm"], step=first + k)
+            metrics = last = rows[-1]
+            if bar is not None:
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-            if on_step is not None:
+            if hook:
                 on_step(self.step, metrics)
-            if self.run is not None and acc.is_main_process and (
-                    self.step % args.log_every == 0 or self.step == self.total_steps):
+            if self.run is not None and acc.is_main_process and logs:
                 self.run.log(self.step, metrics)
-            if self.step % args.save_every == 0 or self.step == self.total_steps:
+            if saves:
                 self.save()
         if bar is not None:
             bar.close()

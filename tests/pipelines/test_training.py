@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -114,6 +115,82 @@ def test_nan_loss_stops_before_checkpointing(tmp_path, monkeypatch):
     run = RunDir(cfg.output_dir, cfg)
     assert run.load_checkpoint()["step"] == 1
     assert run.completed_metrics() is None
+
+
+class _Toy(torch.nn.Module):
+    """A linear regression the Trainer can run: loss_fn below does no host sync of its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 1)
+
+
+def _toy_trainer(tmp_path, n=40, poison_from=None, **kw):
+    cfg = _cfg(dpo, tmp_path, batch_size=4, max_grad_norm=1.0, **kw)
+    g = torch.Generator().manual_seed(0)
+    examples = [{"x": torch.randn(3, generator=g), "y": float(i % 3)} for i in range(n)]
+    calls = {"n": 0}
+
+    def loss_fn(model, exs, denom):
+        calls["n"] += 1
+        x = torch.stack([e["x"] for e in exs])
+        y = torch.tensor([e["y"] for e in exs])
+        err = (model.lin(x).squeeze(-1) - y).square()
+        if poison_from is not None and calls["n"] >= poison_from:
+            err = err * float("nan")
+        return err.sum() / denom, {"loss": ("mean", err.detach().sum(), len(exs)),
+                                   "max_err": ("max", err.detach().max())}
+
+    run = RunDir(cfg.output_dir, cfg)
+    torch.manual_seed(0)
+    t = Trainer(run, cfg, make_accelerator(cfg), _Toy(), examples, loss_fn, seed=0)
+    return t, run, calls
+
+
+def test_trainer_reads_metrics_only_at_sync_points(tmp_path, monkeypatch):
+    """Between log/save/hook steps the loop makes no device-to-host read: metrics and the finiteness checks
+    are read at sync points only, and still come out per step exactly."""
+    t, run, calls = _toy_trainer(tmp_path, max_steps=10, log_every=5, save_every=100)
+    t.epoch_order(0)  # the epoch's permutation is read once up front
+    reads: list[int] = []
+    for name in ("item", "tolist", "__float__", "__bool__", "__int__", "__index__"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _real=real, **k):
+            # torch.optim reads its step counter, a host tensor even for CUDA parameters: not a device sync
+            if "torch/optim/" not in sys._getframe(1).f_code.co_filename.replace("\\", "/"):
+                reads.append(calls["n"])
+            return _real(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    hooked = []
+    t.train(lambda step, m: hooked.append((step, m["loss"])), every=2)
+    monkeypatch.undo()
+    assert sorted(set(reads)) == [2, 4, 5, 6, 8, 10]  # hooks every 2nd step, logs at 5 and 10; nothing else
+    assert [s for s, _ in hooked] == [2, 4, 6, 8, 10]
+    log = [json.loads(x) for x in (run.path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [5, 10]
+    assert all(math.isfinite(r["loss"]) and r["max_err"] * 4 >= r["loss"] for r in log)
+    assert log[0]["learning_rate"] != log[1]["learning_rate"] and log[1]["epoch"] == 1.0
+
+
+def test_trainer_metrics_equal_per_step_reads(tmp_path):
+    """Deferred reads give the same per-step metrics as reading every step."""
+    a, _, _ = _toy_trainer(tmp_path / "a", max_steps=10, log_every=10, save_every=100)
+    b, _, _ = _toy_trainer(tmp_path / "b", max_steps=10, log_every=10, save_every=100)
+    per_step: list[dict] = []
+    a.train(lambda step, m: per_step.append(dict(m)), every=1)
+    last = b.train()
+    assert last == pytest.approx(per_step[-1], rel=1e-12)
+    assert last["max_err"] >= last["loss"] > 0
+
+
+def test_nan_between_sync_points_names_its_step_and_keeps_the_checkpoint(tmp_path):
+    t, run, _ = _toy_trainer(tmp_path, max_steps=12, log_every=4, save_every=4, poison_from=6)
+    with pytest.raises(NonFiniteError, match="non-finite loss at step 6"):
+        t.train()
+    assert run.load_checkpoint()["step"] == 4
+    log = [json.loads(x) for x in (run.path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [4]
 
 
 def test_config_and_data_errors_before_training(tmp_path):
