@@ -53,6 +53,54 @@ def test_scripted_tiers(minari_root, tmp_path):
     assert tr.terminals.sum() == 0 and tr.timeouts.sum() == m["medium/episodes"]
 
 
+def test_arrow_tiers_match_hdf5(minari_root, tmp_path):
+    """data_format=arrow writes the same tiers as hdf5: transitions, reference scores and metadata round-trip
+    through the project's loader and through minari.load_dataset."""
+    tiers = ["random", "medium", "expert", "medium-expert"]  # scripted medium-replay is 100 episodes: left out
+    kw = dict(tiers=tiers, steps_per_tier=400)
+    m_h5 = train(_cfg(tmp_path, output_dir=str(tmp_path / "h5"), dataset_prefix="test/h5", **kw))
+    m_ar = train(_cfg(tmp_path, output_dir=str(tmp_path / "ar"), dataset_prefix="test/arrow", data_format="arrow",
+                      **kw))
+    assert {k: v for k, v in m_ar.items() if k != "datasets"} == {k: v for k, v in m_h5.items() if k != "datasets"}
+    for t in tiers:
+        h5_id, ar_id = f"test/h5/{t}-v0", f"test/arrow/{t}-v0"
+        assert (minari_root / ar_id / "data" / "0").is_dir()  # arrow's one folder per episode, no main_data.hdf5
+        assert not (minari_root / ar_id / "data" / "main_data.hdf5").exists()
+        # the project's loader (what iql/cql/bc read): the same transition table
+        a, b = load_transitions(h5_id), load_transitions(ar_id)
+        for k in ("observations", "next_observations", "actions", "rewards", "terminals", "timeouts",
+                  "episode_ids", "episode_returns"):
+            x, y = getattr(a, k), getattr(b, k)
+            assert x.dtype == y.dtype and np.array_equal(x, y), k
+        assert (b.ref_min_score, b.ref_max_score) == (m_h5["ref/min_score"], m_h5["ref/max_score"])
+        assert b.env_id == "Pendulum-v1"
+        # minari's own loader: episode by episode, exactly equal
+        dh, da = minari.load_dataset(h5_id), minari.load_dataset(ar_id)
+        assert da.storage.metadata["data_format"] == "arrow" and dh.storage.metadata["data_format"] == "hdf5"
+        assert da.total_episodes == dh.total_episodes == m_h5[f"{t}/episodes"]
+        assert da.total_steps == dh.total_steps == m_h5[f"{t}/steps"]
+        for eh, ea in zip(dh.iterate_episodes(), da.iterate_episodes(), strict=True):
+            assert eh.id == ea.id
+            for k in ("observations", "actions", "rewards", "terminations", "truncations"):
+                x, y = np.asarray(getattr(eh, k)), np.asarray(getattr(ea, k))
+                assert x.dtype == y.dtype and np.array_equal(x, y), (t, eh.id, k)
+        rets = np.array([ep.rewards.sum() for ep in da.iterate_episodes()])
+        score = float(minari.get_normalized_score(da, rets.mean()))
+        assert score == float(minari.get_normalized_score(dh, rets.mean()))
+        assert score * 100 == pytest.approx(m_ar[f"{t}/normalized_score"])
+        # metadata: everything but the format, id and size is the same, reins/* keys included
+        mh, ma = dh.storage.metadata, da.storage.metadata
+        differ = {k for k in mh.keys() | ma.keys() if mh.get(k) != ma.get(k)}
+        assert differ == {"data_format", "dataset_id", "dataset_size"}
+        assert ma["reins/tier"] == t and ma["num_episodes_average_score"] == 4
+        # per-episode seeds: stored by minari per episode and in reins/episode_seeds, the same in both formats
+        n = da.total_episodes
+        seeds_ar = [e.get("seed") for e in da.storage.get_episode_metadata(range(n))]
+        seeds_h5 = [e.get("seed") for e in dh.storage.get_episode_metadata(range(n))]
+        assert seeds_ar == seeds_h5 == ma["reins/episode_seeds"]
+        assert all(isinstance(x, int) for x in seeds_ar) and len(set(seeds_ar)) == n
+
+
 def test_collect_is_deterministic(minari_root, tmp_path):
     a = train(_cfg(tmp_path, output_dir=str(tmp_path / "a"), tiers=["random", "expert"], dataset_prefix="test/a"))
     b = train(_cfg(tmp_path, output_dir=str(tmp_path / "b"), tiers=["random", "expert"], dataset_prefix="test/b"))
@@ -188,8 +236,63 @@ def test_online_run_source(tmp_path):
     assert info["medium/snapshot_step"] == 2000 and pol.meta["marker"] == 2000
     assert pol.act(np.zeros((2, 3), np.float32)).shape == (2, 1)
     assert [len(e) for e in src.replay()] == [2, 1, 3]  # everything before step 2000
+    # a run directory without config.yaml does not say how its envs were seeded: no seed is invented
+    eps, meta = collect.online_replay(src, 2000)
+    assert [e.seed for e in eps] == [None] * 3
+    assert meta == {"reins/behaviour_seed": None, "reins/replay_env_seeds": None}
     with pytest.raises(DataError, match="no snapshot reaches the medium threshold"):
         src.medium(0.0)
+
+
+def test_online_replay_seeds(minari_root, tmp_path, one_thread):
+    """A real (tiny, untrained) TD3 run: 3 envs, a checkpoint due at 700 env steps. online/common.py resets env
+    i with segment_seeds(seed, segment, 3)[i] at step 0 and at the first vector step past the checkpoint (702);
+    the episodes auto-reset in between (at 600: Pendulum's 200-step limit x 3 envs) have no seed."""
+    import gymnasium as gym
+
+    from online import stage as online_stage
+    from online.common import segment_seeds
+    from reins.config import from_dict
+
+    run = tmp_path / "online"
+    ocfg = from_dict(online_stage.Config, {
+        "output_dir": str(run), "algo": "td3", "env_id": "Pendulum-v1", "seed": 3, "total_steps": 1500,
+        "checkpoint_every": 700, "eval_every": 0, "eval_episodes": 1, "save_snapshots": True,
+        "snapshot_every": 750, "save_replay": True, "quiet": True,
+        "td3": {"num_envs": 3, "learning_starts": 10_000, "hidden": [8]}})  # random actions, no updates
+    online_stage.train(ocfg)
+    # untrained snapshots: rewrite their recorded returns so that step 750 is both medium and expert
+    (run / "snapshots" / "index.json").write_text(json.dumps([{"step": 750, "eval_return": 0.0},
+                                                              {"step": 1500, "eval_return": -1e9}]))
+    m = train(_cfg(tmp_path, behaviour="online", behaviour_run=str(run), tiers=["medium-replay"], ref_episodes=2,
+                   n_envs=2, dataset_prefix="test/online"))
+    assert m["medium/snapshot_step"] == 750
+    ds = load_dataset("test/online/medium-replay-v0")
+    meta = ds.storage.metadata
+    seeds0, seeds1 = segment_seeds(3, 0, 3), segment_seeds(3, 1, 3)
+    assert meta["reins/behaviour_seed"] == 3
+    assert meta["reins/replay_env_seeds"]["segment_start_steps"] == [0, 702]  # 1401 is past the medium cut
+    assert meta["reins/replay_env_seeds"]["seeds"] == [seeds0, seeds1]
+    # per env: [0, 600) seeded, [600, 702) auto-reset then cut by the checkpoint, [702, 750) seeded, cut there
+    eps = list(ds.iterate_episodes())
+    assert [len(e.rewards) for e in eps] == [200, 34, 16] * 3
+    want = [s for i in range(3) for s in (seeds0[i], None, seeds1[i])]
+    assert meta["reins/episode_seeds"] == want
+    assert [e.get("seed") for e in ds.storage.get_episode_metadata(range(len(eps)))] == want
+    # the stored seeds are true: a fresh env reset with one starts exactly where the replay's episode does
+    env = gym.make("Pendulum-v1")
+    for ep, seed in zip(eps, want):
+        if seed is not None:
+            np.testing.assert_array_equal(env.reset(seed=seed)[0], ep.observations[0])
+    env.close()
+
+
+def test_segment_start_steps():
+    # vector steps are multiples of num_envs; a checkpoint is taken at the first one at or past it
+    assert collect.segment_start_steps(1500, 700, 3) == [0, 702, 1401]
+    assert collect.segment_start_steps(20, 3, 8) == [0, 8, 16]  # checkpoints due faster than vector steps
+    assert collect.segment_start_steps(1000, 0, 4) == [0]  # checkpoint_every=0: one reset at the start
+    assert collect.segment_start_steps(1400, 700, 2) == [0, 700]  # the boundary at the end starts nothing
 
 
 def _deterministic_arch():
