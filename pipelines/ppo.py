@@ -285,7 +285,10 @@ def ppo_update(cfg: Config, model, optimizer, accelerator, data: dict, *, genera
 def _optimizer(cfg: Config, ac):
     groups = [{"params": ac.policy_parameters(), "lr": cfg.learning_rate},
               {"params": ac.value_parameters(), "lr": cfg.value_learning_rate or cfg.learning_rate}]
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+    params = [p for g in groups for p in g["params"]]
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)  # see trainer.py
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, eps=cfg.adam_eps, weight_decay=cfg.weight_decay,
+                             fused=fused or None)
 
 
 def param_sync_gap(accelerator, model) -> float:
