@@ -55,7 +55,7 @@ from pipelines.ppo_rollout import (
     transform_scores,
 )
 from pipelines.scoring import to_device
-from pipelines.trainer import TrainArgs, lr_lambda, make_accelerator
+from pipelines.trainer import TrainArgs, adamw, lr_lambda, make_accelerator
 from reins.cli import stage_main
 from reins.config import RunArgs, check
 from reins.errors import ConfigError, DataError, NonFiniteError
@@ -285,10 +285,7 @@ def ppo_update(cfg: Config, model, optimizer, accelerator, data: dict, *, genera
 def _optimizer(cfg: Config, ac):
     groups = [{"params": ac.policy_parameters(), "lr": cfg.learning_rate},
               {"params": ac.value_parameters(), "lr": cfg.value_learning_rate or cfg.learning_rate}]
-    params = [p for g in groups for p in g["params"]]
-    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)  # see trainer.py
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, eps=cfg.adam_eps, weight_decay=cfg.weight_decay,
-                             fused=fused or None)
+    return adamw(groups, lr=cfg.learning_rate, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
 
 
 def param_sync_gap(accelerator, model) -> float:

@@ -120,6 +120,14 @@ def lr_lambda(args: TrainArgs, total: int) -> Callable[[int], float]:
     return f
 
 
+def adamw(groups: list[dict], **kw) -> torch.optim.AdamW:
+    """AdamW with the fused kernel where every parameter allows it (floats on CPU or CUDA). It is HF Trainer's
+    default since torch 2.8, and ~4x faster than the per-tensor loop torch picks on CPU: 19 vs 85 ms per step for
+    a 10M-parameter Llama on one thread."""
+    ok = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, fused=True if ok else None, **kw)
+
+
 class Trainer:
     """Runs `loss_fn` over `examples` with the stage contract's checkpoint/resume/NaN rules.
 
@@ -147,12 +155,8 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
-        # The fused kernel (CPU and CUDA; HF Trainer's default since torch 2.8) is ~4x faster than the per-tensor
-        # loop torch picks on CPU: 19 vs 85 ms per step for a 10M-parameter Llama on one thread.
-        fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=args.learning_rate,
-                                fused=fused or None)
+        opt = adamw([{"params": decay, "weight_decay": args.weight_decay},
+                     {"params": no_decay, "weight_decay": 0.0}], lr=args.learning_rate)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args, self.total_steps))
         self.step = 0
         state = run.load_checkpoint() if run is not None else None

@@ -309,3 +309,27 @@ def test_torch_compile_trains_like_eager_and_saves_plain_weights(tmp_path):
     for n in eager_p:
         assert torch.allclose(comp_p[n], eager_p[n], atol=1e-4), n
     assert any(not torch.equal(init[n], eager_p[n]) for n in init)  # the steps did move the weights
+
+
+def test_adamw_is_fused_and_steps_like_the_reference():
+    from pipelines.trainer import adamw
+
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(5, 4).double(), torch.nn.Linear(5, 4).double()
+    b.load_state_dict(a.state_dict())
+    fa = adamw([{"params": [a.weight], "weight_decay": 0.1}, {"params": [a.bias], "weight_decay": 0.0}], lr=1e-2)
+    ref = torch.optim.AdamW([{"params": [b.weight], "weight_decay": 0.1}, {"params": [b.bias], "weight_decay": 0.0}],
+                            lr=1e-2, foreach=False)
+    assert fa.defaults["fused"] is True
+    w0 = a.weight.detach().clone()
+    x = torch.randn(8, 5, dtype=torch.float64)
+    for _ in range(3):
+        for m, opt in ((a, fa), (b, ref)):
+            opt.zero_grad()
+            m(x).square().sum().backward()
+            opt.step()
+    assert (a.weight - w0).abs().min() > 1e-3  # every weight moved
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(p, q, rtol=1e-12, atol=1e-14)
+    # integer / non-float parameters cannot use the fused kernel: plain AdamW then
+    assert adamw([{"params": [torch.zeros(2, dtype=torch.int64)]}], lr=1e-2).defaults["fused"] is None
