@@ -370,6 +370,26 @@ def _source(cfg: Config):
     return OnlineRunSource(cfg.behaviour_run)
 
 
+def _check_behaviour_env(cfg: Config) -> None:
+    """An online behaviour (its recipe, or the finished run it left) must be of the env being collected."""
+    if cfg.behaviour != "online":
+        return
+    if cfg.behaviour_recipe:
+        from online import stage as online_stage
+        from reins.config import load_config
+
+        env_id, where = load_config(online_stage.Config, cfg.behaviour_recipe,
+                                    {**cfg.behaviour_overrides, "output_dir": cfg.behaviour_run or "x"},
+                                    stage="online").env_id, f"behaviour_recipe {cfg.behaviour_recipe}"
+    else:
+        seeding = online_replay_seeding(Path(cfg.behaviour_run))
+        if seeding is None:
+            return
+        env_id, where = seeding.env_id, f"behaviour_run {cfg.behaviour_run}"
+    if env_id != cfg.env_id:
+        raise ConfigError(f"{where} trains on {env_id}, but env_id is {cfg.env_id}")
+
+
 def _remove_stale_staging(root: Path) -> None:
     """Delete staging roots left by collections that were killed (their process no longer exists)."""
     if not root.is_dir():
@@ -410,6 +430,7 @@ def train(cfg: Config) -> dict:
     probe = make_env(cfg.env_id)  # fail fast on an unknown env id, before the run dir exists
     space = probe.action_space
     probe.close()
+    _check_behaviour_env(cfg)
     run = RunDir(cfg.output_dir, cfg, quiet=cfg.quiet)
     src = _source(cfg)
     sd = cfg.seed * 1_000_003  # episode seeds: sd + offset per tier, + k per episode

@@ -285,6 +285,17 @@ def test_online_replay_seeds(minari_root, tmp_path, one_thread):
         if seed is not None:
             np.testing.assert_array_equal(env.reset(seed=seed)[0], ep.observations[0])
     env.close()
+    # a behaviour run of another env is refused before anything is collected
+    with pytest.raises(ConfigError, match="trains on Pendulum-v1, but env_id is MountainCarContinuous-v0"):
+        train(_cfg(tmp_path, env_id="MountainCarContinuous-v0", behaviour="online", behaviour_run=str(run),
+                   tiers=["medium-replay"], ref_episodes=2, n_envs=2, dataset_prefix="test/mc",
+                   output_dir=str(tmp_path / "mc")))
+    assert not (tmp_path / "mc").exists()
+    with pytest.raises(ConfigError, match="behaviour_recipe recipes/online/sac-hopper.yaml trains on Hopper-v5, "
+                                          "but env_id is Pendulum-v1"):
+        train(_cfg(tmp_path, behaviour="online", behaviour_run=str(tmp_path / "sac"), tiers=["medium-replay"],
+                   behaviour_recipe="recipes/online/sac-hopper.yaml", output_dir=str(tmp_path / "h")))
+    assert not (tmp_path / "h").exists() and not (tmp_path / "sac").exists()
 
 
 def test_segment_start_steps():
