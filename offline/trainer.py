@@ -65,11 +65,15 @@ class OfflineConfig(RunArgs):
 
 
 def apply_preset(cfg: Any, presets: dict[str, dict]) -> None:
-    """Fill the fields a preset names, where the config still holds the dataclass default.
+    """Fill the fields a preset names that the user did not set.
 
-    An explicit value that differs from the default wins; a value explicitly set to the default is taken as
-    unset (the one ambiguity of this scheme). The resolved values are what config.yaml stores.
+    A config built by `reins.config.from_dict` (recipes, the command line, config.yaml) knows the keys it was
+    given, and every one of them wins over the preset, also one equal to the dataclass default (a recipe's
+    `max_steps: 100000` stays 100000 under a preset of 1M). A config constructed directly in Python has no such
+    record; there a field still at its dataclass default counts as unset. The resolved values are what
+    config.yaml stores, so a resumed run does not re-apply the preset.
     """
+    given = getattr(cfg, "_given_keys", None)
     if not cfg.preset:
         return
     if cfg.preset not in presets:
@@ -79,7 +83,8 @@ def apply_preset(cfg: Any, presets: dict[str, dict]) -> None:
     for key, value in presets[cfg.preset].items():
         if key not in defaults:
             raise ConfigError(f"preset '{cfg.preset}' sets unknown key '{key}'")
-        if getattr(cfg, key) == defaults[key]:
+        unset = key not in given if given is not None else getattr(cfg, key) == defaults[key]
+        if unset:
             setattr(cfg, key, value)
 
 

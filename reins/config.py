@@ -135,6 +135,7 @@ def from_dict(cls: type[T], data: dict, *, where: str = "config") -> T:
         obj = cls(**kwargs)
     except TypeError as e:
         raise ConfigError(f"{where}: {e}") from None
+    object.__setattr__(obj, "_given_keys", frozenset(data))  # what the user wrote: a preset never overrides it
     validate = getattr(obj, "validate", None)
     if callable(validate):
         validate()

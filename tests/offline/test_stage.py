@@ -148,6 +148,21 @@ def test_presets_fill_defaults_only():
         iql.Config(preset="nope").validate()
 
 
+def test_preset_never_overrides_a_value_the_recipe_gives(tmp_path):
+    """A recipe or command-line value equal to the dataclass default still wins over the preset (max_steps=100000,
+    the default, under a preset of 1M used to become 1M); keys the recipe leaves out take the preset's value."""
+    from reins.config import load_config
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("stage: iql\npreset: corl-hopper-medium\ndataset: x\nmax_steps: 100000\n")
+    cfg = load_config(iql.Config, recipe, {"tau": 0.005}, stage="iql")
+    assert iql.Config().max_steps == 100_000 and iql.Config().tau == 0.005  # both equal to the defaults
+    assert cfg.max_steps == 100_000 and cfg.tau == 0.005
+    assert cfg.actor == "deterministic" and cfg.eval_every == 5000  # not given: the preset's
+    plain = load_config(iql.Config, recipe, {}, stage="iql")
+    assert plain.tau == 0.001
+
+
 def test_config_validation():
     with pytest.raises(ConfigError, match="expectile must be in"):
         iql.Config(expectile=1.0).validate()
