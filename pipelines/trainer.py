@@ -122,8 +122,8 @@ def lr_lambda(args: TrainArgs, total: int) -> Callable[[int], float]:
 
 def adamw(groups: list[dict], **kw) -> torch.optim.AdamW:
     """AdamW with the fused kernel where every parameter allows it (floats on CPU or CUDA). It is HF Trainer's
-    default since torch 2.8, and ~4x faster than the per-tensor loop torch picks on CPU: 19 vs 85 ms per step for
-    a 10M-parameter Llama on one thread."""
+    default since torch 2.8, and several times faster than the per-tensor loop torch picks on CPU
+    (benchmarks/pipelines/adamw_speed.py)."""
     ok = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
     return torch.optim.AdamW(groups, fused=True if ok else None, **kw)
 
