@@ -145,21 +145,38 @@ def run_offline(cfg: OfflineConfig, build, algo_name: str) -> dict:
 
     start, start_step = time.perf_counter(), step
     bar = run.progress(cfg.max_steps, initial=step, desc=algo_name)
+    # The first step at which each metric was non-finite (0: never), kept on the device so that no step syncs
+    # with the host; read before every log, evaluation and checkpoint, so a NaN is reported with its exact step
+    # and nothing computed after it is saved.
+    bad_keys: list[str] = []
+    first_bad: torch.Tensor | None = None
+
+    def check_bad() -> None:
+        if first_bad is None:
+            return
+        hits = [(s, k) for k, s in zip(bad_keys, first_bad.tolist()) if s]
+        if hits:
+            s, k = min(hits)
+            check_finite(k, float("nan"), step=s)
+
     while step < cfg.max_steps:
         info = algo.update(buf.sample(cfg.batch_size, sampler))
         step += 1
-        if device.type == "cpu":  # exact step of a NaN; on a GPU this sync per step would dominate, so
-            _check_acc(info, step)  # there the check runs at every log and before every checkpoint
+        vals = torch.stack([v.detach().reshape(()).float() for v in info.values()])
+        if first_bad is None:
+            bad_keys, first_bad = list(info), torch.zeros(len(info), dtype=torch.long, device=vals.device)
+        first_bad = torch.where((first_bad == 0) & ~torch.isfinite(vals), step, first_bad)
         for k, v in info.items():
             acc[k] = acc.get(k, 0.0) + v.detach()
         acc_n += 1
         bar.update(1)
         row = {}
         if step % cfg.log_every == 0 or step == cfg.max_steps:
-            _check_acc(acc, step)
+            check_bad()
             row.update({k: float(v) / acc_n for k, v in acc.items()})
             acc, acc_n = {}, 0
         if cfg.eval_episodes > 0 and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+            check_bad()
             ev = do_eval()
             key = "eval/normalized_score" if refs is not None else "eval/return_mean"
             if not evals or ev[key] > max(e[key] for e in evals):
@@ -170,7 +187,7 @@ def run_offline(cfg: OfflineConfig, build, algo_name: str) -> dict:
         if row:
             run.log(step, row)
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-            _check_acc(acc, step)
+            check_bad()
             run.save_checkpoint({"algo": algo.state_dict(), "sampler": sampler.get_state(), "rng": get_rng_state(),
                                  "step": step, "evals": evals, "acc": {k: v for k, v in acc.items()},
                                  "acc_n": acc_n})
@@ -181,11 +198,6 @@ def run_offline(cfg: OfflineConfig, build, algo_name: str) -> dict:
     if step > start_step:
         metrics["time/updates_per_s"] = (step - start_step) / max(elapsed, 1e-9)
     return run.finish(metrics)
-
-
-def _check_acc(acc: dict, step: int) -> None:
-    for k, v in acc.items():
-        check_finite(k, v, step=step)
 
 
 def _final_metrics(tr, refs, evals: list[dict], step: int) -> dict:

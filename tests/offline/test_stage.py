@@ -101,6 +101,12 @@ def test_nan_stops_before_checkpoint(small_dataset, tmp_path, monkeypatch, one_t
         iql.train(_cfg(iql, small_dataset, tmp_path / "nan"))
     assert safe_torch_load(tmp_path / "nan" / "checkpoints" / "checkpoint.pt")["step"] == 8
     assert not (tmp_path / "nan" / "metrics.json").exists()
+    # the check is read at log/eval/checkpoint steps only, and still names the exact first bad step and metric
+    with pytest.raises(NonFiniteError, match="non-finite loss/q at step 11"):
+        iql.train(_cfg(iql, small_dataset, tmp_path / "nan2", log_every=15, eval_every=15, checkpoint_every=15))
+    assert not (tmp_path / "nan2" / "checkpoints" / "checkpoint.pt").exists()
+    assert not (tmp_path / "nan2" / "log.jsonl").exists() or \
+        (tmp_path / "nan2" / "log.jsonl").read_text().strip() == ""
 
 
 def test_policy_artifact_and_metrics(small_dataset, tmp_path, one_thread):
