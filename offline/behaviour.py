@@ -71,6 +71,8 @@ class Episode:
     terminations: np.ndarray
     truncations: np.ndarray
     seed: int | None = None
+    env_index: int | None = None   # replay episodes: the online env that ran it ...
+    start_step: int | None = None  # ... and the env step (replay `global_step`) of its first transition
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -109,7 +111,8 @@ def replay_episodes(replay: dict, up_to_step: int | None = None) -> list[Episode
                 obs = np.concatenate([arr["observations"][rows], arr["next_observations"][rows[-1:]]])
                 acts = arr["actions"][rows].reshape(len(rows), -1)
                 episodes.append(Episode(obs.astype(np.float32), acts.astype(np.float32),
-                                        arr["rewards"][rows].astype(np.float64), term, trunc))
+                                        arr["rewards"][rows].astype(np.float64), term, trunc,
+                                        env_index=int(env), start_step=int(arr["global_step"][rows[0]])))
                 start = j + 1
     return episodes
 

@@ -33,7 +33,7 @@ from online.common import segment_seeds
 from reins.cli import stage_main
 from reins.config import RunArgs, check
 from reins.errors import ConfigError, DataError
-from reins.runio import RunDir, safe_torch_load
+from reins.runio import RunDir
 
 TIERS = ("random", "medium", "expert", "medium-replay", "medium-expert")
 
@@ -205,43 +205,22 @@ def online_replay_seeding(run_dir: Path) -> ReplaySeeding | None:
                          segment_steps=segment_start_steps(ocfg.total_steps, ocfg.checkpoint_every, n))
 
 
-def _episode_starts(replay: dict, episodes: list[Episode], up_to_step: int | None) -> list[tuple[int, int]]:
-    """(env index, global step) of each episode's first transition. `replay_episodes` cuts the kept rows of
-    each env, envs in ascending order, into consecutive episodes, so their lengths walk those rows; the walk
-    checks every episode's first observation against its row."""
-    arr = {k: np.asarray(replay[k]) for k in ("env_index", "global_step", "observations")}
-    keep = np.ones(len(arr["env_index"]), bool) if up_to_step is None else arr["global_step"] < up_to_step
-    starts: list[tuple[int, int]] = []
-    for env in np.unique(arr["env_index"][keep]):
-        idx = np.flatnonzero(keep & (arr["env_index"] == env))
-        pos = 0
-        while pos < len(idx):
-            k = len(starts)
-            first = arr["observations"][idx[pos]].astype(np.float32)
-            if k >= len(episodes) or not np.array_equal(episodes[k].observations[0], first):
-                raise DataError(f"medium-replay: episode {k} does not line up with replay.pt (env {env})")
-            starts.append((int(env), int(arr["global_step"][idx[pos]])))
-            pos += len(episodes[k])
-    if len(starts) != len(episodes):
-        raise DataError(f"medium-replay: {len(episodes)} episodes, but replay.pt holds {len(starts)}")
-    return starts
-
-
-def seed_replay_episodes(episodes: list[Episode], replay: dict, up_to_step: int | None,
-                         seeding: ReplaySeeding) -> list[Episode]:
-    """`episodes` (cut from `replay` up to `up_to_step`) with the seeds that are known: an episode that begins
-    at a segment start gets its env's segment seed, checked by resetting a fresh env with it; others keep None."""
+def seed_replay_episodes(episodes: list[Episode], seeding: ReplaySeeding) -> list[Episode]:
+    """Replay `episodes` (from `replay_episodes`, which records each one's env and first step) with the seeds
+    that are known: an episode that begins at a segment start gets its env's segment seed, checked by resetting
+    a fresh env with it; others keep None."""
     from online.envs import make_env as make_online_env
 
     segment_of = {g: s for s, g in enumerate(seeding.segment_steps)}
-    starts = _episode_starts(replay, episodes, up_to_step)
-    if starts and max(env for env, _ in starts) >= seeding.num_envs:
-        raise DataError(f"medium-replay: replay.pt has env index {max(e for e, _ in starts)}, but the online "
-                        f"run had num_envs={seeding.num_envs}")
+    top = max((ep.env_index for ep in episodes), default=-1)
+    if top >= seeding.num_envs:
+        raise DataError(f"medium-replay: replay.pt has env index {top}, but the online run had "
+                        f"num_envs={seeding.num_envs}")
     env, _ = make_online_env(seeding.env_id)
     out = []
     try:
-        for ep, (i, step) in zip(episodes, starts):
+        for ep in episodes:
+            i, step = ep.env_index, ep.start_step
             if step not in segment_of:
                 out.append(replace(ep, seed=None))
                 continue
@@ -263,7 +242,7 @@ def online_replay(src: OnlineRunSource, up_to_step: int | None) -> tuple[list[Ep
     seeding = online_replay_seeding(src.run)
     if seeding is None:
         return episodes, {"reins/behaviour_seed": None, "reins/replay_env_seeds": None}
-    episodes = seed_replay_episodes(episodes, safe_torch_load(src.run / "replay.pt"), up_to_step, seeding)
+    episodes = seed_replay_episodes(episodes, seeding)
     return episodes, {"reins/behaviour_seed": seeding.seed, "reins/replay_env_seeds": seeding.metadata(up_to_step)}
 
 

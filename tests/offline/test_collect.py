@@ -198,6 +198,7 @@ def test_replay_episodes_cut_per_env():
     np.testing.assert_array_equal(e2.observations[:, 0], [1, 1, 1, 1])
     np.testing.assert_array_equal(e2.truncations, [False, False, True])
     np.testing.assert_array_equal(e2.rewards, [1, 3, 5])
+    assert [(e.env_index, e.start_step) for e in eps] == [(0, 0), (0, 4), (1, 0)]  # env and first env step
     # only transitions collected before the medium snapshot's step
     early = replay_episodes(_replay_dump(), up_to_step=4)
     assert [len(e) for e in early] == [2, 2]
