@@ -2,7 +2,7 @@
 
 Seed 001 §5.2 (Kostrikov, Nair, Levine 2021): each update, on a minibatch (s, a, r, s', d),
   1. V:     L_V = E[ L_2^tau( min_e Qhat_e(s, a) - V(s) ) ]           expectile regression (pgcore.expectile_loss)
-  2. Q:     L_Q = sum_e E[ (Q_e(s, a) - (r + gamma (1 - d) V(s')))^2 ]   (pgcore.ddpg_target gives the target)
+  2. Q:     L_Q = sum_e E[ (Q_e(s, a) - (r + gamma (1 - d) V(s')))^2 ]   (pgcore.td_target gives the target)
   3. pi:    L_pi = -E[ min(exp(beta (Qhat - V)), 100) log pi(a|s) ]    AWR extraction (pgcore.awr_loss; the seed's
             sign erratum §6.9 fixed)
   4. Qhat <- Polyak(Qhat, Q, tau)                                       (pgcore.polyak_update)
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from offline.nets import EnsembleCritic, ValueNet, build_actor, orthogonal_init_
 from offline.trainer import OfflineConfig, run_offline
 from pgcore.offline_losses import awr_loss, expectile_loss
-from pgcore.policy_losses import ddpg_target, polyak_update
+from pgcore.policy_losses import polyak_update, td_target
 from reins.cli import stage_main
 from reins.config import check
 
@@ -121,7 +121,7 @@ class IQL:
         v_loss.backward()
         self.value_opt.step()
 
-        y = ddpg_target(rew, next_v, gamma=cfg.gamma, terminated=term)
+        y = td_target(rew, next_v, gamma=cfg.gamma, terminated=term)
         q = self.critic(obs, act)
         q_loss = sum(F.mse_loss(q[e], y) for e in range(q.shape[0]))
         self.critic_opt.zero_grad(set_to_none=True)

@@ -1,6 +1,6 @@
 """DDPG and TD3: deterministic actor mu(s) in [-1, 1]^d, Q critic(s), Gaussian exploration noise.
 
-DDPG (seed 003 DDPG, seed 001 §2.12): y = ddpg_target(r, Q'(s', mu'(s')), gamma, terminated); critic
+DDPG (seed 003 DDPG, seed 001 §2.12): y = td_target(r, Q'(s', mu'(s')), gamma, terminated); critic
 `value_loss(Q(s, a), y)`; actor `dpg_actor_loss(Q(s, mu(s)))` every step; Polyak targets.
 TD3 ([NOT IN SEEDS]: Fujimoto et al. 2018) adds the three fixes as options: twin critics with
 `clipped_double_q` in the target, target policy smoothing (`td3_smoothed_action`) and a delayed actor and
@@ -20,10 +20,10 @@ from online.offpolicy import OffPolicyConfig
 from pgcore.distributions import scale_action, unscale_action
 from pgcore.policy_losses import (
     clipped_double_q,
-    ddpg_target,
     dpg_actor_loss,
     polyak_update,
     td3_smoothed_action,
+    td_target,
     value_loss,
 )
 from reins.config import check
@@ -87,8 +87,8 @@ class TD3:
             if cfg.target_noise > 0:
                 next_a = td3_smoothed_action(next_a, noise_std=cfg.target_noise, noise_clip=cfg.target_noise_clip,
                                              low=-1.0, high=1.0, generator=self.gen)
-            y = ddpg_target(batch["rewards"], self._q_min(self.critic_target(next_obs, next_a)), gamma=cfg.gamma,
-                            terminated=batch["terminated"])
+            y = td_target(batch["rewards"], self._q_min(self.critic_target(next_obs, next_a)), gamma=cfg.gamma,
+                          terminated=batch["terminated"])
         q = self.critic(obs, act)
         critic_loss = sum(value_loss(q[i], y)[0] for i in range(q.shape[0]))
         check_finite("critic loss", critic_loss, step=step)

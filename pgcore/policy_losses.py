@@ -23,7 +23,7 @@ __all__ = [
     "clipped_double_q",
     "sac_actor_loss",
     "sac_temperature_loss",
-    "ddpg_target",
+    "td_target",
     "td3_smoothed_action",
     "dpg_actor_loss",
     "dqn_target",
@@ -179,10 +179,12 @@ def sac_temperature_loss(log_alpha, logp, target_entropy) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------- DPG / TD3
 
 
-def ddpg_target(rewards, next_q, *, gamma, terminated) -> torch.Tensor:
-    """DDPG critic target ``y = r + gamma (1 - d) Q'(s', mu'(s'))``.
+def td_target(rewards, next_q, *, gamma, terminated) -> torch.Tensor:
+    """One-step TD target ``y = r + gamma (1 - d) V'(s')``, detached.
 
-    Seed 003 DDPG (``y_t = r_t + gamma Q_phi'(s_{t+1}, mu_theta'(s_{t+1}))``); done-masking added.
+    ``next_q`` is whatever values the next state: ``Q'(s', mu'(s'))`` for DDPG (Lillicrap et al. 2016,
+    Algorithm 1: ``y_i = r_i + gamma Q'(s_{i+1}, mu'(s_{i+1}))``), ``min_i Q'_i`` for TD3, ``V(s')`` for IQL's
+    ``L_Q`` (Kostrikov et al. 2021). ``terminated`` (1 at a true terminal) stops the bootstrap.
     """
     return (rewards + gamma * _not_done(terminated, rewards) * next_q).detach()
 

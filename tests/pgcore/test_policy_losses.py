@@ -7,7 +7,6 @@ import torch
 
 from pgcore.policy_losses import (
     clipped_double_q,
-    ddpg_target,
     double_dqn_target,
     dpg_actor_loss,
     dqn_target,
@@ -21,6 +20,7 @@ from pgcore.policy_losses import (
     sac_q_target,
     sac_temperature_loss,
     td3_smoothed_action,
+    td_target,
     value_loss,
 )
 
@@ -179,8 +179,8 @@ def test_sac_target_actor_and_temperature_hand_computed():
         assert math.copysign(1, log_alpha.item()) == direction
 
 
-def test_ddpg_target_and_dpg_actor_loss():
-    y = ddpg_target(_t(1.0, 1.0), _t(2.0, 2.0), gamma=0.5, terminated=_t(0.0, 1.0))
+def test_td_target_and_dpg_actor_loss():
+    y = td_target(_t(1.0, 1.0), _t(2.0, 2.0), gamma=0.5, terminated=_t(0.0, 1.0))
     torch.testing.assert_close(y, _t(2.0, 1.0))
     q = _t(1.0, 3.0).requires_grad_()
     loss = dpg_actor_loss(q)
