@@ -53,9 +53,9 @@ def masked_mean(
 def masked_var(x: torch.Tensor, mask: torch.Tensor | None = None, unbiased: bool = True) -> torch.Tensor:
     """Variance of the valid entries of ``x`` (over all dims).
 
-    With ``unbiased=True`` the Bessel correction ``n / (n - 1)`` is applied, ``n`` = sum of the mask
-    (the sample variance S^2 of seed 003, "REINFORCE + variance reduction"). Returns 0 when fewer than
-    two (unbiased) or zero (biased) entries are valid, instead of NaN.
+    With ``unbiased=True`` the Bessel correction ``n / (n - 1)`` is applied, ``n`` = sum of the mask (the unbiased
+    sample variance S^2). Returns 0 when fewer than two (unbiased) or zero (biased) entries are valid, instead of
+    NaN.
     """
     xm, m = _prepare(x, mask)
     n = m.sum()

@@ -1,10 +1,10 @@
 """Returns and advantage estimators on batch-first, time-last tensors ``[..., T]``.
 
-Indexing convention (seed 001 §1.2, not the Sutton-Barto ``R_{t+1}`` indexing of seed 003):
+Indexing convention (as in Schulman et al. 2016, not the ``R_{t+1}`` indexing of Sutton & Barto 2018):
 ``rewards[..., t] = r_t`` is the reward received for acting at step t, ``values[..., t] = V(s_t)`` and
 ``G_t = r_t + gamma * G_{t+1}``.
 
-End-of-episode handling is [NOT IN SEEDS] (seeds-spec §5; Pardo et al. 2018, "Time Limits in RL"):
+End-of-episode handling follows Pardo et al. 2018, "Time Limits in Reinforcement Learning":
 - ``dones`` / ``terminated``: the episode ended in a terminal state, whose value is 0 -> no bootstrap.
 - ``truncated``: the episode was cut by a time limit -> bootstrap from V(final observation), which the caller
   passes in ``next_values`` (gae) or ``bootstrap`` (returns), but never carry the recursion past the cut.
@@ -36,7 +36,7 @@ def _shift_left(x: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
 def discounted_returns(rewards, gamma, *, dones=None, bootstrap=None, mask=None) -> torch.Tensor:
     """Discounted return-to-go ``G_t = r_t + gamma * (1 - done_t) * G_{t+1}``, ``G_T := bootstrap``.
 
-    Seed 001 §1.2 (return recursion), done-masking [NOT IN SEEDS]. ``bootstrap`` ([...], default 0) is the
+    Sutton & Barto 2018, eq. 3.9 (return recursion), done-masked. ``bootstrap`` ([...], default 0) is the
     value of the state after the last step (e.g. V(s_T) for a truncated rollout). With a ``mask``, masked
     positions return 0 and cut the recursion; ``bootstrap`` is only used by rows whose last position is valid.
     """
@@ -64,7 +64,7 @@ def discounted_returns(rewards, gamma, *, dones=None, bootstrap=None, mask=None)
 def reward_to_go(rewards, gamma=1.0, mask=None) -> torch.Tensor:
     """Reward-to-go ``G_t = sum_{t'>=t} gamma^(t'-t) r_{t'}`` within a row.
 
-    Seed 001 §2.4 (causality, gamma = 1) and seed 003 "discount adjustment" (gamma < 1). This is
+    The reward-to-go weight of the causal policy gradient (Williams 1992; Sutton & Barto 2018 §13.3). This is
     ``discounted_returns`` with no dones and no bootstrap.
     """
     return discounted_returns(rewards, gamma, mask=mask)
@@ -73,7 +73,7 @@ def reward_to_go(rewards, gamma=1.0, mask=None) -> torch.Tensor:
 def n_step_returns(rewards, values, gamma, n, *, dones=None, bootstrap=None) -> torch.Tensor:
     """N-step return ``R_t^(n) = sum_{k<h} gamma^k r_{t+k} + gamma^h V(s_{t+h})``, ``h = min(n, T - t)``.
 
-    Seed 003 "N-Step Returns and GAE" (C6 in seeds-spec): n = 1 is the TD target, n >= T the Monte Carlo
+    Sutton & Barto 2018, eq. 7.1: n = 1 is the TD target, n >= T the Monte Carlo
     return (plus the bootstrap). Near the end of the rollout the horizon shrinks to the remaining steps and
     ``V(s_T) := bootstrap`` (default 0). A done at step t+k (k < h) stops both the reward sum and the
     bootstrap (terminal value 0).
@@ -111,9 +111,9 @@ def n_step_returns(rewards, values, gamma, n, *, dones=None, bootstrap=None) -> 
 def gae(rewards, values, *, gamma, lam, next_values=None, terminated=None, truncated=None, mask=None):
     """Generalized advantage estimation; returns ``(advantages, returns)`` of shape ``[..., T]``.
 
-    Seed 000 §9 / seed 001 §2.10 / seed 003 "N-Step Returns and GAE":
-    ``A_t = sum_l (gamma lam)^l delta_{t+l}`` (truncated at the end of the row, seed 001 PPO form), computed
-    by the backward recursion (seeds-spec §2.4 [derived]; seed errata §6.3 on the k-step forms do not apply):
+    Schulman et al. 2016, eq. 16: ``A_t = sum_l (gamma lam)^l delta_{t+l}``, truncated at the end of the row
+    as in PPO (Schulman et al. 2017, eq. 11), computed by the equivalent backward recursion (so the k-step
+    forms of docs/errata.md §4 never appear):
 
         delta_t = r_t + gamma * (1 - terminated_t) * V(s_{t+1}) - V(s_t)
         A_t     = delta_t + gamma * lam * (1 - end_t) * valid_{t+1} * A_{t+1}
@@ -124,9 +124,8 @@ def gae(rewards, values, *, gamma, lam, next_values=None, terminated=None, trunc
     token is terminal). On truncation the caller passes V(final observation) in ``next_values`` so the step
     bootstraps while the recursion is cut; on termination the next value is ignored.
 
-    Value targets ``returns = A + V`` (the ``y_t`` of seed 001's PPO pseudo-code, which the seed leaves
-    undefined; [NOT IN SEEDS], Schulman et al. 2016 §5). Masked positions get advantage 0 and return 0.
-    Loops over T only; batch rows are vectorised.
+    Value targets ``returns = A + V`` (the lambda-return; Schulman et al. 2016 §5). Masked positions get advantage 0
+    and return 0. Loops over T only; batch rows are vectorised.
     """
     r = rewards
     v = values.to(r.dtype)
@@ -171,7 +170,7 @@ def gae(rewards, values, *, gamma, lam, next_values=None, terminated=None, trunc
 def whiten(x, mask=None, *, shift_mean=True, eps=1e-8) -> torch.Tensor:
     """Masked standardisation ``(x - mean) / sqrt(var + eps)`` over all valid entries.
 
-    Advantage normalisation is [NOT IN SEEDS] (seeds-spec §5; standard PPO practice, e.g. OpenAI baselines).
+    Advantage normalisation is standard PPO practice (e.g. OpenAI baselines, ``baselines/ppo2/model.py``).
     ``var`` is the unbiased masked variance. With ``shift_mean=False`` the mean is added back, so only the
     scale changes (used for reward whitening in RLHF, Ziegler et al. 2019). Masked entries are set to 0.
     """

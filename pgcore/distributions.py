@@ -35,11 +35,11 @@ def _gather_minus_lse(logits: torch.Tensor, labels: torch.Tensor, temperature: f
 def token_logprobs(logits, labels, *, temperature=1.0, mask=None) -> torch.Tensor:
     """``log softmax(logits / temperature)[labels]`` per position; ``[..., V]`` logits, ``[...]`` labels.
 
-    Token log-probabilities of a sequence policy: log pi(y|x) = sum_t log pi(y_t | x, y_<t) (seed 001 §6.1.2,
-    implied). Computed as ``gather - logsumexp`` so no [B, T, V] log-softmax copy is kept. Half-precision
-    logits are processed in float32 (logsumexp in bf16 loses ~2 digits), `_HALF_CHUNK` positions at a time,
-    and cast back. Any leading shape works, also flattened [N, V] logits of the scored positions only. Masked
-    positions return 0 and their labels may be anything (e.g. -100).
+    Token log-probabilities of a sequence policy: log pi(y|x) = sum_t log pi(y_t | x, y_<t) (the sequence
+    log-probability in the DPO loss, Rafailov et al. 2023, eq. 7). Computed as ``gather - logsumexp`` so no
+    [B, T, V] log-softmax copy is kept. Half-precision logits are processed in float32 (logsumexp in bf16 loses ~2
+    digits), `_HALF_CHUNK` positions at a time, and cast back. Any leading shape works, also flattened [N, V]
+    logits of the scored positions only. Masked positions return 0 and their labels may be anything (e.g. -100).
     """
     labels = labels.to(torch.long)
     valid = None
@@ -63,8 +63,8 @@ def token_logprobs(logits, labels, *, temperature=1.0, mask=None) -> torch.Tenso
 def entropy_from_logits(logits, *, temperature=1.0) -> torch.Tensor:
     """Entropy ``H = -sum_a p(a) log p(a)`` of ``softmax(logits / temperature)`` over the last dim.
 
-    The entropy bonus of seed 001 §2.10 (``H(pi_phi(.|s_t))``) for categorical / token policies. Actions with
-    probability 0 (logit -inf) contribute 0.
+    The entropy bonus of PPO (``S[pi_theta](s_t)``, Schulman et al. 2017, eq. 9) for categorical / token policies.
+    Actions with probability 0 (logit -inf) contribute 0.
     """
     if temperature != 1.0:
         logits = logits / temperature
@@ -77,8 +77,9 @@ def entropy_from_logits(logits, *, temperature=1.0) -> torch.Tensor:
 def diag_gaussian_log_prob(x, mean, log_std) -> torch.Tensor:
     """``log N(x; mu, diag(sigma^2))`` summed over the last dim.
 
-    Seed 003 "Gaussian policy": ``ln pi = -1/2 (a - mu)^T Sigma^-1 (a - mu) - 1/2 ln|Sigma| + const`` with the
-    constant ``-d/2 ln(2 pi)`` included.
+    The Gaussian policy of Williams 1992 (Sutton & Barto 2018 §13.7):
+    ``ln pi = -1/2 (a - mu)^T Sigma^-1 (a - mu) - 1/2 ln|Sigma| + const`` with the constant ``-d/2 ln(2 pi)``
+    included.
     """
     z = (x - mean) * torch.exp(-log_std)
     return (-0.5 * z.square() - log_std - _LOG_SQRT_2PI).sum(dim=-1)
@@ -87,15 +88,14 @@ def diag_gaussian_log_prob(x, mean, log_std) -> torch.Tensor:
 class TanhGaussian:
     """``a = tanh(u)``, ``u ~ N(mean, diag(exp(log_std)^2))``: a policy on the box (-1, 1)^d.
 
-    [NOT IN SEEDS]: Haarnoja et al. 2018, "Soft Actor-Critic", App. C (seed 003 mentions the squashing in
-    prose only). Change of variables::
+    Haarnoja et al. 2018a, "Soft Actor-Critic", App. C (enforcing action bounds). Change of variables::
 
         log pi(a|s) = log N(u; mu, sigma) - sum_i log(1 - tanh(u_i)^2)
         log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))      (finite for any u; 1 - tanh^2 underflows)
 
     Use ``scale_action`` to map to [low, high] (that adds the constant ``-sum log((high - low)/2)`` to the
-    density, irrelevant for gradients). ``entropy()`` is the entropy of the base Gaussian (seed 003: "the
-    unbounded Gaussian distribution [is used] to calculate the entropy").
+    density, irrelevant for gradients). ``entropy()`` is the entropy of the unbounded base Gaussian, not of the
+    squashed policy.
     """
 
     def __init__(self, mean: torch.Tensor, log_std: torch.Tensor):
@@ -110,7 +110,8 @@ class TanhGaussian:
     def rsample(self, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterised sample ``a = tanh(mean + std * eps)``; returns ``(a, log pi(a))``.
 
-        Both outputs are differentiable w.r.t. mean and log_std (seed 003 SAC: ``a_t = f_phi(eps_t; s_t)``).
+        Both outputs are differentiable w.r.t. mean and log_std (the reparameterisation ``a_t = f_phi(eps_t; s_t)``
+        of Haarnoja et al. 2018a).
         """
         m = self.mean
         eps = torch.randn(m.shape, generator=generator, dtype=m.dtype, device=m.device)

@@ -1,6 +1,6 @@
 """KL divergences, sample estimators of KL, and KL-coefficient controllers.
 
-KL direction: the seeds disagree (seeds-spec §6.15); pgcore uses KL(old || new) for trust regions and
+KL direction: texts disagree (docs/errata.md §7); pgcore uses KL(old || new) for trust regions and
 KL(policy || reference) for RLHF penalties, with samples drawn from the first argument.
 """
 
@@ -16,8 +16,7 @@ __all__ = ["kl_estimate", "categorical_kl", "gaussian_kl", "adaptive_kl_beta", "
 def kl_estimate(logp, ref_logp, kind: str = "k1") -> torch.Tensor:
     """Per-sample estimator of KL(pi || ref) from samples ``a ~ pi``; ``log_ratio = logp - ref_logp``.
 
-    [NOT IN SEEDS] (seeds-spec §2.12: "KL estimator choice"): J. Schulman, "Approximating KL divergence"
-    (2020).
+    J. Schulman, "Approximating KL divergence" (blog post, 2020).
     - ``k1 = log_ratio``: unbiased, can be negative.
     - ``k2 = 0.5 * log_ratio^2``: biased, >= 0, low variance (its expectation is KL to second order).
     - ``k3 = exp(-log_ratio) - 1 + log_ratio``: unbiased (E_pi[ref/pi] = 1) and >= 0 (``e^x >= 1 + x``).
@@ -36,7 +35,7 @@ def kl_estimate(logp, ref_logp, kind: str = "k1") -> torch.Tensor:
 def categorical_kl(logits_p, logits_q) -> torch.Tensor:
     """Exact ``KL(p || q) = sum_a p(a) (log p(a) - log q(a))`` over the last dim, from logits.
 
-    Seed 000 §6 / seed 004 (the per-state KL of TRPO's constraint). Entries with p(a) = 0 (logit -inf)
+    The per-state KL of TRPO's constraint (Schulman et al. 2015). Entries with p(a) = 0 (logit -inf)
     contribute 0 (``0 log 0 = 0``) rather than NaN.
     """
     logp = torch.log_softmax(logits_p, dim=-1)
@@ -49,8 +48,8 @@ def categorical_kl(logits_p, logits_q) -> torch.Tensor:
 def gaussian_kl(mu_p, log_std_p, mu_q, log_std_q) -> torch.Tensor:
     """Exact KL between diagonal Gaussians, summed over the last dim.
 
-    Per dim: ``log(s_q / s_p) + (s_p^2 + (mu_p - mu_q)^2) / (2 s_q^2) - 1/2`` (seed 000 §6 / seed 003 NPG use
-    it for Gaussian policies; the closed form itself is standard).
+    Per dim: ``log(s_q / s_p) + (s_p^2 + (mu_p - mu_q)^2) / (2 s_q^2) - 1/2`` (the standard closed
+    form; the per-state KL of TRPO/NPG for Gaussian policies).
     """
     var_ratio = torch.exp(2.0 * (log_std_p - log_std_q))
     mean_term = (mu_p - mu_q).square() * torch.exp(-2.0 * log_std_q)
@@ -58,10 +57,10 @@ def gaussian_kl(mu_p, log_std_p, mu_q, log_std_q) -> torch.Tensor:
 
 
 def adaptive_kl_beta(beta, kl, target) -> float:
-    """Seed 000 Alg 5 (§8.1) price update: ``d < target/1.5 -> beta/2``; ``d > 1.5 target -> 2 beta``.
+    """Adaptive KL coefficient of PPO: ``d < target/1.5 -> beta/2``; ``d > 1.5 target -> 2 beta``.
 
-    Boundary values (``d == target/1.5`` or ``d == 1.5 target``) and everything in between leave beta
-    unchanged, as the strict inequalities of the seed say.
+    Schulman et al. 2017, §4 (d_targ). Boundary values (``d == target/1.5`` or ``d == 1.5 target``) and
+    everything in between leave beta unchanged, as the paper's strict inequalities say.
     """
     d = float(kl)
     beta = float(beta)
@@ -75,8 +74,8 @@ def adaptive_kl_beta(beta, kl, target) -> float:
 def proportional_kl_coef(kl_coef, kl, *, target, horizon, n_steps) -> float:
     """Proportional KL controller: ``e = clip(kl/target - 1, -0.2, 0.2)``, ``beta *= 1 + e n_steps/horizon``.
 
-    [NOT IN SEEDS]: Ziegler et al. 2019, "Fine-tuning LMs from human preferences", §2.2 (seeds-spec §2.12:
-    the only seed rule is seed 000's halve/double, ``adaptive_kl_beta``).
+    Ziegler et al. 2019, "Fine-tuning language models from human preferences", §2.2 (the alternative to
+    PPO's halve/double rule, ``adaptive_kl_beta``).
     """
     e = min(max(float(kl) / target - 1.0, -0.2), 0.2)
     out = float(kl_coef) * (1.0 + e * n_steps / horizon)

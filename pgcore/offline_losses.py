@@ -1,5 +1,6 @@
-"""Offline-RL losses: IQL's expectile regression and AWR policy extraction (seed 001 §5.2), and CQL's
-conservative regulariser in its logsumexp form with a Lagrange multiplier (seed 001 §5.3).
+"""Offline-RL losses: IQL's expectile regression and AWR policy extraction (Kostrikov et al. 2021, "Offline
+reinforcement learning with implicit Q-learning"), and CQL's conservative regulariser in its logsumexp form with
+a Lagrange multiplier (Kumar et al. 2020, "Conservative Q-learning for offline reinforcement learning").
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ __all__ = [
 def expectile_loss(diff: torch.Tensor, tau: float, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Asymmetric squared loss mean(|tau - 1(diff < 0)| * diff^2), diff = Q(s, a) - V(s).
 
-    seed 001 §5.2: L_2^tau(u) = |tau - 1{u < 0}| u^2 and L_V(psi) = E[L_2^tau(Q_hat(s, a) - V_psi(s))]; its
+    Kostrikov et al. 2021: L_2^tau(u) = |tau - 1{u < 0}| u^2 and L_V(psi) = E[L_2^tau(Q_hat(s, a) - V_psi(s))]; its
     minimiser over V is the tau-expectile of Q(s, .) under the behaviour policy (tau = 0.5: the mean; tau -> 1:
     the in-support maximum). Masked entries are ignored (0 when everything is masked).
     """
@@ -33,9 +34,10 @@ def expectile_loss(diff: torch.Tensor, tau: float, mask: torch.Tensor | None = N
 
 
 def awr_weights(advantages: torch.Tensor, beta: float, max_weight: float | None = 100.0) -> torch.Tensor:
-    """Advantage weights exp(beta * A) clipped at ``max_weight``, detached (seed 001 §5.2 policy extraction).
+    """Advantage weights exp(beta * A) clipped at ``max_weight``, detached (IQL policy extraction).
 
-    The clip is [NOT IN SEEDS]: Kostrikov et al. 2021 (IQL code: min(exp(beta (q - v)), 100)). The exponent is
+    The clip follows Kostrikov et al. 2021's code (ikostrikov/implicit_q_learning ``actor.py``:
+    min(exp(beta (q - v)), 100)). The exponent is
     clamped at log(max_weight) before exp, which gives the same value without overflowing to inf.
     """
     z = beta * advantages.detach()
@@ -53,9 +55,9 @@ def awr_loss(
 ) -> torch.Tensor:
     """Advantage-weighted regression loss -mean(w * log pi(a|s)), w = ``awr_weights(A, beta, max_weight)``.
 
-    seed 001 §5.2 writes L_pi(phi) = E[exp(beta (Q - V)) log pi_phi(a|s)] and then DESCENDS it, which would push
-    probability away from good actions (seeds-spec §6 erratum 9). The objective must be maximised, so the loss
-    to minimise carries the minus sign. Its minimiser over pi(.|s) is pi_beta(a|s) w(s, a) / Z(s); beta = 0 is
+    Kostrikov et al. 2021's L_pi(phi) = E[exp(beta (Q - V)) log pi_phi(a|s)] (AWR, Peng et al. 2019) is an
+    objective to MAXIMISE; descending it would push probability away from good actions (docs/errata.md §8). So
+    the loss to minimise carries the minus sign. Its minimiser over pi(.|s) is pi_beta(a|s) w(s, a) / Z(s); beta = 0 is
     behaviour cloning. ``mask`` (optional) ignores padded rows.
     """
     w = awr_weights(advantages, beta, max_weight)
@@ -65,11 +67,12 @@ def awr_loss(
 def cql_logsumexp(q_samples: torch.Tensor, log_densities: torch.Tensor | None = None) -> torch.Tensor:
     """Importance-sampled log-sum-exp of Q over actions: logsumexp(q - log_density, dim=-1).
 
-    seed 001 §5.3 with R(mu) = -KL(mu || rho) gives max_mu E_mu[Q] - KL(mu || rho) = log sum_a rho(a|s) e^Q(s,a)
-    (the Gibbs variational identity; seeds-spec §2.11 [derived]); with uniform rho this is the CQL(H) term. For
+    Kumar et al. 2020's CQL(R) with R(mu) = -KL(mu || rho) gives max_mu E_mu[Q] - KL(mu || rho) =
+    log sum_a rho(a|s) e^Q(s,a) (the Gibbs variational identity); with uniform rho this is the CQL(H) term, up
+    to the constant log |A|. For
     continuous actions the integral log int e^Q(s,a) da is estimated from N sampled actions a_i ~ p with density
-    p(a_i): log((1/N) sum_i e^{Q(s,a_i)} / p(a_i)) = cql_logsumexp - log N [NOT IN SEEDS]: Kumar et al. 2020
-    App. F. As in the CQL code, the constant log N is NOT subtracted (no effect on gradients; note it shifts the
+    p(a_i): log((1/N) sum_i e^{Q(s,a_i)} / p(a_i)) = cql_logsumexp - log N (Kumar et al. 2020,
+    App. F). As in the CQL code, the constant log N is NOT subtracted (no effect on gradients; note it shifts the
     gap that a Lagrange threshold is compared with). Samples from several proposals may be concatenated along
     the last dim, each with its own density. ``log_densities=None``: the exact logsumexp over N discrete actions.
 
@@ -85,7 +88,7 @@ def cql_regularizer(
 ) -> torch.Tensor:
     """CQL conservative term mean(cql_logsumexp(q_samples, log_densities) - Q(s, a_data)).
 
-    seed 001 §5.3 CQL(R) with R(mu) = -KL(mu || rho): alpha E_{s~D}[log sum_a rho e^Q - E_{a~pi_beta} Q(s, a)]
+    Kumar et al. 2020, CQL(R) with R(mu) = -KL(mu || rho): alpha E_{s~D}[log sum_a rho e^Q - E_{a~pi_beta} Q(s, a)]
     (multiply by alpha outside). q_samples [B, N], q_data [B] (or [E, B, N] / [E, B] for a critic ensemble).
     """
     return (cql_logsumexp(q_samples, log_densities) - q_data).mean()
@@ -94,7 +97,7 @@ def cql_regularizer(
 def cql_alpha_loss(log_alpha: torch.Tensor, gap: torch.Tensor, target_gap: float) -> torch.Tensor:
     """Lagrange-multiplier loss -exp(log_alpha) * (gap - target_gap), gap detached.
 
-    [NOT IN SEEDS]: Kumar et al. 2020 eq. 30 (CQL-Lagrange): min_Q max_{alpha >= 0} alpha (gap - tau). Minimising
+    Kumar et al. 2020, eq. 30 (CQL-Lagrange): min_Q max_{alpha >= 0} alpha (gap - tau). Minimising
     this loss in log_alpha is dual ascent: alpha grows while the conservative gap (``cql_regularizer`` value,
     averaged if not scalar) exceeds ``target_gap`` and shrinks otherwise.
     """

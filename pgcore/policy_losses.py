@@ -1,7 +1,7 @@
 """Policy and critic losses and bootstrapped targets (all losses are scalars to MINIMISE).
 
 Targets (``*_target``) are returned detached: they are regression labels, never differentiated.
-Done-masking of every bootstrapped target is [NOT IN SEEDS] except in DQN (seeds-spec §5):
+Every bootstrapped target is done-masked (as in Mnih et al. 2015's DQN target, y = r at a terminal):
 ``terminated`` = 1 means the next state is terminal (value 0); time-limit truncations must pass 0.
 """
 
@@ -53,10 +53,10 @@ def _valid(x: torch.Tensor, mask) -> torch.Tensor:
 def reinforce_loss(logp, weights, mask=None) -> torch.Tensor:
     """Score-function surrogate ``-mean(log pi(a_t|s_t) * w_t)`` with ``w`` detached.
 
-    Seed 001 §2.3-2.6 / seed 000 Alg 1 / seed 003 REINFORCE: ``w`` is the return G_t (reward-to-go, seed 001
-    §2.4), ``G_t - b`` (baseline, seed 001 §2.5) or an advantage estimate (seed 001 §2.6). Its gradient is the
-    negated policy-gradient estimate. Seed errata fixed: seed 000 Alg 1 skips t=0 (we use every step),
-    seed 000 Alg 2 puts the gradient inside the loss (we differentiate the loss).
+    Williams 1992 (REINFORCE); Sutton & Barto 2018 §13.3-13.5: ``w`` is the return G_t (reward-to-go),
+    ``G_t - b(s_t)`` (baseline) or an advantage estimate (actor-critic). Its gradient is the negated
+    policy-gradient estimate. Every step counts, t = 0 included, and the gradient comes from differentiating
+    this loss (docs/errata.md §1-3).
     """
     return -masked_mean(logp * _detach(weights), mask)
 
@@ -64,11 +64,11 @@ def reinforce_loss(logp, weights, mask=None) -> torch.Tensor:
 def ppo_clip_loss(logp, old_logp, advantages, clip_eps, mask=None):
     """PPO clipped surrogate ``-mean(min(r A, clip(r, 1-eps, 1+eps) A))``, ``r = exp(logp - old_logp)``.
 
-    Seed 000 §8.2, seed 001 §2.10, seed 003 PPO. As seed 002 notes, this is NOT ``min(r, clip(r)) A`` when
-    A < 0. ``old_logp`` and ``advantages`` are treated as constants. ``info``: ``clipfrac`` = fraction with
-    ``|r - 1| > eps`` (OpenAI-baselines definition), ``clip_active_frac`` = fraction where the clipped term is
-    the strictly smaller one (zero-gradient region), ``approxkl = 0.5 mean((logp - old_logp)^2)`` (the k2
-    estimator), ``ratio_mean``, ``ratio_max`` (valid entries only; 0 for an all-masked batch).
+    Schulman et al. 2017, eq. 7 (L^CLIP). This is NOT ``min(r, clip(r)) A``: they differ when A < 0. ``old_logp``
+    and ``advantages`` are treated as constants. ``info``: ``clipfrac`` = fraction with ``|r - 1| > eps``
+    (OpenAI-baselines definition), ``clip_active_frac`` = fraction where the clipped term is the strictly smaller
+    one (zero-gradient region), ``approxkl = 0.5 mean((logp - old_logp)^2)`` (the k2 estimator), ``ratio_mean``,
+    ``ratio_max`` (valid entries only; 0 for an all-masked batch).
     """
     old_logp, adv = _detach(old_logp), _detach(advantages)
     log_ratio = logp - old_logp
@@ -94,9 +94,10 @@ def ppo_clip_loss(logp, old_logp, advantages, clip_eps, mask=None):
 def ppo_kl_penalty_loss(logp, old_logp, advantages, kl, beta, mask=None):
     """PPO adaptive-KL-penalty objective, negated: ``-mean(r A) + beta * mean(kl)``.
 
-    Seed 000 §8.1 (maximise ``E[r A - beta KL(pi_old || pi_new)]``); ``kl`` is a per-sample
-    KL(old || new) computed by the caller with gradients flowing into the new policy. ``beta`` is a
-    constant here; update it between iterations with ``pgcore.kl.adaptive_kl_beta`` (seed 000 Alg 5).
+    Schulman et al. 2017, eq. 8 (L^KLPEN: maximise ``E[r A - beta KL(pi_old || pi_new)]``); ``kl`` is a
+    per-sample KL(old || new) (docs/errata.md §7) computed by the caller with gradients flowing into the new
+    policy. ``beta`` is a constant here; update it between iterations with ``pgcore.kl.adaptive_kl_beta``
+    (Schulman et al. 2017 §4).
     """
     old_logp, adv = _detach(old_logp), _detach(advantages)
     ratio = torch.exp(logp - old_logp)
@@ -114,10 +115,11 @@ def ppo_kl_penalty_loss(logp, old_logp, advantages, kl, beta, mask=None):
 def value_loss(values, returns, *, old_values=None, clip_eps=None, mask=None):
     """Critic regression ``0.5 mean((V - y)^2)``, optionally with PPO value clipping.
 
-    Seed 001 §2.6 / §2.10 (``(V_phi(s_t) - y_t)^2``). Value clipping is [NOT IN SEEDS] (OpenAI baselines
-    PPO2): ``0.5 mean(max((V - y)^2, (V_old + clip(V - V_old, -eps, eps) - y)^2))``. ``returns`` and
-    ``old_values`` are constants. ``info["clipfrac"]``: fraction where the clipped error is the strictly
-    larger term (TRL's ``vf_clipfrac``), 0 without clipping.
+    The squared-error term L^VF of Schulman et al. 2017, eq. 9 (``(V_phi(s_t) - y_t)^2``). Value clipping follows
+    OpenAI baselines PPO2 (``baselines/ppo2/model.py``):
+    ``0.5 mean(max((V - y)^2, (V_old + clip(V - V_old, -eps, eps) - y)^2))``. ``returns`` and ``old_values`` are
+    constants. ``info["clipfrac"]``: fraction where the clipped error is the strictly larger term (TRL's
+    ``vf_clipfrac``), 0 without clipping.
     """
     y = _detach(returns)
     err = (values - y).square()
@@ -134,7 +136,7 @@ def value_loss(values, returns, *, old_values=None, clip_eps=None, mask=None):
 
 
 def entropy_bonus(entropy, mask=None) -> torch.Tensor:
-    """Mean policy entropy (seed 001 §2.10 ``lambda_ent * H``); the caller SUBTRACTS ``coef * bonus``."""
+    """Mean policy entropy (the ``c_2 S`` term of Schulman et al. 2017, eq. 9); callers SUBTRACT ``coef * bonus``."""
     return masked_mean(entropy, mask)
 
 
@@ -142,16 +144,16 @@ def entropy_bonus(entropy, mask=None) -> torch.Tensor:
 
 
 def clipped_double_q(q1, q2) -> torch.Tensor:
-    """Elementwise ``min(Q1, Q2)`` of twin critics. [NOT IN SEEDS]: Fujimoto et al. 2018 (TD3) eq. 10."""
+    """Elementwise ``min(Q1, Q2)`` of twin critics (Fujimoto et al. 2018 (TD3), eq. 10)."""
     return torch.minimum(q1, q2)
 
 
 def sac_q_target(rewards, next_q, next_logp, *, alpha, gamma, terminated) -> torch.Tensor:
     """Soft Bellman target ``y = r + gamma (1 - d) (Q'(s', a') - alpha log pi(a'|s'))``, ``a' ~ pi(.|s')``.
 
-    Seed 001 §2.11 Def 9 / seed 003 SAC (soft backup with V = E[Q - log pi]); the seeds absorb the
-    temperature (alpha = 1, erratum §6.8) and seed 003 drops gamma (§6.13); both restored here. ``next_q`` is
-    the already-reduced twin target ``clipped_double_q(q1', q2')`` ([NOT IN SEEDS]: Haarnoja et al. 2018b).
+    Haarnoja et al. 2018a, the target of J_Q with the soft value V(s') = E[Q(s', a') - alpha log pi(a'|s')];
+    the temperature alpha and the discount are explicit (docs/errata.md §9). ``next_q`` is the already-reduced
+    twin target ``clipped_double_q(q1', q2')`` (Haarnoja et al. 2018b).
     """
     soft_v = next_q - _detach(alpha) * next_logp
     return (rewards + gamma * _not_done(terminated, rewards) * soft_v).detach()
@@ -160,8 +162,8 @@ def sac_q_target(rewards, next_q, next_logp, *, alpha, gamma, terminated) -> tor
 def sac_actor_loss(logp, q, alpha) -> torch.Tensor:
     """Reparameterised SAC policy loss ``mean(alpha log pi(a|s) - Q(s, a))``, ``a = f_phi(eps; s)``.
 
-    Seed 001 §2.11 / seed 003 SAC ``J_pi(phi)`` (KL to the Boltzmann policy of Q with Z dropped), with the
-    temperature made explicit; ``alpha`` is a constant for the actor update.
+    Haarnoja et al. 2018a, the reparameterised ``J_pi(phi)`` (KL to the Boltzmann policy of Q with Z
+    dropped), with the temperature made explicit; ``alpha`` is a constant for the actor update.
     """
     return (_detach(alpha) * logp - q).mean()
 
@@ -169,7 +171,7 @@ def sac_actor_loss(logp, q, alpha) -> torch.Tensor:
 def sac_temperature_loss(log_alpha, logp, target_entropy) -> torch.Tensor:
     """Automatic temperature loss ``-mean(log_alpha * (log pi(a|s) + target_entropy))``.
 
-    [NOT IN SEEDS]: Haarnoja et al. 2018b ("SAC algorithms and applications") eq. 18, parameterised by
+    Haarnoja et al. 2018b ("SAC algorithms and applications"), eq. 18, parameterised by
     log alpha. Its gradient is ``H_est - target`` with ``H_est = -mean(log pi)``: gradient descent raises
     alpha when the entropy is below the target and lowers it when above.
     """
@@ -192,7 +194,7 @@ def td_target(rewards, next_q, *, gamma, terminated) -> torch.Tensor:
 def td3_smoothed_action(next_action, *, noise_std, noise_clip, low, high, generator=None) -> torch.Tensor:
     """Target policy smoothing ``clip(mu'(s') + clip(eps, -c, c), low, high)``, ``eps ~ N(0, noise_std^2)``.
 
-    [NOT IN SEEDS]: Fujimoto et al. 2018 (TD3) eq. 14. ``noise_std``/``noise_clip`` are in action units
+    Fujimoto et al. 2018 (TD3), eq. 14. ``noise_std``/``noise_clip`` are in action units
     (multiply by the action scale beforehand when actions are not in [-1, 1]).
     """
     a = next_action.detach()
@@ -206,8 +208,8 @@ def td3_smoothed_action(next_action, *, noise_std, noise_clip, low, high, genera
 def dpg_actor_loss(q) -> torch.Tensor:
     """Deterministic policy-gradient actor loss ``-mean(Q(s, mu_theta(s)))``.
 
-    Seed 001 §2.12 eq. (16) / seed 003 DDPG: autograd through ``a = mu_theta(s)`` gives
-    ``grad_theta mu(s) grad_a Q(s, a)|_{a=mu(s)}``.
+    Silver et al. 2014, Theorem 1 (deterministic policy gradient); Lillicrap et al. 2016 (DDPG): autograd through
+    ``a = mu_theta(s)`` gives ``grad_theta mu(s) grad_a Q(s, a)|_{a=mu(s)}``.
     """
     return -q.mean()
 
@@ -218,7 +220,7 @@ def dpg_actor_loss(q) -> torch.Tensor:
 def dqn_target(rewards, next_q_target, *, gamma, terminated) -> torch.Tensor:
     """DQN target ``y = r`` if terminal else ``r + gamma max_a' Q(s', a'; phi')``; ``next_q_target`` [..., A].
 
-    Seed 001 §4.4.3 (DQN algorithm).
+    Mnih et al. 2015 (DQN), Algorithm 1.
     """
     best = next_q_target.max(dim=-1).values
     return (rewards + gamma * _not_done(terminated, rewards) * best).detach()
@@ -227,7 +229,7 @@ def dqn_target(rewards, next_q_target, *, gamma, terminated) -> torch.Tensor:
 def double_dqn_target(rewards, next_q_online, next_q_target, *, gamma, terminated) -> torch.Tensor:
     """Double DQN ``a* = argmax_a' Q(s', a'; phi)`` (online), ``y = r + gamma (1 - d) Q(s', a*; phi')``.
 
-    Seed 001 §4.4.3 (Double DQN): select with the online network, evaluate with the target network.
+    van Hasselt, Guez & Silver 2016 (Double DQN): select with the online network, evaluate with the target network.
     """
     a_star = next_q_online.argmax(dim=-1, keepdim=True)
     q_eval = next_q_target.gather(-1, a_star).squeeze(-1)
@@ -235,10 +237,10 @@ def double_dqn_target(rewards, next_q_online, next_q_target, *, gamma, terminate
 
 
 def epsilon_greedy_probs(q, epsilon) -> torch.Tensor:
-    """epsilon-greedy action probabilities over the last dim (seed 001 Def 10).
+    """epsilon-greedy action probabilities over the last dim (Sutton & Barto 2018 §5.4).
 
     ``1 - eps + eps/|A|`` on the greedy action, ``eps/|A|`` elsewhere; ties go to the first maximiser
-    (the seed's ``argmax`` indicator).
+    (the ``argmax`` indicator of the greedy policy).
     """
     n = q.shape[-1]
     greedy = torch.nn.functional.one_hot(q.argmax(dim=-1), n).to(q.dtype)
@@ -248,8 +250,8 @@ def epsilon_greedy_probs(q, epsilon) -> torch.Tensor:
 def polyak_update(target_params, source_params, tau) -> None:
     """In-place ``target <- tau * source + (1 - tau) * target`` (soft target update).
 
-    Seed 003 DDPG/SAC (``phi' <- tau phi + (1 - tau) phi'``, tau e.g. 0.005); seed 001 §5.2 IQL (rate alpha).
-    ``tau = 1`` is the hard copy of DQN (seed 001 §4.4.3). Accepts iterables of tensors or ``nn.Module``s.
+    Lillicrap et al. 2016 (DDPG: ``theta' <- tau theta + (1 - tau) theta'``, tau << 1), also used by SAC and IQL.
+    ``tau = 1`` is the periodic hard copy of DQN (Mnih et al. 2015). Accepts iterables of tensors or ``nn.Module``s.
     """
     if isinstance(target_params, torch.nn.Module):
         target_params = target_params.parameters()

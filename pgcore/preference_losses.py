@@ -1,8 +1,9 @@
-"""Preference losses: the Bradley-Terry reward-model loss and the DPO family (seed 001 §6.1).
+"""Preference losses: the Bradley-Terry reward-model loss and the DPO family (Rafailov et al. 2023, "Direct
+preference optimization", eqs. 2 and 7).
 
-Only the plain BT loss and the plain (sigmoid) DPO loss are in the seeds; margin, centering, cDPO/robust label
-smoothing, IPO, hinge and reference-free DPO are [NOT IN SEEDS] and follow the primary papers with the
-semantics of TRL's DPOTrainer / RewardTrainer (shared/reference/anchors-preference.md §1.1-1.2).
+Margin, centering, cDPO/robust label smoothing, IPO, hinge and reference-free DPO follow the primary papers
+cited below, with the semantics of TRL's DPOTrainer / RewardTrainer (``trl/trainer/dpo_trainer.py``,
+``trl/trainer/reward_trainer.py``).
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ def bradley_terry_loss(
 ) -> tuple[torch.Tensor, dict]:
     """Reward-model loss -mean(log sigma(r_c - r_r - margin)) + center_coef * mean((r_c + r_r)^2).
 
-    seed 001 §6.1.1: L_R(r_phi) = -E[log sigma(r_phi(x, y_w) - r_phi(x, y_l))] (Bradley-Terry likelihood).
-    ``margin`` (per pair or scalar) is [NOT IN SEEDS]: Touvron et al. 2023 (Llama 2) eq. 2. The centering term
-    is [NOT IN SEEDS]: Eisenstein et al. 2023 (arXiv 2312.09244), as TRL's ``center_rewards_coefficient``.
+    Rafailov et al. 2023, eq. 2: L_R(r_phi) = -E[log sigma(r_phi(x, y_w) - r_phi(x, y_l))] (the Bradley-Terry
+    likelihood, Bradley & Terry 1952). ``margin`` (per pair or scalar): Touvron et al. 2023 (Llama 2), eq. 2.
+    The centering term: Eisenstein et al. 2023 (arXiv 2312.09244), as TRL's ``center_rewards_coefficient``.
 
     info (detached scalars): accuracy (fraction with r_c > r_r, ties count as wrong), margin (mean r_c - r_r,
     without the margin offset), mean_reward / min_reward / max_reward over chosen and rejected together.
@@ -49,10 +50,10 @@ def bradley_terry_loss(
 
 
 def implicit_reward(policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float) -> torch.Tensor:
-    """DPO implicit reward r_hat(x, y) = beta * log(pi_theta(y|x) / pi_ref(y|x)) (seed 001 §6.1.2).
+    """DPO implicit reward r_hat(x, y) = beta * log(pi_theta(y|x) / pi_ref(y|x)) (Rafailov et al. 2023, §4).
 
     Equals the true reward up to the prompt-only term beta * log Z(x) when pi_theta is the KL-regularised optimum
-    (seed 001 Lemma 28). Not detached (``dpo_loss`` returns detached copies for logging).
+    (Rafailov et al. 2023, eqs. 4-5). Not detached (``dpo_loss`` returns detached copies for logging).
     """
     return beta * (policy_logps - ref_logps)
 
@@ -75,16 +76,16 @@ def dpo_loss(
     With h = (log pi(y_w) - log pi(y_l)) - (log pi_ref(y_w) - log pi_ref(y_l)) (sequence log-probs, summed over
     response tokens) and eps = ``label_smoothing``:
 
-    - "sigmoid": -(1 - eps) log sigma(beta h) - eps log sigma(-beta h). eps = 0 is the DPO loss of seed 001
-      §6.1.2 (Rafailov et al. 2023 eq. 7); eps > 0 is conservative DPO [NOT IN SEEDS]: Mitchell 2023 "cDPO"
-      note, TRL <= 0.19 semantics (TRL 1.x silently ignores eps here).
+    - "sigmoid": -(1 - eps) log sigma(beta h) - eps log sigma(-beta h). eps = 0 is the DPO loss (Rafailov et al.
+      2023, eq. 7); eps > 0 is conservative DPO: Mitchell 2023 "cDPO" note, TRL <= 0.19 semantics (TRL 1.x silently
+      ignores eps here).
     - "robust": (-(1 - eps) log sigma(beta h) + eps log sigma(-beta h)) / (1 - 2 eps), 0 <= eps < 0.5
-      [NOT IN SEEDS]: Chowdhury et al. 2024 (rDPO), unbiased under label-flip rate eps.
-    - "ipo": (h - 1 / (2 beta))^2 [NOT IN SEEDS]: Azar et al. 2023 eq. 17. When ``chosen_lengths`` and
+      (Chowdhury et al. 2024, rDPO), unbiased under label-flip rate eps.
+    - "ipo": (h - 1 / (2 beta))^2 (Azar et al. 2023, eq. 17). When ``chosen_lengths`` and
       ``rejected_lengths`` (completion token counts) are given, every log-prob (policy and reference) is first
       divided by its completion length, i.e. per-token averaged log-ratios (TRL; "confirmed with the IPO
       authors"). Lengths are used by "ipo" only.
-    - "hinge": relu(1 - beta h) [NOT IN SEEDS]: Zhao et al. 2023 (SLiC) / Liu et al. 2023 (RSO), beta = 1/margin.
+    - "hinge": relu(1 - beta h) (Zhao et al. 2023, SLiC / Liu et al. 2023, RSO), beta = 1/margin.
 
     ``reference_free``: reference log-probs are treated as 0 (Mitchell's reference implementation), in the loss
     and in the returned rewards. Rewards are beta * (policy - ref) sequence log-probs (``implicit_reward``),

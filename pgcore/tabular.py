@@ -1,4 +1,4 @@
-"""Exact dynamic programming on small tabular MDPs: the test oracle for the identities of seeds-spec §7.
+"""Exact dynamic programming on small tabular MDPs: the test oracle for the identity tests in tests/pgcore/.
 
 Conventions: ``P`` is [S, A, S'] with rows summing to 1, ``R`` is [S, A] (expected reward r(s, a)), a policy
 ``pi`` is [S, A] with rows summing to 1, ``rho0`` is [S]. Every function also accepts leading batch
@@ -7,8 +7,9 @@ policies can be evaluated with one batched ``torch.linalg.solve``. Evaluation go
 ``torch.linalg.solve``, so autograd through a policy gives exact policy gradients. Use float64 for
 identity checks.
 
-Notation follows seed 001 §1 and §3: V^pi = (I - gamma P_pi)^{-1} r_pi, Q^pi = R + gamma P V^pi,
-rho_pi = sum_t gamma^t P(s_t = s) (unnormalised, sums to 1/(1-gamma)), d^pi = (1 - gamma) rho_pi.
+Notation follows Sutton & Barto 2018 ch. 3-4 and Schulman et al. 2015 §2:
+V^pi = (I - gamma P_pi)^{-1} r_pi, Q^pi = R + gamma P V^pi, rho_pi = sum_t gamma^t P(s_t = s) (unnormalised,
+sums to 1/(1-gamma)), d^pi = (1 - gamma) rho_pi.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ __all__ = [
 
 
 def random_mdp(n_states, n_actions, *, generator=None, dtype=torch.float64):
-    """Random MDP of seeds-spec §7's shared fixture: P(.|s,a) proportional to U^3, R ~ N(0, 1), rho0 random
+    """Random MDP of the identity tests' shared fixture: P(.|s,a) proportional to U^3, R ~ N(0, 1), rho0 random
     on the simplex.
 
     Cubing uniform draws makes transitions uneven (some next states likely, some rare) while keeping every
@@ -58,7 +59,7 @@ def random_mdp(n_states, n_actions, *, generator=None, dtype=torch.float64):
 
 
 def policy_transition(P, pi):
-    """State-to-state kernel of a policy, P_pi(s'|s) = sum_a pi(a|s) P(s'|s,a) (seed 001 §3.1)."""
+    """State-to-state kernel of a policy, P_pi(s'|s) = sum_a pi(a|s) P(s'|s,a) (the chain of states under pi)."""
     return torch.einsum("...sa,...sat->...st", pi, P)
 
 
@@ -68,13 +69,13 @@ def _solve(A, b):
 
 
 def _q_from_v(V, P, R, gamma):
-    # Q(s, a) = R(s, a) + gamma sum_s' P(s'|s,a) V(s')  (seed 001 §1.3, Lemma 2). Broadcast-multiply-sum
+    # Q(s, a) = R(s, a) + gamma sum_s' P(s'|s,a) V(s')  (Sutton & Barto 2018, eq. 4.6). Broadcast-multiply-sum
     # rather than einsum: these tensors are tiny and the loops in value iteration call this thousands of times.
     return R + gamma * (P * V.unsqueeze(-2).unsqueeze(-2)).sum(-1)
 
 
 def policy_evaluation(P, R, pi, gamma):
-    """Exact policy evaluation by one linear solve (seed 001 §3.1, fixed point of B^pi; seeds-spec §7).
+    """Exact policy evaluation by one linear solve (Sutton & Barto 2018, eq. 4.4: the fixed point of B^pi).
 
     V^pi = (I - gamma P_pi)^{-1} r_pi with r_pi(s) = sum_a pi(a|s) R(s, a), and Q^pi = R + gamma P V^pi.
     Differentiable in ``pi``, ``P`` and ``R``. Returns ``(V [..., S], Q [..., S, A])``.
@@ -88,10 +89,10 @@ def policy_evaluation(P, R, pi, gamma):
 
 
 def bellman_operator(V, P, R, gamma, pi=None):
-    """Bellman operators of seed 001 §3.1 and §3.3.
+    """Bellman operators (Sutton & Barto 2018, eqs. 4.5 and 4.10).
 
-    With ``pi``: B^pi V(s) = sum_a pi(a|s) [r(s,a) + gamma sum_s' P(s'|s,a) V(s')] (policy evaluation, §3.1).
-    Without: B V(s) = max_a [r(s,a) + gamma sum_s' P(s'|s,a) V(s')] (value iteration, §3.3).
+    With ``pi``: B^pi V(s) = sum_a pi(a|s) [r(s,a) + gamma sum_s' P(s'|s,a) V(s')] (policy evaluation).
+    Without: B V(s) = max_a [r(s,a) + gamma sum_s' P(s'|s,a) V(s')] (value iteration).
     """
     Q = _q_from_v(V, P, R, gamma)
     if pi is None:
@@ -100,7 +101,7 @@ def bellman_operator(V, P, R, gamma, pi=None):
 
 
 def iterative_policy_evaluation(P, R, pi, gamma, *, tol=1e-12, max_iters=100000):
-    """Iterative policy evaluation (seed 001 §3.1, Prop 20): V_0 = 0, V_{k+1} = B^pi V_k.
+    """Iterative policy evaluation (Sutton & Barto 2018 §4.1): V_0 = 0, V_{k+1} = B^pi V_k.
 
     Stops when ||V_{k+1} - V_k||_inf <= tol and returns V_{k+1}; by Prop 24 it is then within
     gamma * tol / (1 - gamma) of V^pi.
@@ -115,7 +116,7 @@ def iterative_policy_evaluation(P, R, pi, gamma, *, tol=1e-12, max_iters=100000)
 
 
 def greedy_policy(Q):
-    """Deterministic greedy policy pi(a|s) = 1{a = argmax_a' Q(s, a')} as a one-hot tensor (seed 001 eq (1)).
+    """Greedy policy pi(a|s) = 1{a = argmax_a' Q(s, a')}, one-hot (Sutton & Barto 2018, eq. 4.9).
 
     Ties go to the lowest action index.
     """
@@ -123,8 +124,8 @@ def greedy_policy(Q):
 
 
 def policy_iteration(P, R, gamma, pi0=None):
-    """Policy iteration (seed 001 §3.2): evaluate pi_i exactly, then pi_{i+1} = greedy in Q^{pi_i}; stop when
-    the policy no longer changes.
+    """Policy iteration (Sutton & Barto 2018 §4.3): evaluate pi_i exactly, then pi_{i+1} = greedy in
+    Q^{pi_i}; stop when the policy no longer changes.
 
     ``pi0`` defaults to "always the first action". A state keeps its current action when that action is
     greedy up to 100 machine epsilons (relative), so round-off on ties cannot make the loop cycle. Lemma 21 bounds the
@@ -154,7 +155,7 @@ def policy_iteration(P, R, gamma, pi0=None):
 
 
 def value_iteration(P, R, gamma, *, tol=1e-12, max_iters=100000):
-    """Value iteration (seed 001 §3.3, Prop 23): V_0 = 0, V_{k+1} = B V_k, pi greedy in the last backup.
+    """Value iteration (Sutton & Barto 2018 §4.4): V_0 = 0, V_{k+1} = B V_k, pi greedy in the last backup.
 
     Stops when ||V_{k+1} - V_k||_inf <= tol, so ||V - V_*|| <= gamma tol / (1 - gamma) (Prop 24).
     Returns ``(V, pi)`` with ``pi`` one-hot.
@@ -170,11 +171,11 @@ def value_iteration(P, R, gamma, *, tol=1e-12, max_iters=100000):
 
 
 def occupancy(P, pi, rho0, gamma, normalized=False):
-    """Discounted state visitation (seed 000 §1, 004 Preliminaries; seed 001 §1.4 p^pi and d^pi).
+    """Discounted state visitation rho_pi (Kakade & Langford 2002; Schulman et al. 2015 §2).
 
     rho_pi(s) = sum_t gamma^t P(s_t = s) = [(I - gamma P_pi^T)^{-1} rho0](s), summing to 1/(1 - gamma).
-    With ``normalized=True`` returns d^pi = (1 - gamma) rho_pi (a distribution; seed 001 calls it
-    "stationary", erratum 11: it is the discounted occupancy).
+    With ``normalized=True`` returns d^pi = (1 - gamma) rho_pi (a distribution: the normalised
+    discounted occupancy, not the stationary distribution of P_pi; docs/errata.md §12).
     """
     P_pi = policy_transition(P, pi)
     n = P_pi.shape[-1]
@@ -185,14 +186,14 @@ def occupancy(P, pi, rho0, gamma, normalized=False):
 
 
 def expected_return(P, R, pi, rho0, gamma):
-    """eta(pi) = E_{s0 ~ rho0}[V^pi(s0)] (seed 000 §1, seed 004 Preliminaries)."""
+    """eta(pi) = E_{s0 ~ rho0}[V^pi(s0)] (Schulman et al. 2015 §2)."""
     V, _ = policy_evaluation(P, R, pi, gamma)
     return (rho0 * V).sum(-1)
 
 
 def local_surrogate(P, R, pi, pi_new, rho0, gamma):
     """Local approximation L_pi(pi_new) = eta(pi) + sum_s rho_pi(s) sum_a pi_new(a|s) A_pi(s, a)
-    (seed 000 Thm 1, seed 001 §2.9, seed 004 eq pi.5).
+    (Kakade & Langford 2002; Schulman et al. 2015, eq. 3).
 
     State visitation and advantages come from ``pi``; only ``pi_new`` enters the inner sum. Gradients flow
     through both arguments as given: detach ``pi`` to get the surrogate as a function of ``pi_new`` only.
@@ -205,7 +206,8 @@ def local_surrogate(P, R, pi, pi_new, rho0, gamma):
 
 
 def state_marginals(P, pi, rho0, horizon):
-    """State marginals P(s_t = s | pi) for t = 0..horizon by the k-step recursion of seed 003 (PG proof).
+    """State marginals P(s_t = s | pi) for t = 0..horizon by the k-step recursion of the
+    policy-gradient-theorem proof (Sutton & Barto 2018 §13.2).
 
     Returns [..., horizon + 1, S].
     """
@@ -219,7 +221,7 @@ def state_marginals(P, pi, rho0, horizon):
 
 
 def finite_horizon_evaluation(P, R, pi, gamma, horizon):
-    """Finite-horizon evaluation by backward induction: V_H = 0, V_t = B^pi V_{t+1} (seed 001 §1.1, H < inf).
+    """Finite-horizon evaluation by backward induction: V_H = 0, V_t = B^pi V_{t+1} (Puterman 1994 ch. 4).
 
     Returns V_0 [..., S] = E[sum_{t<H} gamma^t r_t | s_0 = s]; differentiable in ``pi``.
     """
@@ -230,7 +232,7 @@ def finite_horizon_evaluation(P, R, pi, gamma, horizon):
 
 
 def soft_bellman_operator(Q, P, R, pi, gamma, alpha=1.0):
-    """Soft Bellman backup (seed 001 §2.11 Def 9; temperature written explicitly):
+    """Soft Bellman backup (Haarnoja et al. 2018a §4.1; temperature written explicitly):
     T^pi Q(s, a) = r(s, a) + gamma E_{s'}[V(s')], V(s) = E_{a ~ pi}[Q(s, a) - alpha log pi(a|s)].
 
     ``xlogy`` makes 0 log 0 = 0, so deterministic policies are allowed.
@@ -240,11 +242,11 @@ def soft_bellman_operator(Q, P, R, pi, gamma, alpha=1.0):
 
 
 def soft_policy_evaluation(P, R, pi, gamma, *, alpha=1.0):
-    """Exact soft policy evaluation (seed 001 §2.11 Lemma 16; seeds-spec T23):
+    """Exact soft policy evaluation (Haarnoja et al. 2018a, Lemma 1):
     V = (I - gamma P_pi)^{-1} E_pi[R - alpha log pi], Q = R + gamma P V.
 
-    The seed fixes alpha = 1 (erratum 8); ``alpha`` is exposed as a keyword for the temperature-scaled form.
-    Returns ``(V, Q)``.
+    The paper folds alpha into the reward scale (alpha = 1; docs/errata.md §9); ``alpha`` is exposed as a keyword
+    for the temperature-scaled form. Returns ``(V, Q)``.
     """
     P_pi = policy_transition(P, pi)
     n = P_pi.shape[-1]
@@ -255,12 +257,12 @@ def soft_policy_evaluation(P, R, pi, gamma, *, alpha=1.0):
 
 
 def softmax_policy(theta):
-    """Tabular softmax policy pi_theta(a|s) = exp(theta_sa) / sum_b exp(theta_sb) (seeds-spec §7 fixture)."""
+    """Tabular softmax policy pi_theta(a|s) = exp(theta_sa) / sum_b exp(theta_sb) (the identity tests' fixture)."""
     return torch.softmax(theta, dim=-1)
 
 
 def soft_policy_iteration(P, R, gamma, *, iters, alpha=1.0, pi0=None):
-    """Soft policy iteration (seed 001 §2.11 Lemma 17, Thm 18; seed 003 SAC):
+    """Soft policy iteration (Haarnoja et al. 2018a, Lemma 2 and Theorem 1):
     pi_{k+1}(.|s) = softmax(Q^{pi_k}(s, .) / alpha), the minimiser of KL(pi' || exp(Q/alpha) / Z).
 
     ``pi0`` defaults to uniform. Returns ``(pi, Q, history)``: the policy after ``iters`` improvements, its
@@ -279,8 +281,9 @@ def soft_policy_iteration(P, R, gamma, *, iters, alpha=1.0, pi0=None):
 def enumerate_trajectories(n_states, n_actions, horizon, *, final_state=False, device=None):
     """All state/action sequences (s_0, a_0, ..., s_{H-1}, a_{H-1}[, s_H]) of a finite-horizon MDP.
 
-    Used to take exact expectations over trajectories (seed 001 Lemmas 5-6). Returns index tensors
-    ``states [N, H (+1)]`` and ``actions [N, H]`` with N = S^(H(+1)) A^H; keep S, A, H tiny.
+    Used to take exact expectations over trajectories (the likelihood-ratio form of the policy gradient, Williams
+    1992). Returns index tensors ``states [N, H (+1)]`` and ``actions [N, H]`` with N = S^(H(+1)) A^H; keep S, A, H
+    tiny.
     """
     n_s = horizon + (1 if final_state else 0)
     s_idx = list(itertools.product(range(n_states), repeat=n_s))
@@ -293,8 +296,8 @@ def enumerate_trajectories(n_states, n_actions, horizon, *, final_state=False, d
 
 def trajectory_log_prob(P, pi, rho0, states, actions):
     """log P_theta(tau) = log rho0(s_0) + sum_t log pi(a_t|s_t) + sum_t log P(s_{t+1}|s_t, a_t)
-    (seed 001 Lemma 6). Transitions are counted for every next state present in ``states`` (so a trailing
-    s_H adds log P(s_H|s_{H-1}, a_{H-1})). Returns [N].
+    (the dynamics terms do not depend on theta, Williams 1992). Transitions are counted for every next state present
+    in ``states`` (so a trailing s_H adds log P(s_H|s_{H-1}, a_{H-1})). Returns [N].
     """
     h = actions.shape[-1]
     logp = torch.log(rho0[states[:, 0]]) + torch.log(pi[states[:, :h], actions]).sum(-1)
@@ -306,17 +309,17 @@ def trajectory_log_prob(P, pi, rho0, states, actions):
 
 def tv_distance(p, q):
     """Total variation distance ||p - q||_TV = 1/2 sum_x |p(x) - q(x)| over the last dim
-    (seed 001 App. A Prop 29, seed 004 Prop 1)."""
+    (Levin, Peres & Wilmer 2017, Prop. 4.2)."""
     return 0.5 * (p - q).abs().sum(-1)
 
 
 def maximal_coupling(p, q):
-    """Constructive optimal coupling of seed 001 App. A Prop 32 / seed 004 Prop 2, as a joint matrix
+    """Constructive optimal coupling (Levin, Peres & Wilmer 2017, Prop. 4.7), as a joint matrix
     J[x, y] = P(X = x, Y = y) with marginals p, q and P(X != Y) = ||p - q||_TV.
 
     With m = sum min(p, q): X = Y ~ min(p, q) / m with probability m; otherwise X ~ (p - q)_+ / TV and,
-    independently, Y ~ (q - p)_+ / TV. Corrects the seed's typos (erratum 10): phi_2 uses q - p and
-    P(X != Y) = 1 - m. The second part is an outer product that vanishes when TV = 0.
+    independently, Y ~ (q - p)_+ / TV. Y's law uses q - p, and P(X != Y) = 1 - m
+    (docs/errata.md §10). The second part is an outer product that vanishes when TV = 0.
     """
     overlap = torch.minimum(p, q)
     tv = tv_distance(p, q)

@@ -1,8 +1,10 @@
 """Trust-region machinery for NPG / TRPO: flat parameter views, conjugate gradient, Fisher-vector products by
-double backprop, the natural-gradient step and the backtracking line search (seed 000 §6-7, seed 002, seed 004).
+double backprop, the natural-gradient step and the backtracking line search (Kakade 2001, "A natural policy
+gradient"; Schulman et al. 2015, "Trust region policy optimization", §4-6 and App. C).
 
-KL direction: everything here is built for KL(pi_old || pi_theta) with pi_old detached (seed 000 §7, 001 §2.9,
-004), whose Hessian at theta = theta_old is the Fisher matrix F (seed 000 (6.1.3); seeds-spec §6 erratum 15).
+KL direction: everything here is built for KL(pi_old || pi_theta) with pi_old detached (Schulman et al. 2015,
+the average-KL constraint), whose Hessian at theta = theta_old is the Fisher matrix F (Amari 1998;
+docs/errata.md §7).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ __all__ = [
 
 
 def flat_params(params: Iterable[torch.Tensor]) -> torch.Tensor:
-    """Concatenate parameters into one detached 1-D vector (the theta of seed 004 eq np.2)."""
+    """Concatenate parameters into one detached 1-D vector (the theta of the natural-gradient step)."""
     return torch.cat([p.detach().reshape(-1) for p in params])
 
 
@@ -65,11 +67,10 @@ def conjugate_gradient(
 ) -> torch.Tensor:
     """Approximately solve ``A x = b`` for symmetric positive (semi-)definite A given only products ``A v``.
 
-    Used for the TRPO search direction x = F^-1 g (seed 004 eq cfig.1; seed 002: "CG needs only F d"). The
-    iteration count and tolerance are [NOT IN SEEDS]: Hestenes & Stiefel 1952 / Schulman et al. 2015 App. C
-    (10 iterations). Starts from x = 0 and stops once the squared residual r^T r is <= ``residual_tol``.
-    Because x_0 = 0, every iterate satisfies b^T x_k = x_k^T A x_k (the residual is orthogonal to the Krylov
-    space containing x_k); ``trpo_step`` relies on this to scale the step.
+    Used for the TRPO search direction x = F^-1 g, which CG reaches from products F d alone (Schulman et al. 2015,
+    App. C; 10 iterations there). Hestenes & Stiefel 1952. Starts from x = 0 and stops once the squared residual
+    r^T r is <= ``residual_tol``. Because x_0 = 0, every iterate satisfies b^T x_k = x_k^T A x_k (the residual is
+    orthogonal to the Krylov space containing x_k); ``trpo_step`` relies on this to scale the step.
     """
     x = torch.zeros_like(b)
     r = b.clone()
@@ -108,20 +109,20 @@ def fisher_vector_product(
 ) -> torch.Tensor:
     """Fisher-vector product F v = grad_theta((grad_theta KL)^T v) + damping * v by double backprop.
 
-    seed 002 "direct method": f_k = d/dtheta_k ((dKL/dtheta)^T v); F = Hessian of the mean KL(pi_old || pi_theta)
-    at theta = theta_old (seed 000 (6.1.3), seed 004 eq st.3). ``kl`` must be a scalar built from ``params``
-    with pi_old detached; its graph is retained so the product can be called repeatedly. Damping (Tikhonov,
-    F + damping I) is [NOT IN SEEDS]: Schulman et al. 2015 App. C / Martens 2010.
+    Pearlmutter 1994 / Schulman et al. 2015, App. C: f_k = d/dtheta_k ((dKL/dtheta)^T v); F = Hessian of the
+    mean KL(pi_old || pi_theta) at theta = theta_old. ``kl`` must be a scalar built from ``params`` with pi_old
+    detached; its graph is retained so the product can be called repeatedly. Damping (Tikhonov, F + damping I):
+    Schulman et al. 2015, App. C / Martens 2010.
     """
     return _fvp_closure(kl, list(params), damping)(v)
 
 
 def natural_step(g: torch.Tensor, Finv_g: torch.Tensor, max_kl: float) -> torch.Tensor:
-    """Trust-region step sqrt(2 delta / (g^T F^-1 g)) F^-1 g (seed 004 eq np.2; seed 002 KKT solution).
+    """Trust-region step sqrt(2 delta / (g^T F^-1 g)) F^-1 g (Schulman et al. 2015, App. C).
 
-    Fixes seed 002's first form, which omits sqrt(2 delta) (seeds-spec §6 erratum 12). The step maximises g^T D
-    subject to 0.5 D^T F D <= delta (KL ~ 0.5 D^T F D; seed 001 §2.8 drops the 1/2, erratum 6); returns zeros
-    when g^T F^-1 g <= 0 (no ascent direction).
+    The step maximises g^T D subject to 0.5 D^T F D <= delta (KL ~ 0.5 D^T F D), the KKT solution; the
+    sqrt(2 delta) and the 1/2 are both needed (docs/errata.md §5). Returns zeros when g^T F^-1 g <= 0 (no
+    ascent direction).
     """
     shs = g.dot(Finv_g)
     if shs <= 0:
@@ -140,14 +141,14 @@ def backtracking_line_search(
     expected_improve=None,
     accept_ratio: float = 0.0,
 ) -> tuple[bool, torch.Tensor, dict]:
-    """Backtracking line search of TRPO (seed 004 eq ls.1; seed 000 Alg 4 with its erratum fixed).
+    """Backtracking line search of TRPO (Schulman et al. 2015, App. C; docs/errata.md §6).
 
     Tries x_j = x0 + backtrack_coef^j * full_step for j = 0, 1, ..., max_backtracks (so at most
     ``max_backtracks + 1`` evaluations) and returns the FIRST x_j whose ``evaluate(x_j) -> (improvement, kl)``
     has improvement > 0, kl <= max_kl and, when ``expected_improve`` (the linear model's improvement of the
-    full step) is given, improvement > accept_ratio * backtrack_coef^j * expected_improve. seed 000 Alg 4 starts
-    at j = 1 and never breaks (seeds-spec §6 erratum 5); seed 004 takes the smallest non-negative j, as here.
-    The expected-improvement ratio test is [NOT IN SEEDS]: Schulman et al. 2015 (rllab/baselines use 0.1).
+    full step) is given, improvement > accept_ratio * backtrack_coef^j * expected_improve: the smallest
+    non-negative j, the full step first. The expected-improvement ratio test follows Schulman et al. 2015
+    (rllab/baselines use 0.1).
 
     Returns ``(accepted, x_new, info)``; when no j is accepted ``x_new`` is ``x0`` and ``accepted`` is False.
     info (python floats): step_frac, backtracks, improvement, kl, expected_improve (nan when not given).
@@ -208,14 +209,14 @@ def trpo_step(
     backtrack_coef: float = 0.5,
     max_backtracks: int = 10,
 ) -> dict:
-    """One TRPO update of ``params`` in place (seed 004 eqs st.4, cfig.1, np.2, ls.1; seed 000 Alg 4).
+    """One TRPO update of ``params`` in place (Schulman et al. 2015, §6 and App. C).
 
     ``surrogate_fn()`` returns the scalar surrogate L_{theta_old}(theta) to MAXIMISE (e.g. mean ratio * A), and
     ``kl_fn()`` the mean KL(pi_old || pi_theta) with pi_old detached, both evaluated at the current ``params``.
     Direction x = (F + damping I)^-1 g by ``cg_iters`` CG iterations of double-backprop Fisher-vector products
-    (seed 002), full step sqrt(2 delta / g^T x) x, then the backtracking line search on the true surrogate and
-    KL (first accepted j >= 0; parameters are restored when every j is rejected). CG iterations and damping
-    defaults are [NOT IN SEEDS]: Schulman et al. 2015 App. C.
+    (Pearlmutter 1994), full step sqrt(2 delta / g^T x) x, then the backtracking line search on the true
+    surrogate and KL (first accepted j >= 0; parameters are restored when every j is rejected). CG iterations
+    and damping defaults: Schulman et al. 2015, App. C.
 
     Returns info (python floats): surrogate_before, improvement, expected_improve, kl, step_frac, backtracks,
     accepted (1.0/0.0), grad_norm, step_norm.
@@ -258,9 +259,10 @@ def npg_step(
 ) -> dict:
     """One natural policy gradient update in place: theta += sqrt(2 delta / g^T F^-1 g) F^-1 g, no line search.
 
-    seed 000 Alg 3 / seed 004 eq np.2 / seed 003 NPG (alpha = 1 / lambda). Same arguments as ``trpo_step``;
-    F^-1 g is approximated by CG on (F + damping I). Returns info (python floats): surrogate_before,
-    improvement and kl after the step, expected_improve, grad_norm, step_norm.
+    Kakade 2001, with the step size that puts the quadratic KL model on the trust-region boundary (alpha = 1 /
+    lambda, Schulman et al. 2015, App. C). Same arguments as ``trpo_step``; F^-1 g is approximated by CG on (F +
+    damping I). Returns info (python floats): surrogate_before, improvement and kl after the step, expected_improve,
+    grad_norm, step_norm.
     """
     params = list(params)
     x0 = flat_params(params)

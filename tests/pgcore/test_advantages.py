@@ -1,4 +1,4 @@
-"""Returns, GAE and whitening: identities T15 (a)-(e) of seeds-spec §7 plus end-of-episode and mask cases.
+"""Returns, GAE and whitening: identities T15 (a)-(e) (Schulman et al. 2016, §3) plus end-of-episode and mask cases.
 
 Every oracle here is an independent brute-force sum written in the test (float64, tolerance 1e-10), or a
 value computed by hand and written as a literal.
@@ -29,12 +29,12 @@ def _delta(r, V, gamma, t):
 
 
 def _k_step_adv(r, V, gamma, t, k):
-    """A^(k)_t = sum_{l<k} gamma^l r_{t+l} + gamma^k V_{t+k} - V_t (seeds-spec §2.4)."""
+    """A^(k)_t = sum_{l<k} gamma^l r_{t+l} + gamma^k V_{t+k} - V_t (Schulman et al. 2016, §3)."""
     return sum(gamma**l * r[t + l] for l in range(k)) + gamma**k * V[t + k] - V[t]
 
 
 def _gae_sum(r, V, gamma, lam, t):
-    """Truncated GAE as the explicit sum sum_{l=0}^{T-t-1} (gamma lam)^l delta_{t+l} (seed 001 PPO form)."""
+    """Truncated GAE as the explicit sum sum_{l=0}^{T-t-1} (gamma lam)^l delta_{t+l} (Schulman et al. 2017, eq. 11)."""
     T = len(r)
     return sum((gamma * lam) ** l * _delta(r, V, gamma, t + l) for l in range(T - t))
 
@@ -162,7 +162,7 @@ def test_discounted_returns_and_reward_to_go_against_sums(gen):
     )
     torch.testing.assert_close(G, expected, **TOL)
     torch.testing.assert_close(reward_to_go(r, gamma), expected, **TOL)
-    # gamma = 1 (seed 001 §2.4): reward-to-go is a reversed cumulative sum.
+    # gamma = 1 (undiscounted reward-to-go, Williams 1992): is a reversed cumulative sum.
     torch.testing.assert_close(reward_to_go(r), r.flip(-1).cumsum(-1).flip(-1), **TOL)
     # G_t = r_t + gamma G_{t+1}
     torch.testing.assert_close(G[:, :-1], r[:, :-1] + gamma * G[:, 1:], **TOL)

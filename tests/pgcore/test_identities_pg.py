@@ -1,4 +1,4 @@
-"""Policy-gradient identities checked exactly on small tabular MDPs (seeds-spec §7: T4-T10, T14, T15(f), T24).
+"""Policy-gradient identities checked exactly on small tabular MDPs (T4-T10, T14, T15(f), T24).
 
 Every check compares an autograd gradient (through ``torch.linalg.solve`` or a backward induction) with a
 formula built from separately computed pieces (occupancies, Q, advantages, trajectory enumeration), in float64.
@@ -53,11 +53,11 @@ def test_T4_policy_gradient_theorem_tabular_softmax(gamma):
     d = tb.occupancy(P, pi, rho0, gamma, normalized=True)
     score = _tabular_score(th)
     grad_pi = pi[:, :, None, None] * score  # d pi(a|s) / d theta
-    # seed 000 (2.10)/(2.11), seed 001 Thm 7: sum_s rho(s) sum_a Q(s,a) grad pi(a|s)
+    # Sutton et al. 2000, Theorem 1: sum_s rho(s) sum_a Q(s,a) grad pi(a|s)
     _close(torch.einsum("s,sa,saxy->xy", rho, Q, grad_pi), grad)
     # = 1/(1-gamma) E_{s~d, a~pi}[Q grad log pi]
     _close(torch.einsum("s,sa,sa,saxy->xy", d, pi, Q, score) / (1 - gamma), grad)
-    # baseline b(s) changes nothing (seed 001 Prop 8), and sum_a pi grad log pi = 0 per state
+    # baseline b(s) changes nothing (Williams 1992), and sum_a pi grad log pi = 0 per state
     b = torch.randn(5, generator=g, dtype=DT) * 10
     _close(torch.einsum("s,sa,sa,saxy->xy", rho, pi, Q - b[:, None], score), grad)
     _close(torch.einsum("sa,saxy->sxy", pi, score), torch.zeros(5, 5, 3, dtype=DT), atol=1e-14)
@@ -118,7 +118,7 @@ def test_T5_trajectory_estimators_have_the_exact_gradient(gamma):
     assert prob.shape == (3**HORIZON * 2**HORIZON,)
     _close(prob.sum(), torch.tensor(1.0, dtype=DT), atol=1e-14)
     _close((prob * (rewards * gamma ** torch.arange(HORIZON, dtype=DT)).sum(-1)).sum(), eta.detach())
-    # Lemma 6: grad log P(tau) = sum_t grad log pi(a_t|s_t); dynamics and rho0 drop out.
+    # Williams 1992: grad log P(tau) = sum_t grad log pi(a_t|s_t); dynamics and rho0 drop out.
     _close(traj_score, step_score.sum(1), atol=1e-13)
     P2, _, rho2 = tb.random_mdp(3, 2, generator=g)
     other = jacrev(lambda t: tb.trajectory_log_prob(P2, tb.softmax_policy(t), rho2, states, actions))(
@@ -127,16 +127,17 @@ def test_T5_trajectory_estimators_have_the_exact_gradient(gamma):
 
     disc = gamma ** torch.arange(HORIZON, dtype=DT)
     ret = (rewards * disc).sum(-1)
-    # Lemma 5 (whole-trajectory likelihood ratio)
+    # whole-trajectory likelihood ratio (Williams 1992)
     _close(torch.einsum("n,nxy,n->xy", prob, traj_score, ret), grad)
-    # §2.4 causality / seed 003 discount form: sum_t gamma^t grad log pi_t * sum_{t'>=t} gamma^{t'-t} r_t'
+    # causality (reward-to-go), discounted form: sum_t gamma^t grad log pi_t * sum_{t'>=t} gamma^{t'-t} r_t'
     rtg = torch.stack([(rewards[:, t:] * disc[: HORIZON - t]).sum(-1) for t in range(HORIZON)], -1)
     _close(torch.einsum("n,t,ntxy,nt->xy", prob, disc, step_score, rtg), grad)
-    # with a state-dependent baseline b(s_t) subtracted (Prop 8)
+    # with a state-dependent baseline b(s_t) subtracted (Williams 1992)
     b = torch.randn(3, generator=g, dtype=DT) * 5
     _close(torch.einsum("n,t,ntxy,nt->xy", prob, disc, step_score, rtg - b[states]), grad)
     if gamma < 1:
-        # seed 000 (2.13) drops gamma^t: biased. The comparison above is sharp enough to see it.
+        # Dropping gamma^t, as is common in practice, is biased (Thomas 2014). The comparison above is sharp enough
+        # to see it.
         dropped = torch.einsum("n,ntxy,nt->xy", prob, step_score, rtg)
         assert (dropped - grad).abs().max() > 1e-3
 
@@ -166,7 +167,8 @@ def test_T6_optimal_constant_baseline(case):
     strictly_better = False
     for k in range(score.shape[1]):
         g_k = score[:, k]
-        b_star = (prob * g_k**2 * ret).sum() / (prob * g_k**2).sum()  # seed 001 Prop 9
+        # optimal constant baseline per coordinate (Peters & Schaal 2008)
+        b_star = (prob * g_k**2 * ret).sum() / (prob * g_k**2).sum()
         v_star = _baseline_variance(g_k, ret, prob, b_star)
         for delta in (-1.0, -0.1, 0.1, 1.0):
             assert v_star <= _baseline_variance(g_k, ret, prob, b_star + delta) + 1e-12
@@ -193,16 +195,18 @@ def test_T7_performance_difference(gamma):
     V, Q = tb.policy_evaluation(P, R, pi, gamma)
     V2, Q2 = tb.policy_evaluation(P, R, pi2, gamma)
     A, A2 = Q - V[:, None], Q2 - V2[:, None]
-    # seed 000 L1 / 004 L3: eta(pi2) - eta(pi) = sum_s rho_pi2(s) sum_a pi2(a|s) A_pi(s, a)
+    # Kakade & Langford 2002; Schulman et al. 2015, eq. 2:
+    # eta(pi2) - eta(pi) = sum_s rho_pi2(s) sum_a pi2(a|s) A_pi(s, a)
     lhs = tb.expected_return(P, R, pi2, rho0, gamma) - tb.expected_return(P, R, pi, rho0, gamma)
     _close(lhs, (tb.occupancy(P, pi2, rho0, gamma) * (pi2 * A).sum(-1)).sum())
-    # seed 001 Thm 11 with point-mass rho0 at every s0
+    # the performance difference lemma with point-mass rho0 at every s0
     for s0 in range(5):
         e = torch.zeros(5, dtype=DT)
         e[s0] = 1.0
         d = tb.occupancy(P, pi, e, gamma, normalized=True)
         _close(V[s0] - V2[s0], (d * (pi * A2).sum(-1)).sum() / (1 - gamma))
-    # Lemma 10 with a random f, against a truncated sum over explicit state marginals
+    # E_tau[sum_t gamma^t f] = E_{d^pi} f / (1 - gamma) with a random f, against a truncated sum over explicit
+    # state marginals
     f = torch.randn(5, 3, generator=g, dtype=DT)
     n = int(math.log(1e-16) / math.log(gamma)) + 1
     marg = tb.state_marginals(P, pi, rho0, n)  # [n + 1, S]
@@ -226,7 +230,7 @@ def test_T8_surrogates_match_eta_to_first_order(gamma):
     eta = tb.expected_return(P, R, tb.softmax_policy(theta), rho0, gamma)
     (g_eta,) = torch.autograd.grad(eta, theta)
 
-    # L_{pi_old}(pi_theta): equal value and gradient at theta_old (seed 001 §2.9, 004 eq pi.6)
+    # L_{pi_old}(pi_theta): equal value and gradient at theta_old (Schulman et al. 2015, eq. 4)
     L = tb.local_surrogate(P, R, pi_old, tb.softmax_policy(theta), rho0, gamma)
     _close(L.detach(), eta.detach(), atol=1e-12)
     (g_L,) = torch.autograd.grad(L, theta)
@@ -236,7 +240,7 @@ def test_T8_surrogates_match_eta_to_first_order(gamma):
     A_old = Q_old - V_old[:, None]
     rho_old = tb.occupancy(P, pi_old, rho0, gamma)
     _close((rho_old[:, None] * pi_old * A_old).sum(), torch.tensor(0.0, dtype=DT), atol=1e-12)
-    # importance-sampled form E_{s~rho_old, a~pi_old}[pi_theta / pi_old A_old] (seed 000 (5.1))
+    # importance-sampled form E_{s~rho_old, a~pi_old}[pi_theta / pi_old A_old] (Schulman et al. 2015, eq. 14)
     is_obj = (rho_old[:, None] * pi_old * tb.softmax_policy(theta) / pi_old * A_old).sum()
     (g_is,) = torch.autograd.grad(is_obj, theta)
     _close(g_is, g_eta)
@@ -283,9 +287,9 @@ def test_T9_monotonic_improvement_bound(seed, gamma):
     L = tb.local_surrogate(P, R, pi, new, rho0, gamma)
     gap = eta_new - L
     tol = 1e-9
-    # seed 000 Thm 1 / 001 Thm 13 / 004 Thm 5
+    # Schulman et al. 2015, Theorem 1 (docs/errata.md §11)
     assert (gap >= -4 * eps * gamma * alpha**2 / (1 - gamma) ** 2 - tol).all()
-    # the tighter intermediate bound of seed 001's proof
+    # the tighter intermediate bound inside the proof
     tight = 4 * alpha**2 * gamma * eps / ((1 - gamma) * (1 - gamma * (1 - alpha)))
     assert (gap.abs() <= tight + tol).all()
     # KL form: C * D_KL^max(pi, new) via Pinsker
@@ -314,13 +318,13 @@ def test_T10_coupling_lemmas():
     tv_s = tb.tv_distance(pi, new)  # [B, S]
     alpha = tv_s.amax(-1)
     a_bar = (new * A).sum(-1)  # A-bar(s) = E_{a~new}[A_pi(s, a)]
-    assert (a_bar.abs() <= 2 * tv_s * max_a[:, None] + 1e-12).all()  # seed 000 L2 / 001 L14, per state
+    assert (a_bar.abs() <= 2 * tv_s * max_a[:, None] + 1e-12).all()  # Schulman et al. 2015, App. A Lemma 2
     mu_new = tb.state_marginals(P, new, rho0, horizon)  # [B, T+1, S]
     mu_old = tb.state_marginals(P, pi, rho0, horizon)
     t = torch.arange(horizon + 1, dtype=DT)
     frac = 1 - (1 - alpha[:, None]) ** t  # [B, T+1]
     diff = ((mu_new - mu_old) * a_bar[:, None, :]).sum(-1).abs()
-    assert (diff <= 4 * alpha[:, None] * frac * max_a[:, None] + 1e-12).all()  # seed 000 L3 / 001 L15
+    assert (diff <= 4 * alpha[:, None] * frac * max_a[:, None] + 1e-12).all()  # Schulman et al. 2015, App. A Lemma 3
     tv_t = tb.tv_distance(mu_new, mu_old)
     assert (tv_t <= frac + 1e-12).all()
     assert (frac <= alpha[:, None] * t + 1e-12).all()
@@ -357,7 +361,7 @@ def test_T14_compatible_function_approximation(param):
     w_tilde = torch.linalg.lstsq((sw[:, None] * psi), (sw * Q.reshape(-1)).unsqueeze(-1), driver="gelsd")
     w_tilde = w_tilde.solution.squeeze(-1)
     F = psi.T @ (weight[:, None] * psi)  # Fisher with the same d^pi
-    # seed 002: F w~ = sum_s d(s) sum_a Q grad pi = (1 - gamma) grad eta
+    # Sutton et al. 2000, Theorem 2; Kakade 2001, Theorem 1: F w~ = sum_s d(s) sum_a Q grad pi = (1 - gamma) grad eta
     _close(F @ w_tilde, (1 - gamma) * grad, atol=1e-9)
     if param == "tabular":
         # the compatible fit of Q is exactly the advantage (features span the per-state zero-mean functions)

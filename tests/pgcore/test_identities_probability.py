@@ -1,4 +1,4 @@
-"""Total variation, couplings and Pinsker (seeds-spec §7 T11; seed 001 App. A, seed 004 Preliminaries).
+"""Total variation, couplings and Pinsker (T11; Levin, Peres & Wilmer 2017, §4.1-4.2).
 
 The oracle for the TV distance is brute force over every subset of a support of size <= 6; couplings are
 checked through their marginals, and random couplings (independent, Sinkhorn-scaled, mixtures) bound the
@@ -39,9 +39,9 @@ def test_T11_tv_equals_every_seed_characterisation():
     mu, nu = _random_pairs(g, 400)
     tv = tb.tv_distance(mu, nu)
     brute = (_subsets() @ (mu - nu).T).abs().amax(0)  # max_A |mu(A) - nu(A)|  (definition)
-    _close(tv, brute)  # Prop 29 / Prop 1: = 1/2 ||mu - nu||_1
+    _close(tv, brute)  # LPW Prop. 4.2: = 1/2 ||mu - nu||_1
     _close(tv, ((mu - nu) * (mu >= nu)).sum(-1))  # Cor 30
-    _close(tv, 1 - torch.minimum(mu, nu).sum(-1))  # 1 - m (Prop 32)
+    _close(tv, 1 - torch.minimum(mu, nu).sum(-1))  # 1 - m (LPW Prop. 4.7)
     assert tv.max() > 0.5 and tv.min() >= 0
     disjoint = tb.tv_distance(torch.tensor([0.3, 0.7, 0.0], dtype=DT), torch.tensor([0.0, 0.0, 1.0], dtype=DT))
     assert disjoint.item() == 1.0
@@ -63,14 +63,14 @@ def test_T11_maximal_coupling_attains_tv():
     _close(J.sum(-1), mu)  # marginal of X
     _close(J.sum(-2), nu)  # marginal of Y
     p_differ = 1 - torch.diagonal(J, dim1=-2, dim2=-1).sum(-1)
-    _close(p_differ, tb.tv_distance(mu, nu))  # P(X != Y) = TV, the seed's "= m" is erratum 10
+    _close(p_differ, tb.tv_distance(mu, nu))  # P(X != Y) = TV, not m (docs/errata.md §10)
     # identical laws: X = Y always, no division by zero
     J_same = tb.maximal_coupling(mu[0], mu[0])
     _close(J_same, torch.diag(mu[0]))
 
 
 def test_T11_seed_phi2_typo_breaks_the_y_marginal():
-    # seed 001 A.1.2 writes phi_2 with (p - q)_+; that coupling's Y marginal is not q. The corrected one is.
+    # Y drawn from (p - q)_+ (docs/errata.md §10) does not have marginal q; Y from (q - p)_+ does.
     p = torch.tensor([0.5, 0.3, 0.2], dtype=DT)
     q = torch.tensor([0.2, 0.3, 0.5], dtype=DT)
     tv = tb.tv_distance(p, q)
@@ -126,7 +126,7 @@ def test_T11_every_coupling_disagrees_at_least_tv():
 
 
 def test_T11_bernoulli_example():
-    # seed 001 App. A: two fair coins; independent coupling disagrees w.p. 1/2, Y = X never; TV = 0.
+    # two fair coins: independent coupling disagrees w.p. 1/2, Y = X never; TV = 0.
     p = torch.tensor([0.5, 0.5], dtype=DT)
     independent = torch.outer(p, p)
     _close(independent, torch.full((2, 2), 0.25, dtype=DT))

@@ -1,4 +1,4 @@
-"""KL estimators (exact expectations), closed-form KLs, and the KL controllers (T17 of seeds-spec §7)."""
+"""KL estimators (exact expectations), closed-form KLs, and the KL controllers (T17: Schulman et al. 2017, §4)."""
 
 import math
 

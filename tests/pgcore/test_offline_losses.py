@@ -1,5 +1,5 @@
-"""Offline losses: T20 (expectiles), T21 (IQL tabular fixed point, AWR extraction) and T22 (CQL) of
-shared/reference/seeds-spec.md §7, plus hand-computed values of every function. float64, seeded.
+"""Offline losses: T20 (expectiles), T21 (IQL tabular fixed point, AWR extraction) and T22 (CQL)
+(Kostrikov et al. 2021; Kumar et al. 2020), plus hand-computed values of every function. float64, seeded.
 """
 
 import math
@@ -83,7 +83,7 @@ def test_T20_expectile_minimiser_solves_the_balance_equation():
 
 
 def test_T20_expectile_weights_and_mask():
-    # L_2^0.6: weight 0.6 for u > 0, 0.4 for u < 0 (seed 001 §5.2 example).
+    # L_2^0.6: weight 0.6 for u > 0, 0.4 for u < 0 (the expectile loss of Kostrikov et al. 2021).
     assert float(expectile_loss(torch.tensor([2.0]), 0.6)) == pytest.approx(0.6 * 4)
     assert float(expectile_loss(torch.tensor([-2.0]), 0.6)) == pytest.approx(0.4 * 4)
     assert float(expectile_loss(torch.tensor([0.0]), 0.6)) == 0.0
@@ -117,7 +117,7 @@ def test_T21_iql_fixed_point_monotone_and_below_in_support_max(gen):
     P, R, counts = _iql_problem(gen)
     pi_b = counts.to(DT) / counts.sum(-1, keepdim=True)
     support = counts > 0
-    # In-support max fixed point Q = R + gamma P max_{a in supp} Q (the ideal IQL target, seed 001 §5.2).
+    # In-support max fixed point Q = R + gamma P max_{a in supp} Q (the ideal IQL target, Kostrikov et al. 2021).
     V_max = torch.zeros(P.shape[0], dtype=DT)
     for _ in range(300):
         V_max = (R + gamma * P @ V_max).masked_fill(~support, -math.inf).max(-1).values
@@ -132,7 +132,7 @@ def test_T21_iql_fixed_point_monotone_and_below_in_support_max(gen):
     r_b, P_b = (pi_b * R).sum(-1), torch.einsum("sa,sat->st", pi_b, P)
     V_b = torch.linalg.solve(torch.eye(P.shape[0], dtype=DT) - gamma * P_b, r_b)
     assert torch.allclose(Vs[taus.index(0.5)], V_b, atol=1e-12)
-    # At the fixed point, expectile_loss over the logged (s, a) rows is stationary in V (L_V of seed 001 §5.2).
+    # At the fixed point, expectile_loss over the logged (s, a) rows is stationary in V (L_V of Kostrikov et al. 2021).
     Q, V = _iql_fixed_point(P, R, pi_b, gamma, 0.9)
     s_idx, a_idx = torch.nonzero(counts, as_tuple=True)
     reps = counts[s_idx, a_idx]
@@ -184,7 +184,7 @@ def test_awr_weights_and_loss_values():
     logp = torch.tensor([-1.0, -2.0], dtype=DT, requires_grad=True)
     loss = awr_loss(logp, torch.tensor([0.0, 1.0], dtype=DT), 2.0)
     assert float(loss.detach()) == pytest.approx((1 + 2 * math.e**2) / 2, abs=1e-12)
-    # Sign (seed 001 §5.2 erratum): descending the loss RAISES log pi of well-weighted actions.
+    # Sign (docs/errata.md §8): descending the loss RAISES log pi of well-weighted actions.
     (g,) = torch.autograd.grad(loss, logp)
     assert torch.allclose(g, -torch.tensor([1.0, math.e**2], dtype=DT) / 2)
     # Huge advantages: weights clipped, finite gradients, and the mask removes padded rows.

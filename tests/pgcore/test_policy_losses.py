@@ -1,4 +1,4 @@
-"""Policy/critic losses and targets: T16 (PPO-clip algebra) and hand-computed unit values (seeds-spec §7)."""
+"""Policy/critic losses and targets: T16 (PPO-clip algebra, Schulman et al. 2017) and hand-computed unit values."""
 
 import math
 
@@ -60,7 +60,7 @@ def test_t16_ppo_clip_algebra_grid():
 
 
 def test_t16_negative_advantage_is_not_min_of_ratios_times_a():
-    # r = 0.5, eps = 0.2, A = -1: min(r, clip(r)) A = -0.5 but L^CLIP = min(-0.5, -0.8) = -0.8 (seed 002).
+    # r = 0.5, eps = 0.2, A = -1: min(r, clip(r)) A = -0.5 but L^CLIP = min(-0.5, -0.8) = -0.8.
     L, g = _clip_objective_and_grad(0.5, -1.0, 0.2)
     assert L == pytest.approx(-0.8, abs=1e-12)
     naive = min(0.5, min(max(0.5, 0.8), 1.2)) * -1.0

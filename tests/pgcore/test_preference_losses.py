@@ -1,4 +1,4 @@
-"""Preference losses: T18 (KL-regularised optimum), T19 (DPO <-> Bradley-Terry) of seeds-spec §7, and every
+"""Preference losses: T18 (KL-regularised optimum), T19 (DPO <-> Bradley-Terry) (Rafailov et al. 2023), and every
 DPO loss type / the BT loss with margin and centering against values computed by hand with `math`.
 """
 
@@ -36,10 +36,10 @@ def test_T18_kl_regularised_objective_and_its_optimum(gen):
     for _ in range(20):
         pi = torch.softmax(2 * torch.randn(5, generator=gen, dtype=DT), 0)
         value = (pi * r).sum() - beta * _kl(pi, pi_ref)
-        # E_pi r - beta KL(pi || pi_ref) = beta log Z - beta KL(pi || pi*) (seed 001 Lemma 28 proof) ...
+        # E_pi r - beta KL(pi || pi_ref) = beta log Z - beta KL(pi || pi*) (Rafailov et al. 2023, App. A.1) ...
         assert torch.allclose(value, beta * Z.log() - beta * _kl(pi, pi_star), atol=1e-13)
         assert value < beta * Z.log()
-        # ... and it is the expectation of the shaped reward r - beta (log pi - log pi_ref) (seed 001 §6.1).
+        # ... and it is the expectation of the shaped reward r - beta (log pi - log pi_ref) (Ziegler et al. 2019 §2.2).
         shaped = r - beta * (pi.log() - pi_ref.log())
         assert torch.allclose((pi * shaped).sum(), value, atol=1e-13)
     assert torch.allclose((pi_star * r).sum() - beta * _kl(pi_star, pi_ref), beta * Z.log(), atol=1e-13)
@@ -95,7 +95,7 @@ def test_T19_derivative_of_minus_log_sigmoid(gen):
     r_l = torch.randn(4, generator=gen, dtype=DT, requires_grad=True)
     loss, _ = bradley_terry_loss(r_w, r_l)
     gw, gl = torch.autograd.grad(loss, (r_w, r_l))
-    # d/dr_w [-log sigma(r_w - r_l)] = -sigma(r_l - r_w) (seed 001 §6.1.2); the batch mean divides by B = 4.
+    # d/dr_w [-log sigma(r_w - r_l)] = -sigma(r_l - r_w) (Rafailov et al. 2023, §4); the batch mean divides by B = 4.
     assert torch.allclose(gw, -torch.sigmoid(r_l - r_w).detach() / 4, atol=1e-15)
     assert torch.allclose(gl, torch.sigmoid(r_l - r_w).detach() / 4, atol=1e-15)
 

@@ -1,4 +1,4 @@
-"""Tabular dynamic programming against exact oracles: seeds-spec §7 T1, T2, T3, T23 and cheap unit checks.
+"""Tabular dynamic programming against exact oracles: T1, T2, T3, T23 and cheap unit checks.
 
 Oracles are independent of the code under test where possible: explicit Python loops over (s, a, s'),
 brute force over every deterministic policy, truncated power series, and hand-built tight cases.
@@ -99,7 +99,7 @@ def test_T1_value_iteration_finds_the_best_deterministic_policy(gamma):
     P, R, _, g = _mdp(4, 4, 3)
     V_star, pi_star = tb.value_iteration(P, R, gamma)
     torch.testing.assert_close(tb.bellman_operator(V_star, P, R, gamma), V_star, rtol=0, atol=1e-10)
-    # Brute force over all 3^4 deterministic policies: V* is their elementwise max (seed 001 Lemma 4).
+    # Brute force over all 3^4 deterministic policies: V* is their elementwise max (Puterman 1994, ch. 6).
     V_all, _ = tb.policy_evaluation(P, R, _all_deterministic_policies(4, 3), gamma)
     torch.testing.assert_close(V_star, V_all.max(0).values, rtol=0, atol=1e-9)
     V_pi_star, _ = tb.policy_evaluation(P, R, pi_star, gamma)
@@ -133,7 +133,7 @@ def test_T2_policy_iteration(seed, gamma):
     assert 1 <= len(history) <= n_actions**n_states
     torch.testing.assert_close(V, V_star, rtol=0, atol=1e-9)
     for before, after in zip(history, history[1:]):
-        assert (after >= before - 1e-12).all()  # Lemma 21: monotone ...
+        assert (after >= before - 1e-12).all()  # policy improvement theorem (Sutton & Barto 2018 §4.2): monotone ...
         assert (after - before).max() > 1e-12  # ... and strict while the policy is suboptimal
     # The final policy is deterministic and greedy in Q*.
     Q_star = R + gamma * torch.einsum("sat,t->sa", P, V_star)
@@ -150,7 +150,7 @@ def test_policy_iteration_default_start_and_greedy_one_hot():
     torch.testing.assert_close(tb.greedy_policy(q), torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]], dtype=DT))
 
 
-# ---------------------------------------------------------------- T3: Bellman-error bounds (Props 24-27)
+# ---------------------------------------------------------------- T3: Bellman-residual bounds (Williams & Baird 1993)
 
 
 def _greedy_in(V, P, R, gamma):
@@ -166,17 +166,17 @@ def test_T3_bellman_error_bounds(gamma):
         scale = [0.01, 0.3, 3.0][k % 3]
         V = V_star + scale * torch.randn(5, generator=g, dtype=DT)
         if k % 2:
-            V = V_star + (V - V_star).abs()  # the V >= V* variant (Prop 26)
+            V = V_star + (V - V_star).abs()  # the V >= V* variant
         eps = (tb.bellman_operator(V, P, R, gamma) - V).abs().max()
         pi = _greedy_in(V, P, R, gamma)
         V_pi, _ = tb.policy_evaluation(P, R, pi, gamma)
-        assert (V - V_star).abs().max() <= eps / (1 - gamma) + tol  # Prop 24
+        assert (V - V_star).abs().max() <= eps / (1 - gamma) + tol  # contraction bound
         eps_pi = (tb.bellman_operator(V, P, R, gamma, pi) - V).abs().max()
-        assert (V - V_pi).abs().max() <= eps_pi / (1 - gamma) + tol  # Prop 24, policy form
-        assert (V_pi >= V_star - 2 * gamma * eps / (1 - gamma) - tol).all()  # Prop 27
-        assert (V_pi >= V_star - 2 * eps / (1 - gamma) - tol).all()  # Prop 25
+        assert (V - V_pi).abs().max() <= eps_pi / (1 - gamma) + tol  # contraction bound, policy form
+        assert (V_pi >= V_star - 2 * gamma * eps / (1 - gamma) - tol).all()  # greedy-policy loss, tight form
+        assert (V_pi >= V_star - 2 * eps / (1 - gamma) - tol).all()  # greedy-policy loss
         if k % 2:
-            assert (V_pi >= V_star - eps / (1 - gamma) - tol).all()  # Prop 26
+            assert (V_pi >= V_star - eps / (1 - gamma) - tol).all()  # greedy-policy loss when V >= V*
 
 
 def test_T3_prop24_is_tight_for_a_constant_shift():
@@ -203,7 +203,7 @@ def test_T23_soft_evaluation_equals_iterated_soft_backup(gamma):
         Q_it = tb.soft_bellman_operator(Q_it, P, R, pi, gamma)
     torch.testing.assert_close(Q, Q_it, rtol=0, atol=1e-11)
     # V = E_pi[Q - log pi] and, with the entropy removed, the soft value exceeds the plain one by the
-    # discounted entropy (r_pi(s) = r + H(pi(.|s)) view of Lemma 16).
+    # discounted entropy (r_pi(s) = r + H(pi(.|s)) view of Haarnoja et al. 2018a, Lemma 1).
     torch.testing.assert_close(V, (pi * (Q - pi.log())).sum(-1), rtol=0, atol=1e-12)
     H = -(pi * pi.log()).sum(-1)
     V_plain, _ = tb.policy_evaluation(P, R, pi, gamma)
@@ -221,9 +221,9 @@ def test_T23_soft_policy_improvement_and_convergence(gamma):
     V_old, Q_old = tb.soft_policy_evaluation(P, R, pi_old, gamma)
     pi_new = tb.softmax_policy(Q_old)
     lhs = (pi_new * (Q_old - pi_new.log())).sum(-1)
-    assert (lhs >= V_old - 1e-12).all() and (lhs - V_old).max() > 1e-6  # Lemma 17 step, strict here
+    assert (lhs >= V_old - 1e-12).all() and (lhs - V_old).max() > 1e-6  # Haarnoja 2018a Lemma 2, strict
     _, Q_new = tb.soft_policy_evaluation(P, R, pi_new, gamma)
-    assert (Q_new >= Q_old - 1e-12).all()  # Lemma 17
+    assert (Q_new >= Q_old - 1e-12).all()  # Haarnoja et al. 2018a, Lemma 2
 
     _, Q, history = tb.soft_policy_iteration(P, R, gamma, iters=60)
     assert len(history) == 61
@@ -232,7 +232,7 @@ def test_T23_soft_policy_improvement_and_convergence(gamma):
     # Converged to the soft-optimal fixed point Q* = R + gamma P logsumexp(Q*)  [derived].
     fixed = R + gamma * torch.einsum("sat,t->sa", P, torch.logsumexp(Q, -1))
     torch.testing.assert_close(Q, fixed, rtol=0, atol=1e-9)
-    # Thm 18: Q* dominates the soft Q of every policy.
+    # Haarnoja et al. 2018a, Theorem 1: Q* dominates the soft Q of every policy.
     _, Q_rand = tb.soft_policy_evaluation(P, R, _random_policy((300, 4, 3), g, scale=3.0), gamma)
     assert (Q_rand <= Q + 1e-9).all()
 
@@ -258,7 +258,7 @@ def test_discounted_return_recursion():
 
 @pytest.mark.parametrize("T,rho", [(5, 0.3), (20, 0.8), (12, -0.05)])
 def test_equicorrelated_return_variance(T, rho):
-    # seed 003: Var(r_t) = s^2, Cov(r_t, r_t') = rho s^2  =>  Var(sum_t r_t) = T s^2 + T(T-1) rho s^2.
+    # equicorrelated rewards: Var(r_t) = s^2, Cov(r_t, r_t') = rho s^2  =>  Var(sum_t r_t) = T s^2 + T(T-1) rho s^2.
     sigma = 1.7
     cov = sigma**2 * ((1 - rho) * torch.eye(T, dtype=DT) + rho * torch.ones(T, T, dtype=DT))
     formula = T * sigma**2 + T * (T - 1) * rho * sigma**2
@@ -278,7 +278,8 @@ def test_equicorrelated_variance_is_quadratic_in_horizon():
 
 
 def test_tabular_q_learning_with_harmonic_steps_approaches_q_star():
-    # seed 001 §4.3: q <- q + alpha (r + gamma max q(s') - q), alpha_i = 1/i per (s, a) visit count,
+    # Watkins & Dayan 1992 (Sutton & Barto 2018, eq. 6.8): q <- q + alpha (r + gamma max q(s') - q),
+    # alpha_i = 1/i per (s, a) visit count,
     # (s, a) drawn uniformly (every pair visited infinitely often), s' ~ P.
     gamma = 0.5
     P, R, _, g = _mdp(42, 4, 2)

@@ -1,5 +1,5 @@
-"""Trust-region machinery: T12 (Fisher identities) and T13 (trust-region step, CG, line search, TRPO/NPG) of
-shared/reference/seeds-spec.md §7. Everything in float64 with exact oracles (enumeration, quadrature, solve).
+"""Trust-region machinery: T12 (Fisher identities) and T13 (trust-region step, CG, line search, TRPO/NPG)
+(Schulman et al. 2015, App. C; Kakade 2001). Everything in float64 with exact oracles (enumeration, quadrature, solve).
 """
 
 import math
@@ -156,7 +156,7 @@ def test_T12_gaussian_fisher_identities(gen):
             s = jacobian(logp, theta.clone())
             F_score += w * torch.outer(s, s)
             F_hess -= w * hessian(logp, theta.clone())
-            # Gaussian score in the mean: Sigma^-1 (x - mu) (seed 003, C2).
+            # Gaussian score in the mean: Sigma^-1 (x - mu) (Williams 1992).
             assert torch.allclose(s[:d], (x - mu) / ls.exp() ** 2, atol=1e-12)
     assert torch.allclose(F_score, F_closed, atol=1e-10)
     assert torch.allclose(F_hess, F_closed, atol=1e-10)
@@ -213,8 +213,8 @@ def test_T13_natural_step_solves_the_trust_region_problem(gen):
         u = torch.randn(n, generator=gen, dtype=DT)
         scale = torch.rand((), generator=gen, dtype=DT) * torch.sqrt(2 * delta / (u @ F @ u))
         assert g @ (scale * u) <= g @ D + 1e-15
-    # Dual (seed 004): lambda* = sqrt(c / (2 delta)), D = F^-1 g / lambda*, and lambda* maximises
-    # gbar(lambda) = -c / (2 lambda) - lambda delta with no duality gap (gbar(lambda*) = -g^T D).
+    # Lagrangian dual of the trust-region problem: lambda* = sqrt(c / (2 delta)), D = F^-1 g / lambda*, and
+    # lambda* maximises gbar(lambda) = -c / (2 lambda) - lambda delta with no duality gap (gbar(lambda*) = -g^T D).
     lam = torch.sqrt(c / (2 * delta))
     assert torch.allclose(D, Finv_g / lam, rtol=1e-12)
 
@@ -224,7 +224,7 @@ def test_T13_natural_step_solves_the_trust_region_problem(gen):
     grid = lam * torch.linspace(0.2, 5.0, 101, dtype=DT)
     assert (gbar(grid) <= gbar(lam) + 1e-14).all()
     assert torch.allclose(gbar(lam), -(g @ D), rtol=1e-12)
-    # seed 000's minimisation form theta - sqrt(2 delta) H^-1 g / sqrt(g^T H^-1 g) is the negated step.
+    # the descent form theta - sqrt(2 delta) H^-1 g / sqrt(g^T H^-1 g) is the negated step.
     assert torch.allclose(-math.sqrt(2 * delta) * Finv_g / torch.sqrt(c), -D, rtol=1e-12)
     # No ascent direction: zero step.
     zero = torch.zeros(n, dtype=DT)
@@ -266,10 +266,10 @@ def test_T13_line_search_returns_first_accepted_j_from_zero():
     ev = _Counter(lambda x: (x - x * x, x * x))
     ok, x, info = backtracking_line_search(ev, x0, full, max_kl=0.1)
     assert ok and float(x) == 0.25 and info["backtracks"] == 2.0 and info["step_frac"] == 0.25
-    assert ev.xs == [1.0, 0.5, 0.25]  # stops at the first acceptance (seed 000 Alg 4 never breaks)
+    assert ev.xs == [1.0, 0.5, 0.25]  # stops at the first acceptance (docs/errata.md §6)
     assert info["improvement"] == pytest.approx(0.25 - 0.0625) and info["kl"] == pytest.approx(0.0625)
 
-    # j = 0 is tried and accepted when the full step is fine (seed 000 Alg 4 starts at j = 1).
+    # j = 0 is tried and accepted when the full step is fine (docs/errata.md §6).
     ev = _Counter(lambda x: (x - 0.5 * x * x, x * x))
     ok, x, info = backtracking_line_search(ev, x0, full, max_kl=2.0)
     assert ok and float(x) == 1.0 and info["backtracks"] == 0.0 and ev.xs == [1.0]
@@ -312,7 +312,7 @@ def test_T13_trpo_step_improves_surrogate_within_kl(gen):
     assert after > before and kl_after <= 0.01
     assert info["improvement"] == pytest.approx(after - before, rel=1e-12)
     assert info["kl"] == pytest.approx(kl_after, rel=1e-12)
-    # A wide trust region with the KL(new || old) direction (seed 003; equal to 2nd order, erratum 15): the full
+    # A wide trust region with the KL(new || old) direction (equal to 2nd order, docs/errata.md §7): the full
     # step violates the true KL, the search backtracks, and the previous (larger) fraction was indeed rejected.
     theta, surrogate, _, old = _softmax_problem(torch.Generator().manual_seed(4))
 
