@@ -1,9 +1,9 @@
 """A2C: synchronous advantage actor-critic, one gradient step per short rollout.
 
-Seed 001 §2.6 (actor-critic, advantage-weighted score function) and seed 003 "N-step returns and GAE":
+Mnih et al. 2016 (A2C, the synchronous variant of A3C); advantages as in Schulman et al. 2016 (GAE):
 advantages from pgcore.advantages.gae (gae_lambda = 1 gives the n-step return over the rollout, bootstrapped
 from V(s_T)), policy loss `reinforce_loss(logp, A)`, critic `value_loss(V, A + V_old)`, entropy bonus.
-Defaults follow Mnih et al. 2016 / Stable-Baselines3 (5-step rollouts, RMSprop) [NOT IN SEEDS].
+Defaults follow Mnih et al. 2016 / Stable-Baselines3 (5-step rollouts, RMSprop).
 """
 
 from __future__ import annotations

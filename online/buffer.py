@@ -1,8 +1,8 @@
 """A circular replay buffer of transitions (s, a, r, s', terminated, truncated) for the off-policy agents.
 
 `next_observations` is always the true successor (the final observation when an episode ended), and only
-`terminated` stops the bootstrap; `truncated` is kept for bookkeeping (seed 001 §4.4.3 replay memory;
-time-limit handling [NOT IN SEEDS]: Pardo et al. 2018). Sampling draws indices from a torch.Generator so it
+`terminated` stops the bootstrap; `truncated` is kept for bookkeeping (replay memory of Mnih et al. 2015;
+time-limit handling: Pardo et al. 2018). Sampling draws indices from a torch.Generator so it
 is reproducible and checkpointable.
 """
 

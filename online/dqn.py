@@ -1,11 +1,11 @@
-"""DQN and Double DQN with a target network and replay (seed 001 §4.4.3, Def 10).
+"""DQN and Double DQN with a target network and replay (Mnih et al. 2015; van Hasselt et al. 2016).
 
 Behaviour: epsilon-greedy (`epsilon_greedy_probs`) with epsilon decayed linearly from `epsilon_start` to
 `epsilon_end` over the first `exploration_fraction * total_steps` env steps of the run. Update on a replay minibatch:
     y = dqn_target(r, Q'(s', .), gamma, terminated)                       (double: false)
     y = double_dqn_target(r, Q(s', .), Q'(s', .), gamma, terminated)      (double: true)
     loss = value_loss(Q(s, a), y);  every `target_update_every` updates: polyak_update(Q', Q, tau)
-(tau = 1 is the hard copy of the seed's algorithm).
+(tau = 1 is the periodic hard copy of Mnih et al. 2015).
 """
 
 from __future__ import annotations

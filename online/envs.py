@@ -7,7 +7,7 @@
   Tuple and Dict observations are flattened by `flat_observations`, one-hot for Discrete parts) and a Box
   (1-D) or Discrete action. Anything else raises `DataError` before training starts; an unknown env id too.
 - `RunningMeanStd` is the parallel-variance running estimate (Chan et al. 1979) used for observation
-  normalisation and for reward scaling by the std of the discounted return ([NOT IN SEEDS]: the PPO
+  normalisation and for reward scaling by the std of the discounted return (the PPO
   implementation details of Engstrom et al. 2020 / OpenAI baselines `VecNormalize`).
 """
 
@@ -210,7 +210,7 @@ class ObsNormalizer:
 class RewardScaler:
     """Divide rewards by the running std of the discounted return (no mean shift), then clip.
 
-    [NOT IN SEEDS]: Engstrom et al. 2020 "Implementation Matters" (reward scaling). The per-env return
+    Engstrom et al. 2020, "Implementation Matters in Deep Policy Gradients" (reward scaling). The per-env return
     accumulator restarts at the end of each episode.
     """
 

@@ -3,7 +3,7 @@
 Actor kinds (spec["kind"]):
 - "categorical":   logits over Discrete actions (REINFORCE, A2C, PPO, NPG, TRPO on Discrete envs).
 - "gaussian":      mean(s) and a state-independent log-std; actions in env units, clipped to the Box at the
-                   env boundary (on-policy agents on Box envs; seed 003 "Gaussian policy").
+                   env boundary (on-policy agents on Box envs; Williams 1992).
 - "tanh_gaussian": mean(s), log_std(s) of a TanhGaussian in [-1, 1]^d, scaled to the Box (SAC).
 - "deterministic": tanh(mu(s)) in [-1, 1]^d, scaled to the Box (DDPG, TD3).
 - "q":             Q(s, .) over Discrete actions; the policy is greedy / epsilon-greedy (DQN).
@@ -28,7 +28,7 @@ def mlp(in_dim: int, out_dim: int, hidden: list[int], activation: str, *, ortho:
         layers += [nn.Linear(a, b), ACTIVATIONS[activation]()]
     layers.append(nn.Linear(dims[-1], out_dim))
     if ortho:
-        # [NOT IN SEEDS]: orthogonal init with a small policy head (Engstrom et al. 2020, PPO details).
+        # Orthogonal init with a small policy head (Engstrom et al. 2020, PPO implementation details).
         linears = [m for m in layers if isinstance(m, nn.Linear)]
         for i, lin in enumerate(linears):
             nn.init.orthogonal_(lin.weight, gain=out_gain if i == len(linears) - 1 else math.sqrt(2))

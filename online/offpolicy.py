@@ -1,4 +1,4 @@
-"""What SAC, TD3, DDPG and DQN share: the replay loop (seed 001 §4.4.3 replay memory, seed 003 DDPG/SAC).
+"""What SAC, TD3, DDPG and DQN share: the replay loop (Mnih et al. 2015 replay memory; Lillicrap et al. 2016).
 
 Each vector step: act (uniformly random for the first `learning_starts` env steps, then the agent's
 exploration policy), store (s, a, r, s'_true, terminated, truncated) per env, and every `train_freq` vector

@@ -1,7 +1,7 @@
 """What REINFORCE, A2C, PPO, NPG and TRPO share: an actor-critic, rollout collection and the training loop.
 
 The actor is categorical (Discrete actions) or a diagonal Gaussian with a state-independent log-std (Box
-actions, sampled in env units and clipped to the Box only when sent to the env; seed 003 "Gaussian policy").
+actions, sampled in env units and clipped to the Box only when sent to the env; Williams 1992).
 The critic V(s) is the baseline / GAE value function. Each algorithm module subclasses `ActorCriticAgent`
 and implements `update(batch, step, progress)` with its loss from pgcore.
 

@@ -1,4 +1,4 @@
-"""PPO: clipped surrogate (seed 000 §8.2, seed 001 §2.10) or adaptive-KL penalty (seed 000 §8.1, Alg 5).
+"""PPO: clipped surrogate or adaptive-KL penalty (Schulman et al. 2017, eqs. 7 and 8, §4).
 
 Per iteration: collect `num_envs * num_steps` steps, GAE advantages (pgcore.advantages.gae), then
 `update_epochs` passes of shuffled minibatches minimising
@@ -7,7 +7,7 @@ Per iteration: collect `num_envs * num_steps` steps, GAE advantages (pgcore.adva
 
 with L_policy = `ppo_clip_loss` (loss: clip) or `ppo_kl_penalty_loss` with the closed-form KL(old || new)
 and beta adapted after each iteration by `adaptive_kl_beta` (loss: kl_penalty). Optional early stop of the
-epochs when the approximate KL exceeds `target_kl` ([NOT IN SEEDS]: OpenAI Spinning Up).
+epochs when the approximate KL exceeds `target_kl` (OpenAI Spinning Up's PPO).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class PPOConfig(OnPolicyConfig):
     clip_eps: float = 0.2
     clip_value: bool = False          # PPO2 value clipping with clip_eps
     kl_beta: float = 1.0              # initial beta of the KL-penalty form
-    kl_target: float = 0.01           # d_targ of seed 000 Alg 5
+    kl_target: float = 0.01           # d_targ of Schulman et al. 2017 §4
     target_kl: float | None = None  # early-stop the epochs past this approx KL (clip form)
     vf_coef: float = 0.5
     ent_coef: float = 0.0
@@ -91,7 +91,7 @@ class PPO(ActorCriticAgent):
             kl_full = float(self.kl(old_params, self.dist_params(obs)).mean())
         stats["policy/kl"] = kl_full
         if cfg.loss == "kl_penalty":
-            # seed 000 Alg 5: halve beta when KL < d_targ / 1.5, double it when KL > 1.5 d_targ.
+            # Schulman et al. 2017 §4: halve beta when KL < d_targ / 1.5, double it when KL > 1.5 d_targ.
             self.beta = adaptive_kl_beta(self.beta, kl_full, cfg.kl_target)
             stats["policy/kl_beta"] = self.beta
         return stats

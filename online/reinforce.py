@@ -1,4 +1,4 @@
-"""REINFORCE with reward-to-go and a learned baseline (seed 001 §2.3-2.5, seed 003 "REINFORCE").
+"""REINFORCE with reward-to-go and a learned baseline (Williams 1992; Sutton & Barto 2018 §13.3-13.4).
 
     G_t = r_t + gamma * G_{t+1}   within an episode (pgcore.advantages.discounted_returns)
     loss = reinforce_loss(log pi(a_t|s_t), G_t - b(s_t)) + vf_coef * value_loss(b(s_t), G_t)
@@ -6,7 +6,7 @@
 Batches are fixed-length rollouts, so an episode can be cut by a time limit or by the rollout's end; only
 there is the missing tail replaced by the baseline's estimate gamma * b(s'_t) (folded into r_t so the
 recursion stops, `dones = terminated OR truncated`). Episodes that terminate inside the batch use the pure
-Monte-Carlo return, as in the seeds. Use long rollouts (num_steps ~ episode length) for the classic method.
+Monte-Carlo return, as in Williams 1992. Use long rollouts (num_steps ~ episode length) for the classic method.
 """
 
 from __future__ import annotations

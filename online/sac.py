@@ -1,5 +1,5 @@
-"""SAC: twin soft Q critics, tanh-Gaussian actor, automatic temperature (seed 001 §2.11, seed 003 SAC;
-[NOT IN SEEDS]: Haarnoja et al. 2018b for the twin critics and the temperature loss).
+"""SAC: twin soft Q critics, tanh-Gaussian actor, automatic temperature (Haarnoja et al. 2018a;
+Haarnoja et al. 2018b for the twin critics and the temperature loss).
 
 Per update, on a replay minibatch (actions mapped to [-1, 1]):
     critic:  y = sac_q_target(r, min(Q1', Q2')(s', a'), log pi(a'|s'), alpha, gamma, terminated),

@@ -1,8 +1,8 @@
 """DDPG and TD3: deterministic actor mu(s) in [-1, 1]^d, Q critic(s), Gaussian exploration noise.
 
-DDPG (seed 003 DDPG, seed 001 §2.12): y = td_target(r, Q'(s', mu'(s')), gamma, terminated); critic
+DDPG (Lillicrap et al. 2016; Silver et al. 2014): y = td_target(r, Q'(s', mu'(s')), gamma, terminated); critic
 `value_loss(Q(s, a), y)`; actor `dpg_actor_loss(Q(s, mu(s)))` every step; Polyak targets.
-TD3 ([NOT IN SEEDS]: Fujimoto et al. 2018) adds the three fixes as options: twin critics with
+TD3 (Fujimoto et al. 2018) adds the three fixes as options: twin critics with
 `clipped_double_q` in the target, target policy smoothing (`td3_smoothed_action`) and a delayed actor and
 target update (`policy_delay`). `algo: ddpg` uses DDPGConfig (one critic, no smoothing, no delay).
 """

@@ -1,6 +1,6 @@
 """TRPO and NPG: natural-gradient policy steps from pgcore.trust_region, GAE, value function by regression.
 
-Policy step (seed 004 st.4 / np.2 / ls.1, seed 000 Alg 3-4): maximise the surrogate
+Policy step (Schulman et al. 2015; Kakade 2001 for NPG): maximise the surrogate
 L(theta) = mean(pi_theta(a|s) / pi_old(a|s) * A) subject to mean KL(pi_old || pi_theta) <= max_kl;
 direction F^-1 g by conjugate gradient on Fisher-vector products, step size sqrt(2 delta / g^T F^-1 g);
 TRPO adds the backtracking line search (`trpo_step`), NPG takes the step as is (`npg_step`).
