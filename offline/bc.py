@@ -1,7 +1,7 @@
 """Behaviour cloning baseline on a Minari dataset: `reins bc --config FILE dataset=<id-or-path>`.
 
-Maximum likelihood of the dataset actions, L = -E[log pi(a|s)], i.e. AWR with beta = 0 (seeds-spec T21:
-beta = 0 is behaviour cloning), computed with pgcore.awr_loss. The actors are IQL's (Gaussian, or
+Maximum likelihood of the dataset actions, L = -E[log pi(a|s)], i.e. AWR with beta = 0 (every weight
+exp(beta A) is 1; Peng et al. 2019), computed with pgcore.awr_loss. The actors are IQL's (Gaussian, or
 deterministic where log pi = -||pi(s) - a||^2 makes it MSE regression) or CQL's tanh-Gaussian, so the
 comparison with IQL/CQL uses the same network and data pipeline.
 """

@@ -1,6 +1,6 @@
 """`reins collect`: Minari datasets in D4RL-style tiers, written without jax and all-or-nothing.
 
-Tiers (anchors-offline.md §5, the D4RL recipe): random (uniform actions), medium (a behaviour policy stopped at
+Tiers (the D4RL recipe, Fu et al. 2020): random (uniform actions), medium (a behaviour policy stopped at
 about one third of the way from random to expert return), expert (the best policy), medium-replay (the
 learner's replay data up to the medium policy), medium-expert (medium and expert episodes together).
 Every tier stores ref_min_score = the random policy's mean return and ref_max_score = the expert's mean

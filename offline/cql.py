@@ -1,7 +1,7 @@
 """Conservative Q-learning (CQL(H), SAC-style) on a Minari dataset: `reins cql --config FILE dataset=<id>`.
 
-Seed 001 §5.3 with R(mu) = -KL(mu || uniform) (the logsumexp form, seeds-spec O3); the continuous-action
-estimator, importance sampling and the Lagrange variant are [NOT IN SEEDS]: Kumar et al. 2020 App. F / eq. 30,
+Kumar et al. 2020, CQL(H) (eq. 4: R(mu) = -KL(mu || uniform) up to a constant, the logsumexp form); the
+continuous-action estimator, importance sampling and the Lagrange variant: Kumar et al. 2020 App. F / eq. 30,
 following the original code (aviralkumar2907/CQL, min_q_version=3) and CORL. Each update:
   1. temperature: L_alpha = -E[log alpha (log pi(a~|s) + target_entropy)]     (pgcore.sac_temperature_loss)
   2. actor:       L_pi = E[alpha log pi(a~|s) - min_e Q_e(s, a~)]               (pgcore.sac_actor_loss)

@@ -6,7 +6,7 @@
     buf = DeviceBuffer(norm.apply(tr), device="cuda")          # tensors on the device
     batch = buf.sample(256, generator)                         # indices drawn on the device
 
-The transition view (environment.md "D4RL-style transitions"; anchors-offline.md §5): per episode
+The transition view (that of D4RL's `qlearning_dataset`, Fu et al. 2020, read from Minari episodes): per episode
 observations = obs[:-1], next_observations = obs[1:], terminals = terminations (the bootstrap mask) and
 timeouts = truncations. A truncated episode keeps its last transition with terminal = 0: Minari stores the
 final observation, so there is no reason to drop it as D4RL's `qlearning_dataset` had to.

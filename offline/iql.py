@@ -1,10 +1,10 @@
 """Implicit Q-learning (IQL) on a Minari dataset: `reins iql --config FILE dataset=<id-or-path>`.
 
-Seed 001 §5.2 (Kostrikov, Nair, Levine 2021): each update, on a minibatch (s, a, r, s', d),
+Kostrikov, Nair & Levine 2021, "Offline RL with implicit Q-learning": each update, on a minibatch (s, a, r, s', d),
   1. V:     L_V = E[ L_2^tau( min_e Qhat_e(s, a) - V(s) ) ]           expectile regression (pgcore.expectile_loss)
   2. Q:     L_Q = sum_e E[ (Q_e(s, a) - (r + gamma (1 - d) V(s')))^2 ]   (pgcore.td_target gives the target)
-  3. pi:    L_pi = -E[ min(exp(beta (Qhat - V)), 100) log pi(a|s) ]    AWR extraction (pgcore.awr_loss; the seed's
-            sign erratum §6.9 fixed)
+  3. pi:    L_pi = -E[ min(exp(beta (Qhat - V)), 100) log pi(a|s) ]    AWR extraction (pgcore.awr_loss, maximising
+            the weighted likelihood: docs/errata.md §8)
   4. Qhat <- Polyak(Qhat, Q, tau)                                       (pgcore.polyak_update)
 Update order follows CORL (V(s') and the advantage use V before its step), which saves two forward passes;
 the original computes them after the V step. The actor's learning rate follows a cosine decay over max_steps
@@ -28,7 +28,7 @@ from pgcore.policy_losses import polyak_update, td_target
 from reins.cli import stage_main
 from reins.config import check
 
-# Published settings (anchors-offline.md §1). Values are applied to fields left at their defaults.
+# Published settings; each comment names the upstream source. Values are applied to fields left at their defaults.
 PRESETS: dict[str, dict] = {
     # Original IQL (ikostrikov/implicit_q_learning, mujoco_config.py): reward 1000/(max-min), raw obs,
     # orthogonal init, 1M steps, eval every 5k steps with 10 episodes.

@@ -2,7 +2,7 @@
 
 Actors act on normalised observations and produce actions in [-1, 1] (offline/data.py maps the dataset's
 action box there). Twin critics are one module with weights [E, in, out] so both Q-functions run in one
-batched matmul (anchors-offline.md §7: stacked ensembles instead of Python loops).
+batched matmul (a stacked ensemble instead of a Python loop over critics).
 """
 
 from __future__ import annotations
