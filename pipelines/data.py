@@ -1,6 +1,6 @@
 """Data for the LM stages: load, validate, normalise (TRL formats) and tokenise with exact completion masks.
 
-Formats (the conventions of TRL users, anchors-preference.md §1.1):
+Formats (the conventions of TRL users, as TRL's dataset-formats documentation describes them):
 - SFT: `text`; or `prompt` + `completion`; or `messages` (conversational; the last assistant turn is the
   completion, everything before it the prompt).
 - Preference: `prompt` + `chosen` + `rejected`, or implicit prompt (`chosen` + `rejected` sharing a prefix).

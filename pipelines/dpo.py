@@ -1,8 +1,8 @@
 """`reins dpo`: direct preference optimisation from a (SFT) policy and preference pairs.
 
 Loss: pgcore.preference_losses.dpo_loss on sequence log-probs (sum over completion tokens) of the policy and
-the reference, loss_type in {sigmoid, robust, ipo, hinge}, beta, label_smoothing, reference_free (seed 001
-§6.1.2, Rafailov et al. 2023 eq. 7; variants in pgcore). Chosen and rejected go through ONE concatenated
+the reference, loss_type in {sigmoid, robust, ipo, hinge}, beta, label_smoothing, reference_free (Rafailov
+et al. 2023, eq. 7; variants in pgcore). Chosen and rejected go through ONE concatenated
 forward; by default (`shared_prompt`) that forward holds each pair as one row [prompt | chosen | rejected] with a
 4-D attention mask, so the prompt is processed once and padding mostly disappears (log-probs equal the two-row
 layout's to rounding; see pipelines.scoring.shared_prompt_batch). The reference is a frozen copy of the initial

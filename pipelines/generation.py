@@ -2,7 +2,7 @@
 
 Sampling is from the full tempered distribution (`top_k=0`; `top_p` only if asked) so the samples are on-policy
 for log-probs recomputed with the same temperature (off-policy sampling is a known cause of negative KL
-estimates, anchors-preference.md §6). A model's own generation_config (e.g. SmolLM2's defaults) is ignored.
+estimates, e.g. trl#925, trl#1005). A model's own generation_config (e.g. SmolLM2's defaults) is ignored.
 """
 
 from __future__ import annotations

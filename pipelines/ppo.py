@@ -6,11 +6,11 @@ One iteration ("update", the unit of `max_steps`, `save_every`, `eval_every`):
    after the first EOS, pad != EOS); log-probs of policy and reference are recomputed with logits / temperature;
    values from the value model; reward-model scores (re-tokenised when the RM's tokenizer differs);
 2. rewards: per-token KL penalty plus the transformed score on the last token (pipelines/ppo_rollout.py);
-   the KL coefficient is fixed, proportional (target, horizon) or halve/double (seed 000 Alg 5);
+   the KL coefficient is fixed, proportional (target, horizon) or halve/double (Schulman et al. 2017 §4);
 3. advantages: GAE over response tokens (gamma, lam), whitened (pgcore.advantages);
 4. update: `ppo_epochs` passes over `num_minibatches` shuffled minibatches, each split into `grad_accum`
    micro-batches; loss = PPO clipped surrogate + vf_coef * clipped value loss - entropy_coef * entropy
-   (pgcore.policy_losses, seed 000 §8.2 / seed 001 §2.10), token means over the minibatch, max grad norm.
+   (pgcore.policy_losses, Schulman et al. 2017, eq. 9), token means over the minibatch, max grad norm.
 Metrics use TRL/N+ names (objective/kl, objective/entropy, objective/rlhf_reward, objective/scores,
 policy/approxkl, policy/clipfrac, val/clipfrac, val/vpred, loss/policy, loss/value, val/ratio, val/ratio_max,
 kl_coef), plus the shared evaluation (eval/gold_reward, eval/kl_to_ref, eval/win_rate_vs_ref,

@@ -5,7 +5,8 @@ so response token j of every row sits in column P + j and per-token tensors are 
 1 on real response tokens (up to and including EOS; nothing after it). Position ids come from the attention
 mask, so padding never shifts positions.
 
-Reward (Ziegler et al. 2019 §2.2; TRL PPOv2 / N+ details 10-11), per response token t of row i:
+Reward (Ziegler et al. 2019 §2.2; TRL PPOv2; Huang et al. 2024, "The N+ implementation details of RLHF with
+PPO", details 10-11), per response token t of row i:
     r_{i,t} = -kl_coef * k(log pi(y_t|.) - log pi_ref(y_t|.))  +  [t = last_i] * s_i
 where k is the per-token KL estimator (pgcore.kl.kl_estimate, k1 by default, k3 selectable) and s_i the
 transformed reward-model score placed on the LAST response token: the EOS token itself when the response
@@ -13,7 +14,7 @@ stopped (this settles trl#3750, where TRL added it to the pad after EOS), else t
 Score transforms, in this order: batch standardisation (`score_norm`), minus `missing_eos_penalty` for
 responses without EOS (TRL), clipping to +-`score_clip`.
 Advantages: pgcore.advantages.gae over the response tokens (terminal after the last token), then whitened
-(pgcore.advantages.whiten); `returns = A + V` are the value targets (seed 001 §2.10 y_t).
+(pgcore.advantages.whiten); `returns = A + V` are the value targets (Schulman et al. 2016 §5).
 """
 
 from __future__ import annotations
@@ -136,7 +137,8 @@ def advantages_and_returns(rewards: torch.Tensor, values: torch.Tensor, response
 
 @dataclass
 class KLController:
-    """kl_coef of the reward's KL penalty: fixed, proportional (Ziegler et al. 2019) or seed 000 Alg 5.
+    """kl_coef of the reward's KL penalty: fixed, proportional (Ziegler et al. 2019) or halve/double
+    (Schulman et al. 2017 §4).
 
     `update(kl, n_steps)` is called once per PPO iteration with the mean sequence KL of that iteration's
     rollouts (all processes) and the number of rollouts; its state is `value` (checkpointed).

@@ -4,7 +4,7 @@ Labelling (per prompt, over its `num_samples` scored completions):
 - "max_margin": chosen = the highest-scoring, rejected = the lowest; the prompt is skipped when their gold
   scores differ by less than `min_margin` (ambiguous pairs);
 - "bradley_terry": two distinct completions drawn at random; the first is chosen with probability
-  sigma((s_1 - s_2) / bt_temperature), the Bradley-Terry model of seed 001 §6.1.1 with the gold score as reward,
+  sigma((s_1 - s_2) / bt_temperature), the Bradley-Terry model (Bradley & Terry 1952) with the gold score as reward,
   so labels are noisy in proportion to how close the scores are.
 Pairs whose completions are identical text are skipped. Output: a `datasets` DatasetDict with splits
 train/test and columns prompt, chosen, rejected, chosen_score, rejected_score, saved to `output_dir/data`

@@ -1,7 +1,7 @@
 """`reins reward`: a Bradley-Terry reward model on preference pairs.
 
 Loss (pgcore.preference_losses.bradley_terry_loss): -mean log sigma(r(x, y_w) - r(x, y_l) - margin)
-+ center_coef * mean((r_w + r_l)^2) (seed 001 §6.1.1; margin from a `margin` column when `use_margin`,
++ center_coef * mean((r_w + r_l)^2) (Rafailov et al. 2023, eq. 2; margin from a `margin` column when `use_margin`,
 Llama 2; centering, Eisenstein et al. 2023). The model is AutoModelForSequenceClassification (num_labels=1)
 initialised from `model` (the SFT model), scoring the EOS token of prompt+completion; chosen and rejected go
 through one forward, by default (`shared_prompt`) as one row [prompt | chosen | rejected] per pair with a 4-D

@@ -132,7 +132,7 @@ def _at(flat_rows: torch.Tensor, keep: torch.Tensor, fill=0.0) -> torch.Tensor:
 
 
 def sequence_logps(model, batch: dict, *, temperature: float = 1.0, with_entropy: bool = False) -> dict:
-    """Per-sequence sums of completion-token log-probs (seed 001 §6.1.2: log pi(y|x) = sum_t log pi(y_t|...)).
+    """Per-sequence sums of completion-token log-probs (log pi(y|x) = sum_t log pi(y_t|...)).
 
     Returns {'logps' [B], 'token_logps' [B, T-1] (0 off the completion), 'mask' [B, T-1], 'n_tokens' [B],
     'logits_mean' [B] (mean completion logit, TRL's logits/* metric)} and 'entropy' [B, T-1] if asked.

@@ -1,8 +1,8 @@
 """`reins sft`: supervised fine-tuning of a causal LM, loss on completion tokens only (or all tokens of `text`).
 
 Loss: token-mean negative log-likelihood over the completion tokens of the global batch,
--sum_{i,t} m_{i,t} log pi(y_{i,t} | x_i, y_{i,<t}) / sum_{i,t} m_{i,t} (the behaviour-cloning objective the
-seeds' RLHF pipeline starts from, seed 001 §6.1). Packing (optional) concatenates all sequences, EOS-separated,
+-sum_{i,t} m_{i,t} log pi(y_{i,t} | x_i, y_{i,<t}) / sum_{i,t} m_{i,t} (the supervised step the
+RLHF pipeline starts from, Ouyang et al. 2022 §3.5). Packing (optional) concatenates all sequences, EOS-separated,
 into max_length blocks and trains on every token.
 Default: the tiny model on the built-in sentiment corpus. Artifact: `output_dir/model` (save_pretrained).
 """

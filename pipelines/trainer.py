@@ -5,8 +5,8 @@ accumulation micro-steps). Each epoch draws a seeded permutation; step k takes t
 it into world_size x grad_accum micro-batches. A stage's `loss_fn(model, examples, denominator)` returns the SUM
 of per-item losses over its micro-batch divided by `denominator`, the item count (pairs, or tokens) of the whole
 global batch; the loop multiplies by world_size x grad_accum to undo DDP's and accelerate's averaging, so the
-gradient is exactly that of the global-batch mean however the batch is split (anchors-preference.md §6:
-gradient-accumulation normalisation bugs).
+gradient is exactly that of the global-batch mean however the batch is split (gradient-accumulation
+normalisation bugs: transformers PR #34191, trl#2175).
 
 Checkpoint (main process, atomic, weights-only): trainable parameters, optimizer, scheduler, RNG, step; the
 data position follows from the step. Metrics stay on the device between sync points (log, save and hook steps);
@@ -95,7 +95,8 @@ class TrainArgs:
 
 def make_accelerator(args: TrainArgs):
     """An Accelerator for this process. On a machine without CUDA it is forced onto CPU (gloo): accelerate's
-    launcher does not pass `use_cpu` on (environment.md), which would otherwise give independent rank-0 runs."""
+    launcher does not pass `use_cpu` on (recipes/accelerate/README.md), which would otherwise give independent
+    rank-0 runs."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
