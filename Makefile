@@ -8,7 +8,7 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install test demo lint bench clean
 
-# torch is installed first and pinned: an unpinned torch resolves a multi-GB CUDA build (environment.md).
+# torch is installed first and pinned: an unpinned torch resolves a multi-GB CUDA build.
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

@@ -110,9 +110,9 @@ def flush_denormals() -> bool:
     """Treat subnormal floats as zero in this process's CPU math (FTZ/DAZ); returns whether it took effect.
 
     Adam's moment estimates of parameters whose gradient has gone to zero (dead ReLU units) decay through
-    the subnormal range, where x86 arithmetic is ~100x slower: on Hopper-sized SAC this made the fused Adam
-    step 4x slower after a few hundred updates (0.45 -> 1.8 ms per update, 139 -> 115 updates/s). Values below
-    1.2e-38 are far below anything these models resolve, so they are flushed, as JAX and TensorFlow do on CPU.
+    the subnormal range, where x86 arithmetic is much slower: on Hopper-sized SAC the fused Adam step slowed
+    down several-fold after a few hundred updates (measured in benchmarks/README.md, "Subnormal flushing"). Values
+    below 1.2e-38 are far below anything these models resolve, so they are flushed, as JAX and TensorFlow do on CPU.
     Called at the start of every stage (before torch starts its worker threads, which inherit the setting);
     `REINS_KEEP_DENORMALS=1` opts out.
     """

@@ -1,5 +1,5 @@
-"""PPO-RLHF throughput of reins (pipelines/ppo.py) alone: TRL removed its PPO trainer (anchors-preference.md
-§0), so there is no maintained peer. Reported: generated tokens/s of the rollout phase (KV-cached sampling plus
+"""PPO-RLHF throughput of reins (pipelines/ppo.py) alone: TRL removed its PPO trainer (PR
+trl#7020), so there is no maintained peer. Reported: generated tokens/s of the rollout phase (KV-cached sampling plus
 policy/reference/value/reward scoring), optimizer steps/s of the update phase, and the fraction of the
 machine's measured matmul ceiling each phase reaches (FLOPs counted by torch on one iteration).
 

@@ -1,4 +1,4 @@
-"""Bad inputs across stages, through the real `reins` entry point (DESIGN.md "Data", issue 7 "Reliability").
+"""Bad inputs across stages, through the real `reins` entry point.
 
 Every case is a malformed file or config given to a real stage. The contract checked for each one:
 - a non-zero exit code, never a traceback;

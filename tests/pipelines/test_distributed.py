@@ -71,7 +71,7 @@ def test_accelerate_configs_load_with_accelerates_loader(path):
     cfg = load_config_from_file(str(path))
     assert cfg.num_processes >= 2 and cfg.num_machines == 1
     if "cpu" in path.name:
-        # MULTI_CPU would silently start one process with the simple launcher (environment.md).
+        # MULTI_CPU would silently start one process with the simple launcher (recipes/accelerate/README.md).
         assert cfg.use_cpu is True and cfg.distributed_type.value == "MULTI_GPU"
     if "zero" in path.name:
         assert cfg.distributed_type.value == "DEEPSPEED"
