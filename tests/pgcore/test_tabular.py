@@ -229,7 +229,7 @@ def test_T23_soft_policy_improvement_and_convergence(gamma):
     assert len(history) == 61
     for before, after in zip(history, history[1:]):
         assert (after >= before - 1e-11).all()
-    # Converged to the soft-optimal fixed point Q* = R + gamma P logsumexp(Q*)  [derived].
+    # Converged to the soft-optimal fixed point Q* = R + gamma P logsumexp(Q*) (soft Bellman optimality).
     fixed = R + gamma * torch.einsum("sat,t->sa", P, torch.logsumexp(Q, -1))
     torch.testing.assert_close(Q, fixed, rtol=0, atol=1e-9)
     # Haarnoja et al. 2018a, Theorem 1: Q* dominates the soft Q of every policy.
