@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.e2e.fixtures import TINY_MODEL, TINY_TRAIN, run_cli, snapshot, write_jsonl
 
@@ -97,11 +98,31 @@ def _collect_online_run_without_snapshots(d, out):
             "dataset_prefix=test/on"], ["online", "no snapshots/index.json"]
 
 
+def _iql_equal_returns_with_reward_scaling(d, out):
+    from tests.offline.conftest import make_episode, write_dataset
+
+    eps = [make_episode([[0, 0, 0], [1, 0, 0], [2, 0, 0]], [[0.5], [-1.0]], [1.0, 1.0], [0, 1], [0, 0]),
+           make_episode([[5, 0, 0], [6, 0, 0], [7, 0, 0]], [[1.5], [0.0]], [0.5, 1.5], [0, 1], [0, 0])]
+    write_dataset("test/flat-v0", eps)
+    return ["iql", "dataset=test/flat-v0", "normalize_reward=true", f"output_dir={out}", *OFFLINE], \
+        ["test/flat-v0", "all episode returns are equal"]
+
+
+def _bc_cuda_without_cuda(d, out):
+    from tests.offline.conftest import two_episodes, write_dataset
+
+    write_dataset("test/two-v0", two_episodes())
+    return ["bc", "dataset=test/two-v0", "device=cuda", f"output_dir={out}", *OFFLINE], ["cuda", "not available"]
+
+
 VALIDATE_FIRST = {"dpo-batch-over-data": _batch_over_dpo, "reward-batch-over-data": _batch_over_reward,
                   "sft-batch-over-data": _batch_over_sft, "ppo-reward-model-typo": _ppo_reward_model_typo,
                   "dpo-eval-prompts-missing": _dpo_eval_prompts_missing,
                   "collect-scripted-on-another-env": _collect_scripted_other_env,
-                  "collect-online-run-without-snapshots": _collect_online_run_without_snapshots}
+                  "collect-online-run-without-snapshots": _collect_online_run_without_snapshots,
+                  "iql-reward-scaling-of-equal-returns": _iql_equal_returns_with_reward_scaling}
+if not torch.cuda.is_available():
+    VALIDATE_FIRST["bc-cuda-device-without-cuda"] = _bc_cuda_without_cuda
 
 
 def test_bad_inputs_write_nothing_into_a_fresh_output_dir(workdir, capfd):
