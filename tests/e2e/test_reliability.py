@@ -98,6 +98,30 @@ def _collect_online_run_without_snapshots(d, out):
             "dataset_prefix=test/on"], ["online", "no snapshots/index.json"]
 
 
+def _dpo_ref_model_typo(d, out):
+    return ["dpo", f"ref_model={d / 'sft-typo' / 'model'}", f"output_dir={out}", *TINY_TRAIN, *NO_EVAL], \
+        ["sft-typo", "does not exist"]
+
+
+def _ppo_value_model_typo(d, out):
+    from pipelines.models import load_reward_model, save_model
+    from tests.pipelines.helpers import small_args, small_tok
+
+    tok = small_tok()
+    save_model(load_reward_model(small_args(), tok, seed=1), tok, d / "rm")
+    return ["ppo", f"reward_model={d / 'rm'}", f"value_model={d / 'vm-typo'}", f"output_dir={out}", *TINY_MODEL,
+            "batch_size=4", "builtin_size=8", "eval_prompts=none"], ["vm-typo", "not a directory"]
+
+
+def _sft_model_without_weights(d, out):
+    from tests.pipelines.helpers import small_model, small_tok
+
+    tok, path = small_tok(), d / "no-weights"
+    small_model(tok).config.save_pretrained(path)
+    tok.save_pretrained(path)
+    return ["sft", f"model={path}", f"output_dir={out}", *TINY_TRAIN, *NO_EVAL], ["no-weights", "cannot load model"]
+
+
 def _iql_equal_returns_with_reward_scaling(d, out):
     from tests.offline.conftest import make_episode, write_dataset
 
@@ -117,7 +141,9 @@ def _bc_cuda_without_cuda(d, out):
 
 VALIDATE_FIRST = {"dpo-batch-over-data": _batch_over_dpo, "reward-batch-over-data": _batch_over_reward,
                   "sft-batch-over-data": _batch_over_sft, "ppo-reward-model-typo": _ppo_reward_model_typo,
-                  "dpo-eval-prompts-missing": _dpo_eval_prompts_missing,
+                  "dpo-eval-prompts-missing": _dpo_eval_prompts_missing, "dpo-ref-model-typo": _dpo_ref_model_typo,
+                  "ppo-value-model-typo": _ppo_value_model_typo,
+                  "sft-model-without-weights": _sft_model_without_weights,
                   "collect-scripted-on-another-env": _collect_scripted_other_env,
                   "collect-online-run-without-snapshots": _collect_online_run_without_snapshots,
                   "iql-reward-scaling-of-equal-returns": _iql_equal_returns_with_reward_scaling}
