@@ -94,11 +94,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen: dict = {}
         for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` merges may be overridden by the keys written beside them
             key = self.construct_object(key_node, deep=True)
-            try:
-                first = seen.setdefault(key, key_node.start_mark)
-            except TypeError:  # an unhashable key: let PyYAML report it
-                continue
+            first = seen.setdefault(key, key_node.start_mark)
             if first is not key_node.start_mark:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key '{key}' (first given at line {first.line + 1}, column "

@@ -336,6 +336,11 @@ def test_yaml_errors_name_file_line_and_column(workdir, capfd):
     code, err = run_cli(["run", str(recipe), "--quiet"], capfd)
     _one_line_error(code, err, "run", [f"{recipe}: line 4, column 4: invalid YAML"])
     assert not (workdir / "out").exists()
+    from reins.config import read_yaml
+
+    merged = workdir / "merge.yaml"  # keys beside a `<<: *anchor` merge override it: not duplicates
+    merged.write_text("base: &b {x: 1, y: 2}\nover:\n  <<: *b\n  y: 3\n")
+    assert read_yaml(merged) == {"base": {"x": 1, "y": 2}, "over": {"x": 1, "y": 3}}
 
 
 # ----------------------------------------------------------------------------------------- class 9
