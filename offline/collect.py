@@ -366,6 +366,7 @@ def _check_source(cfg: Config) -> None:
         raise DataError(f"{src.run}: neither snapshots/index.json nor policy.pt; is it an online run's output_dir?")
     if "medium-replay" in cfg.tiers and not (src.run / "replay.pt").is_file():
         raise DataError(f"{src.run / 'replay.pt'}: missing; the online run needs save_replay=true for medium-replay")
+    src.expert()  # every tier needs the expert (its return is the normalisation's ref_max): it must load
 
 
 def _check_behaviour_env(cfg: Config) -> None:

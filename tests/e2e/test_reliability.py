@@ -98,6 +98,13 @@ def _collect_online_run_without_snapshots(d, out):
             "dataset_prefix=test/on"], ["online", "no snapshots/index.json"]
 
 
+def _collect_online_run_with_a_bad_policy(d, out):
+    (d / "online2").mkdir()
+    (d / "online2" / "policy.pt").write_bytes(b"not a policy")
+    return ["collect", f"output_dir={out}", f"behaviour_run={d / 'online2'}", "tiers=[expert]",
+            "env_id=Pendulum-v1", "dataset_prefix=test/on2"], ["online2/policy.pt", "refused to load"]
+
+
 def _dpo_ref_model_typo(d, out):
     return ["dpo", f"ref_model={d / 'sft-typo' / 'model'}", f"output_dir={out}", *TINY_TRAIN, *NO_EVAL], \
         ["sft-typo", "does not exist"]
@@ -146,6 +153,7 @@ VALIDATE_FIRST = {"dpo-batch-over-data": _batch_over_dpo, "reward-batch-over-dat
                   "sft-model-without-weights": _sft_model_without_weights,
                   "collect-scripted-on-another-env": _collect_scripted_other_env,
                   "collect-online-run-without-snapshots": _collect_online_run_without_snapshots,
+                  "collect-online-run-with-a-bad-policy": _collect_online_run_with_a_bad_policy,
                   "iql-reward-scaling-of-equal-returns": _iql_equal_returns_with_reward_scaling}
 if not torch.cuda.is_available():
     VALIDATE_FIRST["bc-cuda-device-without-cuda"] = _bc_cuda_without_cuda
