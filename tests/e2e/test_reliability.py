@@ -48,7 +48,7 @@ def _pairs(d: Path, n: int) -> Path:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """A plain causal LM dir (no score head) and a reward-model dir (trained-head layout) of the small tiny Llama."""
+    """A plain causal LM dir (no score head) and a reward-model dir (score head saved, as `reins reward` writes)."""
     from pipelines.models import load_reward_model, save_model
     from tests.pipelines.helpers import small_args, small_model, small_tok
 
