@@ -35,8 +35,8 @@ import yaml
 
 from reins.cli import STAGES, flush_denormals
 from reins.config import from_dict, parse_overrides, read_yaml, set_dotted, to_dict
-from reins.errors import ConfigError, ReinsError
-from reins.runio import CONFIG_FILE, METRICS_FILE, check_run_dir, config_changes, os_error
+from reins.errors import ConfigError, DataError, ReinsError
+from reins.runio import CONFIG_FILE, METRICS_FILE, check_run_dir, config_changes, describe_os_error
 
 _REF = re.compile(r"\$\{([A-Za-z0-9_\-]+)\.([A-Za-z0-9_.]+)\}")
 RECIPE_KEYS = ("name", "output_dir", "stages", "report", "quiet")
@@ -238,9 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reins run: error: {e}", file=sys.stderr)
         return e.exit_code
     except OSError as e:  # a full disk, a permission, a file where a directory should be: the user's to fix
-        err = os_error(e, "os error on") if e.filename else os_error(e, "os error")
-        print(f"reins run: error: {err}", file=sys.stderr)
-        return err.exit_code
+        print(f"reins run: error: {describe_os_error(e)}", file=sys.stderr)
+        return DataError.exit_code
     return 0
 
 

@@ -13,6 +13,7 @@ Checkpoints are plain dicts of tensors, numbers and strings saved with `torch.sa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -44,18 +45,8 @@ REPORT_TO = ("none", "jsonl", "tensorboard")
 # ----------------------------------------------------------------------------------------- atomic files
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see either the old file or the complete new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _atomic_file(path) as f:
+        f.write(data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -63,15 +54,39 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    # Through a Python file object, so that a full disk is an OSError(ENOSPC): torch's own file writer (given a
+    # path) reports it as an opaque RuntimeError ("unexpected pos ..."), and even given a file object it may
+    # wrap the OSError of a write into one, keeping the OSError as the RuntimeError's context.
+    with _atomic_file(path) as f:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None
+            raise
+
+
+@contextlib.contextmanager
+def _atomic_file(path: str | Path):
+    """A binary file that replaces `path` (write to a temp name in its directory, fsync, rename) when the block
+    ends without an error, and is removed otherwise. An OSError names `path`, not the temp name."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
-        torch.save(obj, tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -144,6 +159,12 @@ def check_finite(name: str, value: Any, *, step: int | None = None) -> None:
 
 
 # ----------------------------------------------------------------------------------------- run directory
+def describe_os_error(e: OSError) -> str:
+    """`path: cause` of an OSError (the cause alone when the OS named no file)."""
+    cause = e.strerror or str(e) or type(e).__name__
+    return f"{e.filename}: {cause}" if e.filename else cause
+
+
 def os_error(e: OSError, doing: str, path: str | Path | None = None) -> DataError:
     """An OSError (full disk, permissions, a file where a directory should be) as a one-line user error:
     `{doing} {path}: {cause}` (`path` defaults to the file the OS named)."""

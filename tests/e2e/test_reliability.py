@@ -12,6 +12,7 @@ a non-zero exit, exactly one stderr line `reins <stage>: error: ...` naming what
 from __future__ import annotations
 
 import errno
+import io
 import json
 from pathlib import Path
 
@@ -272,18 +273,28 @@ def test_unwritable_output_dir(workdir, capfd, monkeypatch):
 
 
 def test_full_disk_at_a_checkpoint_keeps_the_previous_one(workdir, capfd, monkeypatch):
-    import torch
-
     from reins.runio import safe_torch_load
 
     real_save, calls = torch.save, []
 
+    class FullDisk(io.RawIOBase):
+        """The checkpoint's file on a disk that fills up after its first 100 bytes."""
+
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def writable(self):
+            return True
+
+        def write(self, b):
+            if self.n + len(b) > 100:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.n += len(b)
+            return self.f.write(b)
+
     def save(obj, f, *a, **k):
         calls.append(f)
-        if len(calls) < 2:
-            return real_save(obj, f, *a, **k)
-        Path(f).write_bytes(b"PK\x03\x04 half a checkpoint")  # what a full disk leaves of the temp file
-        raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f if len(calls) < 2 else io.BufferedWriter(FullDisk(f)), *a, **k)
 
     monkeypatch.setattr(torch, "save", save)
     out = workdir / "out"
