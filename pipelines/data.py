@@ -16,7 +16,8 @@ mask is the second part; there is no re-tokenisation of prompt+completion whose 
 conversation without, and the completion is the text after the rendered prompt (an error if the template does
 not render the prompt as a prefix). Standard completions get EOS appended if missing.
 Truncation: a prompt of max_length tokens or more is an error; an overlong completion is cut at the end
-(keep start) or the row dropped (`on_overlong`), and both are counted.
+(keep start) or the row dropped (`on_overlong`), and both are counted. A text far longer than max_length is
+tokenised only as far as max_length matters (`_ids`), so a 10 MB row is refused, cut or dropped in milliseconds.
 """
 
 from __future__ import annotations
@@ -298,8 +299,9 @@ def _ids(tok, text: str, limit: int | None) -> tuple[list[int], bool]:
     With `limit` (the most tokens the caller can keep), a text far longer than that is tokenised only as far
     as matters: when its first 2 (limit + 1) max_token_chars characters already give more than 2 limit tokens,
     those ids are returned and the caller refuses, drops or cuts the row. A 10 MB row then costs milliseconds,
-    not seconds and gigabytes. The first `limit` ids equal the whole text's (regex pre-tokenisers split at
-    whitespace and punctuation, so only a word that spans the cut, far past `limit`, can differ)."""
+    not seconds and gigabytes. Regex pre-tokenisers split at whitespace and punctuation, so only the tokens of
+    the word that spans the cut can differ from the whole text's; in ordinary text that word lies far past the
+    `limit` ids a caller keeps."""
     if limit is not None:
         cap = 2 * (limit + 1) * max_token_chars(tok)
         if len(text) > cap:
