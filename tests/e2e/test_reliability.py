@@ -57,7 +57,14 @@ def models(tmp_path_factory):
     tok = small_tok()
     save_model(small_model(tok), tok, root / "lm")
     save_model(load_reward_model(small_args(), tok, seed=1), tok, root / "reward" / "model")  # reward stage layout
-    return {"lm": str(root / "lm"), "rm": str(root / "reward")}
+    from transformers import AutoModelForSequenceClassification
+
+    from pipelines.models import tiny_config
+
+    two = tiny_config(small_args().tiny, tok)
+    two.num_labels = 2  # a classifier, not a scalar reward model
+    save_model(AutoModelForSequenceClassification.from_config(two), tok, root / "two-labels")
+    return {"lm": str(root / "lm"), "rm": str(root / "reward"), "two": str(root / "two-labels")}
 
 
 # ----------------------------------------------------------------------------------------- class 1
@@ -321,6 +328,7 @@ def test_scoring_models_without_a_trained_head_are_refused(workdir, capfd, model
         (["dpo", f"reward_model={models['lm']}", *TINY_TRAIN, "eval.num_prompts=2"],
          [models["lm"], "no trained scalar head"]),
         (["dpo", "reward_model=tiny", *TINY_TRAIN, "eval.num_prompts=2"], ["'tiny'", "no trained scalar head"]),
+        ([*ppo, f"reward_model={models['two']}"], [models["two"], "cannot load model", "mismatched"]),
     ]
     for i, (argv, expect) in enumerate(cases):
         out = workdir / f"out{i}"
