@@ -349,6 +349,26 @@ def _source(cfg: Config):
     return OnlineRunSource(cfg.behaviour_run)
 
 
+def _check_source(cfg: Config) -> None:
+    """The behaviour source can provide every tier asked for (checked before the run dir exists; a source
+    trained from `behaviour_recipe` does not exist yet and is checked when it is made)."""
+    if cfg.behaviour == "scripted":
+        if not cfg.env_id.startswith("Pendulum"):
+            raise DataError(f"behaviour=scripted has a controller for Pendulum only, not {cfg.env_id}")
+        return
+    if cfg.behaviour_recipe:
+        return
+    src = OnlineRunSource(cfg.behaviour_run)
+    if {"medium", "medium-expert", "medium-replay"} & set(cfg.tiers) and not src.snapshots:
+        raise DataError(f"{src.run}: no snapshots/index.json; the online run needs save_snapshots=true "
+                        "to provide a medium policy")
+    if not src.snapshots and not (src.run / "policy.pt").is_file():
+        raise DataError(f"{src.run}: neither snapshots/index.json nor policy.pt; is it an online run's output_dir?")
+    if "medium-replay" in cfg.tiers and not (src.run / "replay.pt").is_file():
+        raise DataError(f"{src.run / 'replay.pt'}: missing; the online run needs save_replay=true for medium-replay")
+    src.expert()  # every tier needs the expert (its return is the normalisation's ref_max): it must load
+
+
 def _check_behaviour_env(cfg: Config) -> None:
     """An online behaviour (its recipe, or the finished run it left) must be of the env being collected."""
     if cfg.behaviour != "online":
@@ -410,6 +430,7 @@ def train(cfg: Config) -> dict:
     space = probe.action_space
     probe.close()
     _check_behaviour_env(cfg)
+    _check_source(cfg)
     run = RunDir(cfg.output_dir, cfg, quiet=cfg.quiet)
     src = _source(cfg)
     sd = cfg.seed * 1_000_003  # episode seeds: sd + offset per tier, + k per episode

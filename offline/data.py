@@ -153,6 +153,24 @@ def _env_id(spec) -> str | None:
     return getattr(spec, "id", None) if spec is not None else None
 
 
+def _read_episodes(ds):
+    """`ds.iterate_episodes()`, with a storage that cannot be read (a truncated HDF5 file, a corrupt arrow
+    part) reported as one DataError naming the data directory and the reader's complaint."""
+    it = None
+    while True:
+        try:
+            it = it if it is not None else iter(ds.iterate_episodes())  # the arrow reader opens files here
+            ep = next(it)
+        except StopIteration:
+            return
+        except Exception as e:  # noqa: BLE001 - h5py/pyarrow raise assorted errors for unreadable files
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            where = getattr(ds.storage, "data_path", "dataset")
+            raise DataError(f"{where}: cannot read the dataset's episodes (corrupt or truncated file?): "
+                            f"{first[:200]}") from None
+        yield ep
+
+
 def to_transitions(ds, *, name: str = "") -> Transitions:
     """The D4RL-style view of a whole MinariDataset, with the dataset's spaces and reference scores."""
     import gymnasium as gym
@@ -166,7 +184,7 @@ def to_transitions(ds, *, name: str = "") -> Transitions:
     parts: dict[str, list] = {k: [] for k in ("observations", "next_observations", "actions", "rewards",
                                               "terminals", "timeouts", "episode_ids")}
     returns = []
-    for k, ep in enumerate(ds.iterate_episodes()):
+    for k, ep in enumerate(_read_episodes(ds)):
         where = f"{name}: episode {getattr(ep, 'id', k)}"
         rows = episode_to_transitions(ep, where)
         if rows["observations"].shape[1] != obs_dim or rows["actions"].shape[1] != act_dim:

@@ -104,17 +104,17 @@ def run_offline(cfg: OfflineConfig, build, algo_name: str) -> dict:
     tr = load_transitions(cfg.dataset)  # validation happens before anything is written
     refs = reference_scores(tr, cfg.ref_min_score, cfg.ref_max_score, required=cfg.normalize_score)
     env = _eval_env(cfg, tr)
-    run = RunDir(cfg.output_dir, cfg, quiet=cfg.quiet)
+    device = pick_device(cfg.device)
+    norm = Normalization.fit(tr, normalize_obs=cfg.normalize_obs, iql_reward_scale=cfg.normalize_reward,
+                             reward_scale=cfg.reward_scale, reward_bias=cfg.reward_bias)
+    run = RunDir(cfg.output_dir, cfg, quiet=cfg.quiet)  # after every input is validated: bad input writes nothing
     done = run.completed_metrics()
     if done is not None:
         return done
 
-    device = pick_device(cfg.device)
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
     seed_everything(cfg.seed)
-    norm = Normalization.fit(tr, normalize_obs=cfg.normalize_obs, iql_reward_scale=cfg.normalize_reward,
-                             reward_scale=cfg.reward_scale, reward_bias=cfg.reward_bias)
     buf = DeviceBuffer(norm.apply(tr), device)
     sampler = torch.Generator(device=device).manual_seed(cfg.seed)
     algo = build(cfg, tr.obs_dim, tr.act_dim, device)

@@ -23,8 +23,16 @@ def quiet_libraries(quiet: bool) -> None:
         datasets.disable_progress_bars()
 
 
-def open_run(cfg, accelerator) -> RunDir:
-    """The RunDir on every process; the main process creates (and validates) it first."""
+def open_run(cfg, accelerator, *, n_train: int | None = None) -> RunDir:
+    """The RunDir on every process; the main process creates (and validates) it first.
+
+    Called once a stage's inputs are validated, so that bad input writes nothing; `n_train` (the training
+    examples) is checked against the batch size here too, the last input check before the directory exists.
+    """
+    if n_train is not None:
+        from pipelines.trainer import check_batch_size
+
+        check_batch_size(cfg, n_train, accelerator.num_processes)
     run = RunDir(cfg.output_dir, cfg, quiet=cfg.quiet) if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
     if run is None:

@@ -16,7 +16,8 @@ mask is the second part; there is no re-tokenisation of prompt+completion whose 
 conversation without, and the completion is the text after the rendered prompt (an error if the template does
 not render the prompt as a prefix). Standard completions get EOS appended if missing.
 Truncation: a prompt of max_length tokens or more is an error; an overlong completion is cut at the end
-(keep start) or the row dropped (`on_overlong`), and both are counted.
+(keep start) or the row dropped (`on_overlong`), and both are counted. A text far longer than max_length is
+tokenised only as far as max_length matters (`_ids`), so a 10 MB row is refused, cut or dropped in milliseconds.
 """
 
 from __future__ import annotations
@@ -277,32 +278,75 @@ def _special_prefix(tok) -> list[int]:
     return []
 
 
-def encode_prompt(tok, prompt) -> list[int]:
-    """Prompt token ids exactly as they are given to the policy (chat template with generation prompt)."""
-    if isinstance(prompt, list):
-        if not getattr(tok, "chat_template", None):
-            raise DataError("conversational data needs a tokenizer with a chat template")
-        text = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-        return list(tok(text, add_special_tokens=False)["input_ids"])
-    prefix = _special_prefix(tok) if prompt else []
-    ids = list(tok(prompt, add_special_tokens=False)["input_ids"]) if prompt else []
-    if prefix and ids[: len(prefix)] == prefix:  # the text already starts with BOS: no double BOS
-        prefix = []
-    return prefix + ids
+def max_token_chars(tok) -> int:
+    """The most characters one token can stand for: the longest vocabulary entry (added tokens included).
+
+    Byte-level BPE entries are spelled one character per byte and SentencePiece ones one per character, so a
+    text of C characters has at least C / max_token_chars(tok) tokens. Cached on the tokenizer."""
+    n = getattr(tok, "_reins_max_token_chars", None)
+    if n is None:
+        n = max((len(t) for t in tok.get_vocab()), default=1) or 1
+        try:
+            tok._reins_max_token_chars = n
+        except AttributeError:
+            pass
+    return n
+
+
+def _ids(tok, text: str, limit: int | None) -> tuple[list[int], bool]:
+    """(token ids of `text` without special tokens, whether only a prefix of `text` was tokenised).
+
+    With `limit` (the most tokens the caller can keep), a text far longer than that is tokenised only as far
+    as matters: when its first 2 (limit + 1) max_token_chars characters already give more than 2 limit tokens,
+    those ids are returned and the caller refuses, drops or cuts the row. A 10 MB row then costs milliseconds,
+    not seconds and gigabytes. Regex pre-tokenisers split at whitespace and punctuation, so only the tokens of
+    the word that spans the cut can differ from the whole text's; in ordinary text that word lies far past the
+    `limit` ids a caller keeps."""
+    if limit is not None:
+        cap = 2 * (limit + 1) * max_token_chars(tok)
+        if len(text) > cap:
+            ids = tok(text[:cap], add_special_tokens=False)["input_ids"]
+            if len(ids) > 2 * limit:
+                return list(ids), True
+    return list(tok(text, add_special_tokens=False)["input_ids"]), False
+
+
+def encode_prompt(tok, prompt, *, limit: int | None = None) -> list[int]:
+    """Prompt token ids exactly as they are given to the policy (chat template with generation prompt).
+    `limit`: prompts of more than `limit` tokens are of no use to the caller (see `_ids`)."""
+    return _prompt_ids(tok, prompt, limit)[0]
 
 
 def encode_completion(tok, prompt, completion) -> list[int]:
     """Completion ids that follow `encode_prompt(tok, prompt)`; standard completions end with EOS."""
+    return _completion_ids(tok, prompt, completion, None)[0]
+
+
+def _prompt_ids(tok, prompt, limit: int | None) -> tuple[list[int], bool]:
+    """(encode_prompt's ids, whether the text was tokenised only in part because it is over `limit`)."""
+    if isinstance(prompt, list):
+        if not getattr(tok, "chat_template", None):
+            raise DataError("conversational data needs a tokenizer with a chat template")
+        return _ids(tok, tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False), limit)
+    prefix = _special_prefix(tok) if prompt else []
+    ids, cut = _ids(tok, prompt, limit) if prompt else ([], False)
+    if prefix and ids[: len(prefix)] == prefix:  # the text already starts with BOS: no double BOS
+        prefix = []
+    return prefix + ids, cut
+
+
+def _completion_ids(tok, prompt, completion, limit: int | None) -> tuple[list[int], bool]:
+    """(encode_completion's ids, whether tokenised only in part; such a completion gets no EOS: it is cut)."""
     if isinstance(completion, list):
         ptext = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
         full = tok.apply_chat_template(list(prompt) + list(completion), tokenize=False)
         if not full.startswith(ptext):
             raise DataError("the chat template does not render the prompt as a prefix of the conversation")
-        return list(tok(full[len(ptext):], add_special_tokens=False)["input_ids"])
-    ids = list(tok(completion, add_special_tokens=False)["input_ids"])
-    if not ids or ids[-1] != tok.eos_token_id:
+        return _ids(tok, full[len(ptext):], limit)
+    ids, cut = _ids(tok, completion, limit)
+    if not cut and (not ids or ids[-1] != tok.eos_token_id):
         ids.append(tok.eos_token_id)
-    return ids
+    return ids, cut
 
 
 @dataclass
@@ -314,14 +358,19 @@ class TruncationStats:
         return {f"{prefix}/truncated": self.truncated, f"{prefix}/dropped": self.dropped}
 
 
-def _fit(pids: list[int], cids: list[int], max_length: int, policy: str, stats: TruncationStats,
-         where: str, i: int, field: str) -> list[int] | None:
+def _check_prompt(pids: list[int], max_length: int, where: str, i: int, partial: bool) -> None:
     if len(pids) >= max_length:
-        raise DataError(f"{where}: row {i}: field 'prompt' is {len(pids)} tokens; max_length is {max_length}")
+        more = "more than " if partial else ""
+        raise DataError(f"{where}: row {i}: field 'prompt' is {more}{len(pids)} tokens; max_length is {max_length}")
+
+
+def _fit(pids: list[int], cids: list[int], max_length: int, policy: str, stats: TruncationStats,
+         where: str, i: int, field: str, partial: bool = False) -> list[int] | None:
     if len(pids) + len(cids) <= max_length:
         return cids
     if policy == "error":
-        raise DataError(f"{where}: row {i}: prompt + '{field}' is {len(pids) + len(cids)} tokens; "
+        more = "more than " if partial else ""
+        raise DataError(f"{where}: row {i}: prompt + '{field}' is {more}{len(pids) + len(cids)} tokens; "
                         f"max_length is {max_length}")
     if policy == "drop":
         return None
@@ -332,9 +381,10 @@ def tokenize_sft(tok, rows: list[dict], where: str, max_length: int, on_overlong
     """[{'prompt_ids', 'completion_ids'}] and truncation counts."""
     stats, out = TruncationStats(), []
     for i, row in enumerate(rows):
-        pids = encode_prompt(tok, row["prompt"])
-        cids = encode_completion(tok, row["prompt"], row["completion"])
-        fitted = _fit(pids, cids, max_length, on_overlong, stats, where, i, "completion")
+        pids, cut = _prompt_ids(tok, row["prompt"], max_length)
+        _check_prompt(pids, max_length, where, i, cut)
+        cids, cut = _completion_ids(tok, row["prompt"], row["completion"], max_length - len(pids))
+        fitted = _fit(pids, cids, max_length, on_overlong, stats, where, i, "completion", cut)
         if fitted is None:
             stats.dropped += 1
             continue
@@ -349,12 +399,13 @@ def tokenize_preferences(tok, rows: list[dict], where: str, max_length: int, on_
     """[{'prompt_ids', 'chosen_ids', 'rejected_ids'}] (+ 'margin' when the data has it) and counts."""
     stats, out = TruncationStats(), []
     for i, row in enumerate(rows):
-        pids = encode_prompt(tok, row["prompt"])
+        pids, cut = _prompt_ids(tok, row["prompt"], max_length)
+        _check_prompt(pids, max_length, where, i, cut)
         ex: dict[str, Any] = {"prompt_ids": pids}
         keep = True
         for key in ("chosen", "rejected"):
-            cids = encode_completion(tok, row["prompt"], row[key])
-            fitted = _fit(pids, cids, max_length, on_overlong, stats, where, i, key)
+            cids, cut = _completion_ids(tok, row["prompt"], row[key], max_length - len(pids))
+            fitted = _fit(pids, cids, max_length, on_overlong, stats, where, i, key, cut)
             if fitted is None:
                 keep = False
                 break

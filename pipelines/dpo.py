@@ -162,7 +162,13 @@ def train(cfg: Config) -> dict:
     if eval_rows:
         eval_ex = tokenize_preferences(tok, normalise_preferences(eval_rows, ew), ew, cfg.max_length,
                                        cfg.on_overlong)[0]
-    run = open_run(cfg, acc)  # after data validation: bad input writes nothing
+    prompts = eval_prompts(cfg.eval_prompts, cfg.eval.num_prompts) if acc.is_main_process else []
+    rm, rm_tok = None, None
+    if prompts and cfg.reward_model:
+        rm_args = ModelArgs(model=cfg.reward_model, dtype=cfg.dtype, tiny=cfg.tiny,
+                            trust_remote_code=cfg.trust_remote_code)
+        rm_tok = load_tokenizer(rm_args)
+        rm = freeze(load_reward_model(rm_args, rm_tok, require_head=True)).to(acc.device)
     policy = load_causal_lm(cfg, tok, seed=cfg.seed)
     if cfg.lora is None and not cfg.ref_model:
         reference = Reference(freeze(copy.deepcopy(policy)))   # the initial policy, frozen
@@ -170,6 +176,7 @@ def train(cfg: Config) -> dict:
         reference = build_reference(cfg, policy, tok)
     if reference.model is not None:
         reference.model.to(acc.device)
+    run = open_run(cfg, acc, n_train=len(train_ex))  # after every input is validated: bad input writes nothing
     if cfg.precompute_ref_logps and not cfg.reference_free:
         cache = Path(cfg.ref_cache_dir) if cfg.ref_cache_dir else run.path / "cache"
         for exs in (train_ex, eval_ex):
@@ -185,13 +192,6 @@ def train(cfg: Config) -> dict:
         total, trainable = count_parameters(policy)
         run.log(0, {"model/parameters": total, "model/trainable": trainable, "data/train_pairs": len(train_ex),
                     "data/eval_pairs": len(eval_ex), **tstats.as_metrics("data")})
-    prompts = eval_prompts(cfg.eval_prompts, cfg.eval.num_prompts) if acc.is_main_process else []
-    rm, rm_tok = None, None
-    if prompts and cfg.reward_model:
-        rm_args = ModelArgs(model=cfg.reward_model, dtype=cfg.dtype, tiny=cfg.tiny,
-                            trust_remote_code=cfg.trust_remote_code)
-        rm_tok = load_tokenizer(rm_args)
-        rm = freeze(load_reward_model(rm_args, rm_tok)).to(acc.device)
     evaluator = PolicyEvaluator(tok, prompts, reference, cfg.eval, reward_model=rm, rm_tok=rm_tok) if prompts else None
 
     evaluate = lm_evaluate_fn(trainer, loss_fn, eval_ex, batch_size=cfg.eval.batch_size, count_fn=lambda e: 1,

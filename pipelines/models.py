@@ -220,8 +220,9 @@ def _from_pretrained(cls, name: str, args: ModelArgs, **extra):
     try:
         with _hf_errors_only():
             return cls.from_pretrained(name, **_pretrained_kwargs(args), **extra)
-    except (OSError, ValueError) as e:
-        # ValueError: e.g. a repo that needs its own code while trust_remote_code is off.
+    except (OSError, ValueError, RuntimeError) as e:
+        # ValueError: e.g. a repo that needs its own code while trust_remote_code is off; RuntimeError: weights
+        # whose shapes do not match the config (a corrupt or hand-edited checkpoint).
         raise DataError(f"cannot load model '{name}': {_first_line(e)}") from None
 
 
@@ -285,15 +286,20 @@ def load_causal_lm(args: ModelArgs, tok, *, seed: int = 0, trainable: bool = Tru
     return _finish(model, tok, args, seed=seed, task_type="CAUSAL_LM", trainable=trainable)
 
 
-def load_reward_model(args: ModelArgs, tok, *, seed: int = 0, trainable: bool = True):
+def load_reward_model(args: ModelArgs, tok, *, seed: int = 0, trainable: bool = True, require_head: bool = False):
     """A scalar-head sequence classifier (num_labels=1) initialised from `args.model` (e.g. the SFT model).
 
     The head `score` is freshly initialised (seeded) when the checkpoint is a causal LM; a directory saved by
     the reward stage loads with its trained head. Under LoRA the head is trained too (`modules_to_save`).
+    `require_head`: the model is used to score (a reward model, a value model given by path), so a checkpoint
+    without a trained head (a plain causal LM, `tiny`) is refused rather than scored by a random head.
     """
     from transformers import AutoModelForSequenceClassification
 
     name = resolve_model(args.model)
+    if require_head and name == TINY:
+        raise DataError("model 'tiny' is built from scratch and has no trained scalar head; give the output of "
+                        "`reins reward` (or any sequence-classification model directory)")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if name == TINY:
@@ -309,10 +315,26 @@ def load_reward_model(args: ModelArgs, tok, *, seed: int = 0, trainable: bool = 
             level = hf_logging.get_verbosity()
             hf_logging.set_verbosity_error()
             try:
-                model = _from_pretrained(AutoModelForSequenceClassification, name, args, num_labels=1)
+                model, info = _from_pretrained(AutoModelForSequenceClassification, name, args, num_labels=1,
+                                               output_loading_info=True)
             finally:
                 hf_logging.set_verbosity(level)
+            missing = sorted(info.get("missing_keys") or [])
+            if require_head and missing:
+                kind = _architectures(name)
+                raise DataError(f"{name} has no trained scalar head (its checkpoint lacks {missing[0]}"
+                                f"{f'; it is a {kind}' if kind else ''}): scoring with a randomly initialised "
+                                "head is refused; give the output of `reins reward` or a sequence-classification "
+                                "model directory")
     return _finish(model, tok, args, seed=seed, task_type="SEQ_CLS", trainable=trainable)
+
+
+def _architectures(path: str) -> str:
+    """The `architectures` a model directory's config.json names ('' when it names none)."""
+    try:
+        return ", ".join(json.loads((Path(path) / "config.json").read_text()).get("architectures") or [])
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 def freeze(model):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -59,7 +60,7 @@ from pipelines.trainer import TrainArgs, adamw, lr_lambda, make_accelerator
 from reins.cli import stage_main
 from reins.config import RunArgs, check
 from reins.errors import ConfigError, DataError, NonFiniteError
-from reins.runio import check_finite, get_rng_state, seed_everything, set_rng_state
+from reins.runio import METRICS_FILE, check_finite, get_rng_state, seed_everything, set_rng_state
 
 
 @dataclass
@@ -141,7 +142,7 @@ def load_prompts(cfg: Config, tok) -> tuple[list, list[list[int]], int]:
         prompts = prompts[: cfg.max_train_samples]
     kept, ids = [], []
     for p in prompts:
-        e = encode_prompt(tok, p)
+        e = encode_prompt(tok, p, limit=cfg.max_prompt_length)  # a huge prompt is not tokenised in full
         if 0 < len(e) <= cfg.max_prompt_length:
             kept.append(p)
             ids.append(e)
@@ -301,10 +302,10 @@ def train(cfg: Config) -> dict:
     quiet_libraries(cfg.quiet)
     seed_everything(cfg.seed)
     acc = make_accelerator(cfg)
-    run = open_run(cfg, acc)
-    done = run.completed_metrics()
-    if done is not None:
-        return done
+    if (Path(cfg.output_dir) / METRICS_FILE).is_file():
+        done = open_run(cfg, acc).completed_metrics()
+        if done is not None:  # a finished run: return its metrics, no retraining
+            return done
     world = acc.num_processes
     local = cfg.batch_size // world
     if local * world != cfg.batch_size or local % (cfg.num_minibatches * cfg.grad_accum):
@@ -321,6 +322,8 @@ def train(cfg: Config) -> dict:
     total = cfg.max_steps or max(1, math.ceil(cfg.num_epochs * per_epoch))
     reward_model, rm_tok, same_tok = load_reward(cfg, tok)
     ac, reference = build_models(cfg, tok, same_tok=same_tok, reward_path=resolve_reward_dir(cfg.reward_model))
+    eprompts = eval_prompts(cfg.eval_prompts, cfg.eval.num_prompts) if acc.is_main_process else []
+    run = open_run(cfg, acc)  # after every input is validated: bad input writes nothing
     ac.to(acc.device)
     reward_model.to(acc.device)
     if reference.model is not None:
@@ -344,7 +347,6 @@ def train(cfg: Config) -> dict:
         run.truncate_log(step)
     reduce = (lambda t: acc.reduce(t, reduction="sum")) if world > 1 else (lambda t: t)
     evaluator = None
-    eprompts = eval_prompts(cfg.eval_prompts, cfg.eval.num_prompts) if acc.is_main_process else []
     if eprompts:
         evaluator = PolicyEvaluator(tok, eprompts, reference, cfg.eval, reward_model=reward_model, rm_tok=rm_tok)
 

@@ -127,7 +127,8 @@ def load_reward(cfg, policy_tok):
         raise DataError(f"reward_model {cfg.reward_model} is not a directory")
     rm_args = _args_for(cfg, path, trainable=False)
     rm_tok = load_tokenizer(rm_args)
-    rm = freeze(disable_dropout(load_reward_model(rm_args, rm_tok, seed=cfg.seed, trainable=False)))
+    rm = freeze(disable_dropout(load_reward_model(rm_args, rm_tok, seed=cfg.seed, trainable=False,
+                                                  require_head=True)))
     same = same_tokenizer(policy_tok, rm_tok)
     return rm, (policy_tok if same else rm_tok), same
 
@@ -169,6 +170,10 @@ def build_models(cfg, tok, *, same_tok: bool, reward_path: str):
         src = cfg.model
     else:
         src = resolve_reward_dir(choice)
-    critic = disable_dropout(load_reward_model(_args_for(cfg, src, trainable=True), tok, seed=cfg.seed + 3))
+        if not Path(src).is_dir():
+            raise DataError(f"value_model {choice} is not a directory (nor auto, reward, policy or shared)")
+    # A value model given by path must bring its trained head; `policy` starts a fresh one by design.
+    critic = disable_dropout(load_reward_model(_args_for(cfg, src, trainable=True), tok, seed=cfg.seed + 3,
+                                               require_head=choice != "policy"))
     _scalar_head(critic)  # fail early on a head that cannot be applied per token
     return ActorCritic(policy, critic=critic), reference

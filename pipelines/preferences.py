@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -28,7 +29,7 @@ from pipelines.models import ModelArgs, load_causal_lm, load_tokenizer
 from reins.cli import stage_main
 from reins.config import RunArgs, check
 from reins.errors import DataError
-from reins.runio import RunDir, seed_everything
+from reins.runio import METRICS_FILE, RunDir, seed_everything
 
 
 @dataclass
@@ -105,11 +106,12 @@ def train(cfg: Config) -> dict:
 
     judge = _judge(cfg.judge)
     tok = load_tokenizer(cfg)
-    run = RunDir(cfg.output_dir, cfg, quiet=cfg.quiet)
-    done = run.completed_metrics()
-    if done is not None:
-        return done
+    if (Path(cfg.output_dir) / METRICS_FILE).is_file():
+        done = RunDir(cfg.output_dir, cfg, quiet=cfg.quiet).completed_metrics()
+        if done is not None:
+            return done
     policy = load_causal_lm(cfg, tok, seed=cfg.seed, trainable=False)
+    run = RunDir(cfg.output_dir, cfg, quiet=cfg.quiet)
     if torch.cuda.is_available():
         policy.to("cuda")
     jobs = [("train", p) for p in train_p] + [("test", p) for p in test_p]

@@ -96,8 +96,8 @@ def train(cfg: Config) -> dict:
         raise DataError(f"{tw}: use_margin=true but the data has no 'margin' column")
     train_ex, tstats = tokenize_preferences(tok, train_rows, tw, cfg.max_length, cfg.on_overlong)
     eval_ex = tokenize_preferences(tok, eval_rows, ew, cfg.max_length, cfg.on_overlong)[0] if eval_rows else []
-    run = open_run(cfg, acc)  # after data validation: bad input writes nothing
     model = load_reward_model(cfg, tok, seed=cfg.seed)
+    run = open_run(cfg, acc, n_train=len(train_ex))  # after every input is validated: bad input writes nothing
     loss_fn = make_loss_fn(tok.pad_token_id, cfg)
     trainer = Trainer(run, cfg, acc, model, train_ex, loss_fn, seed=cfg.seed)
     if acc.is_main_process and trainer.resumed_from == 0:

@@ -35,8 +35,8 @@ import yaml
 
 from reins.cli import STAGES, flush_denormals
 from reins.config import from_dict, parse_overrides, read_yaml, set_dotted, to_dict
-from reins.errors import ConfigError, ReinsError
-from reins.runio import CONFIG_FILE, METRICS_FILE, config_changes
+from reins.errors import ConfigError, DataError, ReinsError
+from reins.runio import CONFIG_FILE, METRICS_FILE, check_run_dir, config_changes, describe_os_error
 
 _REF = re.compile(r"\$\{([A-Za-z0-9_\-]+)\.([A-Za-z0-9_.]+)\}")
 RECIPE_KEYS = ("name", "output_dir", "stages", "report", "quiet")
@@ -173,6 +173,9 @@ def run_recipe(path: str | Path, overrides: dict[str, Any] | None = None, *, dry
             state = "cached" if s.cached else ("run" if s in selected else "skip (not selected)")
             print(f"{s.name:<16} {s.stage:<12} {state:<20} {to_dict(s.config)['output_dir']}")
         return {}
+    for s in selected:  # every stage's output dir is usable, before the first stage starts any work
+        if not s.cached:
+            check_run_dir(to_dict(s.config)["output_dir"], s.config)
     results: dict[str, dict] = {}
     first = stages.index(selected[0])
     for i, s in enumerate(stages):
@@ -234,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     except ReinsError as e:
         print(f"reins run: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # a full disk, a permission, a file where a directory should be: the user's to fix
+        print(f"reins run: error: {describe_os_error(e)}", file=sys.stderr)
+        return DataError.exit_code
     return 0
 
 

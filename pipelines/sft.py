@@ -73,18 +73,16 @@ def train(cfg: Config) -> dict:
         eval_ex, _ = tokenize_sft(tok, normalise_sft(eval_rows, ew), ew, cfg.max_length, cfg.on_overlong)
     if cfg.packing:
         train_ex, eval_ex = pack(train_ex, cfg.max_length), pack(eval_ex, cfg.max_length)
-    run = open_run(cfg, acc)  # after data validation: bad input writes nothing
+    prompts = eval_prompts(cfg.eval_prompts, cfg.eval.num_prompts) if acc.is_main_process else []
     model = load_causal_lm(cfg, tok, seed=cfg.seed)
+    run = open_run(cfg, acc, n_train=len(train_ex))  # after every input is validated: bad input writes nothing
     loss_fn = make_loss_fn(tok.pad_token_id)
     trainer = Trainer(run, cfg, acc, model, train_ex, loss_fn, seed=cfg.seed, count_fn=n_predicted)
     if acc.is_main_process and trainer.resumed_from == 0:
         total, trainable = count_parameters(model)
         run.log(0, {"model/parameters": total, "model/trainable": trainable, "data/train_rows": len(train_ex),
                     **tstats.as_metrics("data")})
-    evaluator = None
-    prompts = eval_prompts(cfg.eval_prompts, cfg.eval.num_prompts) if acc.is_main_process else []
-    if prompts:
-        evaluator = PolicyEvaluator(tok, prompts, None, cfg.eval)
+    evaluator = PolicyEvaluator(tok, prompts, None, cfg.eval) if prompts else None
 
     evaluate = lm_evaluate_fn(trainer, loss_fn, eval_ex, batch_size=cfg.eval.batch_size, count_fn=n_predicted,
                               evaluator=evaluator)

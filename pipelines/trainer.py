@@ -93,6 +93,15 @@ class TrainArgs:
         check(self.save_every >= 1 and self.log_every >= 1, "save_every and log_every must be >= 1")
 
 
+def check_batch_size(args: TrainArgs, n_examples: int, world: int) -> None:
+    """The global batch splits evenly over processes x accumulation, and one epoch holds at least one batch."""
+    if args.batch_size % (world * args.grad_accum):
+        raise ConfigError(f"batch_size={args.batch_size} must be a multiple of num_processes ({world}) x "
+                          f"grad_accum ({args.grad_accum})")
+    if n_examples < args.batch_size:
+        raise ConfigError(f"batch_size={args.batch_size} is larger than the {n_examples} training examples")
+
+
 def make_accelerator(args: TrainArgs):
     """An Accelerator for this process. On a machine without CUDA it is forced onto CPU (gloo): accelerate's
     launcher does not pass `use_cpu` on (recipes/accelerate/README.md), which would otherwise give independent
@@ -145,13 +154,9 @@ class Trainer:
         self.count_fn = count_fn or (lambda ex: 1)
         self.extra_state, self.load_extra = extra_state, load_extra
         world = accelerator.num_processes
+        check_batch_size(args, len(examples), world)
         self.micro = args.batch_size // (world * args.grad_accum)
-        if self.micro * world * args.grad_accum != args.batch_size:
-            raise ConfigError(f"batch_size={args.batch_size} must be a multiple of num_processes ({world}) x "
-                              f"grad_accum ({args.grad_accum})")
         self.steps_per_epoch = len(examples) // args.batch_size
-        if self.steps_per_epoch == 0:
-            raise ConfigError(f"batch_size={args.batch_size} is larger than the {len(examples)} training examples")
         self.total_steps = args.max_steps or max(1, math.ceil(args.num_epochs * self.steps_per_epoch))
         params = [p for p in model.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]

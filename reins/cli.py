@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from reins.errors import ReinsError
+from reins.errors import DataError, ReinsError
 
 # name -> (module, one-line description). Listed in pipeline order.
 STAGES: dict[str, tuple[str, str]] = {
@@ -129,6 +129,7 @@ def stage_main(config_cls: type, train: Callable[[Any], dict], argv: list[str] |
                stage: str | None = None) -> int:
     """Shared `main` of a stage: parse --config/--quiet/overrides, run, print metrics, map errors to exits."""
     from reins.config import load_config, parse_overrides
+    from reins.runio import check_output_dir, describe_os_error
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
@@ -161,6 +162,8 @@ def stage_main(config_cls: type, train: Callable[[Any], dict], argv: list[str] |
         if quiet:
             overrides["quiet"] = True
         cfg = load_config(config_cls, config_path, overrides, stage=stage)
+        if getattr(cfg, "output_dir", None):
+            check_output_dir(cfg.output_dir)  # a file or an unwritable place: refused before any work
         try:
             metrics = train(cfg)
         finally:
@@ -168,6 +171,9 @@ def stage_main(config_cls: type, train: Callable[[Any], dict], argv: list[str] |
     except ReinsError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # a full disk, a permission, a file where a directory should be: the user's to fix
+        print(f"{prog}: error: {describe_os_error(e)}", file=sys.stderr)
+        return DataError.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted (re-run the same command to resume from the last checkpoint)",
               file=sys.stderr)

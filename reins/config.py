@@ -88,15 +88,54 @@ def set_dotted(data: dict, dotted: str, value: Any) -> None:
     cur[parts[-1]] = value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping key given twice (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` merges may be overridden by the keys written beside them
+            key = self.construct_object(key_node, deep=True)
+            first = seen.setdefault(key, key_node.start_mark)
+            if first is not key_node.start_mark:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (first given at line {first.line + 1}, column "
+                                f"{first.column + 1})", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_error(p: Path, e: yaml.YAMLError) -> ConfigError:
+    """One line naming the file, the line and column (1-based) of the problem, and what is wrong."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or (str(e).splitlines()[0] if str(e) else "invalid YAML")
+    if mark is None:
+        return ConfigError(f"{p}: invalid YAML: {problem}")
+    msg = f"{p}: line {mark.line + 1}, column {mark.column + 1}: invalid YAML: {problem}"
+    ctx, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if ctx and cmark is not None and (cmark.line, cmark.column) != (mark.line, mark.column):
+        msg += f" ({ctx} at line {cmark.line + 1}, column {cmark.column + 1})"
+    return ConfigError(msg)
+
+
 def read_yaml(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text())
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}, line {line}: {raw[e.start:e.start + 1]!r})"
+                          ) from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
-        first = str(e).splitlines()[0] if str(e) else "invalid YAML"
-        raise ConfigError(f"{p}: invalid YAML: {first}") from None
+        raise _yaml_error(p, e) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

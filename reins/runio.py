@@ -13,6 +13,7 @@ Checkpoints are plain dicts of tensors, numbers and strings saved with `torch.sa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -44,18 +45,8 @@ REPORT_TO = ("none", "jsonl", "tensorboard")
 # ----------------------------------------------------------------------------------------- atomic files
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see either the old file or the complete new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _atomic_file(path) as f:
+        f.write(data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -63,15 +54,39 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    # Through a Python file object, so that a full disk is an OSError(ENOSPC): torch's own file writer (given a
+    # path) reports it as an opaque RuntimeError ("unexpected pos ..."), and even given a file object it may
+    # wrap the OSError of a write into one, keeping the OSError as the RuntimeError's context.
+    with _atomic_file(path) as f:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None
+            raise
+
+
+@contextlib.contextmanager
+def _atomic_file(path: str | Path):
+    """A binary file that replaces `path` (write to a temp name in its directory, fsync, rename) when the block
+    ends without an error, and is removed otherwise. An OSError names `path`, not the temp name."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
-        torch.save(obj, tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -144,6 +159,61 @@ def check_finite(name: str, value: Any, *, step: int | None = None) -> None:
 
 
 # ----------------------------------------------------------------------------------------- run directory
+def describe_os_error(e: OSError) -> str:
+    """`path: cause` of an OSError (the cause alone when the OS named no file)."""
+    cause = e.strerror or str(e) or type(e).__name__
+    return f"{e.filename}: {cause}" if e.filename else cause
+
+
+def os_error(e: OSError, doing: str, path: str | Path | None = None) -> DataError:
+    """An OSError (full disk, permissions, a file where a directory should be) as a one-line user error:
+    `{doing} {path}: {cause}` (`path` defaults to the file the OS named)."""
+    path = path if path is not None else e.filename
+    return DataError(f"{doing}{f' {path}' if path else ''}: {e.strerror or e}")
+
+
+def check_output_dir(output_dir: str | Path) -> None:
+    """Refuse an output_dir that cannot hold a run (a regular file, or under a file or an unwritable
+    directory) before any work starts; creates nothing."""
+    p = Path(output_dir)
+    if p.exists() and not p.is_dir():
+        raise DataError(f"output_dir {p} is an existing file, not a directory")
+    q = p
+    while not q.exists() and q != q.parent:
+        q = q.parent
+    if q.exists() and not q.is_dir():
+        raise DataError(f"output_dir {p}: {q} is a file, not a directory")
+    if not os.access(q, os.W_OK | os.X_OK):
+        raise DataError(f"output_dir {p}: {q} is not writable (permission denied or a read-only file system)")
+
+
+def check_run_dir(output_dir: str | Path, config: Any) -> None:
+    """Everything `RunDir(output_dir, config)` refuses, checked without writing anything: an output_dir that
+    cannot hold a run, one holding a different run's config, an unknown `report_to`."""
+    check_output_dir(output_dir)
+    path = Path(output_dir)
+    cfg_path = path / CONFIG_FILE
+    if cfg_path.is_file():
+        import yaml
+
+        try:
+            old = yaml.safe_load(cfg_path.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError):
+            old = None
+        except OSError as e:
+            raise os_error(e, "cannot read the earlier run's config", cfg_path) from None
+        if not isinstance(old, dict):
+            raise ConfigError(f"{cfg_path}: unreadable config of an earlier run; choose another output_dir")
+        diff = config_changes(old, config)
+        if diff:
+            raise ConfigError(
+                f"output_dir {path} holds a different run's config (differs in: {', '.join(diff[:5])});"
+                " choose another output_dir or delete that one")
+    report_to = run_config(config).get("report_to", "jsonl")
+    if report_to not in REPORT_TO:
+        raise ConfigError(f"report_to must be one of {', '.join(REPORT_TO)}, got {report_to!r}")
+
+
 def _semantic(cfg_dict: dict) -> dict:
     return {k: v for k, v in cfg_dict.items() if k not in NON_SEMANTIC_KEYS}
 
@@ -206,34 +276,20 @@ class RunDir:
         self.path = Path(output_dir)
         self.quiet = quiet
         self.config = run_config(config)
-        self.path.mkdir(parents=True, exist_ok=True)
-        cfg_path = self.path / CONFIG_FILE
-        if cfg_path.exists():
-            import yaml
-
-            try:
-                old = yaml.safe_load(cfg_path.read_text()) or {}
-            except yaml.YAMLError:
-                old = None
-            if not isinstance(old, dict):
-                raise ConfigError(f"{cfg_path}: unreadable config of an earlier run; choose another output_dir")
-            diff = config_changes(old, config)
-            if diff:
-                raise ConfigError(
-                    f"output_dir {self.path} holds a different run's config (differs in: {', '.join(diff[:5])});"
-                    " choose another output_dir or delete that one")
-        report_to = self.config.get("report_to", "jsonl")
-        if report_to not in REPORT_TO:
-            raise ConfigError(f"report_to must be one of {', '.join(REPORT_TO)}, got {report_to!r}")
+        check_run_dir(self.path, config)
         self._tb = None
-        if report_to == "tensorboard":
+        if self.config.get("report_to", "jsonl") == "tensorboard":
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 raise ConfigError("report_to=tensorboard needs the tensorboard package (pip install tensorboard)"
                                   ) from None
             self._tb_factory = lambda: SummaryWriter(log_dir=str(self.path / "tensorboard"))
-        atomic_write_text(cfg_path, dump_yaml(self.config))
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.path / CONFIG_FILE, dump_yaml(self.config))
+        except OSError as e:
+            raise os_error(e, "cannot write the run directory", self.path) from None
 
     # paths
     @property
@@ -260,14 +316,20 @@ class RunDir:
 
     def finish(self, metrics: dict) -> dict:
         clean = {k: _jsonable(v) for k, v in metrics.items()}
-        atomic_write_text(self.metrics_path, json.dumps(clean, indent=2, sort_keys=True) + "\n")
+        try:
+            atomic_write_text(self.metrics_path, json.dumps(clean, indent=2, sort_keys=True) + "\n")
+        except OSError as e:
+            raise os_error(e, "cannot write", self.metrics_path) from None
         return clean
 
     # logging
     def log(self, step: int, metrics: dict) -> None:
         row = {"step": int(step), **{k: _jsonable(v) for k, v in metrics.items()}}
-        with open(self.log_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        try:
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:
+            raise os_error(e, "cannot write", self.log_path) from None
         if self.config.get("report_to") == "tensorboard":
             if self._tb is None:
                 self._tb = self._tb_factory()
@@ -291,7 +353,10 @@ class RunDir:
                     keep.append(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a kill mid-write
-        atomic_write_text(self.log_path, "".join(x + "\n" for x in keep))
+        try:
+            atomic_write_text(self.log_path, "".join(x + "\n" for x in keep))
+        except OSError as e:
+            raise os_error(e, "cannot write", self.log_path) from None
 
     def read_log(self) -> list[dict]:
         if not self.log_path.is_file():
@@ -306,7 +371,13 @@ class RunDir:
 
     # checkpoints
     def save_checkpoint(self, state: dict) -> None:
-        atomic_torch_save(state, self.checkpoint_path)
+        try:
+            atomic_torch_save(state, self.checkpoint_path)
+        except OSError as e:  # a full disk: the previous checkpoint is untouched (write-to-temp + rename)
+            err = os_error(e, "cannot write checkpoint", self.checkpoint_path)
+            if self.checkpoint_path.is_file():
+                err = DataError(f"{err}; the previous checkpoint is kept (rerun the same command to resume)")
+            raise err from None
 
     def load_checkpoint(self) -> dict | None:
         if not self.checkpoint_path.is_file():
