@@ -28,7 +28,14 @@ import torch
 
 from pgcore.preference_losses import dpo_loss
 from pipelines.common import eval_prompts, lm_evaluate_fn, open_run, start_lm_stage, train_and_finish
-from pipelines.data import BUILTIN, DataArgs, load_split_pair, normalise_preferences, tokenize_preferences
+from pipelines.data import (
+    BUILTIN,
+    DataArgs,
+    chat_roles,
+    load_split_pair,
+    normalise_preferences,
+    tokenize_preferences,
+)
 from pipelines.evaluation import EvalArgs, PolicyEvaluator
 from pipelines.models import (
     ModelArgs,
@@ -156,11 +163,12 @@ def train(cfg: Config) -> dict:
         return done
     tok = load_tokenizer(cfg)
     train_rows, tw, eval_rows, ew = load_split_pair(cfg, seed=cfg.seed, builtin=builtin_pairs)
-    train_ex, tstats = tokenize_preferences(tok, normalise_preferences(train_rows, tw), tw, cfg.max_length,
-                                            cfg.on_overlong)
+    roles = chat_roles(tok)
+    train_ex, tstats = tokenize_preferences(tok, normalise_preferences(train_rows, tw, roles=roles), tw,
+                                            cfg.max_length, cfg.on_overlong)
     eval_ex = []
     if eval_rows:
-        eval_ex = tokenize_preferences(tok, normalise_preferences(eval_rows, ew), ew, cfg.max_length,
+        eval_ex = tokenize_preferences(tok, normalise_preferences(eval_rows, ew, roles=roles), ew, cfg.max_length,
                                        cfg.on_overlong)[0]
     run = open_run(cfg, acc)  # after data validation: bad input writes nothing
     policy = load_causal_lm(cfg, tok, seed=cfg.seed)
