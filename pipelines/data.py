@@ -255,6 +255,8 @@ def normalise_preferences(rows: list[dict], where: str, *, roles: frozenset[str]
                  for k in ("chosen", "rejected") + (("prompt",) if explicit else ())}
         if kinds["chosen"] != kinds["rejected"]:
             raise DataError(f"{where}: row {i}: 'chosen' and 'rejected' must both be strings or both messages")
+        if explicit and kinds["prompt"] != kinds["chosen"]:
+            raise DataError(f"{where}: row {i}: 'prompt' and 'chosen'/'rejected' must all be strings or all messages")
         one_format(kinds["chosen"], i, "chosen")
         if row["chosen"] == row["rejected"]:
             raise DataError(f"{where}: row {i}: 'chosen' and 'rejected' are identical")

@@ -59,6 +59,11 @@ def _reward_messages_then_strings(d):
                                      "row 0 used a message list"]
 
 
+def _dpo_string_prompt_message_completions(d):
+    f = write_jsonl(d / "prefs.jsonl", [CHAT_PAIR, {**CHAT_PAIR, "prompt": "How was the inn?"}])
+    return "dpo", [f"data={f}"], ["prefs.jsonl", "row 1", "'prompt' and 'chosen'/'rejected' must all be strings"]
+
+
 def _sft_mixed_prompt_completion(d):
     f = write_jsonl(d / "sft.jsonl", [CHAT_PC, CHAT_PC, CHAT_PC, STR_SFT])
     return "sft", [f"data={f}"], ["sft.jsonl", "row 3", "field 'prompt' is a string", "row 0 used a message list"]
@@ -92,6 +97,7 @@ CASES = {
     "reward-unknown-role-in-prompt": _reward_role_in_prompt,
     "dpo-strings-then-messages": _dpo_strings_then_messages,
     "reward-messages-then-strings": _reward_messages_then_strings,
+    "dpo-string-prompt-message-completions": _dpo_string_prompt_message_completions,
     "sft-mixed-prompt-completion": _sft_mixed_prompt_completion,
     "preferences-mixed-prompts": _preferences_mixed_prompts,
     "sft-latin1-jsonl": _sft_latin1_jsonl,
