@@ -158,7 +158,7 @@ def report_interrupt(prog: str, exc: KeyboardInterrupt, where: str = "") -> int:
     step = progress_step()
     at = f"at step {step}" if step is not None else "before the first step"
     print(f"{prog}: interrupted {at}{where}; rerun the same command to resume", file=sys.stderr, flush=True)
-    return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+    return 128 + int(signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
 
 
 def stage_main(config_cls: type, train: Callable[[Any], dict], argv: list[str] | None, *, prog: str,
