@@ -156,10 +156,10 @@ def report_interrupt(prog: str, exc: KeyboardInterrupt, where: str = "") -> int:
     from reins.runio import progress_step
 
     step = progress_step()
-    at = f"at step {step}" if step is not None else "before the first step"
+    at = f" at step {step}" if step is not None else ""  # no step loop running yet (or none, as in collect)
     if sys.stderr.isatty():
         print(file=sys.stderr)  # off the line a progress bar (or the terminal's ^C) was left on
-    print(f"{prog}: interrupted {at}{where}; rerun the same command to resume", file=sys.stderr, flush=True)
+    print(f"{prog}: interrupted{at}{where}; rerun the same command to resume", file=sys.stderr, flush=True)
     return 128 + int(signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
 
 

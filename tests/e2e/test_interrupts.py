@@ -180,3 +180,29 @@ def test_resume_after_the_last_checkpoint_keeps_train_metrics(tmp_path, monkeypa
     resumed = mod.train(from_dict(mod.Config, {**cfg, "output_dir": str(tmp_path / "run")}))
     assert any(k.startswith("train/") for k in full)
     assert resumed == full
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_collect_interrupted_has_no_step_and_leaves_no_dataset(tmp_path, monkeypatch, capfd, sig, code):
+    """collect has no step loop (it is all-or-nothing): the line claims no step, and no dataset is left."""
+    from offline import collect
+    from offline.data import _local_ids
+    from tests.e2e.fixtures import run_cli
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    real = collect.rollout
+    calls = []
+
+    def signalled(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:  # the second tier's rollout: the first one's episodes are in memory
+            signal.raise_signal(sig)
+        return real(*a, **k)
+
+    monkeypatch.setattr(collect, "rollout", signalled)
+    handler = signal.getsignal(signal.SIGTERM)
+    got, err = run_cli(["collect", f"output_dir={tmp_path / 'out'}", "behaviour=scripted", "steps_per_tier=50",
+                        "ref_episodes=1", "dataset_prefix=test/intr", "--quiet"], capfd)
+    assert (got, err) == (code, ["reins collect: interrupted; rerun the same command to resume"])
+    assert _local_ids(tmp_path / "minari") == [] and not (tmp_path / "out" / "metrics.json").exists()
+    assert signal.getsignal(signal.SIGTERM) == handler  # ours is gone again
