@@ -195,7 +195,7 @@ def test_collect_interrupted_has_no_step_and_leaves_no_dataset(tmp_path, monkeyp
 
     def signalled(*a, **k):
         calls.append(1)
-        if len(calls) == 2:  # the second tier's rollout: the first one's episodes are in memory
+        if len(calls) == 2:  # mid-collection: the second rollout (reference returns or a tier)
             signal.raise_signal(sig)
         return real(*a, **k)
 
