@@ -4,7 +4,8 @@ Each case is a data file a user could plausibly hand to a stage: a message role 
 a file that switches between the string and the message-list format part-way, a file that is not UTF-8. Each
 must end in one line `reins <stage>: error: ...` naming the file, the row (or byte offset) and the field, a
 non-zero exit, and an earlier run's output directory byte-identical afterwards. On the code before this test
-the role and mixed-format files trained (exit 0) and the non-UTF-8 files escaped as UnicodeDecodeError.
+most role and mixed-format files trained (exit 0), the others failed later with an error naming no row, a string
+prompt with message completions escaped as a TypeError and the non-UTF-8 files as UnicodeDecodeError.
 """
 
 from __future__ import annotations
@@ -27,45 +28,46 @@ CHAT_PAIR = {"prompt": _msgs(("user", "How was the inn?")), "chosen": _msgs(("as
 STR_PAIR = {"prompt": "I stayed at the inn and", "chosen": " it was lovely.", "rejected": " it was dirty."}
 STR_SFT = {"prompt": "I stayed at the inn and", "completion": " it was lovely."}
 CHAT_PC = {"prompt": _msgs(("user", "How was the inn?")), "completion": _msgs(("assistant", "It was lovely."))}
+PAD = 12  # well-formed rows after the bad one, so a whole batch of 8 fits and the old code trained on the file
 
 
 def _sft_unknown_role(d):
     bad = {"messages": _msgs(("user", "Tell me."), ("bot", "Hello."), ("assistant", "It was lovely."))}
-    f = write_jsonl(d / "chat.jsonl", [CHAT_SFT, CHAT_SFT, bad])
+    f = write_jsonl(d / "chat.jsonl", [CHAT_SFT, CHAT_SFT, bad] + PAD * [CHAT_SFT])
     return "sft", [f"data={f}"], ["chat.jsonl", "row 2", "field 'messages'", "message 1", "role 'bot'",
                                   "assistant, system, user"]
 
 
 def _dpo_misspelt_role(d):
     bad = {**CHAT_PAIR, "rejected": _msgs(("asistant", "It was dirty."))}
-    f = write_jsonl(d / "prefs.jsonl", [CHAT_PAIR, bad])
+    f = write_jsonl(d / "prefs.jsonl", [CHAT_PAIR, bad] + PAD * [CHAT_PAIR])
     return "dpo", [f"data={f}"], ["prefs.jsonl", "row 1", "field 'rejected'", "message 0", "role 'asistant'"]
 
 
 def _reward_role_in_prompt(d):
     bad = {**CHAT_PAIR, "prompt": _msgs(("human", "How was the inn?"))}
-    f = write_jsonl(d / "prefs.jsonl", [CHAT_PAIR] * 3 + [bad])
+    f = write_jsonl(d / "prefs.jsonl", [CHAT_PAIR] * 3 + [bad] + PAD * [CHAT_PAIR])
     return "reward", [f"data={f}"], ["prefs.jsonl", "row 3", "field 'prompt'", "role 'human'"]
 
 
 def _dpo_strings_then_messages(d):
-    f = write_jsonl(d / "prefs.jsonl", [STR_PAIR, STR_PAIR, CHAT_PAIR, STR_PAIR])
+    f = write_jsonl(d / "prefs.jsonl", [STR_PAIR, STR_PAIR, CHAT_PAIR, STR_PAIR] + PAD * [STR_PAIR])
     return "dpo", [f"data={f}"], ["prefs.jsonl", "row 2", "field 'chosen' is a message list", "row 0 used a string"]
 
 
 def _reward_messages_then_strings(d):
-    f = write_jsonl(d / "prefs.jsonl", [CHAT_PAIR, STR_PAIR])
+    f = write_jsonl(d / "prefs.jsonl", [CHAT_PAIR, STR_PAIR] + PAD * [CHAT_PAIR])
     return "reward", [f"data={f}"], ["prefs.jsonl", "row 1", "field 'chosen' is a string",
                                      "row 0 used a message list"]
 
 
 def _dpo_string_prompt_message_completions(d):
-    f = write_jsonl(d / "prefs.jsonl", [CHAT_PAIR, {**CHAT_PAIR, "prompt": "How was the inn?"}])
+    f = write_jsonl(d / "prefs.jsonl", [CHAT_PAIR, {**CHAT_PAIR, "prompt": "How was the inn?"}] + PAD * [CHAT_PAIR])
     return "dpo", [f"data={f}"], ["prefs.jsonl", "row 1", "'prompt' and 'chosen'/'rejected' must all be strings"]
 
 
 def _sft_mixed_prompt_completion(d):
-    f = write_jsonl(d / "sft.jsonl", [CHAT_PC, CHAT_PC, CHAT_PC, STR_SFT])
+    f = write_jsonl(d / "sft.jsonl", [CHAT_PC, CHAT_PC, CHAT_PC, STR_SFT] + PAD * [CHAT_PC])
     return "sft", [f"data={f}"], ["sft.jsonl", "row 3", "field 'prompt' is a string", "row 0 used a message list"]
 
 
