@@ -95,6 +95,8 @@ class Transitions:
     ref_max_score: float | None = None
     metadata: dict = field(default_factory=dict)
     eval_env_spec: object = None  # gymnasium EnvSpec stored in the dataset (kwargs, time limit), if any
+    observation_space: object = None  # the dataset's declared gymnasium spaces (Box)
+    action_space: object = None
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -208,6 +210,7 @@ def to_transitions(ds, *, name: str = "") -> Transitions:
         eval_env_id=_env_id(_eval_env_spec(ds)) or _env_id(ds.env_spec),
         ref_min_score=_opt_float(meta.get("ref_min_score")), ref_max_score=_opt_float(meta.get("ref_max_score")),
         metadata=meta, eval_env_spec=_eval_env_spec(ds) or ds.env_spec,
+        observation_space=obs_space, action_space=act_space,
     )
 
 

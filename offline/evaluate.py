@@ -30,6 +30,50 @@ def make_env(env, **kwargs):
         raise DataError(f"cannot make evaluation env '{name}': {first[:200]}") from None
 
 
+def check_env_fits(env, tr) -> None:
+    """Make `env` once, before any training, and check that the data `tr` fits it: Box spaces whose flat widths
+    equal the data's, and the action bounds (and any finite observation bounds) the dataset declares equal the
+    env's. A mismatch is one DataError naming both sides, instead of a crash at the first evaluation after
+    training; an env that cannot be made (unknown id, package not installed) is reported here too."""
+    import gymnasium as gym
+
+    e = make_env(env)
+    try:
+        obs_sp, act_sp = e.observation_space, e.action_space
+    finally:
+        e.close()
+    name, ds = getattr(env, "id", env), tr.dataset_id
+    pairs = (("observation", obs_sp, tr.obs_dim), ("action", act_sp, tr.act_dim))
+    for what, sp, width in pairs:  # the kind of space first: a Discrete env is not a shape mismatch
+        if not isinstance(sp, gym.spaces.Box):
+            raise DataError(f"{ds}: the data has {width}-wide Box {what}s but env '{name}' has a "
+                            f"{type(sp).__name__} {what} space ({sp}); set eval_env to the env the data was "
+                            "recorded in")
+    for what, sp, width in pairs:
+        n = int(np.prod(sp.shape))
+        if n != width:
+            raise DataError(f"{ds}: the data's {what}s are {width}-wide but env '{name}' has {n}-wide {what}s "
+                            f"(shape {tuple(sp.shape)}); set eval_env to the env the data was recorded in")
+    _check_bounds(ds, name, "action", tr.action_space, act_sp)
+    _check_bounds(ds, name, "observation", tr.observation_space, obs_sp)
+
+
+def _check_bounds(ds: str, name: str, what: str, data_sp, env_sp) -> None:
+    """The dataset's declared bounds equal the env's, where both are finite (an unbounded declaration says
+    nothing about the env)."""
+    if data_sp is None:
+        return
+    lo_d, hi_d = (np.asarray(x, np.float64).reshape(-1) for x in (data_sp.low, data_sp.high))
+    lo_e, hi_e = (np.broadcast_to(np.asarray(x, np.float64).reshape(-1), lo_d.shape) for x in (env_sp.low,
+                                                                                               env_sp.high))
+    both = np.isfinite(lo_d) & np.isfinite(hi_d) & np.isfinite(lo_e) & np.isfinite(hi_e)
+    bad = both & ~(np.isclose(lo_d, lo_e, rtol=1e-6, atol=1e-6) & np.isclose(hi_d, hi_e, rtol=1e-6, atol=1e-6))
+    if bad.any():
+        j = int(np.argmax(bad))
+        raise DataError(f"{ds}: the data's {what} bounds in dimension {j} are [{lo_d[j]:g}, {hi_d[j]:g}] but env "
+                        f"'{name}' has [{lo_e[j]:g}, {hi_e[j]:g}]; set eval_env to the env the data was recorded in")
+
+
 def evaluate(act: Callable[[np.ndarray], np.ndarray], env, n_episodes: int, seed: int,
              max_steps: int | None = None) -> np.ndarray:
     """Undiscounted returns of `n_episodes` episodes run in parallel; `act` maps obs [N, d] -> actions [N, k]."""

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from offline.data import DeviceBuffer, Normalization, load_transitions, pick_device, reference_scores
-from offline.evaluate import evaluate, normalized_score
+from offline.evaluate import check_env_fits, evaluate, normalized_score
 from offline.policy import OfflinePolicy, policy_state, save_policy
 from reins.config import RunArgs, check
 from reins.errors import ConfigError, DataError
@@ -107,6 +107,8 @@ def run_offline(cfg: OfflineConfig, build, algo_name: str) -> dict:
     device = pick_device(cfg.device)
     norm = Normalization.fit(tr, normalize_obs=cfg.normalize_obs, iql_reward_scale=cfg.normalize_reward,
                              reward_scale=cfg.reward_scale, reward_bias=cfg.reward_bias)
+    if env is not None and cfg.eval_episodes > 0:
+        check_env_fits(env, tr)  # a bad env or a data/env mismatch fails now, not at the first evaluation
     run = RunDir(cfg.output_dir, cfg, quiet=cfg.quiet)  # after every input is validated: bad input writes nothing
     done = run.completed_metrics()
     if done is not None:

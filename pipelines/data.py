@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +35,9 @@ from reins.errors import DataError
 
 BUILTIN = "builtin:sentiment"
 BUILTIN_CHAT = "builtin:sentiment-chat"   # the same prompts as chat messages (instruction-tuned models)
+CHAT_ROLES = frozenset({"system", "user", "assistant"})
+# A role name a chat template compares against: message['role'] == 'tool', message.role != "ipython", ...
+_TEMPLATE_ROLE = re.compile(r"""role['"]?\]?\s*[!=]=\s*['"]([A-Za-z_][\w-]*)['"]""")
 
 
 @dataclass
@@ -67,7 +71,7 @@ def _read_file(path: Path) -> list[dict]:
             raise DataError(f"{path}: cannot read parquet: {str(e).splitlines()[0]}") from None
     if suffix not in (".json", ".jsonl"):
         raise DataError(f"{path}: unsupported file type '{suffix}' (use .json, .jsonl or .parquet)")
-    text = path.read_text()
+    text = _read_utf8(path)
     stripped = text.lstrip()
     if suffix == ".json" and stripped.startswith("["):
         try:
@@ -87,6 +91,16 @@ def _read_file(path: Path) -> list[dict]:
         if not isinstance(row, dict):
             raise DataError(f"{path}: row {i}: expected a JSON object, got {type(row).__name__}")
     return rows
+
+
+def _read_utf8(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}: not UTF-8 text: byte 0x{data[e.start]:02x} at byte offset {e.start} "
+                        f"(line {line})") from None
 
 
 def load_records(source: str, split: str, *, required: bool = True) -> tuple[list[dict], str] | None:
@@ -161,8 +175,19 @@ def load_split_pair(args: DataArgs, *, seed: int, builtin) -> tuple[list[dict], 
 
 
 # ----------------------------------------------------------------------------------------- validation
-def _kind(value: Any, where: str, i: int, key: str) -> str:
-    """'str' or 'chat'; raises DataError for anything else or for empty content."""
+def chat_roles(tok=None) -> frozenset[str]:
+    """Message roles conversational data may use: system, user and assistant, plus any role `tok`'s chat
+    template names in a comparison (e.g. `message['role'] == 'tool'`). A template that prints any role verbatim
+    (ChatML, the tiny model's) would render a typo such as 'asistant' as text, so unnamed roles are refused."""
+    template = getattr(tok, "chat_template", None) if tok is not None else None
+    if isinstance(template, dict):  # named templates (transformers allows {"default": ..., "tool_use": ...})
+        template = " ".join(str(t) for t in template.values())
+    extra = set(_TEMPLATE_ROLE.findall(template)) if isinstance(template, str) else set()
+    return CHAT_ROLES | extra
+
+
+def _kind(value: Any, where: str, i: int, key: str, roles: frozenset[str] = CHAT_ROLES) -> str:
+    """'str' or 'chat'; raises DataError for anything else, for empty content or for a role not in `roles`."""
     if isinstance(value, str):
         if not value.strip():
             raise DataError(f"{where}: row {i}: field '{key}' is empty")
@@ -171,6 +196,9 @@ def _kind(value: Any, where: str, i: int, key: str) -> str:
         for j, m in enumerate(value):
             if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
                 raise DataError(f"{where}: row {i}: field '{key}' message {j} needs string 'role' and 'content'")
+            if m["role"] not in roles:
+                raise DataError(f"{where}: row {i}: field '{key}' message {j} has role '{m['role']}' "
+                                f"(allowed: {', '.join(sorted(roles))})")
         if not any(m["content"].strip() for m in value):
             raise DataError(f"{where}: row {i}: field '{key}' is empty")
         return "chat"
@@ -178,6 +206,22 @@ def _kind(value: Any, where: str, i: int, key: str) -> str:
         raise DataError(f"{where}: row {i}: field '{key}' is empty")
     raise DataError(f"{where}: row {i}: field '{key}' must be a string or a list of {{role, content}} messages, "
                     f"got {type(value).__name__}")
+
+
+class _OneFormat:
+    """Remembers the first row's format (string or messages) and refuses a later row in the other one: a file
+    mixing the two would be tokenised two ways (chat template or not) and train silently on both."""
+
+    def __init__(self, where: str):
+        self.where, self.first = where, None
+
+    def __call__(self, kind: str, i: int, key: str) -> None:
+        if self.first is None:
+            self.first = (kind, i)
+        elif kind != self.first[0]:
+            name = {"str": "a string", "chat": "a message list"}
+            raise DataError(f"{self.where}: row {i}: field '{key}' is {name[kind]} but row {self.first[1]} used "
+                            f"{name[self.first[0]]}; use one format (strings or messages) for the whole file")
 
 
 def _require_columns(rows: list[dict], where: str, cols: tuple[str, ...]) -> None:
@@ -199,18 +243,22 @@ def _common_prefix_prompt(chosen: str, rejected: str, where: str, i: int) -> tup
     return chosen[:cut], chosen[cut:], rejected[cut:]
 
 
-def normalise_preferences(rows: list[dict], where: str) -> list[dict]:
+def normalise_preferences(rows: list[dict], where: str, *, roles: frozenset[str] = CHAT_ROLES) -> list[dict]:
     """Validated {'prompt', 'chosen', 'rejected'} rows (implicit prompts extracted), extra fields kept."""
     if not rows:
         raise DataError(f"{where}: no rows")
     explicit = "prompt" in rows[0]
     _require_columns(rows, where, ("prompt", "chosen", "rejected") if explicit else ("chosen", "rejected"))
-    out = []
+    out, one_format = [], _OneFormat(where)
     for i, row in enumerate(rows):
         row = dict(row)
-        kinds = {k: _kind(row[k], where, i, k) for k in ("chosen", "rejected") + (("prompt",) if explicit else ())}
+        kinds = {k: _kind(row[k], where, i, k, roles)
+                 for k in ("chosen", "rejected") + (("prompt",) if explicit else ())}
         if kinds["chosen"] != kinds["rejected"]:
             raise DataError(f"{where}: row {i}: 'chosen' and 'rejected' must both be strings or both messages")
+        if explicit and kinds["prompt"] != kinds["chosen"]:
+            raise DataError(f"{where}: row {i}: 'prompt' and 'chosen'/'rejected' must all be strings or all messages")
+        one_format(kinds["chosen"], i, "chosen")
         if row["chosen"] == row["rejected"]:
             raise DataError(f"{where}: row {i}: 'chosen' and 'rejected' are identical")
         if not explicit:
@@ -226,21 +274,22 @@ def normalise_preferences(rows: list[dict], where: str) -> list[dict]:
                 row["prompt"], row["chosen"], row["rejected"] = (row["chosen"][:k], row["chosen"][k:],
                                                                  row["rejected"][k:])
             for k2 in ("chosen", "rejected"):
-                _kind(row[k2], where, i, k2)
+                _kind(row[k2], where, i, k2, roles)
         out.append(row)
     return out
 
 
-def normalise_sft(rows: list[dict], where: str) -> list[dict]:
+def normalise_sft(rows: list[dict], where: str, *, roles: frozenset[str] = CHAT_ROLES) -> list[dict]:
     """Validated {'prompt', 'completion'} rows; `text` rows become prompt '' (loss on all tokens)."""
     if not rows:
         raise DataError(f"{where}: no rows")
     first = rows[0]
-    out = []
+    out, one_format = [], _OneFormat(where)
     if "messages" in first:
         _require_columns(rows, where, ("messages",))
         for i, row in enumerate(rows):
-            if _kind(row["messages"], where, i, "messages") != "chat" or row["messages"][-1]["role"] != "assistant":
+            kind = _kind(row["messages"], where, i, "messages", roles)
+            if kind != "chat" or row["messages"][-1]["role"] != "assistant":
                 raise DataError(f"{where}: row {i}: field 'messages' must end with an assistant message")
             out.append({"prompt": row["messages"][:-1], "completion": row["messages"][-1:]})
     elif "text" in first and "completion" not in first:
@@ -252,18 +301,21 @@ def normalise_sft(rows: list[dict], where: str) -> list[dict]:
     else:
         _require_columns(rows, where, ("prompt", "completion"))
         for i, row in enumerate(rows):
-            if _kind(row["prompt"], where, i, "prompt") != _kind(row["completion"], where, i, "completion"):
+            kind = _kind(row["prompt"], where, i, "prompt", roles)
+            if kind != _kind(row["completion"], where, i, "completion", roles):
                 raise DataError(f"{where}: row {i}: 'prompt' and 'completion' must both be strings or messages")
+            one_format(kind, i, "prompt")
             out.append({"prompt": row["prompt"], "completion": row["completion"]})
     return out
 
 
-def normalise_prompts(rows: list[dict], where: str) -> list:
+def normalise_prompts(rows: list[dict], where: str, *, roles: frozenset[str] = CHAT_ROLES) -> list:
     if not rows:
         raise DataError(f"{where}: no rows")
     _require_columns(rows, where, ("prompt",))
+    one_format = _OneFormat(where)
     for i, row in enumerate(rows):
-        _kind(row["prompt"], where, i, "prompt")
+        one_format(_kind(row["prompt"], where, i, "prompt", roles), i, "prompt")
     return [row["prompt"] for row in rows]
 
 

@@ -9,9 +9,13 @@ layout's to rounding; see pipelines.scoring.shared_prompt_batch). The reference 
 policy, or, under LoRA, the same model with its adapter disabled (no second copy).
 `precompute_ref_logps` computes the reference log-probs once before training and caches them
 on disk, keyed by a hash of the reference weights and of the tokenised data.
-Metrics use TRL's names: loss, rewards/{chosen,rejected,margins,accuracies}, logps/{chosen,rejected},
-logits/{chosen,rejected}, grad_norm; plus the shared evaluation (eval/gold_reward, eval/kl_to_ref,
-eval/win_rate_vs_ref, ...) and held-out pair metrics (eval/rewards/accuracies, ...).
+Metrics use TRL's names and definitions: loss, rewards/{chosen,rejected,margins,accuracies},
+logps/{chosen,rejected}, logits/{chosen,rejected} (the policy's logits averaged over vocabulary and every chosen
+/ rejected completion token of the batch), entropy and mean_token_accuracy (the policy's predictive entropy and
+argmax == token, averaged over every completion token of the batch, chosen and rejected), num_tokens (input
+tokens trained on so far, prompt counted once per completion, no padding), grad_norm; plus the shared
+evaluation (eval/gold_reward, eval/kl_to_ref, eval/win_rate_vs_ref, ...) and held-out pair metrics
+(eval/rewards/accuracies, ...).
 Artifact: `output_dir/model` (the full model, or the adapter under LoRA).
 """
 
@@ -28,7 +32,14 @@ import torch
 
 from pgcore.preference_losses import dpo_loss
 from pipelines.common import eval_prompts, lm_evaluate_fn, open_run, start_lm_stage, train_and_finish
-from pipelines.data import BUILTIN, DataArgs, load_split_pair, normalise_preferences, tokenize_preferences
+from pipelines.data import (
+    BUILTIN,
+    DataArgs,
+    chat_roles,
+    load_split_pair,
+    normalise_preferences,
+    tokenize_preferences,
+)
 from pipelines.evaluation import EvalArgs, PolicyEvaluator
 from pipelines.models import (
     ModelArgs,
@@ -84,7 +95,7 @@ def make_loss_fn(pad_id: int, cfg: Config, reference: Reference | None):
         n = len(examples)
         b = pair_batch(examples, pad_id, next(model.parameters()).device, shared=shared)
         # one forward for all 2n completions: one row per pair, or [chosen rows; rejected rows]
-        r = pair_logps(model, b) if "segments" in b else sequence_logps(model, b)
+        r = pair_logps(model, b, with_entropy=True) if "segments" in b else sequence_logps(model, b, with_entropy=True)
         pc, pr = r["logps"][:n], r["logps"][n:]
         if cfg.reference_free:
             rc = rr = torch.zeros_like(pc)
@@ -98,15 +109,26 @@ def make_loss_fn(pad_id: int, cfg: Config, reference: Reference | None):
             pc, pr, rc, rr, beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
             reference_free=cfg.reference_free, chosen_lengths=r["n_tokens"][:n],
             rejected_lengths=r["n_tokens"][n:])
-        lg = r["logits_mean"]
+        # TRL's token-level metrics: means over every completion token of the batch (chosen and rejected)
+        nt = r["n_tokens"]
+        lg_sum = r["logits_mean"] * nt  # the sum over a sequence's completion tokens of its mean logit
         stats = {"loss": ("mean", losses.detach().sum(), n),
                  "rewards/chosen": ("mean", chosen_r.sum(), n), "rewards/rejected": ("mean", rejected_r.sum(), n),
                  "rewards/margins": ("mean", (chosen_r - rejected_r).sum(), n),
                  "rewards/accuracies": ("mean", (chosen_r > rejected_r).to(pc.dtype).sum(), n),
                  "logps/chosen": ("mean", pc.detach().sum(), n), "logps/rejected": ("mean", pr.detach().sum(), n),
-                 "logits/chosen": ("mean", lg[:n].sum(), n), "logits/rejected": ("mean", lg[n:].sum(), n)}
+                 "logits/chosen": ("mean", lg_sum[:n].sum(), nt[:n].sum()),
+                 "logits/rejected": ("mean", lg_sum[n:].sum(), nt[n:].sum()),
+                 "entropy": ("mean", r["entropy_sum"].sum(), nt.sum()),
+                 "mean_token_accuracy": ("mean", r["correct_sum"].sum(), nt.sum())}
         return losses.sum() / denominator, stats
     return loss_fn
+
+
+def pair_input_tokens(example: dict) -> int:
+    """Input tokens of a pair as TRL counts them for `num_tokens`: two rows, prompt + chosen and prompt +
+    rejected, without padding (whatever layout the forward uses)."""
+    return 2 * len(example["prompt_ids"]) + len(example["chosen_ids"]) + len(example["rejected_ids"])
 
 
 def _fingerprint(model, examples: list[dict]) -> str:
@@ -156,11 +178,12 @@ def train(cfg: Config) -> dict:
         return done
     tok = load_tokenizer(cfg)
     train_rows, tw, eval_rows, ew = load_split_pair(cfg, seed=cfg.seed, builtin=builtin_pairs)
-    train_ex, tstats = tokenize_preferences(tok, normalise_preferences(train_rows, tw), tw, cfg.max_length,
-                                            cfg.on_overlong)
+    roles = chat_roles(tok)
+    train_ex, tstats = tokenize_preferences(tok, normalise_preferences(train_rows, tw, roles=roles), tw,
+                                            cfg.max_length, cfg.on_overlong)
     eval_ex = []
     if eval_rows:
-        eval_ex = tokenize_preferences(tok, normalise_preferences(eval_rows, ew), ew, cfg.max_length,
+        eval_ex = tokenize_preferences(tok, normalise_preferences(eval_rows, ew, roles=roles), ew, cfg.max_length,
                                        cfg.on_overlong)[0]
     prompts = eval_prompts(cfg.eval_prompts, cfg.eval.num_prompts) if acc.is_main_process else []
     rm, rm_tok = None, None
@@ -187,7 +210,7 @@ def train(cfg: Config) -> dict:
     if cfg.torch_compile and reference.model is not None and not cfg.precompute_ref_logps:
         train_ref = Reference(torch.compile(reference.model, dynamic=True))  # the loss's reference forwards
     loss_fn = make_loss_fn(tok.pad_token_id, cfg, train_ref)
-    trainer = Trainer(run, cfg, acc, policy, train_ex, loss_fn, seed=cfg.seed)
+    trainer = Trainer(run, cfg, acc, policy, train_ex, loss_fn, seed=cfg.seed, tokens_fn=pair_input_tokens)
     if acc.is_main_process and trainer.resumed_from == 0:
         total, trainable = count_parameters(policy)
         run.log(0, {"model/parameters": total, "model/trainable": trainable, "data/train_pairs": len(train_ex),

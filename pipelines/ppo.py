@@ -34,7 +34,7 @@ import torch
 from pgcore.distributions import entropy_from_logits, token_logprobs
 from pgcore.policy_losses import entropy_bonus, ppo_clip_loss, value_loss
 from pipelines.common import broadcast_metrics, eval_prompts, open_run, quiet_libraries
-from pipelines.data import BUILTIN, BUILTIN_CHAT, encode_prompt, load_records, normalise_prompts
+from pipelines.data import BUILTIN, BUILTIN_CHAT, chat_roles, encode_prompt, load_records, normalise_prompts
 from pipelines.evaluation import EvalArgs, PolicyEvaluator
 from pipelines.generation import GenerationArgs, generate
 from pipelines.models import (
@@ -137,7 +137,7 @@ def load_prompts(cfg: Config, tok) -> tuple[list, list[list[int]], int]:
             prompts = [as_chat(p) for p in prompts]
     else:
         rows, where = load_records(cfg.data, cfg.train_split)
-        prompts = normalise_prompts(rows, where)
+        prompts = normalise_prompts(rows, where, roles=chat_roles(tok))
     if cfg.max_train_samples is not None:
         prompts = prompts[: cfg.max_train_samples]
     kept, ids = [], []

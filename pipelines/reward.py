@@ -18,7 +18,14 @@ import torch
 
 from pgcore.preference_losses import bradley_terry_loss
 from pipelines.common import lm_evaluate_fn, open_run, start_lm_stage, train_and_finish
-from pipelines.data import DataArgs, load_split_pair, normalise_preferences, split_off, tokenize_preferences
+from pipelines.data import (
+    DataArgs,
+    chat_roles,
+    load_split_pair,
+    normalise_preferences,
+    split_off,
+    tokenize_preferences,
+)
 from pipelines.models import ModelArgs, count_parameters, load_reward_model, load_tokenizer
 from pipelines.scoring import pair_batch, pair_reward_scores, reward_scores, shared_prompt_on
 from pipelines.trainer import TrainArgs, Trainer
@@ -86,12 +93,12 @@ def train(cfg: Config) -> dict:
         return done
     tok = load_tokenizer(cfg)
     train_rows, tw, eval_rows, ew = load_split_pair(cfg, seed=cfg.seed, builtin=builtin_pairs)
-    train_rows = normalise_preferences(train_rows, tw)
+    train_rows = normalise_preferences(train_rows, tw, roles=chat_roles(tok))
     if eval_rows is None and cfg.eval_fraction > 0:
         train_rows, eval_rows = split_off(train_rows, cfg.eval_fraction, cfg.seed)
         ew = tw + " (held-out split)"
     elif eval_rows is not None:
-        eval_rows = normalise_preferences(eval_rows, ew)
+        eval_rows = normalise_preferences(eval_rows, ew, roles=chat_roles(tok))
     if cfg.use_margin and "margin" not in train_rows[0]:
         raise DataError(f"{tw}: use_margin=true but the data has no 'margin' column")
     train_ex, tstats = tokenize_preferences(tok, train_rows, tw, cfg.max_length, cfg.on_overlong)

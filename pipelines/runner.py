@@ -33,10 +33,10 @@ from typing import Any
 
 import yaml
 
-from reins.cli import STAGES, flush_denormals
+from reins.cli import STAGES, flush_denormals, report_interrupt, sigterm_raises
 from reins.config import from_dict, parse_overrides, read_yaml, set_dotted, to_dict
 from reins.errors import ConfigError, DataError, ReinsError
-from reins.runio import CONFIG_FILE, METRICS_FILE, check_run_dir, config_changes, describe_os_error
+from reins.runio import CONFIG_FILE, METRICS_FILE, check_run_dir, config_changes, describe_os_error, reset_progress
 
 _REF = re.compile(r"\$\{([A-Za-z0-9_\-]+)\.([A-Za-z0-9_.]+)\}")
 RECIPE_KEYS = ("name", "output_dir", "stages", "report", "quiet")
@@ -157,6 +157,9 @@ def _is_cached(config: Any) -> bool:
     return not config_changes(old, config)
 
 
+_running: dict[str, str | None] = {"stage": None}  # the stage `run_recipe` is in, for the interrupt line
+
+
 def run_recipe(path: str | Path, overrides: dict[str, Any] | None = None, *, dry_run: bool = False,
                only: str | None = None, start: str | None = None, report: bool | None = None) -> dict:
     recipe = load_recipe(path, overrides)
@@ -194,11 +197,14 @@ def run_recipe(path: str | Path, overrides: dict[str, Any] | None = None, *, dry
         if not recipe.get("quiet"):
             print(f"[reins run] {s.name}: running stage '{s.stage}' -> {out}", file=sys.stderr)
         t0 = time.time()
+        reset_progress()  # an interrupt names this stage's step, not the previous stage's last one
+        _running["stage"] = s.name
         metrics = s.module.train(s.config)
         metrics = dict(metrics)
         results[s.name] = metrics
         if not recipe.get("quiet"):
             print(f"[reins run] {s.name}: done in {time.time() - t0:.1f}s", file=sys.stderr)
+    _running["stage"] = None
     if report if report is not None else recipe.get("report", True):
         from pipelines.report import write_report
 
@@ -228,18 +234,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-report", action="store_true")
     args = parser.parse_args(argv)
     flush_denormals()
+    _running["stage"] = None
     try:
-        overrides = parse_overrides(args.overrides)
-        if args.quiet:
-            overrides["quiet"] = True
-        run_recipe(args.recipe, overrides, dry_run=args.dry_run, only=args.only, start=args.start,
-                   report=False if args.no_report else None)
+        with sigterm_raises():
+            overrides = parse_overrides(args.overrides)
+            if args.quiet:
+                overrides["quiet"] = True
+            run_recipe(args.recipe, overrides, dry_run=args.dry_run, only=args.only, start=args.start,
+                       report=False if args.no_report else None)
     except ReinsError as e:
         print(f"reins run: error: {e}", file=sys.stderr)
         return e.exit_code
     except OSError as e:  # a full disk, a permission, a file where a directory should be: the user's to fix
         print(f"reins run: error: {describe_os_error(e)}", file=sys.stderr)
         return DataError.exit_code
+    except KeyboardInterrupt as e:
+        stage = _running["stage"]
+        return report_interrupt("reins run", e, f" of stage '{stage}'" if stage else "")
     return 0
 
 

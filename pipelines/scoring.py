@@ -135,7 +135,9 @@ def sequence_logps(model, batch: dict, *, temperature: float = 1.0, with_entropy
     """Per-sequence sums of completion-token log-probs (log pi(y|x) = sum_t log pi(y_t|...)).
 
     Returns {'logps' [B], 'token_logps' [B, T-1] (0 off the completion), 'mask' [B, T-1], 'n_tokens' [B],
-    'logits_mean' [B] (mean completion logit, TRL's logits/* metric)} and 'entropy' [B, T-1] if asked.
+    'logits_mean' [B] (the sequence's mean completion logit over tokens and vocabulary)}; with `with_entropy`
+    also the per-position 'entropy' and 'correct' (argmax == label) [B, T-1] and their per-sequence sums
+    'entropy_sum', 'correct_sum' [B].
     The LM head runs only at the positions that predict completion tokens where the model allows it
     (`scored_logits`): prompt and padding positions never get [V]-wide logits.
     """
@@ -161,6 +163,7 @@ def sequence_logps(model, batch: dict, *, temperature: float = 1.0, with_entropy
         if with_entropy:
             res["entropy"] = per_pos(entropy_from_logits(lg, temperature=temperature)) * mask
             res["correct"] = per_pos((lg.argmax(-1) == (nxt[keep] if flat else ids[:, 1:])).to(mask.dtype)) * mask
+            res["entropy_sum"], res["correct_sum"] = res["entropy"].sum(-1), res["correct"].sum(-1)
     return res
 
 
@@ -222,11 +225,13 @@ def _additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
-def pair_logps(model, batch: dict, *, temperature: float = 1.0) -> dict:
+def pair_logps(model, batch: dict, *, temperature: float = 1.0, with_entropy: bool = False) -> dict:
     """Sequence log-probs of chosen and rejected from one `shared_prompt_batch` forward.
 
     Returns {'logps' [2B] (chosen then rejected, as `sequence_logps` on the concatenated batch), 'n_tokens' [2B],
-    'logits_mean' [2B]}. Token t of a completion is scored by the logits at t - 1, except the first rejected
+    'logits_mean' [2B]} and, with `with_entropy`, 'entropy_sum' and 'correct_sum' [2B] (per sequence, the sum
+    over its completion tokens of the predictive entropy and of argmax == token, as `sequence_logps`).
+    Token t of a completion is scored by the logits at t - 1, except the first rejected
     token, which the prompt's last token predicts (its row predecessor is the last chosen token). The LM head
     runs only at those positions where the model allows it (`scored_logits`).
     """
@@ -267,7 +272,29 @@ def pair_logps(model, batch: dict, *, temperature: float = 1.0) -> dict:
         nc, nr = res["n_tokens"][:B].clamp_min(1), res["n_tokens"][B:].clamp_min(1)
         res["logits_mean"] = torch.cat([(lm * cmask).sum(-1) / nc,
                                         ((lm * rmask).sum(-1) + lm0 * has_rej) / nr])
+        if with_entropy:
+            res.update(_pair_token_sums(logits.detach(), at_prompt.detach(), flat, keep, ids, first_tok, has_rej,
+                                        cmask, rmask, temperature))
     return res
+
+
+def _pair_token_sums(logits, at_prompt, flat: bool, keep, ids, first_tok, has_rej, cmask, rmask,
+                     temperature: float) -> dict:
+    """Per-sequence sums of predictive entropy and of argmax == token over the completion tokens of a shared
+    row (chosen then rejected, [2B]), from the logits `pair_logps` computed; the first rejected token is
+    predicted at the prompt's last position (`at_prompt`)."""
+    dt = at_prompt.dtype
+    ent, hit = entropy_from_logits(logits, temperature=temperature), logits.argmax(-1)
+    if flat:
+        nxt = torch.nn.functional.pad(ids[:, 1:], (0, 1))
+        hit = (hit == nxt[keep]).to(dt)
+        ent, hit = _at(ent, keep)[:, :-1], _at(hit, keep)[:, :-1]
+    else:
+        ent, hit = ent[:, :-1], (hit[:, :-1] == ids[:, 1:]).to(dt)
+    ent0 = entropy_from_logits(at_prompt, temperature=temperature) * has_rej
+    hit0 = (at_prompt.argmax(-1) == first_tok).to(dt) * has_rej
+    return {"entropy_sum": torch.cat([(ent * cmask).sum(-1), (ent * rmask).sum(-1) + ent0]),
+            "correct_sum": torch.cat([(hit * cmask).sum(-1), (hit * rmask).sum(-1) + hit0])}
 
 
 def reward_scores(reward_model, batch: dict) -> torch.Tensor:

@@ -12,7 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipelines.common import eval_prompts, lm_evaluate_fn, open_run, start_lm_stage, train_and_finish
-from pipelines.data import BUILTIN, DataArgs, builtin_sft_rows, load_split_pair, normalise_sft, tokenize_sft
+from pipelines.data import (
+    BUILTIN,
+    DataArgs,
+    builtin_sft_rows,
+    chat_roles,
+    load_split_pair,
+    normalise_sft,
+    tokenize_sft,
+)
 from pipelines.evaluation import EvalArgs, PolicyEvaluator
 from pipelines.models import ModelArgs, count_parameters, load_causal_lm, load_tokenizer
 from pipelines.scoring import completion_batch, sequence_logps, to_device
@@ -67,10 +75,12 @@ def train(cfg: Config) -> dict:
         return done
     tok = load_tokenizer(cfg)
     train_rows, tw, eval_rows, ew = load_split_pair(cfg, seed=cfg.seed, builtin=builtin_sft_rows)
-    train_ex, tstats = tokenize_sft(tok, normalise_sft(train_rows, tw), tw, cfg.max_length, cfg.on_overlong)
+    roles = chat_roles(tok)
+    train_ex, tstats = tokenize_sft(tok, normalise_sft(train_rows, tw, roles=roles), tw, cfg.max_length,
+                                    cfg.on_overlong)
     eval_ex = []
     if eval_rows:
-        eval_ex, _ = tokenize_sft(tok, normalise_sft(eval_rows, ew), ew, cfg.max_length, cfg.on_overlong)
+        eval_ex, _ = tokenize_sft(tok, normalise_sft(eval_rows, ew, roles=roles), ew, cfg.max_length, cfg.on_overlong)
     if cfg.packing:
         train_ex, eval_ex = pack(train_ex, cfg.max_length), pack(eval_ex, cfg.max_length)
     prompts = eval_prompts(cfg.eval_prompts, cfg.eval.num_prompts) if acc.is_main_process else []

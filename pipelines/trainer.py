@@ -38,10 +38,12 @@ def example_length(example: dict) -> int:
     return sum(len(v) for k, v in example.items() if k.endswith("_ids") and isinstance(v, (list, tuple)))
 
 
-def epoch_order(lengths: list[int], batch_size: int, *, seed: int, epoch: int, group_by_length: bool) -> list[int]:
+def epoch_order(lengths: list[int], batch_size: int, *, seed: int, epoch: int, group_by_length: bool,
+                shuffle: bool = True) -> list[int]:
     """The example indices of one epoch in step order (a pure function of seed and epoch, so resume is exact).
 
-    A seeded permutation of range(len(lengths)); its tail that does not fill a whole batch is left out this
+    Without `shuffle`, the examples in file order every epoch (to reproduce another tool's run batch for batch).
+    Otherwise a seeded permutation of range(len(lengths)); its tail that does not fill a whole batch is left out this
     epoch. With `group_by_length` (HF's name for it) the permutation is cut into mega-batches of
     GROUP_MEGABATCHES batches, each sorted by length (longest first) and cut into batches, and the batches are
     shuffled, so a batch holds examples of similar length and pads less while the epoch still visits the same
@@ -49,6 +51,8 @@ def epoch_order(lengths: list[int], batch_size: int, *, seed: int, epoch: int, g
     """
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     B = batch_size
+    if not shuffle:
+        return list(range(len(lengths) // B * B))
     perm = torch.randperm(len(lengths), generator=g)[:len(lengths) // B * B].tolist()
     if not group_by_length:
         return perm
@@ -81,6 +85,7 @@ class TrainArgs:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     cpu: bool = False                    # force CPU even where CUDA is available
     group_by_length: bool = False        # batches of similar length (less padding; see Trainer.epoch_order)
+    shuffle: bool = True                 # false: every epoch in file order (as another tool's unshuffled run)
     torch_compile: bool = False          # torch.compile(dynamic=True) the trained model (and DPO's reference)
 
     def validate_train(self):
@@ -91,6 +96,8 @@ class TrainArgs:
         check(self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1")
         check(self.warmup_steps >= 0, "warmup_steps must be >= 0")
         check(self.save_every >= 1 and self.log_every >= 1, "save_every and log_every must be >= 1")
+        check(self.shuffle or not self.group_by_length,
+              "group_by_length=true shuffles its length-sorted batches; it cannot be combined with shuffle=false")
 
 
 def check_batch_size(args: TrainArgs, n_examples: int, world: int) -> None:
@@ -144,14 +151,19 @@ class Trainer:
     loss_fn(model, examples, denominator) -> (loss, stats) where stats maps a metric name to
     ("mean", sum, count) | ("min", value) | ("max", value); means are reduced exactly across processes.
     count_fn(example) -> the example's share of the denominator (1 for pairs, its completion tokens for SFT).
+    tokens_fn(example) -> the example's input tokens, when given: logged as `num_tokens`, the running total of
+    tokens trained on so far (TRL's metric of that name; host integers, no device read).
+    The checkpoint holds the metrics of its step, so a run resumed from its last checkpoint (killed during the
+    final evaluation) still returns them.
     """
 
     def __init__(self, run: RunDir | None, args: TrainArgs, accelerator, model, examples: list, loss_fn,
                  *, seed: int, count_fn=None, extra_state: Callable[[], dict] | None = None,
-                 load_extra: Callable[[dict], None] | None = None):
+                 load_extra: Callable[[dict], None] | None = None, tokens_fn: Callable[[dict], int] | None = None):
         self.run, self.args, self.acc, self.examples = run, args, accelerator, examples
         self.loss_fn, self.seed = loss_fn, seed
         self.count_fn = count_fn or (lambda ex: 1)
+        self.tokens_fn = tokens_fn
         self.extra_state, self.load_extra = extra_state, load_extra
         world = accelerator.num_processes
         check_batch_size(args, len(examples), world)
@@ -165,12 +177,14 @@ class Trainer:
                      {"params": no_decay, "weight_decay": 0.0}], lr=args.learning_rate)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args, self.total_steps))
         self.step = 0
+        self._last: dict = {}  # the metrics of the last step read (checkpointed with it)
         state = run.load_checkpoint() if run is not None else None
         if state is not None:
             load_trainable_state(model, state["model"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             self.step = int(state["step"])
+            self._last = dict(state.get("metrics", {}))
             if self.load_extra is not None:
                 self.load_extra(state.get("extra", {}))
             self._rng = state["rng"]
@@ -187,6 +201,8 @@ class Trainer:
         self._lengths: list[int] | None = None
         self._names: list[str] | None = None  # metric names and kinds, fixed by the first step's stats
         self._kinds: list[str] = []
+        # A pure function of the step (the batches are), so a resume recounts instead of checkpointing it.
+        self.tokens_seen = sum(self._batch_tokens(s) for s in range(self.step)) if tokens_fn is not None else 0
 
     @property
     def unwrapped(self):
@@ -197,12 +213,15 @@ class Trainer:
         B = self.args.batch_size
         return self.epoch_order(epoch)[k * B:(k + 1) * B]
 
+    def _batch_tokens(self, step: int) -> int:
+        return sum(self.tokens_fn(self.examples[i]) for i in self.global_batch(step))
+
     def epoch_order(self, epoch: int) -> list[int]:
         if self._order is None or self._order[0] != epoch:
             if self._lengths is None:
                 self._lengths = [example_length(e) for e in self.examples]
             self._order = (epoch, epoch_order(self._lengths, self.args.batch_size, seed=self.seed, epoch=epoch,
-                                              group_by_length=self.args.group_by_length))
+                                              group_by_length=self.args.group_by_length, shuffle=self.args.shuffle))
         return self._order[1]
 
     def _pack(self, stats: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -272,7 +291,7 @@ class Trainer:
         args, acc, world = self.args, self.acc, self.acc.num_processes
         bar = self.run.progress(self.total_steps, self.step, desc="train") if (
             self.run is not None and acc.is_main_process) else None
-        last: dict = {}
+        last: dict = self._last  # a run resumed at its last step trains no step: its checkpoint's metrics
         pending: list[dict] = []
         self.model.train()
         while self.step < self.total_steps:
@@ -292,10 +311,12 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
+            host = {"learning_rate": self.scheduler.get_last_lr()[0], "epoch": (self.step + 1) / self.steps_per_epoch}
+            if self.tokens_fn is not None:
+                self.tokens_seen += sum(self.tokens_fn(self.examples[i]) for i in idx)
+                host["num_tokens"] = self.tokens_seen
             self.step += 1
-            pending.append({"mean": mean, "ext": ext, "grad_norm": grad_norm,
-                            "host": {"learning_rate": self.scheduler.get_last_lr()[0],
-                                     "epoch": self.step / self.steps_per_epoch}})
+            pending.append({"mean": mean, "ext": ext, "grad_norm": grad_norm, "host": host})
             if bar is not None:
                 bar.update(1)
             logs = self.step % args.log_every == 0 or self.step == self.total_steps
@@ -309,7 +330,7 @@ class Trainer:
             for k, m in enumerate(rows):
                 check_finite("loss", m["loss"], step=first + k)
                 check_finite("grad_norm", m["grad_norm"], step=first + k)
-            metrics = last = rows[-1]
+            metrics = last = self._last = rows[-1]
             if bar is not None:
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
             if hook:
@@ -328,7 +349,8 @@ class Trainer:
         if self.acc.is_main_process:
             state: dict[str, Any] = {"step": self.step, "model": trainable_state(self.unwrapped),
                                      "optimizer": self.optimizer.state_dict(),
-                                     "scheduler": self.scheduler.state_dict(), "rng": get_rng_state()}
+                                     "scheduler": self.scheduler.state_dict(), "rng": get_rng_state(),
+                                     "metrics": dict(self._last)}
             if self.extra_state is not None:
                 state["extra"] = self.extra_state()
             self.run.save_checkpoint(state)

@@ -7,10 +7,13 @@ are installed in this checkout.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -125,6 +128,41 @@ def flush_denormals() -> bool:
     return bool(torch.set_flush_denormal(True))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so the same unwinding runs: atomic writes drop their
+    temporary files, `finally:` blocks close environments and process groups, and the last checkpoint stays."""
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """Within the block, SIGTERM raises `Terminated` in the main thread instead of killing the process."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def report_interrupt(prog: str, exc: KeyboardInterrupt, where: str = "") -> int:
+    """Print the one line an interrupted command ends with and return its exit code (128 + the signal number:
+    130 for SIGINT / Ctrl-C, 143 for SIGTERM)."""
+    from reins.runio import progress_step
+
+    step = progress_step()
+    at = f" at step {step}" if step is not None else ""  # no step loop running yet (or none, as in collect)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)  # off the line a progress bar (or the terminal's ^C) was left on
+    print(f"{prog}: interrupted{at}{where}; rerun the same command to resume", file=sys.stderr, flush=True)
+    return 128 + int(signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+
+
 def stage_main(config_cls: type, train: Callable[[Any], dict], argv: list[str] | None, *, prog: str,
                stage: str | None = None) -> int:
     """Shared `main` of a stage: parse --config/--quiet/overrides, run, print metrics, map errors to exits."""
@@ -158,26 +196,28 @@ def stage_main(config_cls: type, train: Callable[[Any], dict], argv: list[str] |
         i += 1
     flush_denormals()
     try:
-        overrides = parse_overrides(rest)
-        if quiet:
-            overrides["quiet"] = True
-        cfg = load_config(config_cls, config_path, overrides, stage=stage)
-        if getattr(cfg, "output_dir", None):
-            check_output_dir(cfg.output_dir)  # a file or an unwritable place: refused before any work
-        try:
-            metrics = train(cfg)
-        finally:
-            shutdown_distributed()
+        with sigterm_raises():
+            overrides = parse_overrides(rest)
+            if quiet:
+                overrides["quiet"] = True
+            cfg = load_config(config_cls, config_path, overrides, stage=stage)
+            if getattr(cfg, "output_dir", None):
+                check_output_dir(cfg.output_dir)  # a file or an unwritable place: refused before any work
+            from reins.runio import reset_progress
+
+            reset_progress()
+            try:
+                metrics = train(cfg)
+            finally:
+                shutdown_distributed()
     except ReinsError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return e.exit_code
     except OSError as e:  # a full disk, a permission, a file where a directory should be: the user's to fix
         print(f"{prog}: error: {describe_os_error(e)}", file=sys.stderr)
         return DataError.exit_code
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted (re-run the same command to resume from the last checkpoint)",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        return report_interrupt(prog, e)
     if not getattr(cfg, "quiet", False):
         print(json.dumps(metrics, indent=2, sort_keys=True, default=str))
     return 0

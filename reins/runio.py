@@ -41,6 +41,18 @@ CHECKPOINT_FILE = "checkpoint.pt"
 NON_SEMANTIC_KEYS = frozenset({"quiet", "log_every", "report_to", "progress"})
 REPORT_TO = ("none", "jsonl", "tensorboard")
 
+# The count of the latest progress bar (the step a stage is at), for the one-line "interrupted at step N".
+_progress: dict[str, int | None] = {"step": None}
+
+
+def progress_step() -> int | None:
+    """The step the running stage's progress bar last reached (None before any stage started its loop)."""
+    return _progress["step"]
+
+
+def reset_progress() -> None:
+    _progress["step"] = None
+
 
 # ----------------------------------------------------------------------------------------- atomic files
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -388,8 +400,25 @@ class RunDir:
     def progress(self, total: int, initial: int = 0, desc: str = ""):
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True,
-                    disable=self.quiet or not sys.stderr.isatty())
+        return _CountingBar(tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True,
+                                 disable=self.quiet or not sys.stderr.isatty()), initial)
+
+
+class _CountingBar:
+    """A tqdm bar that counts also when it is disabled (quiet, or not a terminal), and leaves its count where
+    `progress_step` reads it. `n` is that count; everything else is the tqdm bar's."""
+
+    def __init__(self, bar, initial: int):
+        self._bar, self.n = bar, int(initial)
+        _progress["step"] = self.n
+
+    def update(self, k: int = 1) -> None:
+        self.n += int(k)
+        _progress["step"] = self.n
+        self._bar.update(k)
+
+    def __getattr__(self, name: str):
+        return getattr(self._bar, name)
 
 
 def _jsonable(v: Any) -> Any:
