@@ -33,7 +33,7 @@ import torch
 from pgcore.distributions import entropy_from_logits, token_logprobs
 from pgcore.policy_losses import entropy_bonus, ppo_clip_loss, value_loss
 from pipelines.common import broadcast_metrics, eval_prompts, open_run, quiet_libraries
-from pipelines.data import BUILTIN, BUILTIN_CHAT, encode_prompt, load_records, normalise_prompts
+from pipelines.data import BUILTIN, BUILTIN_CHAT, encode_prompt, load_records, normalise_prompts, note_chat_use
 from pipelines.evaluation import EvalArgs, PolicyEvaluator
 from pipelines.generation import GenerationArgs, generate
 from pipelines.models import (
@@ -139,6 +139,7 @@ def load_prompts(cfg: Config, tok) -> tuple[list, list[list[int]], int]:
         prompts = normalise_prompts(rows, where)
     if cfg.max_train_samples is not None:
         prompts = prompts[: cfg.max_train_samples]
+    note_chat_use(tok, prompts)
     kept, ids = [], []
     for p in prompts:
         e = encode_prompt(tok, p)
@@ -398,7 +399,7 @@ def train(cfg: Config) -> dict:
             bar.update(1)
             bar.set_postfix(score=f"{m['objective/scores']:.3f}", kl=f"{m['objective/kl']:.3f}")
         if acc.is_main_process and (step % cfg.log_every == 0 or step == total):
-            run.log(step, {**m, **perf})
+            run.log(step, {**m, **perf}, tb_prefix="train/")
         if cfg.eval_every and step % cfg.eval_every == 0 and step < total and acc.is_main_process:
             evaluate(step)
         if step % cfg.save_every == 0 or step == total:
