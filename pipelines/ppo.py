@@ -36,8 +36,10 @@ from pipelines.common import broadcast_metrics, eval_prompts, open_run, quiet_li
 from pipelines.data import BUILTIN, BUILTIN_CHAT, encode_prompt, load_records, normalise_prompts, note_chat_use
 from pipelines.evaluation import EvalArgs, PolicyEvaluator
 from pipelines.generation import GenerationArgs, generate
+from pipelines.model_card import write_model_card
 from pipelines.models import (
     ModelArgs,
+    chat_template_trained,
     count_parameters,
     load_tokenizer,
     load_trainable_state,
@@ -415,6 +417,12 @@ def train(cfg: Config) -> dict:
         ev = evaluate(step)
         final = run.finish({**{f"train/{k}": v for k, v in last.items()}, **ev, "steps": step,
                             "dist/world_size": world, "dist/param_sync_gap": gap})
+        chat = chat_template_trained(tok)
+        write_model_card(run.path / "model", stage="ppo", config=run.config, metrics=final, chat_trained=chat,
+                         run_dir=run.path)
+        if unwrapped.critic is not None:
+            write_model_card(run.path / "value_model", stage="ppo-value", config=run.config, metrics=final,
+                             chat_trained=chat, run_dir=run.path)
     acc.wait_for_everyone()
     return broadcast_metrics(acc, final)
 

@@ -159,3 +159,30 @@ def subprocess_env(**extra) -> dict:
            "OMP_NUM_THREADS": "1"}
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+# ----------------------------------------------------------------------------------------- without reins
+NOT_IMPORTABLE = ("reins", "pipelines", "pgcore", "online", "offline")
+
+
+def run_without_reins(code: str, cwd: Path, *, timeout: int = 300) -> dict:
+    """Run `code` in a fresh Python that has this environment's packages but cannot import reins: `-I -S`
+    (no PYTHONPATH, no script or working directory on sys.path, no .pth files, so not the editable install's
+    finder either), with the site-packages directories put back on sys.path by hand. The prelude asserts that
+    none of reins' packages imports; `code` leaves its findings in a dict `result`, returned here."""
+    import site
+    import subprocess
+
+    paths = [p for p in site.getsitepackages() if Path(p).is_dir() and Path(p).resolve() != ROOT]
+    prelude = (f"import sys\nsys.path[:0] = {paths!r}\n"
+               f"for _name in {NOT_IMPORTABLE!r}:\n"
+               "    try:\n        __import__(_name)\n    except ModuleNotFoundError:\n        pass\n"
+               "    else:\n        raise SystemExit(f'{_name} is importable: the check would prove nothing')\n")
+    epilogue = "\nimport json as _json\nprint('RESULT ' + _json.dumps(result))\n"
+    env = {k: v for k, v in subprocess_env().items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", prelude + code + epilogue], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    assert lines, proc.stdout[-2000:]
+    return json.loads(lines[-1][len("RESULT "):])

@@ -4,7 +4,6 @@ reads too, chat templates saved only where trained, TensorBoard tags named like 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 import yaml
