@@ -165,23 +165,29 @@ def subprocess_env(**extra) -> dict:
 NOT_IMPORTABLE = ("reins", "pipelines", "pgcore", "online", "offline")
 
 
-def run_without_reins(code: str, cwd: Path, *, timeout: int = 300) -> dict:
-    """Run `code` in a fresh Python that has this environment's packages but cannot import reins: `-I -S`
-    (no PYTHONPATH, no script or working directory on sys.path, no .pth files, so not the editable install's
-    finder either), with the site-packages directories put back on sys.path by hand. The prelude asserts that
-    none of reins' packages imports; `code` leaves its findings in a dict `result`, returned here."""
+def run_without_reins(code: str, cwd: Path, *, python: str | None = None, timeout: int = 300) -> dict:
+    """Run `code` in a fresh Python that cannot import reins; returns the dict `code` leaves in `result`.
+
+    This interpreter runs with `-I -S`: no PYTHONPATH, no script or working directory on sys.path, no .pth files
+    (so not the editable install's finder either), and its site-packages put back on sys.path by hand. Another
+    `python` (e.g. a venv with transformers 4.x and no reins) runs with `-I`. A prelude asserts that none of
+    reins' packages imports, so a pass cannot come from reins being there after all.
+    """
     import site
     import subprocess
 
-    paths = [p for p in site.getsitepackages() if Path(p).is_dir() and Path(p).resolve() != ROOT]
-    prelude = (f"import sys\nsys.path[:0] = {paths!r}\n"
-               f"for _name in {NOT_IMPORTABLE!r}:\n"
-               "    try:\n        __import__(_name)\n    except ModuleNotFoundError:\n        pass\n"
-               "    else:\n        raise SystemExit(f'{_name} is importable: the check would prove nothing')\n")
+    if python is None:
+        paths = [p for p in site.getsitepackages() if Path(p).is_dir() and Path(p).resolve() != ROOT]
+        cmd, prelude = [sys.executable, "-I", "-S"], f"import sys\nsys.path[:0] = {paths!r}\n"
+    else:
+        cmd, prelude = [python, "-I"], ""
+    prelude += (f"for _name in {NOT_IMPORTABLE!r}:\n"
+                "    try:\n        __import__(_name)\n    except ModuleNotFoundError:\n        pass\n"
+                "    else:\n        raise SystemExit(f'{_name} is importable: the check would prove nothing')\n")
     epilogue = "\nimport json as _json\nprint('RESULT ' + _json.dumps(result))\n"
     env = {k: v for k, v in subprocess_env().items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-I", "-S", "-c", prelude + code + epilogue], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([*cmd, "-c", prelude + code + epilogue], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-4000:]
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     assert lines, proc.stdout[-2000:]

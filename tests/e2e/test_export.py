@@ -11,21 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.e2e.fixtures import ROOT, TINY_TRAIN, run_cli, run_without_reins, snapshot
-
-QUIET = ["--quiet", "eval_prompts=none"]
-
-
-@pytest.fixture(scope="module")
-def lm_runs(tmp_path_factory):
-    """sft (full) and dpo (LoRA on the sft model), each two steps on the small tiny model, run once."""
-    from reins.cli import main
-
-    root = tmp_path_factory.mktemp("export")
-    assert main(["sft", f"output_dir={root / 'sft'}", *TINY_TRAIN, *QUIET]) == 0
-    assert main(["dpo", f"output_dir={root / 'dpo'}", f"model={root / 'sft' / 'model'}", "lora.r=2",
-                 "learning_rate=0.05", *TINY_TRAIN, *QUIET]) == 0
-    return root
+from tests.e2e.fixtures import ROOT, run_cli, run_without_reins, snapshot
 
 
 def test_every_lm_artifact_has_a_model_card(lm_runs):
