@@ -74,6 +74,28 @@ def test_adapter_export_without_merge_stays_an_adapter(lm_runs, tmp_path, capfd)
     assert "library_name: peft" in (out / "README.md").read_text()
 
 
+def test_reward_and_ppo_runs_export(lm_runs, tmp_path, capfd):
+    for name in ("reward", "ppo"):
+        code, err = run_cli(["export", str(lm_runs / name), "--out", str(tmp_path / name), "--quiet"], capfd)
+        assert code == 0, err
+    gen = json.loads((tmp_path / "ppo" / "generation_config.json").read_text())
+    assert gen["max_new_tokens"] == 6  # the ppo run's rollout settings (its eval default is 32)
+    assert "# reins ppo" in (tmp_path / "ppo" / "README.md").read_text()
+    assert "AutoModelForSequenceClassification" in (tmp_path / "reward" / "README.md").read_text()
+    from transformers import AutoModelForSequenceClassification
+
+    from pipelines.models import load_reward_model, load_tokenizer
+    from tests.pipelines.helpers import small_args
+
+    args = small_args(model=str(lm_runs / "reward" / "model"))
+    tok = load_tokenizer(args)
+    ids = torch.tensor([tok("The hotel was lovely<|endoftext|>")["input_ids"]])
+    with torch.no_grad():
+        ours = load_reward_model(args, tok, trainable=False)(input_ids=ids).logits
+        plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "reward")(input_ids=ids).logits
+    torch.testing.assert_close(plain, ours)
+
+
 def test_export_refuses_bad_input_before_writing(lm_runs, tmp_path, capfd):
     taken = tmp_path / "taken"
     taken.mkdir()

@@ -100,11 +100,18 @@ def test_transformers4_reads_every_lm_output(lm_runs, tmp_path):
     check = subprocess.run([python, "-c", "import transformers; print(transformers.__version__)"],
                            capture_output=True, text=True)
     assert check.stdout.startswith("4."), check.stdout + check.stderr
+    from pipelines.export import export
+
+    export(lm_runs / "dpo", tmp_path / "merged", merge=True)
     code, ours = _plain_script(lm_runs)
+    code += ("from transformers import pipeline\n"
+             f"generate = pipeline('text-generation', model={str(tmp_path / 'merged')!r})\n"
+             "result['pipeline'] = generate('The room was', max_new_tokens=8)[0]['generated_text']\n")
     theirs = run_without_reins(code, cwd=tmp_path, python=python)
     for name in ("sft", "dpo", "ppo"):
         torch.testing.assert_close(torch.tensor(theirs["logits"][name]), ours["logits"][name], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(torch.tensor(theirs["scores"]), ours["scores"], atol=1e-5, rtol=1e-5)
+    assert theirs["pipeline"].startswith("The room was") and len(theirs["pipeline"]) > len("The room was")
 
 
 # ----------------------------------------------------------------------------------------- Minari

@@ -79,10 +79,10 @@ def test_saved_model_uses_the_spelling_transformers4_reads(tmp_path):
     save_model(model, tok, tmp_path / "m")
     tcfg = json.loads((tmp_path / "m" / "tokenizer_config.json").read_text())
     assert tcfg["tokenizer_class"] == "PreTrainedTokenizerFast"  # 4.x has no TokenizersBackend
-    assert "extra_special_tokens" not in tcfg  # a list there breaks 4.x (it wants a dict)
+    assert not isinstance(tcfg.get("extra_special_tokens"), list)  # a list there breaks 4.x (it wants a dict)
     assert tcfg["additional_special_tokens"] == ["<|system|>", "<|user|>", "<|assistant|>"]
     mcfg = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert mcfg["rope_theta"] == mcfg["rope_parameters"]["rope_theta"]  # 4.x reads only rope_theta
+    assert mcfg["rope_theta"] == mcfg.get("rope_parameters", mcfg)["rope_theta"]  # 4.x reads only rope_theta
     # transformers 5 reads the rewritten files to the same tokenizer and model.
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
