@@ -131,3 +131,26 @@ def test_tensorboard_tags_of_training_rows_are_metrics_json_keys(tmp_path, monke
     last = max(e.step for e in acc.Scalars("train/loss"))
     assert acc.Scalars("train/loss")[-1].value == float(torch.tensor(metrics["train/loss"]).float())
     assert last == metrics["steps"]
+
+
+def test_config_written_with_a_relative_model_path_still_matches(tmp_path, monkeypatch):
+    """A config.yaml from before absolute paths (relative `model`) is the same run when re-run from where it
+    was written; one written now (absolute) is the same run from any directory."""
+    from pipelines import dpo
+    from reins.config import from_dict, to_dict
+    from reins.runio import config_changes, run_config
+
+    (tmp_path / "a" / "runs" / "sft" / "model").mkdir(parents=True)
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    cfg = from_dict(dpo.Config, {"model": "runs/sft/model", "ref_model": "runs/sft/model", "output_dir": "out"})
+    old = to_dict(cfg)  # what config.yaml held before: the paths as given
+    assert old["model"] == "runs/sft/model"
+    assert run_config(cfg)["model"] == run_config(cfg)["ref_model"] == str(tmp_path / "a" / "runs" / "sft" / "model")
+    assert run_config(cfg)["output_dir"] == "out"  # only model paths are rewritten
+    assert config_changes(old, cfg) == []
+    written = run_config(cfg)
+    monkeypatch.chdir(tmp_path / "b")
+    again = from_dict(dpo.Config, {"model": written["model"], "ref_model": written["ref_model"], "output_dir": "out"})
+    assert config_changes(written, again) == []
+    assert config_changes(old, again) == ["model", "ref_model"]  # from b, the old relative path names b/runs/...
