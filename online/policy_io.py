@@ -138,7 +138,7 @@ def load_policy(path: str | Path) -> Policy:
 
 def export_portable(policy: Policy, out_dir: str | Path) -> dict:
     """Write `policy` as online.portable's policy.safetensors + policy.json (numpy-only loading); returns the
-    spec. Only Box observations: the spec applies no one-hot encoding of Discrete/Tuple/Dict observations."""
+    spec. Only 1-D Box observations: the spec applies no flattening or one-hot encoding of other spaces."""
     from online import portable
 
     _require_box_observations(policy.env_id)
@@ -174,6 +174,6 @@ def _require_box_observations(env_id: str) -> None:
         raise DataError(f"cannot export: env '{env_id}' cannot be created ({str(e).splitlines()[0]})") from None
     space = env.observation_space
     env.close()
-    if not isinstance(space, gym.spaces.Box):
-        raise DataError(f"cannot export: env '{env_id}' has {type(space).__name__} observations; the portable "
-                        "policy takes Box observations only")
+    if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+        raise DataError(f"cannot export: env '{env_id}' has {space} observations; the portable policy takes "
+                        "1-D Box observations only")

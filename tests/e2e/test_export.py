@@ -210,3 +210,19 @@ def test_readme_example_acts_in_gymnasium_without_reins(tmp_path, capfd):
         obs, r, term, trunc, _ = env.step(policy.act(obs[None])[0])
         ret, done = ret + r, term or trunc
     assert printed["ret"] == pytest.approx(ret, abs=1e-2)
+
+
+def test_policy_of_a_discrete_observation_env_is_refused(tmp_path, capfd):
+    """FrozenLake's observations arrive one-hot in reins; the portable spec has no such step, so no export."""
+    from online.envs import make_env
+    from online.nets import build_actor
+    from online.policy_io import save_policy
+
+    _, spec = make_env("FrozenLake-v1")
+    arch = {"kind": "categorical", "obs_dim": spec.obs_dim, "act_dim": spec.act_dim, "hidden": [8],
+            "activation": "tanh"}
+    save_policy(tmp_path / "run" / "policy.pt", actor=build_actor(arch), arch=arch, spec=spec, algo="ppo")
+    (tmp_path / "run" / "metrics.json").write_text("{}")
+    code, err = run_cli(["export", str(tmp_path / "run"), "--out", str(tmp_path / "out")], capfd)
+    assert code == 2 and len(err) == 1 and "1-D Box observations only" in err[0], err
+    assert not (tmp_path / "out").exists()
