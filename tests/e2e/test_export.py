@@ -1,6 +1,6 @@
-"""`reins export`: LM runs become HF directories plain transformers/peft load (merged LoRA runs a text-generation
-pipeline), every LM artifact has a model card, and policies become safetensors + JSON that the README's
-example acts with in gymnasium, in a Python where reins cannot be imported."""
+"""`reins export`: LM runs become HF directories plain transformers/peft load (test_interop also loads them, and runs
+a text-generation pipeline on a merged LoRA export, in a Python without reins), every LM artifact has a model card,
+and policies become safetensors + JSON that the README's example acts with in gymnasium, without reins."""
 
 from __future__ import annotations
 
@@ -50,19 +50,12 @@ def test_merged_lora_export_loads_in_plain_transformers(lm_runs, tmp_path, capfd
         ours = load_causal_lm(args, tok, trainable=False)(input_ids=ids).logits[0, -1]
         base = load_causal_lm(small_args(model=str(lm_runs / "sft" / "model")), tok)(input_ids=ids).logits[0, -1]
     assert (ours - base).abs().max() > 1e-3  # the adapter changed the model
-    result = run_without_reins(f"""
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
-tok = AutoTokenizer.from_pretrained({str(out)!r})
-model = AutoModelForCausalLM.from_pretrained({str(out)!r})
-ids = torch.tensor([tok("The room was clean and the staff")["input_ids"]])
-with torch.no_grad():
-    logits = model(input_ids=ids).logits[0, -1].tolist()
-text = pipeline("text-generation", model={str(out)!r})("The room was", max_new_tokens=8)[0]["generated_text"]
-result = {{"logits": logits, "text": text}}
-""", cwd=tmp_path)
-    torch.testing.assert_close(torch.tensor(result["logits"]), ours, atol=1e-5, rtol=1e-5)
-    assert result["text"].startswith("The room was") and len(result["text"]) > len("The room was")
+    # plain transformers loads it to the same function (test_interop repeats this in a Python without reins)
+    from transformers import AutoModelForCausalLM
+
+    with torch.no_grad():
+        plain = AutoModelForCausalLM.from_pretrained(out)(input_ids=ids).logits[0, -1]
+    torch.testing.assert_close(plain, ours, atol=1e-5, rtol=1e-5)
 
 
 def test_adapter_export_without_merge_stays_an_adapter(lm_runs, tmp_path, capfd):

@@ -35,13 +35,16 @@ for name, path in paths.items():
     if name == "reward":
         continue
     tok = AutoTokenizer.from_pretrained(path)
-    cls = AutoPeftModelForCausalLM if name == "dpo" else AutoModelForCausalLM
+    cls = AutoPeftModelForCausalLM if name == "dpo" else AutoModelForCausalLM  # dpo: a LoRA adapter
     model = cls.from_pretrained(path).eval()
     ids = torch.tensor([tok(text)["input_ids"]])
     with torch.no_grad():
         result["logits"][name] = model(input_ids=ids).logits[0, -1].tolist()
         out = model.generate(input_ids=ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
     result["generated"][name] = tok.decode(out[0, ids.shape[1]:])
+from transformers import pipeline
+generate = pipeline("text-generation", model=paths["dpo-merged"])
+result["pipeline"] = generate("The room was", max_new_tokens=8)[0]["generated_text"]
 rm = AutoModelForSequenceClassification.from_pretrained(paths["reward"]).eval()
 with torch.no_grad():
     result["scores"] = [rm(input_ids=torch.tensor([ids])).logits[0, 0].item() for ids in rm_ids]
@@ -75,6 +78,8 @@ def _reins_view(lm_runs):
 def _plain_script(lm_runs) -> tuple[str, dict]:
     logits, scores, rm_ids = _reins_view(lm_runs)
     paths = {name: str(lm_runs / name / "model") for name in ("sft", "dpo", "ppo", "reward")}
+    paths["dpo-merged"] = str(lm_runs / "dpo-merged")
+    logits["dpo-merged"] = logits["dpo"]  # merging the adapter in changes nothing the model computes
     code = (f"paths, rm_ids, text = {paths!r}, {rm_ids!r}, {TEXT!r}\n"
             f"prompt_text = {PROMPT + COMPLETIONS[0]!r}\n" + PLAIN_LOAD)
     return code, {"logits": logits, "scores": scores}
@@ -83,9 +88,10 @@ def _plain_script(lm_runs) -> tuple[str, dict]:
 def test_plain_transformers_and_peft_load_every_lm_output(lm_runs, tmp_path):
     code, ours = _plain_script(lm_runs)
     theirs = run_without_reins(code, cwd=tmp_path)
-    for name in ("sft", "dpo", "ppo"):
+    for name in ("sft", "dpo", "ppo", "dpo-merged"):
         torch.testing.assert_close(torch.tensor(theirs["logits"][name]), ours["logits"][name], atol=1e-5, rtol=1e-5)
         assert theirs["generated"][name]  # greedy decoding produced text
+    assert theirs["pipeline"].startswith("The room was") and len(theirs["pipeline"]) > len("The room was")
     # dpo (an adapter) and ppo differ from their sft start: the comparison above is not of one model thrice
     assert (ours["logits"]["dpo"] - ours["logits"]["sft"]).abs().max() > 1e-3
     assert (ours["logits"]["ppo"] - ours["logits"]["sft"]).abs().max() > 1e-6
@@ -100,15 +106,9 @@ def test_transformers4_reads_every_lm_output(lm_runs, tmp_path):
     check = subprocess.run([python, "-c", "import transformers; print(transformers.__version__)"],
                            capture_output=True, text=True)
     assert check.stdout.startswith("4."), check.stdout + check.stderr
-    from pipelines.export import export
-
-    export(lm_runs / "dpo", tmp_path / "merged", merge=True)
     code, ours = _plain_script(lm_runs)
-    code += ("from transformers import pipeline\n"
-             f"generate = pipeline('text-generation', model={str(tmp_path / 'merged')!r})\n"
-             "result['pipeline'] = generate('The room was', max_new_tokens=8)[0]['generated_text']\n")
     theirs = run_without_reins(code, cwd=tmp_path, python=python)
-    for name in ("sft", "dpo", "ppo"):
+    for name in ("sft", "dpo", "ppo", "dpo-merged"):
         torch.testing.assert_close(torch.tensor(theirs["logits"][name]), ours["logits"][name], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(torch.tensor(theirs["scores"]), ours["scores"], atol=1e-5, rtol=1e-5)
     assert theirs["pipeline"].startswith("The room was") and len(theirs["pipeline"]) > len("The room was")
