@@ -23,6 +23,7 @@ KEY_METRICS = ("eval/gold_reward", "eval/win_rate_vs_ref", "eval/kl_to_ref", "ev
                "eval/accuracy", "eval/rewards/accuracies", "eval/rewards/margins", "eval/loss", "train/loss",
                "train/objective/scores", "train/objective/kl", "steps")
 MAX_ROWS = 16
+HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}  # reins' model names
 
 
 def invocation() -> str:
@@ -91,7 +92,8 @@ def model_card(*, stage: str, config: dict, metrics: dict, chat_trained: bool, a
     header = ["---", f"library_name: {'peft' if adapter is not None else 'transformers'}",
               "tags: [reins, " + stage + "]"]
     if config.get("model") not in (None, "tiny"):
-        header.append(f"base_model: {json.dumps(str(config['model']))}")
+        hub = HUB_IDS.get(str(config["model"]), str(config["model"]))  # HF cards name a Hub id or a path
+        header.append(f"base_model: {json.dumps(hub)}")
     lines = header + ["---", "", f"# reins {stage}: {Path(run_dir).name}", "",
                       f"Made by `reins {stage.split('-')[0]}`, {STAGES.get(stage, stage)}. This directory is {kind}.",
                       "", f"- Base model: {base}", f"- Data: {_data(stage, config)}", f"- Chat template: {chat}"]
