@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -43,6 +44,7 @@ from pipelines.models import (
     count_parameters,
     load_tokenizer,
     load_trainable_state,
+    resolve_model,
     save_model,
     trainable_state,
 )
@@ -61,7 +63,7 @@ from pipelines.trainer import TrainArgs, adamw, lr_lambda, make_accelerator
 from reins.cli import stage_main
 from reins.config import RunArgs, check
 from reins.errors import ConfigError, DataError, NonFiniteError
-from reins.runio import check_finite, get_rng_state, seed_everything, set_rng_state
+from reins.runio import METRICS_FILE, check_finite, get_rng_state, seed_everything, set_rng_state
 
 
 @dataclass
@@ -304,6 +306,8 @@ def train(cfg: Config) -> dict:
     quiet_libraries(cfg.quiet)
     seed_everything(cfg.seed)
     acc = make_accelerator(cfg)
+    if not (Path(cfg.output_dir) / METRICS_FILE).is_file():
+        resolve_model(cfg.model)  # a missing model (or adapter base) is an error before config.yaml is written
     run = open_run(cfg, acc)
     done = run.completed_metrics()
     if done is not None:

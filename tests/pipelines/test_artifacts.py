@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 import yaml
 
@@ -54,7 +55,8 @@ def test_adapter_of_a_relative_base_loads_from_another_directory(tmp_path, monke
     assert (away / "dpo" / "metrics.json").is_file()
 
 
-def test_adapter_with_a_missing_relative_base_is_one_error_before_any_output(tmp_path, monkeypatch, capfd):
+@pytest.mark.parametrize("stage", ["dpo", "ppo"])
+def test_adapter_with_a_missing_relative_base_is_one_error_before_any_output(tmp_path, monkeypatch, capfd, stage):
     tok = small_tok()
     adapter = tmp_path / "adapter"
     from reins.config import from_dict
@@ -67,7 +69,8 @@ def test_adapter_with_a_missing_relative_base_is_one_error_before_any_output(tmp
     cfg["base_model_name_or_path"] = "runs/sft/model"  # what an adapter saved before the fix recorded
     cfg_path.write_text(json.dumps(cfg))
     monkeypatch.chdir(tmp_path)
-    code, err = run_cli(["dpo", f"model={adapter}", "output_dir=out", *TINY_TRAIN, *QUIET], capfd)
+    extra = [f"reward_model={adapter}", "builtin_size=64"] if stage == "ppo" else TINY_TRAIN
+    code, err = run_cli([stage, f"model={adapter}", "output_dir=out", *extra, *QUIET], capfd)
     assert code == 2
     assert len(err) == 1 and "adapter_config.json" in err[0] and "runs/sft/model does not exist" in err[0], err
     assert snapshot(tmp_path / "out") == {}  # no stray config.yaml
