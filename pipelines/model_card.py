@@ -61,7 +61,7 @@ def _metrics_table(metrics: dict) -> list[str]:
 
 
 def _usage(stage: str, adapter: bool, path: str) -> str:
-    if stage == "reward":
+    if stage in ("reward", "ppo-value"):  # sequence classifiers with one score
         return ("from transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
                 f"tok = AutoTokenizer.from_pretrained({path!r})\n"
                 f"rm = AutoModelForSequenceClassification.from_pretrained({path!r})\n"

@@ -75,6 +75,8 @@ def test_reward_and_ppo_runs_export(lm_runs, tmp_path, capfd):
     assert gen["max_new_tokens"] == 6  # the ppo run's rollout settings (its eval default is 32)
     assert "# reins ppo" in (tmp_path / "ppo" / "README.md").read_text()
     assert "AutoModelForSequenceClassification" in (tmp_path / "reward" / "README.md").read_text()
+    value_card = (lm_runs / "ppo" / "value_model" / "README.md").read_text()  # ppo's critic (value_model=auto)
+    assert "# reins ppo-value" in value_card and "AutoModelForSequenceClassification" in value_card
     from transformers import AutoModelForSequenceClassification
 
     from pipelines.models import load_reward_model, load_tokenizer
