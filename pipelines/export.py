@@ -99,7 +99,9 @@ def export_lm(run_dir: Path, tmp: Path, config: dict, metrics: dict, *, merge: b
     adapter = (model_dir / "adapter_config.json").is_file()
     if merge and not adapter:
         raise ConfigError(f"--merge: {model_dir} is a full model, not a LoRA adapter (export it without --merge)")
-    args = ModelArgs(model=str(model_dir), tiny=TinySpec(**(config.get("tiny") or {})))
+    # In the run's dtype (a bfloat16 run exports bfloat16 weights).
+    args = ModelArgs(model=str(model_dir), dtype=config.get("dtype", "float32"),
+                     tiny=TinySpec(**(config.get("tiny") or {})))
     tok = load_tokenizer(args)
     if stage == "reward":
         model = load_reward_model(args, tok, trainable=False)

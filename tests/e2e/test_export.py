@@ -221,3 +221,22 @@ def test_policy_of_a_discrete_observation_env_is_refused(tmp_path, capfd):
     code, err = run_cli(["export", str(tmp_path / "run"), "--out", str(tmp_path / "out")], capfd)
     assert code == 2 and len(err) == 1 and "1-D Box observations only" in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_export_keeps_the_run_dtype(tmp_path, capfd):
+    """A bfloat16 run exports bfloat16 weights (not a float32 copy twice the size)."""
+    import yaml
+    from safetensors import safe_open
+
+    from pipelines.models import save_model
+    from tests.pipelines.helpers import SMALL, small_model, small_tok
+
+    tok = small_tok()
+    save_model(small_model(tok, dtype="bfloat16"), tok, tmp_path / "run" / "model")
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({"model": "tiny", "dtype": "bfloat16",
+                                                                  "packing": False, "tiny": SMALL}))
+    (tmp_path / "run" / "metrics.json").write_text('{"steps": 0}')
+    code, err = run_cli(["export", str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--quiet"], capfd)
+    assert code == 0, err
+    with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
