@@ -64,3 +64,22 @@ def policy_from_state(state: dict, device: str | torch.device = "cpu") -> Offlin
 
 def load_offline_policy(path: str | Path, device: str | torch.device = "cpu") -> OfflinePolicy:
     return policy_from_state(safe_torch_load(path), device)
+
+
+def export_portable(policy: OfflinePolicy, out_dir: str | Path, *, algo: str = "", dataset_id: str = "") -> dict:
+    """Write `policy` as online.portable's policy.safetensors + policy.json (numpy-only loading); returns the
+    spec. Every offline actor acts as tanh(head) scaled to the action box (the tanh-Gaussian's mode keeps the
+    mean half of its head)."""
+    import json
+
+    from online import portable
+
+    kind = policy.actor.kind
+    linears, activation = portable.linear_layers(policy.actor.net)
+    act_dim = len(policy.norm.action_low)
+    tensors = portable.portable_tensors(linears, out_rows=act_dim if kind == "tanh_gaussian" else None)
+    tensors.update(portable.obs_tensors(policy.norm.obs_mean, policy.norm.obs_std))
+    tensors.update(portable.box_tensors(policy.norm.action_low, policy.norm.action_high))
+    portable.write_portable(out_dir, env_id=policy.env_id or "", activation=activation, output="tanh",
+                            tensors=tensors, meta={"algo": algo, "dataset_id": dataset_id, "source_format": FORMAT})
+    return json.loads((Path(out_dir) / portable.SPEC).read_text())

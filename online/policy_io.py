@@ -11,6 +11,7 @@ File format "reins-policy-v1" (a plain dict; loadable with `torch.load(weights_o
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +134,46 @@ def load_policy(path: str | Path) -> Policy:
         return Policy(data)
     except (KeyError, RuntimeError, ValueError) as e:
         raise DataError(f"{path}: malformed policy file: {str(e).splitlines()[0]}") from None
+
+
+def export_portable(policy: Policy, out_dir: str | Path) -> dict:
+    """Write `policy` as online.portable's policy.safetensors + policy.json (numpy-only loading); returns the
+    spec. Only 1-D Box observations: the spec applies no flattening or one-hot encoding of other spaces."""
+    from online import portable
+
+    _require_box_observations(policy.env_id)
+    kind = policy.arch["kind"]
+    net = policy.actor.trunk if kind == "tanh_gaussian" else policy.actor.net
+    linears, activation = portable.linear_layers(net)
+    tensors = portable.portable_tensors(linears, out_rows=policy.arch["act_dim"] if kind == "tanh_gaussian" else None)
+    dim = linears[0].in_features
+    if policy.obs_norm is not None:
+        n = policy.obs_norm
+        std = np.sqrt(n["var"].double().numpy() + n["eps"])
+        tensors.update(portable.obs_tensors(n["mean"].double().numpy(), std, float(n["clip"])))
+    else:
+        tensors.update(portable.obs_tensors(np.zeros(dim), np.ones(dim)))
+    if policy.discrete:
+        output = "argmax"
+    else:
+        output = "clip" if kind == "gaussian" else "tanh"  # tanh_gaussian's mode and deterministic are tanh(x)
+        tensors.update(portable.box_tensors(policy.low, policy.high))
+    meta = {"algo": policy.algo, "source_format": FORMAT, **{k: v for k, v in policy.meta.items()
+                                                             if isinstance(v, (int, float, str))}}
+    portable.write_portable(out_dir, env_id=policy.env_id, activation=activation, output=output, tensors=tensors,
+                            meta=meta)
+    return json.loads((Path(out_dir) / portable.SPEC).read_text())
+
+
+def _require_box_observations(env_id: str) -> None:
+    import gymnasium as gym
+
+    try:
+        env = gym.make(env_id)
+    except Exception as e:  # noqa: BLE001 - any failure to build the env: say which env
+        raise DataError(f"cannot export: env '{env_id}' cannot be created ({str(e).splitlines()[0]})") from None
+    space = env.observation_space
+    env.close()
+    if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+        raise DataError(f"cannot export: env '{env_id}' has {space} observations; the portable policy takes "
+                        "1-D Box observations only")

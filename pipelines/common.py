@@ -116,10 +116,12 @@ def lm_evaluate_fn(trainer, loss_fn, eval_examples: list, *, batch_size: int, co
     return evaluate
 
 
-def train_and_finish(trainer, run: RunDir, accelerator, tok, evaluate, *, eval_every: int,
+def train_and_finish(trainer, run: RunDir, accelerator, tok, evaluate, *, eval_every: int, stage: str,
                      export=lambda model: model) -> dict:
-    """Train with periodic evaluation, then save `export(model)`, evaluate once more and write metrics.json."""
-    from pipelines.models import save_model
+    """Train with periodic evaluation, then save `export(model)`, evaluate once more and write metrics.json
+    (and the model card, which shows the final metrics)."""
+    from pipelines.model_card import write_model_card
+    from pipelines.models import chat_template_trained, save_model
 
     def on_step(step: int, metrics: dict) -> None:
         if step < trainer.total_steps and accelerator.is_main_process:
@@ -133,5 +135,7 @@ def train_and_finish(trainer, run: RunDir, accelerator, tok, evaluate, *, eval_e
         run.log(trainer.step, ev)
         final = run.finish({**{f"train/{k}": v for k, v in last.items()},
                             **{k: v for k, v in ev.items() if k != "eval/samples"}, "steps": trainer.step})
+        write_model_card(run.path / "model", stage=stage, config=run.config, metrics=final,
+                         chat_trained=chat_template_trained(tok), run_dir=run.path)
     accelerator.wait_for_everyone()
     return broadcast_metrics(accelerator, final)

@@ -320,6 +320,14 @@ def normalise_prompts(rows: list[dict], where: str, *, roles: frozenset[str] = C
 
 
 # ----------------------------------------------------------------------------------------- tokenisation
+def note_chat_use(tok, prompts: list) -> None:
+    """Training inputs rendered with the chat template make it a trained template (saved with the model)."""
+    if any(isinstance(p, list) for p in prompts):
+        from pipelines.models import mark_chat_trained
+
+        mark_chat_trained(tok)
+
+
 def _special_prefix(tok) -> list[int]:
     """Ids the tokenizer adds before a text (e.g. BOS) with add_special_tokens=True."""
     plain = tok("x", add_special_tokens=False)["input_ids"]
@@ -431,6 +439,7 @@ def _fit(pids: list[int], cids: list[int], max_length: int, policy: str, stats: 
 
 def tokenize_sft(tok, rows: list[dict], where: str, max_length: int, on_overlong: str = "truncate"):
     """[{'prompt_ids', 'completion_ids'}] and truncation counts."""
+    note_chat_use(tok, [row["prompt"] for row in rows])
     stats, out = TruncationStats(), []
     for i, row in enumerate(rows):
         pids, cut = _prompt_ids(tok, row["prompt"], max_length)
@@ -449,6 +458,7 @@ def tokenize_sft(tok, rows: list[dict], where: str, max_length: int, on_overlong
 
 def tokenize_preferences(tok, rows: list[dict], where: str, max_length: int, on_overlong: str = "truncate"):
     """[{'prompt_ids', 'chosen_ids', 'rejected_ids'}] (+ 'margin' when the data has it) and counts."""
+    note_chat_use(tok, [row["prompt"] for row in rows])
     stats, out = TruncationStats(), []
     for i, row in enumerate(rows):
         pids, cut = _prompt_ids(tok, row["prompt"], max_length)

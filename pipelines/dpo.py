@@ -219,7 +219,7 @@ def train(cfg: Config) -> dict:
 
     evaluate = lm_evaluate_fn(trainer, loss_fn, eval_ex, batch_size=cfg.eval.batch_size, count_fn=lambda e: 1,
                               evaluator=evaluator)
-    return train_and_finish(trainer, run, acc, tok, evaluate, eval_every=cfg.eval_every)
+    return train_and_finish(trainer, run, acc, tok, evaluate, eval_every=cfg.eval_every, stage="dpo")
 
 
 def main(argv=None) -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from pipelines.common import quiet_libraries
-from pipelines.models import SMOLLM2, ensure_pad_token, model_cache_dir
+from pipelines.models import SMOLLM2, ensure_pad_token, model_cache_dir, save_model
 from reins.cli import stage_main
 from reins.config import check
 from reins.errors import DataError
@@ -111,8 +111,7 @@ def train(cfg: Config) -> dict:
         ensure_pad_token(tok, model)
         model.config.pad_token_id = tok.pad_token_id
         model.generation_config.pad_token_id = tok.pad_token_id
-        model.save_pretrained(run.path)
-        tok.save_pretrained(run.path)
+        save_model(model, tok, run.path)  # in the form transformers 4.x reads too
     n_params = sum(p.numel() for p in model.parameters())
     return run.finish({"parameters": n_params, "path": str(run.path), "gguf": gguf.name, "gguf_sha256": sha,
                        "pad_token": tok.pad_token, "eos_token": tok.eos_token})

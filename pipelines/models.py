@@ -83,8 +83,32 @@ class ModelArgs:
         check(self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         check(bool(self.model), "model must name a path, a Hub id, 'tiny' or 'smollm2-135m-instruct'")
 
+    def run_config_view(self, d: dict) -> dict:
+        """config.yaml records local model paths as absolute paths (reins.runio's hook, applied to the saved
+        and the new config alike), so a recorded run names the same model from any working directory, and a
+        config.yaml written with a relative path still matches when re-run from where it was written."""
+        return {k: absolute_model_path(v) if k in MODEL_PATH_KEYS and isinstance(v, str) else v
+                for k, v in d.items()}
+
 
 # ----------------------------------------------------------------------------------------- resolution
+MODEL_PATH_KEYS = ("model", "ref_model", "reward_model", "value_model")
+# Names that are never paths: the built-in models and ppo's value_model choices.
+_NOT_PATHS = frozenset({TINY, SMOLLM2, "auto", "reward", "policy", "shared", "", "none"})
+
+
+def _looks_local(name: str) -> bool:
+    return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
+def absolute_model_path(name: str) -> str:
+    """`name` as an absolute path when it is a local path (an existing one, or one written as a path: `./x`,
+    `~/x`, `a/b/c`); built-in names and Hub ids (`org/name`) unchanged."""
+    if name in _NOT_PATHS or not _looks_local(name):
+        return name
+    return os.path.abspath(os.path.expanduser(name))
+
+
 def model_cache_dir() -> Path:
     """Where `reins fetch-model` puts models: $REINS_MODEL_DIR, else ~/.cache/reins/models."""
     return Path(os.environ.get("REINS_MODEL_DIR", Path.home() / ".cache" / "reins" / "models"))
@@ -103,7 +127,12 @@ def resolve_model(name: str) -> str:
     if p.exists():
         if not p.is_dir() or not ((p / "config.json").is_file() or (p / "adapter_config.json").is_file()):
             raise DataError(f"model path {p} is not a model directory (no config.json or adapter_config.json)")
-        return str(p)
+        path = os.path.abspath(p)  # absolute: PEFT records it as an adapter's base, read from any directory
+        base = _adapter_base(path)
+        if base is not None and base != TINY and _looks_local(base) and not Path(base).expanduser().is_dir():
+            raise DataError(f"{path}/adapter_config.json: base_model_name_or_path {base} does not exist (a "
+                            "relative path is read from the working directory; write the base's absolute path)")
+        return path
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise DataError(f"model path {name} does not exist")
     return name  # a Hub id; from_pretrained reports if it cannot be reached (offline)
@@ -113,7 +142,10 @@ def _adapter_base(path: str) -> str | None:
     cfg = Path(path) / "adapter_config.json"
     if not cfg.is_file():
         return None
-    return json.loads(cfg.read_text())["base_model_name_or_path"]
+    try:
+        return json.loads(cfg.read_text())["base_model_name_or_path"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise DataError(f"{cfg}: not a PEFT adapter config (no base_model_name_or_path)") from None
 
 
 # ----------------------------------------------------------------------------------------- tokenizer
@@ -140,9 +172,35 @@ def build_tiny_tokenizer(vocab_size: int = 1024):
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_tiny_tokenizer_json(vocab_size)),
                                   eos_token=EOS, pad_token=PAD,
                                   additional_special_tokens=list(ROLE_TOKENS))
-    tok.chat_template = TINY_CHAT_TEMPLATE
     tok.model_max_length = 1 << 30
+    return _attach_tiny_template(tok)
+
+
+# A chat template counts as trained once the model has learnt from text rendered with it: a pretrained model's
+# own template, one a run saved after training on conversational data, or this run's conversational data.
+# `tiny`'s template is made up when its tokenizer is built: untrained until a run uses it, and only trained
+# templates are saved (`save_tokenizer`), so a saved model never advertises a chat format it cannot follow.
+_CHAT_TRAINED = "_reins_chat_template_trained"
+
+
+def _attach_tiny_template(tok):
+    tok.chat_template = TINY_CHAT_TEMPLATE
+    setattr(tok, _CHAT_TRAINED, False)
     return tok
+
+
+def _is_tiny_tokenizer(tok) -> bool:
+    vocab = tok.get_vocab()
+    return tok.eos_token == EOS and tok.pad_token == PAD and all(t in vocab for t in ROLE_TOKENS)
+
+
+def mark_chat_trained(tok) -> None:
+    """Record that this run trains on text rendered with the tokenizer's chat template."""
+    setattr(tok, _CHAT_TRAINED, True)
+
+
+def chat_template_trained(tok) -> bool:
+    return bool(getattr(tok, "chat_template", None)) and getattr(tok, _CHAT_TRAINED, True)
 
 
 def ensure_pad_token(tok, model=None):
@@ -182,7 +240,55 @@ def load_tokenizer(args: ModelArgs):
             tok = AutoTokenizer.from_pretrained(src, trust_remote_code=args.trust_remote_code)
     except (OSError, ValueError) as e:
         raise DataError(f"cannot load tokenizer '{src}': {_first_line(e)}") from None
+    if not getattr(tok, "chat_template", None) and _is_tiny_tokenizer(tok):
+        _attach_tiny_template(tok)  # a tiny model saved without its (untrained) template: usable for chat data
     return ensure_pad_token(tok)
+
+
+def save_tokenizer(tok, path: str | Path) -> None:
+    """`save_pretrained` of the tokenizer, without an untrained chat template, in a form transformers 4.x
+    reads too (see `_portable_tokenizer_config`)."""
+    template = getattr(tok, "chat_template", None)
+    if template and not chat_template_trained(tok):
+        tok.chat_template = None
+    try:
+        tok.save_pretrained(path)
+    finally:
+        tok.chat_template = template
+    _portable_tokenizer_config(Path(path) / "tokenizer_config.json")
+
+
+def _portable_tokenizer_config(path: Path) -> None:
+    """Rewrite transformers 5's tokenizer_config.json in the older spelling, which 5.x reads the same way and
+    4.x reads at all: the class `TokenizersBackend` (5.x only) as `PreTrainedTokenizerFast` (a tokenizer.json
+    tokenizer in both), and a list of `extra_special_tokens` (4.x wants a dict there) as
+    `additional_special_tokens`."""
+    if not path.is_file():
+        return
+    cfg = json.loads(path.read_text())
+    if cfg.get("tokenizer_class") == "TokenizersBackend":
+        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    extra = cfg.get("extra_special_tokens")
+    if isinstance(extra, list):
+        del cfg["extra_special_tokens"]
+        cfg["additional_special_tokens"] = list(dict.fromkeys([*cfg.get("additional_special_tokens", []), *extra]))
+    path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
+
+
+def portable_model_config(path: Path) -> None:
+    """Add the transformers 4.x spelling of the rotary settings beside 5.x's `rope_parameters`: 4.x ignores
+    `rope_parameters` and would silently run a model with a non-default `rope_theta` (SmolLM2: 100000) at
+    its default 10000; 5.x reads both spellings to the same values."""
+    if not path.is_file():
+        return
+    cfg = json.loads(path.read_text())
+    rope = cfg.get("rope_parameters")
+    if not isinstance(rope, dict) or "rope_theta" not in rope or "rope_theta" in cfg:
+        return
+    cfg["rope_theta"] = rope["rope_theta"]
+    if rope.get("rope_type", "default") != "default" and cfg.get("rope_scaling") is None:
+        cfg["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 # ----------------------------------------------------------------------------------------- models
@@ -361,11 +467,16 @@ def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
 
 
 def save_model(model, tok, path: str | Path) -> None:
-    """`save_pretrained` of the model (adapter only under LoRA) and of the tokenizer into `path`."""
+    """`save_pretrained` of the model (adapter only under LoRA) and of the tokenizer into `path`.
+
+    An adapter's base is recorded as an absolute path (or saved beside it when it has no loadable name, e.g.
+    `tiny`), so `PeftModel`/`AutoPeftModelForCausalLM.from_pretrained(path)` works from any directory.
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
-    tok.save_pretrained(path)
+    portable_model_config(path / "config.json")
+    save_tokenizer(tok, path)
     adapter_cfg = path / "adapter_config.json"
     if adapter_cfg.is_file():
         cfg = json.loads(adapter_cfg.read_text())
@@ -375,9 +486,12 @@ def save_model(model, tok, path: str | Path) -> None:
             import copy
 
             copy.deepcopy(model).unload().save_pretrained(path / "base")  # unload: adapters removed, not merged
-            tok.save_pretrained(path / "base")
+            portable_model_config(path / "base" / "config.json")
+            save_tokenizer(tok, path / "base")
             cfg["base_model_name_or_path"] = str((path / "base").resolve())
-            adapter_cfg.write_text(json.dumps(cfg, indent=2))
+        elif Path(base).is_dir():
+            cfg["base_model_name_or_path"] = os.path.abspath(base)
+        adapter_cfg.write_text(json.dumps(cfg, indent=2))
 
 
 def count_parameters(model) -> tuple[int, int]:

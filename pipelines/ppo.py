@@ -34,11 +34,21 @@ import torch
 from pgcore.distributions import entropy_from_logits, token_logprobs
 from pgcore.policy_losses import entropy_bonus, ppo_clip_loss, value_loss
 from pipelines.common import broadcast_metrics, eval_prompts, open_run, quiet_libraries
-from pipelines.data import BUILTIN, BUILTIN_CHAT, chat_roles, encode_prompt, load_records, normalise_prompts
+from pipelines.data import (
+    BUILTIN,
+    BUILTIN_CHAT,
+    chat_roles,
+    encode_prompt,
+    load_records,
+    normalise_prompts,
+    note_chat_use,
+)
 from pipelines.evaluation import EvalArgs, PolicyEvaluator
 from pipelines.generation import GenerationArgs, generate
+from pipelines.model_card import write_model_card
 from pipelines.models import (
     ModelArgs,
+    chat_template_trained,
     count_parameters,
     load_tokenizer,
     load_trainable_state,
@@ -140,6 +150,7 @@ def load_prompts(cfg: Config, tok) -> tuple[list, list[list[int]], int]:
         prompts = normalise_prompts(rows, where, roles=chat_roles(tok))
     if cfg.max_train_samples is not None:
         prompts = prompts[: cfg.max_train_samples]
+    note_chat_use(tok, prompts)
     kept, ids = [], []
     for p in prompts:
         e = encode_prompt(tok, p, limit=cfg.max_prompt_length)  # a huge prompt is not tokenised in full
@@ -400,7 +411,7 @@ def train(cfg: Config) -> dict:
             bar.update(1)
             bar.set_postfix(score=f"{m['objective/scores']:.3f}", kl=f"{m['objective/kl']:.3f}")
         if acc.is_main_process and (step % cfg.log_every == 0 or step == total):
-            run.log(step, {**m, **perf})
+            run.log(step, {**m, **perf}, tb_prefix="train/")
         if cfg.eval_every and step % cfg.eval_every == 0 and step < total and acc.is_main_process:
             evaluate(step)
         if step % cfg.save_every == 0 or step == total:
@@ -416,6 +427,12 @@ def train(cfg: Config) -> dict:
         ev = evaluate(step)
         final = run.finish({**{f"train/{k}": v for k, v in last.items()}, **ev, "steps": step,
                             "dist/world_size": world, "dist/param_sync_gap": gap})
+        chat = chat_template_trained(tok)
+        write_model_card(run.path / "model", stage="ppo", config=run.config, metrics=final, chat_trained=chat,
+                         run_dir=run.path)
+        if unwrapped.critic is not None:
+            write_model_card(run.path / "value_model", stage="ppo-value", config=run.config, metrics=final,
+                             chat_trained=chat, run_dir=run.path)
     acc.wait_for_everyone()
     return broadcast_metrics(acc, final)
 

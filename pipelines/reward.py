@@ -115,7 +115,7 @@ def train(cfg: Config) -> dict:
     evaluate = lm_evaluate_fn(trainer, loss_fn, eval_ex, batch_size=cfg.eval_batch_size, count_fn=lambda e: 1)
     # Under LoRA, save a plain sequence classifier (merged): PPO and evaluation load it directly.
     export = (lambda m: m.merge_and_unload()) if cfg.lora is not None else (lambda m: m)
-    return train_and_finish(trainer, run, acc, tok, evaluate, eval_every=cfg.eval_every, export=export)
+    return train_and_finish(trainer, run, acc, tok, evaluate, eval_every=cfg.eval_every, stage="reward", export=export)
 
 
 def main(argv=None) -> int:

@@ -59,9 +59,12 @@ def _stage_module(stage: str, where: str):
     else:
         raise ConfigError(f"{where}: unknown stage '{stage}' (known: {', '.join(s for s in STAGES if s != 'run')})")
     try:
-        return importlib.import_module(module_name)
+        module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         raise ConfigError(f"{where}: stage '{stage}' is not available in this checkout ({e})") from None
+    if not (hasattr(module, "Config") and hasattr(module, "train")):
+        raise ConfigError(f"{where}: '{stage}' is a command, not a stage a recipe can run")
+    return module
 
 
 def _resolve(value: Any, scope: dict[str, dict], where: str) -> Any:

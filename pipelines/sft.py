@@ -96,7 +96,7 @@ def train(cfg: Config) -> dict:
 
     evaluate = lm_evaluate_fn(trainer, loss_fn, eval_ex, batch_size=cfg.eval.batch_size, count_fn=n_predicted,
                               evaluator=evaluator)
-    return train_and_finish(trainer, run, acc, tok, evaluate, eval_every=cfg.eval_every)
+    return train_and_finish(trainer, run, acc, tok, evaluate, eval_every=cfg.eval_every, stage="sft")
 
 
 def main(argv=None) -> int:

@@ -336,7 +336,7 @@ class Trainer:
             if hook:
                 on_step(self.step, metrics)
             if self.run is not None and acc.is_main_process and logs:
-                self.run.log(self.step, metrics)
+                self.run.log(self.step, metrics, tb_prefix="train/")
             if saves:
                 self.save()
         if bar is not None:

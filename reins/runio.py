@@ -335,7 +335,9 @@ class RunDir:
         return clean
 
     # logging
-    def log(self, step: int, metrics: dict) -> None:
+    def log(self, step: int, metrics: dict, *, tb_prefix: str = "") -> None:
+        """One log.jsonl line; with report_to=tensorboard also a scalar per number, tagged `tb_prefix + key`
+        (training rows pass "train/", so TensorBoard's tags are metrics.json's keys)."""
         row = {"step": int(step), **{k: _jsonable(v) for k, v in metrics.items()}}
         try:
             with open(self.log_path, "a") as f:
@@ -347,7 +349,7 @@ class RunDir:
                 self._tb = self._tb_factory()
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self._tb.add_scalar(k, v, global_step=int(step))
+                    self._tb.add_scalar(tb_prefix + k, v, global_step=int(step))
             self._tb.flush()
         if not self.quiet and not sys.stderr.isatty():
             # No progress bar when not on a terminal: a plain line per logged step instead.

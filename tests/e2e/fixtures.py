@@ -159,3 +159,36 @@ def subprocess_env(**extra) -> dict:
            "OMP_NUM_THREADS": "1"}
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+# ----------------------------------------------------------------------------------------- without reins
+NOT_IMPORTABLE = ("reins", "pipelines", "pgcore", "online", "offline")
+
+
+def run_without_reins(code: str, cwd: Path, *, python: str | None = None, timeout: int = 300) -> dict:
+    """Run `code` in a fresh Python that cannot import reins; returns the dict `code` leaves in `result`.
+
+    This interpreter runs with `-I -S`: no PYTHONPATH, no script or working directory on sys.path, no .pth files
+    (so not the editable install's finder either), and its site-packages put back on sys.path by hand. Another
+    `python` (e.g. a venv with transformers 4.x and no reins) runs with `-I`. A prelude asserts that none of
+    reins' packages imports, so a pass cannot come from reins being there after all.
+    """
+    import site
+    import subprocess
+
+    if python is None:
+        paths = [p for p in site.getsitepackages() if Path(p).is_dir() and Path(p).resolve() != ROOT]
+        cmd, prelude = [sys.executable, "-I", "-S"], f"import sys\nsys.path[:0] = {paths!r}\n"
+    else:
+        cmd, prelude = [python, "-I"], ""
+    prelude += (f"for _name in {NOT_IMPORTABLE!r}:\n"
+                "    try:\n        __import__(_name)\n    except ModuleNotFoundError:\n        pass\n"
+                "    else:\n        raise SystemExit(f'{_name} is importable: the check would prove nothing')\n")
+    epilogue = "\nimport json as _json\nprint('RESULT ' + _json.dumps(result))\n"
+    env = {k: v for k, v in subprocess_env().items() if k != "PYTHONPATH"}
+    proc = subprocess.run([*cmd, "-c", prelude + code + epilogue], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    assert lines, proc.stdout[-2000:]
+    return json.loads(lines[-1][len("RESULT "):])

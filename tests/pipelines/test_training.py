@@ -77,10 +77,10 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, mod):
     full = mod.train(_cfg(mod, tmp_path / "a", **kw))
     orig_log = RunDir.log
 
-    def crash_at_3(self, step, metrics):
+    def crash_at_3(self, step, metrics, **kw):
         if step == 3:
             raise _Stop()
-        orig_log(self, step, metrics)
+        orig_log(self, step, metrics, **kw)
 
     monkeypatch.setattr(RunDir, "log", crash_at_3)
     with pytest.raises(_Stop):
