@@ -354,13 +354,13 @@ def train(cfg: Config) -> dict:
     optimizer = adamw([{"params": [p for p in policy.parameters() if p.requires_grad]}], lr=cfg.learning_rate,
                       weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total))
-    step, num_tokens, state, last = 0, 0, run.load_checkpoint(), {}
+    step, num_tokens, state, last, init = 0, 0, run.load_checkpoint(), {}, {}
     if state is not None:
         load_trainable_state(policy, state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, num_tokens = int(state["step"]), int(state["num_tokens"])
-        last = dict(state.get("last_metrics", {}))
+        last, init = dict(state.get("last_metrics", {})), dict(state.get("init_metrics", {}))
         set_rng_state(state["rng"])
     # The scheduler is not prepared: accelerate would step it once per process (as pipelines.trainer notes).
     model, optimizer = acc.prepare(policy, optimizer)
@@ -382,16 +382,16 @@ def train(cfg: Config) -> dict:
         total_p, trainable = count_parameters(policy)
         run.log(0, {"model/parameters": total_p, "model/trainable": trainable, "data/prompts": len(prompts),
                     "data/dropped_prompts": dropped, "reference/loaded": reference is not None})
-        init_eval = evaluate(0)
-        if init_eval:
-            run.log(0, {f"init/{k[5:]}": v for k, v in init_eval.items()})
+        init = {f"init/{k[5:]}": v for k, v in evaluate(0).items()}
+        if init:
+            run.log(0, init)
     bar = run.progress(total, step, desc=cfg.advantage) if acc.is_main_process else None
 
     def save() -> None:
         if acc.is_main_process:
             run.save_checkpoint({"step": step, "model": trainable_state(unwrapped), "optimizer": optimizer.state_dict(),
                                  "scheduler": scheduler.state_dict(), "rng": get_rng_state(), "num_tokens": num_tokens,
-                                 "last_metrics": last})
+                                 "last_metrics": last, "init_metrics": init})
         acc.wait_for_everyone()
 
     while step < total:
@@ -432,7 +432,7 @@ def train(cfg: Config) -> dict:
     if acc.is_main_process:
         save_model(unwrapped, tok, run.path / "model")
         ev = evaluate(step)
-        final = run.finish({**{f"train/{k}": v for k, v in last.items()}, **ev, "steps": step,
+        final = run.finish({**{f"train/{k}": v for k, v in last.items()}, **init, **ev, "steps": step,
                             "dist/world_size": world, "dist/param_sync_gap": gap})
     acc.wait_for_everyone()
     return broadcast_metrics(acc, final)
