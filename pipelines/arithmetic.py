@@ -5,8 +5,8 @@ A prompt is `What is {a}+{b}? Answer:` with operands in [0, max_operand]; the re
 depends on max_operand only, so eval problems never appear in training whatever the seeds of the stages; the
 seed only orders the draws. The rewards are plain functions of (prompts, completions), as user reward
 functions are (`module:function`), and read the answer off the prompt itself:
-- `correct_reward`: 1.0 when the first integer in the completion equals a + b, else 0.0 (exact match on the
-  parsed number);
+- `correct_reward`: 1.0 when the last integer in the completion equals a + b, else 0.0 (exact match on the
+  parsed number; the last one, so a chatty "37 + 48 = 85" counts);
 - `format_reward`: 1.0 when the completion is a bare integer (optional surrounding spaces), else 0.0.
 """
 
@@ -17,7 +17,7 @@ import re
 
 PROMPT = "What is {a}+{b}? Answer:"
 _PROBLEM = re.compile(r"What is (-?\d+)\+(-?\d+)\?")
-_FIRST_INT = re.compile(r"-?\d+")
+_INT = re.compile(r"-?\d+")
 _BARE_INT = re.compile(r"\s*-?\d+\s*")
 EVAL_FRACTION = 0.2
 
@@ -45,8 +45,11 @@ def problems(n: int, *, seed: int = 0, split: str = "train", max_operand: int = 
     return order[:n]
 
 
-def arithmetic_prompts(n: int, *, seed: int = 0, split: str = "train", max_operand: int = 99) -> list[str]:
-    return [PROMPT.format(a=a, b=b) for a, b in problems(n, seed=seed, split=split, max_operand=max_operand)]
+def arithmetic_prompts(n: int, *, seed: int = 0, split: str = "train", max_operand: int = 99,
+                       chat: bool = False) -> list:
+    """The problems' prompts: strings, or (`chat`) one user message each, for instruction-tuned models."""
+    out = [PROMPT.format(a=a, b=b) for a, b in problems(n, seed=seed, split=split, max_operand=max_operand)]
+    return [[{"role": "user", "content": p}] for p in out] if chat else out
 
 
 def arithmetic_sft_rows(n: int, seed: int, split: str, *, max_operand: int = 99) -> list[dict]:
@@ -63,13 +66,13 @@ def answer(prompt) -> int | None:
 
 
 def parse_answer(completion: str) -> int | None:
-    """The first integer in a completion, or None."""
-    m = _FIRST_INT.search(completion)
-    return int(m.group(0)) if m else None
+    """The last integer in a completion, or None."""
+    found = _INT.findall(completion)
+    return int(found[-1]) if found else None
 
 
 def correct_reward(prompts: list, completions: list[str]) -> list[float]:
-    """1.0 where the completion's first integer is the prompt's a + b, else 0.0."""
+    """1.0 where the completion's last integer is the prompt's a + b, else 0.0."""
     out = []
     for p, c in zip(prompts, completions):
         want, got = answer(p), parse_answer(c)

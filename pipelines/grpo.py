@@ -68,7 +68,7 @@ class Config(TrainArgs, ModelArgs, RunArgs):
     output_dir: str = "runs/grpo"
     ref_model: str | None = None          # default: the initial policy (frozen copy / adapter disabled); beta > 0
     # prompts
-    data: str = ARITHMETIC                # builtin:arithmetic | builtin:sentiment(-chat) | prompt-only file / dir
+    data: str = ARITHMETIC                # builtin:arithmetic(-chat) | builtin:sentiment(-chat) | prompt file / dir
     train_split: str = "train"
     builtin_size: int = 2000
     max_operand: int = 99                 # builtin:arithmetic operands are 0..max_operand

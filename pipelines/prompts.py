@@ -8,6 +8,7 @@ from pipelines.data import BUILTIN, BUILTIN_CHAT, encode_prompt, load_records, n
 from reins.errors import DataError
 
 ARITHMETIC = "builtin:arithmetic"
+ARITHMETIC_CHAT = "builtin:arithmetic-chat"   # the same problems as user messages (instruction-tuned models)
 
 
 def builtin_prompts(source: str, n: int, *, seed: int, split: str, max_operand: int = 99) -> list | None:
@@ -17,10 +18,10 @@ def builtin_prompts(source: str, n: int, *, seed: int, split: str, max_operand: 
 
         prompts = sentiment_prompts(n, seed=seed, split=split)
         return [as_chat(p) for p in prompts] if source == BUILTIN_CHAT else prompts
-    if source == ARITHMETIC:
+    if source in (ARITHMETIC, ARITHMETIC_CHAT):
         from pipelines.arithmetic import arithmetic_prompts
 
-        return arithmetic_prompts(n, seed=seed, split=split, max_operand=max_operand)
+        return arithmetic_prompts(n, seed=seed, split=split, max_operand=max_operand, chat=source == ARITHMETIC_CHAT)
     return None
 
 
@@ -28,7 +29,7 @@ def load_prompts(source: str, tok, *, split: str = "train", builtin_size: int, s
                  max_train_samples: int | None, max_prompt_length: int,
                  max_operand: int = 99) -> tuple[list, list[list[int]], int]:
     """(prompts, their token ids, number dropped as longer than max_prompt_length) from a built-in task
-    (builtin:sentiment, builtin:sentiment-chat, builtin:arithmetic) or a prompt-only file / dataset."""
+    (builtin:sentiment(-chat), builtin:arithmetic(-chat)) or a prompt-only file / dataset."""
     prompts = builtin_prompts(source, builtin_size, seed=seed, split="train", max_operand=max_operand)
     if prompts is None:
         rows, where = load_records(source, split)

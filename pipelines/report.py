@@ -170,7 +170,7 @@ def write_report(recipe: dict, stages: list, results: dict[str, dict]) -> Path:
             if isinstance(items, list) and items:
                 samples.append((s.name, r["step"], items))
     if samples:
-        lines += ["", "## Sample completions (prompt, **completion**, gold-judge score)", ""]
+        lines += ["", "## Sample completions (prompt, **completion**, gold-judge score or reward)", ""]
         for name, step, items in _first_and_last(samples):
             lines.append(f"**{name}, step {step}**")
             lines.append("")
@@ -195,8 +195,9 @@ def write_report(recipe: dict, stages: list, results: dict[str, dict]) -> Path:
 
 def _sample_line(item: Any) -> str:
     if isinstance(item, dict) and "completion" in item:
-        gold = item.get("gold")
-        score = f" (gold {gold:+.2f})" if isinstance(gold, (int, float)) else ""
+        key = "gold" if "gold" in item else "reward"   # grpo logs its reward functions' weighted sum
+        value = item.get(key)
+        score = f" ({key} {value:+.2f})" if isinstance(value, (int, float)) else ""
         text = f"{item.get('prompt', '')} **{item['completion'].strip()}**{score}"
     else:
         text = item if isinstance(item, str) else json.dumps(item)

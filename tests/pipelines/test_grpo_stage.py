@@ -77,8 +77,9 @@ def uninterrupted(tmp_path_factory) -> tuple[Path, dict]:
 
 def test_arithmetic_task_rewards_and_split():
     assert arithmetic.answer("What is 37+48? Answer:") == 85
-    assert arithmetic.correct_reward(["What is 37+48? Answer:"] * 4, [" 85", "85 apples", " 58", " eighty"]) == \
-        [1.0, 1.0, 0.0, 0.0]
+    assert arithmetic.correct_reward(["What is 37+48? Answer:"] * 5, [" 85", "37 + 48 = 85", " 85 or 58", " 58",
+                                                                      " eighty"]) == [1.0, 1.0, 0.0, 0.0, 0.0]
+    assert arithmetic.answer([{"role": "user", "content": "What is 2+3? Answer:"}]) == 5
     assert arithmetic.format_reward([""] * 4, [" 85", "85 apples", " -3 ", ""]) == [1.0, 0.0, 1.0, 0.0]
     train = set(arithmetic.problems(1000, seed=0, split="train", max_operand=9))
     held = set(arithmetic.problems(1000, seed=3, split="eval", max_operand=9))
