@@ -202,7 +202,7 @@ def _rollout_metrics(cfg: Config, funcs, per_fn: torch.Tensor, everyone: torch.T
         m[f"rewards/{f.name}/mean"] = cols[:, j].mean().item()
         m[f"rewards/{f.name}/std"] = cols[:, j].std().item() if cols.shape[0] > 1 else 0.0
     lengths = gather(torch.tensor([len(c) for c in s.completion_ids], dtype=torch.float64))
-    done = gather(torch.tensor(s.finished, dtype=torch.bool))
+    done = gather(torch.tensor(s.finished, dtype=torch.float64)) > 0.5   # (gloo gathers no bool tensors)
     m["completions/mean_length"] = lengths.mean().item()
     m["completions/min_length"] = lengths.min().item()
     m["completions/max_length"] = lengths.max().item()

@@ -1,9 +1,9 @@
 """GRPO and RLOO on the built-in arithmetic task with a small tiny Llama: accuracy before and after, per seed.
 
-    OMP_NUM_THREADS=1 python benchmarks/pipelines/grpo_arithmetic.py --out runs/grpo-bench [--seeds 0 1 2]
+    OMP_NUM_THREADS=1 python benchmarks/pipelines/grpo_arithmetic.py --out runs/grpo-bench [--seeds 0 1 2] [--steps N]
 
 Per seed: the three stages of `recipes/grpo/tiny-arithmetic.yaml` with that seed (a 60-step SFT that teaches the
-answer format, then 100 GRPO and 100 RLOO iterations of 16 prompts x 8 completions on the exact-match reward +
+answer format, then 300 GRPO and 300 RLOO iterations of 16 prompts x 8 completions on the exact-match reward +
 0.1 x the format reward; each run is skipped when its output dir already holds a completed run). Then every
 policy's accuracy on all 80 training problems and all 20 held-out problems (operands 0..9): greedy, and sampled
 at temperature 1 (4 samples per problem, seeded). Writes `<out>/grpo_arithmetic.md` and `.json`.
@@ -27,15 +27,16 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 RECIPE = ROOT / "recipes" / "grpo" / "tiny-arithmetic.yaml"
 
 
-def run_seed(out: Path, seed: int) -> dict[str, float]:
-    """Run the recipe's stages with `seed` under `out/seed<seed>`; seconds per stage."""
+def run_seed(out: Path, seed: int, steps: int | None = None) -> dict[str, float]:
+    """Run the recipe's stages with `seed` under `out/seed<seed>` (grpo/rloo `steps` if given); seconds per stage."""
     import importlib
 
     from pipelines.runner import load_recipe, plan
     from reins.cli import STAGES
 
     recipe = load_recipe(RECIPE, {"output_dir": str(out / f"seed{seed}"), **{
-        f"{s}.seed": seed for s in ("sft", "grpo", "rloo")}, **{f"{s}.quiet": True for s in ("sft", "grpo", "rloo")}})
+        f"{s}.seed": seed for s in ("sft", "grpo", "rloo")}, **{f"{s}.quiet": True for s in ("sft", "grpo", "rloo")},
+        **({f"{s}.max_steps": steps for s in ("grpo", "rloo")} if steps else {})})
     seconds = {}
     for st in plan(recipe):
         t = time.time()
@@ -69,11 +70,12 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="runs/grpo-bench")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=None, help="grpo/rloo iterations (default: the recipe's 300)")
     a = ap.parse_args()
     out = Path(a.out)
     results = {}
     for seed in a.seeds:
-        secs = run_seed(out, seed)
+        secs = run_seed(out, seed, a.steps)
         base = out / f"seed{seed}"
         results[seed] = {"seconds": secs, **{name: accuracy(base / name / "model") for name in ("sft", "grpo", "rloo")}}
         print(json.dumps({seed: results[seed]}), flush=True)

@@ -144,6 +144,31 @@ def test_sigkill_then_rerun_matches_uninterrupted(tmp_path, uninterrupted):
     assert [r["step"] for r in _train_rows(out)] == [1, 2, 3]
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_accelerate_launch_keeps_ranks_in_sync(tmp_path):
+    out = tmp_path / "run"
+    cfg = tmp_path / "grpo.yaml"
+    cfg.write_text(yaml.safe_dump({"stage": "grpo", **toy_cfg(out, max_steps=2, scale_rewards="batch",
+                                                              eval_prompts="none")}))
+    env = {**_env(), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "recipes" / "accelerate" / "cpu-2proc.yaml"), "--num_processes", "2",
+           "--main_process_port", str(_free_port()), "-m", "pipelines.grpo", "--config", str(cfg)]
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["dist/world_size"] == 2 and m["dist/param_sync_gap"] == 0.0
+    # the metrics cover both ranks' completions: 2 prompts x 4 completions on each of the 2 ranks
+    assert m["train/episode"] == 2 * 16
+
+
 @pytest.mark.parametrize("func, message", [
     ("raises", r"reward function 'raises' \(tests.pipelines.grpo_rewards:raises\) raised KeyError: 'answer'"),
     ("wrong_length", r"reward function 'wrong_length' .* returned 3 values for 2 completions"),
