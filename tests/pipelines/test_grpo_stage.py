@@ -228,6 +228,25 @@ def test_lora_at_beta_zero_loads_no_reference(tmp_path):
     assert (out / "model" / "adapter_config.json").is_file()
 
 
+def test_sentiment_with_gold_judge_and_reward_model_rewards(tmp_path):
+    from pipelines.models import load_reward_model
+
+    args = ModelArgs(tiny=TinySpec(**SMALL))
+    tok = load_tokenizer(args)
+    save_model(load_reward_model(args, tok, seed=1), tok, tmp_path / "reward" / "model")   # a reward stage's layout
+    out = tmp_path / "run"
+    m = grpo.train(from_dict(grpo.Config, toy_cfg(out, data="builtin:sentiment", builtin_size=16, max_steps=1,
+                                               reward_funcs=["builtin:gold", str(tmp_path / "reward")],
+                                               generation={"max_new_tokens": 6, "batch_size": 16},
+                                               eval={"num_prompts": 4, "max_new_tokens": 6})))
+    row = _train_rows(out)[0]
+    assert row["reward"] == pytest.approx(row["rewards/gold/mean"] + 0.5 * row["rewards/reward/mean"], abs=1e-9)
+    assert row["rewards/reward/std"] > 0          # the reward model scored the completions differently
+    # the sentiment task's shared evaluation (gold judge, KL to the reference, win rate) beside the rewards
+    for key in ("eval/gold_reward", "eval/kl_to_ref", "eval/win_rate_vs_ref", "eval/rewards/gold", "eval/reward"):
+        assert key in m, key
+
+
 def test_rloo_and_config_errors(tmp_path):
     cfg = from_dict(grpo.Config, toy_cfg(tmp_path / "x", advantage="rloo"))
     assert cfg.scale == "none" and from_dict(grpo.Config, toy_cfg(tmp_path / "x")).scale == "group"
