@@ -17,7 +17,7 @@ from reins.runio import LOG_FILE, atomic_write_text
 LM_KEYS = ("eval/gold_reward", "eval/kl_to_ref", "eval/win_rate_vs_ref", "eval/reward_model_score")
 RM_KEYS = ("eval/accuracy", "eval/margin", "eval/loss")
 OFFLINE_KEYS = ("eval/normalized_score", "eval/normalized_score_best", "eval/return_mean")
-VR_KEYS = ("init/accuracy", "eval/accuracy", "init/reward", "eval/reward")   # grpo on verifiable rewards
+VR_KEYS = ("init/accuracy", "eval/accuracy", "init/reward", "eval/reward")   # grpo: accuracy on builtin:arithmetic
 CURVE_KEYS = ("loss", "loss/policy", "eval/gold_reward", "eval/normalized_score", "eval/return_mean",
               "rewards/margins", "objective/rlhf_reward", "reward", "eval/accuracy", "train/episode_return")
 
@@ -149,7 +149,7 @@ def write_report(recipe: dict, stages: list, results: dict[str, dict]) -> Path:
         lines += ["", "## Reward models (held-out pairs)", ""]
         lines += _table(rm_rows, ["stage"] + list(RM_KEYS))
     if vr_rows:
-        lines += ["", "## Policies on verifiable rewards (held-out prompts; init = before training)", ""]
+        lines += ["", "## GRPO policies on their own reward functions (held-out prompts; init = before training)", ""]
         lines += _table(vr_rows, ["stage"] + list(VR_KEYS))
     if off_rows:
         lines += ["", "## Offline RL (D4RL-style normalised scores)", ""]
