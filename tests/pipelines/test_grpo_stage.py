@@ -287,3 +287,18 @@ def test_grpo_raises_arithmetic_accuracy_after_a_short_sft(tmp_path):
     assert m["eval/accuracy"] >= m["init/accuracy"] + 0.15, (m["init/accuracy"], m["eval/accuracy"])
     rewards = [r["rewards/arithmetic/mean"] for r in _train_rows(out)]
     assert sum(rewards[-20:]) / 20 > sum(rewards[:20]) / 20 + 0.05    # sampled accuracy during training (+0.11)
+
+
+def test_tiny_arithmetic_recipe_through_the_runner_writes_the_grpo_report(tmp_path):
+    from pipelines.runner import run_recipe
+
+    small = {"max_steps": 2, "batch_size": 4, "num_generations": 4, "eval.num_prompts": 4, "save_every": 2}
+    overrides = {"output_dir": str(tmp_path / "run"), "sft.max_steps": 3,
+                 **{f"{s}.{k}": v for s in ("grpo", "rloo") for k, v in small.items()},
+                 **{f"{s}.quiet": True for s in ("sft", "grpo", "rloo")}}
+    res = run_recipe(ROOT / "recipes" / "grpo" / "tiny-arithmetic.yaml", overrides)
+    assert res["grpo"]["steps"] == 2 and res["rloo"]["steps"] == 2
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## GRPO policies on their own reward functions" in report
+    assert "| grpo |" in report and "| rloo |" in report and "(reward +" in report   # samples show the reward
+    assert (tmp_path / "run" / "curves_grpo.png").is_file()
