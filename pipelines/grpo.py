@@ -284,7 +284,8 @@ class GroupEvaluator:
     def __call__(self, policy) -> tuple[dict, list[dict]]:
         s = generate(policy, self.tok, self.ids, self.gen, seed=self.cfg.eval.seed)
         mat = reward_matrix(self.funcs, self.prompts, s.texts, s)
-        m = {"eval/reward": (mat @ torch.tensor(self.cfg.weights, dtype=torch.float64)).mean().item()}
+        total = mat @ torch.tensor(self.cfg.weights, dtype=torch.float64)
+        m = {"eval/reward": total.mean().item()}
         for j, f in enumerate(self.funcs):
             m[f"eval/rewards/{f.name}"] = mat[:, j].mean().item()
             if f.spec == "builtin:arithmetic":
@@ -295,7 +296,7 @@ class GroupEvaluator:
             m.update({k: v for k, v in gm.items() if k not in m})
         n = self.cfg.eval.num_samples_logged
         samples = [{"prompt": p if isinstance(p, str) else str(p), "completion": t, "reward": r}
-                   for p, t, r in zip(self.prompts[:n], s.texts, mat.sum(-1).tolist())]
+                   for p, t, r in zip(self.prompts[:n], s.texts, total.tolist())]
         return m, samples
 
 
