@@ -302,3 +302,19 @@ def test_tiny_arithmetic_recipe_through_the_runner_writes_the_grpo_report(tmp_pa
     assert "## GRPO policies on their own reward functions" in report
     assert "| grpo |" in report and "| rloo |" in report and "(reward +" in report   # samples show the reward
     assert (tmp_path / "run" / "curves_grpo.png").is_file()
+
+
+def test_loss_types_reach_the_loss_with_their_denominators(tmp_path):
+    # One on-policy step (ratio 1, beta 0) on the same first rollout: the per-token loss is -A_i on completion i.
+    # token: -sum_i A_i n_i / sum_i n_i; dr_grpo: the same sum over (completions x max_new_tokens); sequence:
+    # -mean_i A_i, which is 0 because group advantages sum to 0 within each group.
+    loss = {}
+    for kind in ("token", "dr_grpo", "sequence"):
+        out = tmp_path / kind
+        grpo.train(from_dict(grpo.Config, toy_cfg(out, loss_type=kind, beta=0.0, num_iterations=1, max_steps=1,
+                                                   eval_prompts="none")))
+        row = _train_rows(out)[0]
+        loss[kind], tokens = row["loss"], row["rollout/tokens"]
+    assert loss["token"] != 0
+    assert loss["dr_grpo"] == pytest.approx(loss["token"] * tokens / (16 * 4), rel=1e-5)
+    assert abs(loss["sequence"]) < 1e-6
