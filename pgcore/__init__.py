@@ -1,8 +1,9 @@
 """pgcore: the shared policy-gradient core. Pure tensor functions, each traceable to an equation.
 
 Modules (import what you need, e.g. `from pgcore.advantages import gae`):
-  advantages         discounted returns, reward-to-go, n-step returns, GAE, whitening
-  policy_losses      REINFORCE, PPO (clip, adaptive-KL), value loss, entropy, SAC/DDPG/TD3/DQN targets, Polyak
+  advantages         discounted returns, reward-to-go, n-step returns, GAE, whitening, GRPO/RLOO group advantages
+  policy_losses      REINFORCE, PPO (clip, adaptive-KL), GRPO (clip-higher, k3, loss aggregation), value loss,
+                     entropy, SAC/DDPG/TD3/DQN targets, Polyak
   kl                 KL estimators k1/k2/k3, closed-form KLs, the halve/double rule, the proportional controller
   trust_region       conjugate gradient, Fisher-vector products, natural-gradient step, TRPO line search
   distributions      tanh-squashed Gaussian, token log-probs and entropy from logits

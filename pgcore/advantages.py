@@ -18,7 +18,7 @@ import torch
 
 from ._util import masked_mean, masked_var
 
-__all__ = ["discounted_returns", "reward_to_go", "n_step_returns", "gae", "whiten"]
+__all__ = ["discounted_returns", "reward_to_go", "n_step_returns", "gae", "whiten", "group_advantages"]
 
 
 def _as(x, like: torch.Tensor) -> torch.Tensor | None:
@@ -183,3 +183,44 @@ def whiten(x, mask=None, *, shift_mean=True, eps=1e-8) -> torch.Tensor:
         valid = torch.as_tensor(mask, device=x.device) != 0
         out = torch.where(valid, out, torch.zeros((), dtype=x.dtype, device=x.device))
     return out
+
+
+def group_advantages(rewards, group_size: int, *, kind: str = "grpo", scale: str = "group",
+                     eps: float = 1e-4) -> torch.Tensor:
+    """Outcome advantages of ``G = group_size`` completions per prompt, from a group baseline; ``[N]`` -> ``[N]``.
+
+    [NOT IN SEEDS]: REINFORCE with a baseline computed from the other samples of the same prompt (seed 001 §2.5's
+    baseline, estimated per prompt). ``rewards`` is ``[N]`` with ``N = n_prompts * G``, each prompt's G
+    completions consecutive (rows ``i*G .. i*G+G-1``).
+
+    - ``kind="grpo"``: ``A_i = r_i - mean(r_group)`` (Shao et al. 2024, DeepSeekMath, §4.1.2: the outcome-
+      supervision advantage ``(r_i - mean(r)) / std(r)``, given to every token of completion i);
+    - ``kind="rloo"``: ``A_i = r_i - (sum_{j != i} r_j) / (G - 1)``, the leave-one-out baseline (Kool et al.
+      2019, "Buy 4 REINFORCE samples, get a baseline for free!"; Ahmadian et al. 2024, "Back to Basics",
+      the RLOO estimator). The baseline does not depend on sample i, so the
+      policy-gradient estimate stays unbiased; ``A_i = G/(G-1) (r_i - mean)``, so GRPO's own-sample-inclusive
+      mean shrinks the expected gradient by ``(G-1)/G``.
+
+    Then divided by a scale: ``"group"`` the group's standard deviation (unbiased, Bessel-corrected) plus
+    ``eps`` (DeepSeekMath); ``"batch"`` the standard deviation of all N rewards plus ``eps``; ``"none"`` no
+    scaling (Liu et al. 2025, "Understanding R1-Zero-Like Training" (Dr. GRPO), §3.1: the std division
+    up-weights prompts that are nearly always or never solved). A group whose rewards are all equal carries no
+    signal: its advantages are exactly 0 (its computed mean can differ from the equal values by rounding).
+    """
+    if kind not in ("grpo", "rloo"):
+        raise ValueError(f"group_advantages: unknown kind {kind!r} (expected 'grpo' or 'rloo')")
+    if scale not in ("group", "batch", "none"):
+        raise ValueError(f"group_advantages: unknown scale {scale!r} (expected 'group', 'batch' or 'none')")
+    G = int(group_size)
+    if G < 2 or rewards.dim() != 1 or rewards.shape[0] % G:
+        raise ValueError(f"group_advantages: need group_size >= 2 dividing the {tuple(rewards.shape)} rewards, "
+                         f"got {group_size}")
+    r = rewards.view(-1, G)
+    mean = r.mean(-1, keepdim=True)
+    adv = r - mean if kind == "grpo" else r - (r.sum(-1, keepdim=True) - r) / (G - 1)
+    if scale == "group":
+        adv = adv / (r.std(-1, keepdim=True) + eps)
+    elif scale == "batch":
+        adv = adv / (rewards.std() + eps)
+    flat = (r == r[:, :1]).all(-1, keepdim=True)
+    return torch.where(flat, torch.zeros((), dtype=adv.dtype, device=adv.device), adv).reshape(-1)

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import torch
 
 from ._util import masked_mean
+from .kl import kl_estimate
 
 __all__ = [
     "reinforce_loss",
@@ -19,6 +20,9 @@ __all__ = [
     "ppo_kl_penalty_loss",
     "value_loss",
     "entropy_bonus",
+    "clipped_surrogate",
+    "aggregate_token_loss",
+    "grpo_loss",
     "sac_q_target",
     "clipped_double_q",
     "sac_actor_loss",
@@ -138,6 +142,104 @@ def value_loss(values, returns, *, old_values=None, clip_eps=None, mask=None):
 def entropy_bonus(entropy, mask=None) -> torch.Tensor:
     """Mean policy entropy (the ``c_2 S`` term of Schulman et al. 2017, eq. 9); callers SUBTRACT ``coef * bonus``."""
     return masked_mean(entropy, mask)
+
+
+def clipped_surrogate(logp, old_logp, advantages, eps_low, eps_high=None):
+    """Per-token clipped surrogate loss ``-min(r A, clip(r, 1 - eps_low, 1 + eps_high) A)``, unreduced.
+
+    The PPO-clip term (seed 000 §8.2; ``ppo_clip_loss`` with ``eps_high = eps_low``) with DAPO's decoupled
+    bounds (Yu et al. 2025, DAPO, §3.1 "Clip-Higher": a larger ``eps_high`` leaves low-probability tokens
+    room to grow). ``r = exp(logp - old_logp)``; ``advantages`` broadcast against ``logp`` (``[B, 1]`` gives each
+    completion one outcome advantage for all its tokens, as in GRPO). ``old_logp`` and ``advantages`` are
+    constants. Returns ``(loss [..], info)``, ``info`` holding boolean tensors of where the clipped term is the
+    active one (zero gradient): ``low`` (``r < 1 - eps_low`` and ``A < 0``), ``high`` (``r > 1 + eps_high`` and
+    ``A > 0``), and the ``ratio``.
+    """
+    eps_high = eps_low if eps_high is None else eps_high
+    old_logp, adv = _detach(old_logp), _detach(advantages)
+    ratio = torch.exp(logp - old_logp)
+    surr = ratio * adv
+    surr_clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
+    loss = -torch.minimum(surr, surr_clipped)
+    with torch.no_grad():
+        r, a = ratio.detach(), torch.broadcast_to(adv, ratio.shape)
+        info = {"low": (r < 1.0 - eps_low) & (a < 0), "high": (r > 1.0 + eps_high) & (a > 0), "ratio": r}
+    return loss, info
+
+
+AGGREGATIONS = ("token", "sequence", "dr_grpo")
+
+
+def aggregate_token_loss(per_token, mask, mode: str = "token", *, max_length: int | None = None,
+                         num_sequences=None, num_tokens=None) -> torch.Tensor:
+    """Reduce a per-token loss ``[B, T]`` over completions of different lengths to a scalar.
+
+    - ``"token"``: ``sum_{i,t} l_{i,t} / sum_i |o_i|``, every token weighs the same (Yu et al. 2025, DAPO,
+      §3.3 "Token-Level Policy Gradient Loss");
+    - ``"sequence"``: ``(1/G) sum_i (1/|o_i|) sum_t l_{i,t}``, each completion's token mean, then the mean over
+      completions (Shao et al. 2024, DeepSeekMath, eq. 3): a token of a long completion weighs less;
+    - ``"dr_grpo"``: ``sum_{i,t} l_{i,t} / (B * max_length)``, a constant denominator (Liu et al. 2025,
+      "Understanding R1-Zero-Like Training" (Dr. GRPO), §3.1), which removes the length normalisation's
+      bias (short wrong answers pushed down harder than long ones) without a batch-dependent weight.
+
+    ``num_sequences`` / ``num_tokens`` override the batch's own counts (B and ``sum(mask)``), so that the
+    losses of the micro-batches of one minibatch, each reduced with the minibatch's counts, add up to the
+    minibatch's loss exactly. ``dr_grpo`` needs ``max_length`` (the generation budget). Masked entries are
+    ignored even when they hold NaN.
+    """
+    m = torch.as_tensor(mask, device=per_token.device).to(per_token.dtype)
+    valid = m != 0
+    zero = torch.zeros((), dtype=per_token.dtype, device=per_token.device)
+    lm = torch.where(valid, per_token * m, zero)
+    n_seq = per_token.shape[0] if num_sequences is None else num_sequences
+    if mode == "token":
+        n_tok = m.sum() if num_tokens is None else num_tokens
+        return lm.sum() / torch.clamp(torch.as_tensor(n_tok, dtype=lm.dtype, device=lm.device), min=1.0)
+    if mode == "sequence":
+        per_seq = lm.sum(-1) / m.sum(-1).clamp_min(1.0)
+        return per_seq.sum() / max(float(n_seq), 1.0)
+    if mode == "dr_grpo":
+        if max_length is None or max_length < 1:
+            raise ValueError("aggregate_token_loss: mode 'dr_grpo' needs max_length >= 1")
+        return lm.sum() / (max(float(n_seq), 1.0) * max_length)
+    raise ValueError(f"aggregate_token_loss: unknown mode {mode!r} (expected one of {', '.join(AGGREGATIONS)})")
+
+
+def grpo_loss(logp, old_logp, advantages, mask, *, eps_low: float, eps_high: float | None = None,
+              beta: float = 0.0, ref_logp=None, aggregation: str = "token", max_length: int | None = None,
+              num_sequences=None, num_tokens=None):
+    """The GRPO objective, negated (Shao et al. 2024, DeepSeekMath, eq. 3), as a loss to minimise.
+
+    Per token ``l_{i,t} = -min(r A_i, clip(r, 1 - eps_low, 1 + eps_high) A_i) + beta * k3_{i,t}`` with
+    ``k3 = pi_ref/pi - log(pi_ref/pi) - 1`` (DeepSeekMath eq. 4; ``pgcore.kl.kl_estimate(.., "k3")``, unbiased
+    and >= 0), reduced by ``aggregate_token_loss``. ``advantages`` ``[B]`` are per completion (e.g.
+    ``pgcore.advantages.group_advantages``); with ``old_logp = logp.detach()`` (one gradient step per rollout)
+    the ratio is exactly 1 and the loss is REINFORCE with the group baseline (plus the KL term). RLOO
+    (Ahmadian et al. 2024) is the same loss with leave-one-out advantages. ``beta = 0`` needs no ``ref_logp``.
+    Returns ``(loss, info)``: ``kl`` (token mean of k3, 0 when beta = 0), ``clip_low`` / ``clip_high`` /
+    ``clip_region`` (token fractions where the clip is active), ``ratio_mean``, ``ratio_max``.
+    """
+    adv = _detach(advantages)
+    if adv.dim() == logp.dim() - 1:
+        adv = adv.unsqueeze(-1)
+    per_token, c = clipped_surrogate(logp, old_logp, adv, eps_low, eps_high)
+    kl = None
+    if beta != 0:
+        if ref_logp is None:
+            raise ValueError("grpo_loss: beta != 0 needs ref_logp")
+        kl = kl_estimate(logp, _detach(ref_logp), "k3")
+        per_token = per_token + beta * kl
+    loss = aggregate_token_loss(per_token, mask, aggregation, max_length=max_length, num_sequences=num_sequences,
+                                num_tokens=num_tokens)
+    with torch.no_grad():
+        f = lambda b: masked_mean(b.to(logp.dtype), mask)  # noqa: E731
+        valid = _valid(c["ratio"], mask)
+        rmax = torch.where(valid, c["ratio"], torch.zeros((), dtype=logp.dtype, device=logp.device)).max()
+        info = {"kl": masked_mean(kl.detach(), mask) if kl is not None else torch.zeros((), dtype=logp.dtype,
+                                                                                         device=logp.device),
+                "clip_low": f(c["low"]), "clip_high": f(c["high"]), "clip_region": f(c["low"] | c["high"]),
+                "ratio_mean": masked_mean(c["ratio"], mask), "ratio_max": rmax}
+    return loss, info
 
 
 # ------------------------------------------------------------------------------------- off-policy / SAC

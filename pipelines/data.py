@@ -149,15 +149,16 @@ def builtin_sft_rows(n: int, seed: int, split: str) -> list[dict]:
             for r in sentiment_corpus(n, seed=seed, split="train" if split == "train" else "eval")]
 
 
-def load_split_pair(args: DataArgs, *, seed: int, builtin) -> tuple[list[dict], str, list[dict] | None, str]:
+def load_split_pair(args: DataArgs, *, seed: int, builtin,
+                    builtin_name: str = BUILTIN) -> tuple[list[dict], str, list[dict] | None, str]:
     """(train rows, where, eval rows or None, where) for the stage's data options.
 
-    `builtin(n, seed, split)` gives the built-in task's rows for this stage's format.
+    `builtin(n, seed, split)` gives the rows of the built-in task `builtin_name` for this stage's format.
     """
-    if args.data == BUILTIN:
-        train, tw = builtin(args.builtin_size, seed, "train"), BUILTIN + "[train]"
+    if args.data == builtin_name:
+        train, tw = builtin(args.builtin_size, seed, "train"), builtin_name + "[train]"
         n_eval = args.max_eval_samples or max(1, args.builtin_size // 10)
-        ev, ew = builtin(n_eval, seed, "eval"), BUILTIN + "[eval]"
+        ev, ew = builtin(n_eval, seed, "eval"), builtin_name + "[eval]"
     else:
         train, tw = load_records(args.data, args.train_split)
         if args.eval_data is not None:

@@ -34,15 +34,7 @@ import torch
 from pgcore.distributions import entropy_from_logits, token_logprobs
 from pgcore.policy_losses import entropy_bonus, ppo_clip_loss, value_loss
 from pipelines.common import broadcast_metrics, eval_prompts, open_run, quiet_libraries
-from pipelines.data import (
-    BUILTIN,
-    BUILTIN_CHAT,
-    chat_roles,
-    encode_prompt,
-    load_records,
-    normalise_prompts,
-    note_chat_use,
-)
+from pipelines.data import BUILTIN
 from pipelines.evaluation import EvalArgs, PolicyEvaluator
 from pipelines.generation import GenerationArgs, generate
 from pipelines.model_card import write_model_card
@@ -65,11 +57,13 @@ from pipelines.ppo_rollout import (
     shape_rewards,
     transform_scores,
 )
+from pipelines.prompts import iteration_prompts, param_sync_gap
+from pipelines.prompts import load_prompts as load_prompt_set
 from pipelines.scoring import to_device
 from pipelines.trainer import TrainArgs, adamw, lr_lambda, make_accelerator
 from reins.cli import stage_main
 from reins.config import RunArgs, check
-from reins.errors import ConfigError, DataError, NonFiniteError
+from reins.errors import ConfigError, NonFiniteError
 from reins.runio import METRICS_FILE, check_finite, get_rng_state, seed_everything, set_rng_state
 
 
@@ -139,35 +133,8 @@ class Config(TrainArgs, ModelArgs, RunArgs):
 # ----------------------------------------------------------------------------------------- data
 def load_prompts(cfg: Config, tok) -> tuple[list, list[list[int]], int]:
     """(prompts, their token ids, number dropped as longer than max_prompt_length)."""
-    if cfg.data in (BUILTIN, BUILTIN_CHAT):
-        from pipelines.task import as_chat, sentiment_prompts
-
-        prompts = sentiment_prompts(cfg.builtin_size, seed=cfg.seed, split="train")
-        if cfg.data == BUILTIN_CHAT:
-            prompts = [as_chat(p) for p in prompts]
-    else:
-        rows, where = load_records(cfg.data, cfg.train_split)
-        prompts = normalise_prompts(rows, where, roles=chat_roles(tok))
-    if cfg.max_train_samples is not None:
-        prompts = prompts[: cfg.max_train_samples]
-    note_chat_use(tok, prompts)
-    kept, ids = [], []
-    for p in prompts:
-        e = encode_prompt(tok, p, limit=cfg.max_prompt_length)  # a huge prompt is not tokenised in full
-        if 0 < len(e) <= cfg.max_prompt_length:
-            kept.append(p)
-            ids.append(e)
-    if not kept:
-        raise DataError(f"{cfg.data}: no prompt of at most max_prompt_length={cfg.max_prompt_length} tokens")
-    return kept, ids, len(prompts) - len(kept)
-
-
-def iteration_prompts(n_prompts: int, batch_size: int, step: int, seed: int) -> list[int]:
-    """The prompt indices of iteration `step`: the step-th slice of a seeded per-epoch permutation."""
-    per_epoch = n_prompts // batch_size
-    epoch, k = divmod(step, per_epoch)
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n_prompts, generator=g)[k * batch_size:(k + 1) * batch_size].tolist()
+    return load_prompt_set(cfg.data, tok, split=cfg.train_split, builtin_size=cfg.builtin_size, seed=cfg.seed,
+                           max_train_samples=cfg.max_train_samples, max_prompt_length=cfg.max_prompt_length)
 
 
 # ----------------------------------------------------------------------------------------- rollout
@@ -298,15 +265,6 @@ def _optimizer(cfg: Config, ac):
     groups = [{"params": ac.policy_parameters(), "lr": cfg.learning_rate},
               {"params": ac.value_parameters(), "lr": cfg.value_learning_rate or cfg.learning_rate}]
     return adamw(groups, lr=cfg.learning_rate, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
-
-
-def param_sync_gap(accelerator, model) -> float:
-    """Max |difference| between processes of per-tensor parameter sums (0 when DDP keeps ranks in sync)."""
-    if accelerator.num_processes == 1:
-        return 0.0
-    v = torch.stack([p.detach().double().sum() for p in model.parameters() if p.requires_grad])
-    g = accelerator.gather(v.reshape(1, -1))
-    return float((g - g[0:1]).abs().max())
 
 
 def train(cfg: Config) -> dict:

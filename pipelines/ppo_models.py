@@ -133,14 +133,12 @@ def load_reward(cfg, policy_tok):
     return rm, (policy_tok if same else rm_tok), same
 
 
-def build_models(cfg, tok, *, same_tok: bool, reward_path: str):
-    """(ActorCritic, Reference) for the config's `value_model` and `ref_model` choices.
-
-    value_model: `auto` (the reward model if it shares the policy's tokenizer, else `policy`), `reward`,
-    `policy` (the policy's trunk, a separate copy, with a fresh seeded scalar head), `shared` (a fresh head on
-    the policy's own last hidden state), or a path to any scalar-head sequence classifier.
-    """
+def build_policy(cfg, tok, *, with_reference: bool = True) -> tuple[nn.Module, Reference | None]:
+    """(trainable policy without dropout, its Reference or None): `ref_model` when set, else (under LoRA) the
+    policy with its adapter disabled, else a frozen copy of the initial policy."""
     policy = disable_dropout(load_causal_lm(cfg, tok, seed=cfg.seed))
+    if not with_reference:
+        return policy, None
     if cfg.ref_model:
         reference = Reference(freeze(disable_dropout(
             load_causal_lm(_args_for(cfg, cfg.ref_model, trainable=False), tok, seed=cfg.seed, trainable=False))))
@@ -148,6 +146,17 @@ def build_models(cfg, tok, *, same_tok: bool, reward_path: str):
         reference = Reference(adapter_host=policy)
     else:
         reference = Reference(freeze(copy.deepcopy(policy)))   # the initial policy, frozen
+    return policy, reference
+
+
+def build_models(cfg, tok, *, same_tok: bool, reward_path: str):
+    """(ActorCritic, Reference) for the config's `value_model` and `ref_model` choices.
+
+    value_model: `auto` (the reward model if it shares the policy's tokenizer, else `policy`), `reward`,
+    `policy` (the policy's trunk, a separate copy, with a fresh seeded scalar head), `shared` (a fresh head on
+    the policy's own last hidden state), or a path to any scalar-head sequence classifier.
+    """
+    policy, reference = build_policy(cfg, tok)
     choice = cfg.value_model
     if choice == "auto":
         choice = "reward" if same_tok else "policy"

@@ -51,14 +51,19 @@ def last_index(response_mask: torch.Tensor) -> torch.Tensor:
     return (response_mask.long().sum(-1) - 1).clamp_min(0)
 
 
-@torch.no_grad()
-def lm_logits(model, batch: dict) -> torch.Tensor:
-    """Logits [B, R, V] that predict the response tokens (for the reference, or a policy without values)."""
+def response_logits(model, batch: dict) -> torch.Tensor:
+    """Logits [B, R, V] that predict the response tokens of a `rollout_batch` (differentiable)."""
     R = batch["response"].shape[1]
     ids, attn = batch["input_ids"], batch["attention_mask"]
     out = model(input_ids=ids, attention_mask=attn, position_ids=position_ids(attn), use_cache=False,
                 **last_logits_kwargs(model, R + 1))
     return out.logits[:, -R - 1:-1]
+
+
+@torch.no_grad()
+def lm_logits(model, batch: dict) -> torch.Tensor:
+    """Logits [B, R, V] that predict the response tokens (for the reference, or a policy without values)."""
+    return response_logits(model, batch)
 
 
 def retokenise(rm_tok, prompt, text: str, finished: bool) -> tuple[list[int], list[int]]:

@@ -17,8 +17,9 @@ from reins.runio import LOG_FILE, atomic_write_text
 LM_KEYS = ("eval/gold_reward", "eval/kl_to_ref", "eval/win_rate_vs_ref", "eval/reward_model_score")
 RM_KEYS = ("eval/accuracy", "eval/margin", "eval/loss")
 OFFLINE_KEYS = ("eval/normalized_score", "eval/normalized_score_best", "eval/return_mean")
+VR_KEYS = ("init/accuracy", "eval/accuracy", "init/reward", "eval/reward")   # grpo: accuracy on builtin:arithmetic
 CURVE_KEYS = ("loss", "loss/policy", "eval/gold_reward", "eval/normalized_score", "eval/return_mean",
-              "rewards/margins", "objective/rlhf_reward", "train/episode_return")
+              "rewards/margins", "objective/rlhf_reward", "reward", "eval/accuracy", "train/episode_return")
 
 
 def _fmt(v: Any) -> str:
@@ -121,7 +122,7 @@ def write_report(recipe: dict, stages: list, results: dict[str, dict]) -> Path:
         rows.append([s.name, s.stage, f"`{cfg['output_dir']}`", state])
     lines += _table(rows, ["name", "stage", "output_dir", "state"])
 
-    lm_rows, rm_rows, off_rows, kl_points, bars = [], [], [], [], []
+    lm_rows, rm_rows, vr_rows, off_rows, kl_points, bars = [], [], [], [], [], []
     for s in stages:
         m = results.get(s.name) or {}
         if any(k in m for k in LM_KEYS):
@@ -132,6 +133,8 @@ def write_report(recipe: dict, stages: list, results: dict[str, dict]) -> Path:
                 ref = m.get("eval/ref_gold_reward")
                 if isinstance(ref, (int, float)) and not any(p[0] == "reference" for p in kl_points):
                     kl_points.append(("reference", 0.0, ref))  # the policy the KL is measured to
+        if s.stage == "grpo" and any(k in m for k in VR_KEYS):
+            vr_rows.append([s.name] + [_fmt(m.get(k)) for k in VR_KEYS])
         if s.stage == "reward" and any(k in m for k in RM_KEYS):
             rm_rows.append([s.name] + [_fmt(m.get(k)) for k in RM_KEYS])
         if any(k in m for k in OFFLINE_KEYS):
@@ -145,6 +148,9 @@ def write_report(recipe: dict, stages: list, results: dict[str, dict]) -> Path:
     if rm_rows:
         lines += ["", "## Reward models (held-out pairs)", ""]
         lines += _table(rm_rows, ["stage"] + list(RM_KEYS))
+    if vr_rows:
+        lines += ["", "## GRPO policies on their own reward functions (held-out prompts; init = before training)", ""]
+        lines += _table(vr_rows, ["stage"] + list(VR_KEYS))
     if off_rows:
         lines += ["", "## Offline RL (D4RL-style normalised scores)", ""]
         lines += _table(off_rows, ["stage", "dataset"] + list(OFFLINE_KEYS))
@@ -164,7 +170,7 @@ def write_report(recipe: dict, stages: list, results: dict[str, dict]) -> Path:
             if isinstance(items, list) and items:
                 samples.append((s.name, r["step"], items))
     if samples:
-        lines += ["", "## Sample completions (prompt, **completion**, gold-judge score)", ""]
+        lines += ["", "## Sample completions (prompt, **completion**, gold-judge score or reward)", ""]
         for name, step, items in _first_and_last(samples):
             lines.append(f"**{name}, step {step}**")
             lines.append("")
@@ -189,8 +195,9 @@ def write_report(recipe: dict, stages: list, results: dict[str, dict]) -> Path:
 
 def _sample_line(item: Any) -> str:
     if isinstance(item, dict) and "completion" in item:
-        gold = item.get("gold")
-        score = f" (gold {gold:+.2f})" if isinstance(gold, (int, float)) else ""
+        key = "gold" if "gold" in item else "reward"   # grpo logs its reward functions' weighted sum
+        value = item.get(key)
+        score = f" ({key} {value:+.2f})" if isinstance(value, (int, float)) else ""
         text = f"{item.get('prompt', '')} **{item['completion'].strip()}**{score}"
     else:
         text = item if isinstance(item, str) else json.dumps(item)

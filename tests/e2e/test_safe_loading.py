@@ -107,7 +107,7 @@ def test_policy_loaders_refuse_pickles(tmp_path, torch_zip):
 
 
 # ----------------------------------------------------------------------------------------- remote code
-LM_STAGES = ["sft", "reward", "dpo", "ppo", "preferences", "fetch-model"]
+LM_STAGES = ["sft", "reward", "dpo", "ppo", "grpo", "preferences", "fetch-model"]
 
 
 def test_trust_remote_code_is_off_by_default():

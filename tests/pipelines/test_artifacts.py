@@ -124,10 +124,13 @@ def test_tensorboard_tags_of_training_rows_are_metrics_json_keys(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     if stage == "dpo":
         argv, key = ["dpo", *TINY_TRAIN], "train/loss"
-    else:  # ppo from a saved small model, scored by a fresh reward head on it (the numbers do not matter here)
+    else:  # ppo from a saved small model, scored by a saved sequence-classification head (numbers do not matter)
+        from pipelines.models import load_reward_model
+
         tok = small_tok()
         save_model(small_model(tok), tok, tmp_path / "policy")
-        argv = ["ppo", "model=policy", "reward_model=policy", "builtin_size=64", "batch_size=8", "max_steps=2",
+        save_model(load_reward_model(small_args(), tok, seed=1), tok, tmp_path / "rm")
+        argv = ["ppo", "model=policy", "reward_model=rm", "builtin_size=64", "batch_size=8", "max_steps=2",
                 "ppo_epochs=1", "generation.max_new_tokens=4"]
         key = "train/objective/kl"
     code, err = run_cli([*argv, "output_dir=run", "report_to=tensorboard", *QUIET], capfd)

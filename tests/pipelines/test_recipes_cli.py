@@ -17,6 +17,7 @@ from reins.errors import DataError
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted(p for area in ("sft", "reward", "dpo", "preferences")
                  for p in (ROOT / "recipes" / area).glob("*.yaml"))
+GRPO_RECIPES = sorted((ROOT / "recipes" / "grpo").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[f"{p.parent.name}/{p.name}" for p in RECIPES])
@@ -25,6 +26,20 @@ def test_recipe_loads_into_its_stage_config(path):
     mod = importlib.import_module(STAGES[stage][0])
     cfg = load_config(mod.Config, path, stage=stage)
     assert cfg.output_dir.startswith("runs/")
+
+
+@pytest.mark.parametrize("path", GRPO_RECIPES, ids=[p.name for p in GRPO_RECIPES])
+def test_grpo_recipes_load(path):
+    from pipelines.runner import load_recipe, plan
+
+    data = yaml.safe_load(path.read_text())
+    if "stages" in data:   # a staged recipe (sft -> grpo ...): every stage's config resolves
+        configs = [s.config for s in plan(load_recipe(path))]
+    else:
+        configs = [load_config(importlib.import_module("pipelines.grpo").Config, path, stage="grpo")]
+    grpo_cfgs = [c for c in configs if type(c).__module__ == "pipelines.grpo"]
+    assert grpo_cfgs and all(c.output_dir.startswith("runs/") for c in configs)
+    assert all(c.reward_funcs and len(c.weights) == len(c.reward_funcs) for c in grpo_cfgs)
 
 
 def test_smollm2_recipe_is_lora_dpo_on_the_real_model():

@@ -1,0 +1,447 @@
+"""`reins grpo`: group-relative policy optimisation (GRPO, Shao et al. 2024) and RLOO (Ahmadian et al. 2024).
+
+One iteration ("update", the unit of `max_steps`, `save_every`, `eval_every`):
+1. rollout: `batch_size` prompts (global; each process takes its share, data position = iteration), each
+   completed `num_generations` times by the policy (KV-cached sampling, truncated after the first EOS;
+   pipelines.generation), laid out as PPO's rollouts (pipelines.ppo_rollout.rollout_batch);
+2. rewards: every `reward_funcs` entry scores every completion (pipelines.rewards: verifiable rewards such as
+   `builtin:arithmetic`, the gold judge, reward models, user `module:function` callables), checked and summed
+   with `reward_weights`;
+3. advantages: one per completion from its group of `num_generations` (pgcore.advantages.group_advantages):
+   `advantage: grpo` r - mean (divided by the group std, the batch std or nothing: `scale_rewards`, Dr. GRPO)
+   or `rloo` r - mean of the others; computed over the global batch (all processes);
+4. update: `num_iterations` passes over `num_minibatches` shuffled minibatches, each split into `grad_accum`
+   micro-batches; loss = pgcore.policy_losses.grpo_loss: the clipped surrogate (`epsilon`, `epsilon_high`:
+   DAPO clip-higher) plus `beta` x k3 KL to the reference, aggregated by `loss_type` (token | sequence |
+   dr_grpo), with the minibatch's counts in every micro-batch. With one pass and one minibatch the old
+   log-probs are the current ones, detached: the ratio is exactly 1. `beta: 0` loads no reference model.
+Metrics use TRL's GRPOTrainer names (reward, reward_std, frac_reward_zero_std, rewards/<name>/mean|std, kl,
+entropy, clip_ratio/low_mean|high_mean|region_mean, completions/mean_length|min_length|max_length|clipped_ratio|
+mean_terminated_length, num_tokens, loss, grad_norm) plus an evaluation on held-out prompts every `eval_every`
+iterations and at both ends (eval/reward, eval/rewards/<name>, eval/accuracy on builtin:arithmetic; the gold
+judge, KL and win rate on builtin:sentiment). Checkpoint after an iteration: trainable parameters, optimizer,
+scheduler, RNG, iteration, token count; a re-run resumes exactly. A bad reward function stops the run with a
+one-line error naming it (probed on empty completions before anything is written); non-finite log-probs,
+losses or gradients stop it (NonFiniteError) before anything is checkpointed. Artifact: `output_dir/model`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from pgcore.advantages import group_advantages
+from pgcore.distributions import entropy_from_logits, token_logprobs
+from pgcore.policy_losses import grpo_loss
+from pipelines.common import broadcast_metrics, open_run, start_lm_stage
+from pipelines.data import BUILTIN, BUILTIN_CHAT
+from pipelines.evaluation import EvalArgs, PolicyEvaluator
+from pipelines.generation import GenerationArgs, generate
+from pipelines.models import (
+    ModelArgs,
+    count_parameters,
+    load_tokenizer,
+    load_trainable_state,
+    save_model,
+    trainable_state,
+)
+from pipelines.ppo_models import build_policy
+from pipelines.ppo_rollout import lm_logits, response_logits, rollout_batch
+from pipelines.prompts import ARITHMETIC, builtin_prompts, iteration_prompts, load_prompts, param_sync_gap
+from pipelines.rewards import RewardFunction, probe, resolve_reward_funcs, reward_matrix
+from pipelines.scoring import to_device
+from pipelines.trainer import TrainArgs, adamw, lr_lambda
+from reins.cli import stage_main
+from reins.config import RunArgs, check
+from reins.errors import ConfigError, NonFiniteError, ReinsError
+from reins.runio import check_finite, get_rng_state, set_rng_state
+
+AUTO = "auto"
+
+
+@dataclass
+class Config(TrainArgs, ModelArgs, RunArgs):
+    output_dir: str = "runs/grpo"
+    ref_model: str | None = None          # default: the initial policy (frozen copy / adapter disabled); beta > 0
+    # prompts
+    data: str = ARITHMETIC                # builtin:arithmetic(-chat) | builtin:sentiment(-chat) | prompt file / dir
+    train_split: str = "train"
+    builtin_size: int = 2000
+    max_operand: int = 99                 # builtin:arithmetic operands are 0..max_operand
+    max_train_samples: int | None = None
+    max_prompt_length: int = 64           # longer prompts are dropped (counted in data/dropped_prompts)
+    generation: GenerationArgs = field(default_factory=lambda: GenerationArgs(max_new_tokens=8, temperature=1.0))
+    num_generations: int = 8              # completions per prompt (the group)
+    # rewards
+    reward_funcs: list[str] = field(default_factory=lambda: ["builtin:arithmetic", "builtin:arithmetic_format"])
+    reward_weights: list[float] | None = None   # default: 1 each
+    # advantages and loss
+    advantage: Literal["grpo", "rloo"] = "grpo"
+    scale_rewards: Literal["group", "batch", "none", "auto"] = AUTO   # auto: group for grpo, none for rloo
+    epsilon: float = 0.2
+    epsilon_high: float | None = None     # DAPO clip-higher; default: epsilon
+    num_iterations: int = 1               # update passes over one rollout batch
+    num_minibatches: int = 1
+    beta: float = 0.0                     # k3 KL coefficient; 0 loads no reference model
+    loss_type: Literal["token", "sequence", "dr_grpo"] = "token"
+    # evaluation (every eval_every iterations, and before the first and after the last)
+    eval_prompts: str | None = AUTO       # auto: the built-in task's held-out prompts; a file; none
+    eval: EvalArgs = field(default_factory=lambda: EvalArgs(num_prompts=64, max_new_tokens=8))
+    batch_size: int = 16                  # prompts per iteration over all processes (x num_generations rollouts)
+    learning_rate: float = 1e-5
+    max_grad_norm: float | None = 1.0
+    log_every: int = 1
+    save_every: int = 10
+
+    def validate(self):
+        self.validate_model()
+        self.validate_train()
+        check(self.generation.temperature > 0, "generation.temperature must be > 0 for GRPO (sampling)")
+        check(self.num_generations >= 2, f"num_generations must be >= 2 (a group), got {self.num_generations}")
+        check(len(self.reward_funcs) >= 1, "reward_funcs must name at least one reward function")
+        check(self.reward_weights is None or len(self.reward_weights) == len(self.reward_funcs),
+              f"reward_weights has {len(self.reward_weights or [])} entries for {len(self.reward_funcs)} reward_funcs")
+        check(self.epsilon > 0 and (self.epsilon_high is None or self.epsilon_high > 0),
+              "epsilon and epsilon_high must be > 0")
+        check(self.num_iterations >= 1 and self.num_minibatches >= 1, "num_iterations and num_minibatches must be >= 1")
+        check(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
+        check(self.max_prompt_length >= 1 and self.max_operand >= 1, "max_prompt_length and max_operand must be >= 1")
+        check(self.ref_model is None or self.beta > 0, "ref_model is only used with beta > 0")
+        check(not self.group_by_length, "group_by_length is not used by grpo (its batches are its own rollouts)")
+        check(not self.torch_compile, "torch_compile is not supported by grpo (sft, reward and dpo have it)")
+
+    @property
+    def scale(self) -> str:
+        return self.scale_rewards if self.scale_rewards != AUTO else ("group" if self.advantage == "grpo" else "none")
+
+    @property
+    def weights(self) -> list[float]:
+        return list(self.reward_weights) if self.reward_weights is not None else [1.0] * len(self.reward_funcs)
+
+
+# ----------------------------------------------------------------------------------------- rollout
+def _agree(error: ReinsError | None, reduce) -> None:
+    """Raise on every process when any process hit an error (a rank raising alone would leave the others
+    waiting in the next collective)."""
+    n = reduce(torch.tensor([1.0 if error is not None else 0.0], dtype=torch.float64))
+    if error is not None:
+        raise error
+    if n.item() > 0:
+        raise ReinsError("a reward function failed on another process (its message is in that process's output)")
+
+
+def _logps(model, batch: dict, T: float, bs: int, device) -> torch.Tensor:
+    """Response-token log-probs [B, R] (0 off the mask) in chunks of `bs`, no gradient."""
+    out = []
+    for a in range(0, batch["input_ids"].shape[0], bs):
+        sub = to_device({k: v[a:a + bs] for k, v in batch.items() if k != "prompt_width"}, device)
+        out.append(token_logprobs(lm_logits(model, sub), sub["response"], temperature=T,
+                                  mask=sub["response_mask"].float()))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def rollout(cfg: Config, policy, reference, funcs: list[RewardFunction], tok, prompts: list,
+            prompt_ids: list[list[int]], *, seed: int, acc) -> tuple[dict, dict, float]:
+    """Sample, score and compute advantages of one iteration's groups on this process.
+
+    Returns (tensors for the update, metrics over all processes, seconds spent sampling).
+    """
+    G, T, world = cfg.num_generations, cfg.generation.temperature, acc.num_processes
+    reduce = (lambda t: acc.reduce(t.to(acc.device), reduction="sum").cpu()) if world > 1 else (lambda t: t)
+    gather = (lambda t: acc.gather(t.to(acc.device)).cpu()) if world > 1 else (lambda t: t)
+    rep_prompts = [p for p in prompts for _ in range(G)]
+    rep_ids = [p for p in prompt_ids for _ in range(G)]
+    t0 = time.perf_counter()
+    s = generate(policy, tok, rep_ids, cfg.generation, seed=seed)
+    gen_seconds = time.perf_counter() - t0
+    err, per_fn = None, torch.zeros(len(rep_ids), len(funcs), dtype=torch.float64)
+    try:
+        per_fn = reward_matrix(funcs, rep_prompts, s.texts, s)
+    except ReinsError as e:
+        err = e
+    _agree(err, reduce)
+    w = torch.tensor(cfg.weights, dtype=torch.float64)
+    rewards = per_fn @ w
+    everyone = gather(rewards)            # whole groups per process, in process order
+    n = len(rep_ids)
+    adv = group_advantages(everyone, G, kind=cfg.advantage, scale=cfg.scale)[acc.process_index * n:][:n]
+    batch = rollout_batch(rep_ids, s.completion_ids, tok.pad_token_id)
+    device = acc.device
+    bs = cfg.generation.batch_size
+    data = {k: v.to(device) for k, v in batch.items() if k != "prompt_width"}
+    data["advantages"] = adv.to(device=device, dtype=torch.float32)
+    bad = 0
+    if cfg.num_iterations > 1 or cfg.num_minibatches > 1:   # else the update's own log-probs, detached
+        was = policy.training
+        policy.eval()
+        data["old_logps"] = _logps(policy, batch, T, bs, device)
+        policy.train(was)
+        bad += int((~torch.isfinite(data["old_logps"])).sum())
+    if cfg.beta > 0:
+        with reference.active() as ref:
+            data["ref_logps"] = _logps(ref, batch, T, bs, device)
+        bad += int((~torch.isfinite(data["ref_logps"])).sum())
+    if reduce(torch.tensor([float(bad)], dtype=torch.float64)).item() > 0:
+        raise NonFiniteError("non-finite log-probs in the rollout; stopping (the last good checkpoint is kept)")
+    return data, _rollout_metrics(cfg, funcs, per_fn, everyone, s, gather), gen_seconds
+
+
+def _rollout_metrics(cfg: Config, funcs, per_fn: torch.Tensor, everyone: torch.Tensor, s, gather) -> dict:
+    """TRL's reward and completion metrics over the global batch."""
+    groups = everyone.view(-1, cfg.num_generations)
+    std = groups.std(-1)
+    m = {"reward": everyone.mean().item(), "reward_std": std.mean().item(),
+         "frac_reward_zero_std": (groups == groups[:, :1]).all(-1).double().mean().item()}
+    cols = gather(per_fn)
+    for j, f in enumerate(funcs):
+        m[f"rewards/{f.name}/mean"] = cols[:, j].mean().item()
+        m[f"rewards/{f.name}/std"] = cols[:, j].std().item() if cols.shape[0] > 1 else 0.0
+    lengths = gather(torch.tensor([len(c) for c in s.completion_ids], dtype=torch.float64))
+    done = gather(torch.tensor(s.finished, dtype=torch.float64)) > 0.5   # (gloo gathers no bool tensors)
+    m["completions/mean_length"] = lengths.mean().item()
+    m["completions/min_length"] = lengths.min().item()
+    m["completions/max_length"] = lengths.max().item()
+    m["completions/clipped_ratio"] = 1.0 - done.double().mean().item()
+    m["completions/mean_terminated_length"] = lengths[done].mean().item() if done.any() else 0.0
+    m["rollout/tokens"] = int(lengths.sum().item())
+    return m
+
+
+# ----------------------------------------------------------------------------------------- update
+def grpo_update(cfg: Config, model, optimizer, accelerator, data: dict, *, generator: torch.Generator) -> dict:
+    """`num_iterations` x `num_minibatches` optimizer steps on this process's rollouts; the mean stats."""
+    T = cfg.generation.temperature
+    N = data["input_ids"].shape[0]
+    mb = N // cfg.num_minibatches
+    micro = mb // cfg.grad_accum
+    params = [p for p in model.parameters() if p.requires_grad]
+    max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
+    stats = torch.zeros(7, dtype=torch.float64, device=accelerator.device)
+    model.train()
+    for _ in range(cfg.num_iterations):
+        perm = torch.randperm(N, generator=generator).tolist()
+        for k in range(cfg.num_minibatches):
+            idx = perm[k * mb:(k + 1) * mb]
+            n_tok = data["response_mask"][idx].sum().clamp_min(1)
+            for a in range(cfg.grad_accum):
+                d = {key: v[idx[a * micro:(a + 1) * micro]] for key, v in data.items()}
+                m = d["response_mask"].float()
+                with accelerator.accumulate(model):
+                    logits = response_logits(model, d)
+                    logp = token_logprobs(logits, d["response"], temperature=T, mask=m)
+                    old = d["old_logps"] if "old_logps" in d else logp.detach()
+                    loss, info = grpo_loss(logp, old, d["advantages"], m, eps_low=cfg.epsilon,
+                                           eps_high=cfg.epsilon_high, beta=cfg.beta, ref_logp=d.get("ref_logps"),
+                                           aggregation=cfg.loss_type, max_length=cfg.generation.max_new_tokens,
+                                           num_sequences=mb, num_tokens=n_tok)
+                    # times grad_accum undoes accelerate's division: the micro losses already sum to the minibatch's
+                    accelerator.backward(loss * cfg.grad_accum)
+                with torch.no_grad():
+                    ent = (entropy_from_logits(logits.detach(), temperature=T) * m).sum() / m.sum().clamp_min(1)
+                nt = m.sum().double()
+                stats[0] += loss.detach().double()   # the micro losses of a minibatch sum to its loss
+                stats[1:6] += torch.stack([info["kl"], info["clip_low"], info["clip_high"], info["clip_region"],
+                                           ent]).double() * nt
+                stats[6] += nt
+            grad_norm = accelerator.clip_grad_norm_(params, max_norm)
+            check_finite("gradient norm", grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    tot = accelerator.reduce(stats, reduction="sum")
+    n_steps = cfg.num_iterations * cfg.num_minibatches * accelerator.num_processes
+    out = {"loss": (tot[0] / n_steps).item()}   # the mean minibatch loss
+    for i, k in enumerate(["kl", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean",
+                           "entropy"], start=1):
+        out[k] = (tot[i] / tot[6].clamp_min(1)).item()
+    out["grad_norm"] = float(grad_norm)
+    check_finite("loss", out["loss"])
+    if cfg.beta == 0:
+        del out["kl"]
+    return out
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+class GroupEvaluator:
+    """The policy's completions of held-out prompts (`eval.temperature`, 0 = greedy; fixed seed), scored by every
+    reward function: eval/reward (weighted sum), eval/rewards/<name>, eval/accuracy (builtin:arithmetic), and
+    for the sentiment task the shared gold-judge evaluation (pipelines.evaluation)."""
+
+    def __init__(self, cfg: Config, tok, prompts: list, funcs, reference, sentiment: bool):
+        from pipelines.data import encode_prompt
+
+        self.cfg, self.tok, self.funcs, self.prompts = cfg, tok, funcs, prompts[: cfg.eval.num_prompts]
+        self.ids = [encode_prompt(tok, p) for p in self.prompts]
+        e = cfg.eval
+        self.gen = GenerationArgs(max_new_tokens=e.max_new_tokens, temperature=e.temperature, batch_size=e.batch_size)
+        self.gold = PolicyEvaluator(tok, self.prompts, reference, e) if sentiment else None
+
+    @torch.no_grad()
+    def __call__(self, policy) -> tuple[dict, list[dict]]:
+        s = generate(policy, self.tok, self.ids, self.gen, seed=self.cfg.eval.seed)
+        mat = reward_matrix(self.funcs, self.prompts, s.texts, s)
+        total = mat @ torch.tensor(self.cfg.weights, dtype=torch.float64)
+        m = {"eval/reward": total.mean().item()}
+        for j, f in enumerate(self.funcs):
+            m[f"eval/rewards/{f.name}"] = mat[:, j].mean().item()
+            if f.spec == "builtin:arithmetic":
+                m["eval/accuracy"] = m[f"eval/rewards/{f.name}"]
+        m["eval/completion_length"] = sum(map(len, s.completion_ids)) / len(s.completion_ids)
+        if self.gold is not None:
+            gm, _ = self.gold(policy)
+            m.update({k: v for k, v in gm.items() if k not in m})
+        n = self.cfg.eval.num_samples_logged
+        samples = [{"prompt": p if isinstance(p, str) else str(p), "completion": t, "reward": r}
+                   for p, t, r in zip(self.prompts[:n], s.texts, total.tolist())]
+        return m, samples
+
+
+def eval_prompt_set(cfg: Config) -> tuple[list, str | None]:
+    """(prompts, their source) of `eval_prompts`: auto = the training data's built-in held-out prompts (none for
+    a file), none, a built-in task or a prompt file; built-in prompts with seed 0, as every stage's evaluation."""
+    src = cfg.eval_prompts
+    if src == AUTO:
+        src = cfg.data
+        if builtin_prompts(src, 1, seed=0, split="eval") is None:
+            return [], None
+    if src in (None, "", "none"):
+        return [], None
+    got = builtin_prompts(src, cfg.eval.num_prompts, seed=0, split="eval", max_operand=cfg.max_operand)
+    if got is not None:
+        return got, src
+    from pipelines.common import eval_prompts
+
+    return eval_prompts(src, cfg.eval.num_prompts), src
+
+
+# ----------------------------------------------------------------------------------------- stage
+def train(cfg: Config) -> dict:
+    acc, done = start_lm_stage(cfg)
+    if done is not None:
+        return done
+    world = acc.num_processes
+    local = cfg.batch_size // world
+    rows = local * cfg.num_generations
+    if local * world != cfg.batch_size or rows % (cfg.num_minibatches * cfg.grad_accum):
+        raise ConfigError(f"batch_size={cfg.batch_size} must be a multiple of num_processes ({world}), and "
+                          f"batch_size / num_processes x num_generations ({cfg.num_generations}) a multiple of "
+                          f"num_minibatches ({cfg.num_minibatches}) x grad_accum ({cfg.grad_accum})")
+    tok = load_tokenizer(cfg)
+    if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
+        raise ConfigError(f"{cfg.model}: the tokenizer needs a pad token distinct from EOS (pad == EOS hides where "
+                          "completions end)")
+    prompts, prompt_ids, dropped = load_prompts(cfg.data, tok, split=cfg.train_split, builtin_size=cfg.builtin_size,
+                                                seed=cfg.seed, max_train_samples=cfg.max_train_samples,
+                                                max_prompt_length=cfg.max_prompt_length, max_operand=cfg.max_operand)
+    if len(prompts) < cfg.batch_size:
+        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {len(prompts)} prompts")
+    funcs = resolve_reward_funcs(cfg.reward_funcs, cfg, tok)
+    probe(funcs, prompts[:2])
+    eprompts, esource = eval_prompt_set(cfg) if acc.is_main_process else ([], None)
+    run = open_run(cfg, acc)   # after validation: bad input writes nothing
+    per_epoch = len(prompts) // cfg.batch_size
+    total = cfg.max_steps or max(1, math.ceil(cfg.num_epochs * per_epoch))
+    policy, reference = build_policy(cfg, tok, with_reference=cfg.beta > 0)
+    policy.to(acc.device)
+    for f in funcs:
+        if f.model is not None:
+            f.model.to(acc.device)
+    if reference is not None and reference.model is not None:
+        reference.model.to(acc.device)
+    optimizer = adamw([{"params": [p for p in policy.parameters() if p.requires_grad]}], lr=cfg.learning_rate,
+                      weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total))
+    step, num_tokens, state, last, init = 0, 0, run.load_checkpoint(), {}, {}
+    if state is not None:
+        load_trainable_state(policy, state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, num_tokens = int(state["step"]), int(state["num_tokens"])
+        last, init = dict(state.get("last_metrics", {})), dict(state.get("init_metrics", {}))
+        set_rng_state(state["rng"])
+    # The scheduler is not prepared: accelerate would step it once per process (as pipelines.trainer notes).
+    model, optimizer = acc.prepare(policy, optimizer)
+    unwrapped = acc.unwrap_model(model)
+    if acc.is_main_process:
+        run.truncate_log(step)
+    evaluator = None
+    if eprompts:
+        evaluator = GroupEvaluator(cfg, tok, eprompts, funcs, reference, sentiment=esource in (BUILTIN, BUILTIN_CHAT))
+
+    def evaluate(at: int) -> dict:
+        if evaluator is None:
+            return {}
+        m, samples = evaluator(unwrapped)
+        run.log(at, {**m, "samples": samples})
+        return m
+
+    if step == 0 and acc.is_main_process:
+        total_p, trainable = count_parameters(policy)
+        run.log(0, {"model/parameters": total_p, "model/trainable": trainable, "data/prompts": len(prompts),
+                    "data/dropped_prompts": dropped, "reference/loaded": reference is not None})
+        init = {f"init/{k[5:]}": v for k, v in evaluate(0).items()}
+        if init:
+            run.log(0, init)
+    bar = run.progress(total, step, desc=cfg.advantage) if acc.is_main_process else None
+
+    def save() -> None:
+        if acc.is_main_process:
+            run.save_checkpoint({"step": step, "model": trainable_state(unwrapped), "optimizer": optimizer.state_dict(),
+                                 "scheduler": scheduler.state_dict(), "rng": get_rng_state(), "num_tokens": num_tokens,
+                                 "last_metrics": last, "init_metrics": init})
+        acc.wait_for_everyone()
+
+    while step < total:
+        idx = iteration_prompts(len(prompts), cfg.batch_size, step, cfg.seed)
+        mine = idx[acc.process_index * local:(acc.process_index + 1) * local]
+        t0 = time.perf_counter()
+        data, m, gen_s = rollout(cfg, unwrapped, reference, funcs, tok, [prompts[i] for i in mine],
+                                 [prompt_ids[i] for i in mine], seed=cfg.seed * 1_000_003 + step * 7919 +
+                                 acc.process_index, acc=acc)
+        t1 = time.perf_counter()
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 7919 + 17 * acc.process_index + 1)
+        m.update(grpo_update(cfg, model, optimizer, acc, data, generator=g))
+        t2 = time.perf_counter()
+        m["lr"] = scheduler.get_last_lr()[0]
+        scheduler.step()
+        step += 1
+        num_tokens += int(acc.reduce(data["attention_mask"].sum().to(acc.device), reduction="sum").item()) \
+            if world > 1 else int(data["attention_mask"].sum().item())
+        m["num_tokens"] = num_tokens
+        m["episode"] = step * cfg.batch_size * cfg.num_generations
+        perf = {"perf/rollout_tokens_per_s": m["rollout/tokens"] / world / max(t1 - t0, 1e-9),
+                "perf/generation_tokens_per_s": m["rollout/tokens"] / world / max(gen_s, 1e-9),
+                "perf/update_s": t2 - t1, "perf/rollout_s": t1 - t0}
+        last = m
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(reward=f"{m['reward']:.3f}")
+        if acc.is_main_process and (step % cfg.log_every == 0 or step == total):
+            run.log(step, {**m, **perf})
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < total and acc.is_main_process:
+            evaluate(step)
+        if step % cfg.save_every == 0 or step == total:
+            save()
+    if bar is not None:
+        bar.close()
+    gap = param_sync_gap(acc, model)
+    final = None
+    if acc.is_main_process:
+        save_model(unwrapped, tok, run.path / "model")
+        ev = evaluate(step)
+        final = run.finish({**{f"train/{k}": v for k, v in last.items()}, **init, **ev, "steps": step,
+                            "dist/world_size": world, "dist/param_sync_gap": gap})
+    acc.wait_for_everyone()
+    return broadcast_metrics(acc, final)
+
+
+def main(argv=None) -> int:
+    return stage_main(Config, train, argv, prog="reins grpo", stage="grpo")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
