@@ -189,8 +189,8 @@ def group_advantages(rewards, group_size: int, *, kind: str = "grpo", scale: str
                      eps: float = 1e-4) -> torch.Tensor:
     """Outcome advantages of ``G = group_size`` completions per prompt, from a group baseline; ``[N]`` -> ``[N]``.
 
-    [NOT IN SEEDS]: REINFORCE with a baseline computed from the other samples of the same prompt (seed 001 §2.5's
-    baseline, estimated per prompt). ``rewards`` is ``[N]`` with ``N = n_prompts * G``, each prompt's G
+    REINFORCE with a baseline computed from the other samples of the same prompt (Williams 1992's baseline,
+    estimated per prompt). ``rewards`` is ``[N]`` with ``N = n_prompts * G``, each prompt's G
     completions consecutive (rows ``i*G .. i*G+G-1``).
 
     - ``kind="grpo"``: ``A_i = r_i - mean(r_group)`` (Shao et al. 2024, DeepSeekMath, §4.1.2: the outcome-

@@ -147,7 +147,7 @@ def entropy_bonus(entropy, mask=None) -> torch.Tensor:
 def clipped_surrogate(logp, old_logp, advantages, eps_low, eps_high=None):
     """Per-token clipped surrogate loss ``-min(r A, clip(r, 1 - eps_low, 1 + eps_high) A)``, unreduced.
 
-    The PPO-clip term (seed 000 §8.2; ``ppo_clip_loss`` with ``eps_high = eps_low``) with DAPO's decoupled
+    The PPO-clip term (Schulman et al. 2017, eq. 7; ``ppo_clip_loss`` with ``eps_high = eps_low``) with DAPO's decoupled
     bounds (Yu et al. 2025, DAPO, §3.1 "Clip-Higher": a larger ``eps_high`` leaves low-probability tokens
     room to grow). ``r = exp(logp - old_logp)``; ``advantages`` broadcast against ``logp`` (``[B, 1]`` gives each
     completion one outcome advantage for all its tokens, as in GRPO). ``old_logp`` and ``advantages`` are
