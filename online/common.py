@@ -164,7 +164,7 @@ class Harness:
         optimiser step touches, so the parameters also stand for the losses an update does not return."""
         watched = {k: v for k, v in info.items() if k.startswith("loss/")}
         actor = agent.export()["actor"]
-        watched["policy parameters"] = torch.cat([p.detach().reshape(-1) for p in actor.parameters()])
+        watched["policy parameters"] = list(actor.parameters())
         self.guard.record(self.step, watched)
         self.guard.check()
 

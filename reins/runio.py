@@ -184,12 +184,12 @@ class FiniteGuard:
                 guard.check()                                      # one device-to-host read; raises
                 ...log, evaluate, checkpoint...
 
-    `record` marks, per metric, the first step whose value (a tensor of any shape, or a number) is not all
-    finite; a metric missing from a step's dict is not checked at that step, and a new name is watched from
-    the step it first appears. `check` reads the record at a sync point and raises NonFiniteError naming the
-    metric and its first bad step (the earliest step; on a tie, the metric watched first), so a loop that
-    checks before every log, evaluation and checkpoint stops before anything computed after a bad step is
-    saved, and keeps the last good checkpoint.
+    `record` marks, per metric, the first step whose value (a tensor of any shape, a list of tensors such as
+    a network's parameters, or a number) is not all finite; a metric missing from a step's dict is not checked
+    at that step, and a new name is watched from the step it first appears. `check` reads the record at a sync
+    point and raises NonFiniteError naming the metric and its first bad step (the earliest step; on a tie, the
+    metric watched first), so a loop that checks before every log, evaluation and checkpoint stops before
+    anything computed after a bad step is saved, and keeps the last good checkpoint.
     """
 
     def __init__(self) -> None:
@@ -206,9 +206,10 @@ class FiniteGuard:
             self.names += new
             grown = torch.full((len(new),), -1, dtype=torch.long, device=dev)
             self._first = grown if self._first is None else torch.cat([self._first, grown])
-        bad = torch.zeros(len(self.names), dtype=torch.bool, device=dev)
-        idx = torch.tensor([self.names.index(n) for n in metrics], device="cpu").to(dev, non_blocking=True)
-        bad = bad.index_put((idx,), torch.stack([_not_finite(v, dev) for v in metrics.values()]))
+        bad = torch.stack([_not_finite(v, dev) for v in metrics.values()])
+        if list(metrics) != self.names:  # a subset or another order: scatter into the watched positions
+            idx = torch.tensor([self.names.index(n) for n in metrics]).to(dev, non_blocking=True)
+            bad = torch.zeros(len(self.names), dtype=torch.bool, device=dev).index_put((idx,), bad)
         self._first = torch.where((self._first < 0) & bad, step, self._first)
 
     def first_bad(self) -> tuple[str, int] | None:
@@ -237,9 +238,18 @@ def _device_of(values) -> torch.device:
 
 def _not_finite(value: Any, dev: torch.device) -> torch.Tensor:
     """A 0-d bool on `dev`: whether `value` holds a NaN/inf (a host number is tested on the host)."""
+    if isinstance(value, (list, tuple)):  # several tensors (a network's parameters) as one metric
+        return ~torch.isfinite(sum(_probe(t) for t in value)).to(dev, non_blocking=True)
     if isinstance(value, torch.Tensor):
-        return ~torch.isfinite(value.detach()).all().to(dev, non_blocking=True)
+        return ~torch.isfinite(_probe(value)).to(dev, non_blocking=True)
     return torch.tensor(not math.isfinite(float(value))).to(dev, non_blocking=True)
+
+
+def _probe(t: torch.Tensor) -> torch.Tensor:
+    """A 0-d tensor that is finite exactly when every element of `t` is: x * 0 is 0 for a finite x and NaN for
+    an inf or NaN, so the sum is 0 or NaN (several times faster on CPU than isfinite(t).all() on 64k floats)."""
+    t = t.detach()
+    return t.reshape(()) if t.numel() == 1 else (t * 0).sum()
 
 
 # ----------------------------------------------------------------------------------------- run directory

@@ -207,3 +207,15 @@ def test_added_option_at_default_is_the_same_run(tmp_path):
     RunDir(other, Cfg(str(other)))
     with pytest.raises(ConfigError, match=r"differs in: new_option"):
         RunDir(other, CfgV2(str(other), new_option=4))
+
+
+def test_finite_guard_watches_a_list_of_tensors_as_one_metric():
+    net = torch.nn.Linear(4, 3)
+    guard = FiniteGuard()
+    guard.record(1, {"policy parameters": list(net.parameters())})
+    guard.check()
+    with torch.no_grad():
+        net.bias[2] = float("-inf")
+    guard.record(2, {"policy parameters": list(net.parameters())})
+    with pytest.raises(NonFiniteError, match="non-finite policy parameters at step 2"):
+        guard.check()
