@@ -206,7 +206,12 @@ class FiniteGuard:
             self.names += new
             grown = torch.full((len(new),), -1, dtype=torch.long, device=dev)
             self._first = grown if self._first is None else torch.cat([self._first, grown])
-        bad = torch.stack([_not_finite(v, dev) for v in metrics.values()])
+        vals = list(metrics.values())
+        if all(isinstance(v, torch.Tensor) and v.numel() == 1 and v.dtype == vals[0].dtype and v.device == dev
+               for v in vals):  # the common case (scalar losses): one stack and one isfinite
+            bad = ~torch.isfinite(torch.stack([v.detach().reshape(()) for v in vals]))
+        else:
+            bad = torch.stack([_not_finite(v, dev) for v in vals])
         if list(metrics) != self.names:  # a subset or another order: scatter into the watched positions
             idx = torch.tensor([self.names.index(n) for n in metrics]).to(dev, non_blocking=True)
             bad = torch.zeros(len(self.names), dtype=torch.bool, device=dev).index_put((idx,), bad)
