@@ -244,7 +244,7 @@ def _device_of(values) -> torch.device:
 def _not_finite(value: Any, dev: torch.device) -> torch.Tensor:
     """A 0-d bool on `dev`: whether `value` holds a NaN/inf (a host number is tested on the host)."""
     if isinstance(value, (list, tuple)):  # several tensors (a network's parameters) as one metric
-        return ~torch.isfinite(sum(_probe(t) for t in value)).to(dev, non_blocking=True)
+        return ~torch.isfinite(torch.as_tensor(sum(_probe(t) for t in value))).to(dev, non_blocking=True)
     if isinstance(value, torch.Tensor):
         return ~torch.isfinite(_probe(value)).to(dev, non_blocking=True)
     return torch.tensor(not math.isfinite(float(value))).to(dev, non_blocking=True)
