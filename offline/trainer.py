@@ -25,7 +25,7 @@ from offline.evaluate import check_env_fits, evaluate, normalized_score
 from offline.policy import OfflinePolicy, policy_state, save_policy
 from reins.config import RunArgs, check
 from reins.errors import ConfigError, DataError
-from reins.runio import RunDir, check_finite, get_rng_state, seed_everything, set_rng_state
+from reins.runio import FiniteGuard, RunDir, get_rng_state, seed_everything, set_rng_state
 
 
 @dataclass
@@ -147,38 +147,26 @@ def run_offline(cfg: OfflineConfig, build, algo_name: str) -> dict:
 
     start, start_step = time.perf_counter(), step
     bar = run.progress(cfg.max_steps, initial=step, desc=algo_name)
-    # The first step at which each metric was non-finite (0: never), kept on the device so that no step syncs
-    # with the host; read before every log, evaluation and checkpoint, so a NaN is reported with its exact step
-    # and nothing computed after it is saved.
-    bad_keys: list[str] = []
-    first_bad: torch.Tensor | None = None
-
-    def check_bad() -> None:
-        if first_bad is None:
-            return
-        hits = [(s, k) for k, s in zip(bad_keys, first_bad.tolist()) if s]
-        if hits:
-            s, k = min(hits)
-            check_finite(k, float("nan"), step=s)
+    # Every metric's first non-finite step, kept on the device so that no step syncs with the host; checked
+    # before every log, evaluation and checkpoint, so a NaN is reported with its exact step and nothing computed
+    # after it is saved.
+    guard = FiniteGuard()
 
     while step < cfg.max_steps:
         info = algo.update(buf.sample(cfg.batch_size, sampler))
         step += 1
-        vals = torch.stack([v.detach().reshape(()).float() for v in info.values()])
-        if first_bad is None:
-            bad_keys, first_bad = list(info), torch.zeros(len(info), dtype=torch.long, device=vals.device)
-        first_bad = torch.where((first_bad == 0) & ~torch.isfinite(vals), step, first_bad)
+        guard.record(step, info)
         for k, v in info.items():
             acc[k] = acc.get(k, 0.0) + v.detach()
         acc_n += 1
         bar.update(1)
         row = {}
         if step % cfg.log_every == 0 or step == cfg.max_steps:
-            check_bad()
+            guard.check()
             row.update({k: float(v) / acc_n for k, v in acc.items()})
             acc, acc_n = {}, 0
         if cfg.eval_episodes > 0 and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-            check_bad()
+            guard.check()
             ev = do_eval()
             key = "eval/normalized_score" if refs is not None else "eval/return_mean"
             if not evals or ev[key] > max(e[key] for e in evals):
@@ -189,7 +177,7 @@ def run_offline(cfg: OfflineConfig, build, algo_name: str) -> dict:
         if row:
             run.log(step, row)
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-            check_bad()
+            guard.check()
             run.save_checkpoint({"algo": algo.state_dict(), "sampler": sampler.get_state(), "rng": get_rng_state(),
                                  "step": step, "evals": evals, "acc": {k: v for k, v in acc.items()},
                                  "acc_n": acc_n})

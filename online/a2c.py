@@ -16,7 +16,6 @@ from online.onpolicy import ActorCriticAgent, OnPolicyConfig
 from pgcore.advantages import gae, whiten
 from pgcore.policy_losses import entropy_bonus, reinforce_loss, value_loss
 from reins.config import check
-from reins.runio import check_finite
 
 
 @dataclass
@@ -58,7 +57,6 @@ class A2C(ActorCriticAgent):
         vl, _ = value_loss(self.critic(obs), self.flat(ret))
         ent = entropy_bonus(entropy)
         loss = pl + cfg.vf_coef * vl - cfg.ent_coef * ent
-        check_finite("a2c loss", loss, step=step)
         self.optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_([*self.actor.parameters(), *self.critic.parameters()], cfg.max_grad_norm)

@@ -32,7 +32,15 @@ from online.envs import (
 )
 from online.policy_io import Policy, policy_dict
 from reins.errors import ConfigError
-from reins.runio import RunDir, atomic_torch_save, atomic_write_text, check_finite, get_rng_state, set_rng_state
+from reins.runio import (
+    FiniteGuard,
+    RunDir,
+    atomic_torch_save,
+    atomic_write_text,
+    check_finite,
+    get_rng_state,
+    set_rng_state,
+)
 
 RECENT_EPISODES = 20
 
@@ -115,6 +123,7 @@ class Harness:
         self._t0 = time.time()
         self._step0 = 0
         self._bar = None
+        self.guard = FiniteGuard()
 
     # ---------------------------------------------------------------------------------------- envs
     def reset_envs(self) -> np.ndarray:
@@ -147,6 +156,17 @@ class Harness:
         scaled = self.reward_scaler(rewards, ended)
         return next_obs, real_next, np.asarray(rewards, dtype=np.float64), scaled, np.asarray(term, bool), \
             np.asarray(trunc, bool)
+
+    def check_update(self, agent, info: dict) -> None:
+        """Stop at an update whose losses (the `loss/*` metrics it returned) or policy parameters hold a NaN/inf,
+        naming the metric and the step, before anything after it is logged, evaluated or checkpointed (the last
+        good checkpoint is kept). A non-finite loss in any minibatch of an update poisons the parameters its
+        optimiser step touches, so the parameters also stand for the losses an update does not return."""
+        watched = {k: v for k, v in info.items() if k.startswith("loss/")}
+        actor = agent.export()["actor"]
+        watched["policy parameters"] = list(actor.parameters())
+        self.guard.record(self.step, watched)
+        self.guard.check()
 
     def norm_obs(self, obs: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(self.obs_norm(obs))

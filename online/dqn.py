@@ -20,7 +20,6 @@ from online.nets import build_actor
 from online.offpolicy import OffPolicyConfig
 from pgcore.policy_losses import double_dqn_target, dqn_target, epsilon_greedy_probs, polyak_update, value_loss
 from reins.config import check
-from reins.runio import check_finite
 
 
 @dataclass
@@ -83,7 +82,6 @@ class DQN:
                 y = dqn_target(batch["rewards"], next_q_target, gamma=cfg.gamma, terminated=batch["terminated"])
         q = self.q(obs).gather(-1, batch["actions"].long().unsqueeze(-1)).squeeze(-1)
         loss, _ = value_loss(q, y)
-        check_finite("dqn loss", loss, step=step)
         self.optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.q.parameters(), cfg.max_grad_norm)

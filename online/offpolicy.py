@@ -83,6 +83,7 @@ def train_off_policy(h, agent) -> dict:
                     for k in ("observations", "next_observations"):
                         batch[k] = h.norm_obs(batch[k].numpy())
                 info = agent.update(batch, step=h.step)
+                h.check_update(agent, info)
                 h.updates += 1
         h.periodic(agent, info, snapshots=cfg.save_snapshots)
         if h.checkpoint_due():

@@ -159,6 +159,7 @@ def train_on_policy(h, agent: ActorCriticAgent) -> dict:
         progress = h.step / total
         batch, obs = collect_rollout(h, agent, obs, cfg.num_steps)
         info = agent.update(batch, step=h.step, progress=progress)
+        h.check_update(agent, info)
         h.updates += 1
         h.periodic(agent, info)
         if h.checkpoint_due():

@@ -22,7 +22,6 @@ from pgcore.advantages import gae, whiten
 from pgcore.kl import adaptive_kl_beta
 from pgcore.policy_losses import entropy_bonus, ppo_clip_loss, ppo_kl_penalty_loss, value_loss
 from reins.config import check
-from reins.runio import check_finite
 
 
 @dataclass
@@ -78,7 +77,6 @@ class PPO(ActorCriticAgent):
                                        clip_eps=cfg.clip_eps if cfg.clip_value else None)
                 ent = entropy_bonus(entropy)
                 loss = pl + cfg.vf_coef * vl - cfg.ent_coef * ent
-                check_finite("ppo loss", loss, step=step)
                 self.optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params_list, cfg.max_grad_norm)

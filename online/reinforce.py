@@ -18,7 +18,6 @@ import torch
 from online.onpolicy import ActorCriticAgent, OnPolicyConfig
 from pgcore.advantages import discounted_returns, whiten
 from pgcore.policy_losses import reinforce_loss, value_loss
-from reins.runio import check_finite
 
 
 @dataclass
@@ -49,14 +48,12 @@ class Reinforce(ActorCriticAgent):
             weights = whiten(weights)
         logp, _ = self.log_prob_entropy(self.dist_params(obs), actions)
         pl = reinforce_loss(logp, weights)
-        check_finite("reinforce loss", pl, step=step)
         self.pi_opt.zero_grad()
         pl.backward()
         torch.nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.max_grad_norm)
         self.pi_opt.step()
         for _ in range(cfg.vf_iters):
             vl, _ = value_loss(self.critic(obs), ret)
-            check_finite("baseline loss", vl, step=step)
             self.vf_opt.zero_grad()
             (cfg.vf_coef * vl).backward()
             torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)

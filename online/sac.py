@@ -29,7 +29,6 @@ from pgcore.policy_losses import (
     value_loss,
 )
 from reins.config import check
-from reins.runio import check_finite
 
 
 @dataclass
@@ -87,7 +86,6 @@ class SAC:
                              gamma=cfg.gamma, terminated=batch["terminated"])
         q1, q2 = self.critic(obs, act)
         critic_loss = value_loss(q1, y)[0] + value_loss(q2, y)[0]
-        check_finite("sac critic loss", critic_loss, step=step)
         self.critic_opt.zero_grad()
         critic_loss.backward()
         self.critic_opt.step()
@@ -99,7 +97,6 @@ class SAC:
             q_pi = clipped_double_q(*self.critic(obs, a))
             self.critic.requires_grad_(True)
             actor_loss = sac_actor_loss(logp, q_pi, alpha)
-            check_finite("sac actor loss", actor_loss, step=step)
             self.actor_opt.zero_grad()
             actor_loss.backward()
             self.actor_opt.step()

@@ -27,7 +27,6 @@ from pgcore.policy_losses import (
     value_loss,
 )
 from reins.config import check
-from reins.runio import check_finite
 
 
 @dataclass
@@ -91,7 +90,6 @@ class TD3:
                           terminated=batch["terminated"])
         q = self.critic(obs, act)
         critic_loss = sum(value_loss(q[i], y)[0] for i in range(q.shape[0]))
-        check_finite("critic loss", critic_loss, step=step)
         self.critic_opt.zero_grad()
         critic_loss.backward()
         self.critic_opt.step()
@@ -101,7 +99,6 @@ class TD3:
             self.critic.requires_grad_(False)
             actor_loss = dpg_actor_loss(self.critic(obs, self.actor(obs))[0])
             self.critic.requires_grad_(True)
-            check_finite("actor loss", actor_loss, step=step)
             self.actor_opt.zero_grad()
             actor_loss.backward()
             self.actor_opt.step()

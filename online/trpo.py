@@ -18,7 +18,6 @@ from pgcore.advantages import gae, whiten
 from pgcore.policy_losses import ppo_clip_loss, value_loss
 from pgcore.trust_region import npg_step, trpo_step
 from reins.config import check
-from reins.runio import check_finite
 
 
 @dataclass
@@ -81,12 +80,9 @@ class TRPO(ActorCriticAgent):
         else:
             info = npg_step(params, surrogate, mean_kl, max_kl=cfg.max_kl, cg_iters=cfg.cg_iters,
                             damping=cfg.damping)
-        for p in params:
-            check_finite("policy parameters", p.detach(), step=step)
         for _ in range(cfg.vf_iters):
             for idx in minibatches(len(obs), cfg.vf_minibatches, self.gen):
                 vl, _ = value_loss(self.critic(obs[idx]), ret[idx])
-                check_finite("value loss", vl, step=step)
                 self.vf_opt.zero_grad()
                 vl.backward()
                 self.vf_opt.step()

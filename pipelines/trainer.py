@@ -28,7 +28,7 @@ import torch
 from pipelines.models import load_trainable_state, trainable_state
 from reins.config import check
 from reins.errors import ConfigError
-from reins.runio import RunDir, check_finite, get_rng_state, set_rng_state
+from reins.runio import FiniteGuard, RunDir, get_rng_state, set_rng_state
 
 GROUP_MEGABATCHES = 50  # group_by_length sorts within this many batches at a time (as HF's LengthGroupedSampler)
 
@@ -201,6 +201,7 @@ class Trainer:
         self._lengths: list[int] | None = None
         self._names: list[str] | None = None  # metric names and kinds, fixed by the first step's stats
         self._kinds: list[str] = []
+        self.guard = FiniteGuard()  # loss and gradient norm, recorded and checked at sync points (`_read`)
         # A pure function of the step (the batches are), so a resume recounts instead of checkpointing it.
         self.tokens_seen = sum(self._batch_tokens(s) for s in range(self.step)) if tokens_fn is not None else 0
 
@@ -248,9 +249,11 @@ class Trainer:
                 ext.append(v.min() if k == "min" else v.max())
         return mean, (torch.stack(ext) if ext else torch.zeros(0, dtype=f64, device=dev))
 
-    def _read(self, pending: list[dict]) -> list[dict]:
-        """Reduce the pending steps' stats across processes and bring them to the host: two collectives and one
-        device-to-host copy for the whole interval, instead of a collective and a sync per metric per step."""
+    def _read(self, pending: list[dict], first: int) -> list[dict]:
+        """Reduce the pending steps' stats (steps `first`, `first` + 1, ...) across processes and bring them to the
+        host: two collectives and one device-to-host copy for the whole interval, instead of a collective and a
+        sync per metric per step. A non-finite loss or gradient norm raises first, naming its step; the check
+        runs on the reduced values, so every process reaches the same verdict."""
         means = torch.stack([p["mean"] for p in pending])                  # [S, M, 2]
         ext = torch.stack([p["ext"] for p in pending])                     # [S, K]
         norms = torch.stack([torch.as_tensor(p["grad_norm"]).to(means.device, torch.float64).reshape(())
@@ -261,10 +264,15 @@ class Trainer:
             kinds = [k for k in self._kinds if k != "mean"]
             lo, hi = g.min(dim=0).values, g.max(dim=0).values
             ext = torch.stack([lo[:, j] if k == "min" else hi[:, j] for j, k in enumerate(kinds)], dim=1)
-        host = torch.cat([(means[..., 0] / means[..., 1].clamp_min(1e-12)).reshape(len(pending), -1),
-                          ext.reshape(len(pending), -1), norms.reshape(-1, 1)], dim=1).cpu().tolist()
+        vals = torch.cat([(means[..., 0] / means[..., 1].clamp_min(1e-12)).reshape(len(pending), -1),
+                          ext.reshape(len(pending), -1), norms.reshape(-1, 1)], dim=1)
         mean_names = [n for n, k in zip(self._names, self._kinds) if k == "mean"]
         ext_names = [n for n, k in zip(self._names, self._kinds) if k != "mean"]
+        j = (mean_names + ext_names).index("loss")
+        for k in range(len(pending)):
+            self.guard.record(first + k, {"loss": vals[k, j], "grad_norm": vals[k, -1]})
+        self.guard.check()
+        host = vals.cpu().tolist()
         out = []
         for p, row in zip(pending, host):
             m = dict(zip(mean_names + ext_names, row[:-1]))
@@ -325,11 +333,8 @@ class Trainer:
             if not (logs or saves or hook):
                 continue
             first = self.step - len(pending) + 1
-            rows = self._read(pending)
+            rows = self._read(pending, first)
             pending = []
-            for k, m in enumerate(rows):
-                check_finite("loss", m["loss"], step=first + k)
-                check_finite("grad_norm", m["grad_norm"], step=first + k)
             metrics = last = self._last = rows[-1]
             if bar is not None:
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")

@@ -162,12 +162,57 @@ def test_non_finite_loss_stops_before_checkpointing_the_bad_step(tmp_path, monke
         return (adv * float("nan"), ret) if calls["n"] == 3 else (adv, ret)
 
     monkeypatch.setattr(ppo_mod, "gae", bad_gae)
-    with pytest.raises(NonFiniteError, match="ppo loss"):
+    with pytest.raises(NonFiniteError, match="non-finite loss/policy at step 768"):  # update 3, after 3 x 256 steps
         train(_cfg(tmp_path / "n", **kw))
     ck = torch.load(tmp_path / "n" / "checkpoints" / "checkpoint.pt", weights_only=True)
     assert ck["harness"]["step"] == 512  # the last good checkpoint (after update 2) is kept
     for p in ck["agent"]["actor"].values():
         assert torch.isfinite(p).all()
+
+
+def _nan_td_loss(real):
+    def poisoned(q, y, *a, **k):  # every TD loss from the 120th update on (update k runs at env step 49 + k)
+        poisoned.n += 1
+        loss, info = real(q, y, *a, **k)
+        return (loss * float("nan"), info) if poisoned.n >= 120 else (loss, info)
+    poisoned.n = 0
+    return poisoned
+
+
+def _nan_policy_step(real):
+    def poisoned(params, *a, **k):  # the third policy step leaves a NaN weight behind, its losses stay finite
+        poisoned.n += 1
+        info = real(params, *a, **k)
+        if poisoned.n == 3:
+            with torch.no_grad():
+                params[0].view(-1)[0] = float("nan")
+        return info
+    poisoned.n = 0
+    return poisoned
+
+
+@pytest.mark.parametrize("algo,attr,poison,kw,msg,kept", [
+    ("dqn", "online.dqn.value_loss", _nan_td_loss,
+     dict(total_steps=300, checkpoint_every=100,
+          dqn={"learning_starts": 50, "train_freq": 1, "batch_size": 16, "hidden": [16]}),
+     "non-finite loss/td at step 169", 100),
+    ("trpo", "online.trpo.trpo_step", _nan_policy_step,
+     dict(total_steps=640, checkpoint_every=256, trpo={"num_envs": 2, "num_steps": 64, "hidden": [16]}),
+     "non-finite policy parameters at step 384", 256),
+])
+def test_harness_stops_at_the_update_that_went_non_finite(tmp_path, monkeypatch, algo, attr, poison, kw, msg, kept):
+    """The harness, not the agent, checks each update's losses and policy parameters: the error names the
+    metric and the update's step, and the last good checkpoint stays."""
+    import importlib
+
+    mod, name = attr.rsplit(".", 1)
+    monkeypatch.setattr(importlib.import_module(mod), name, poison(getattr(importlib.import_module(mod), name)))
+    with pytest.raises(NonFiniteError, match=msg):
+        train(_cfg(tmp_path / algo, algo=algo, env_id="CartPole-v1", eval_every=0, **kw))
+    ck = torch.load(tmp_path / algo / "checkpoints" / "checkpoint.pt", weights_only=True)
+    assert ck["harness"]["step"] == kept
+    assert all(torch.isfinite(p).all() for p in ck["agent"][{"dqn": "q", "trpo": "actor"}[algo]].values())
+    assert not (tmp_path / algo / "metrics.json").exists()
 
 
 @pytest.mark.parametrize("algo", ["trpo", "npg"])

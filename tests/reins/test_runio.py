@@ -1,4 +1,5 @@
-"""The run directory: atomic files, config guard, log truncation, safe checkpoint loading, RNG round trip."""
+"""The run directory: atomic files, config guard, log truncation, safe checkpoint loading, RNG round trip,
+finiteness checks."""
 
 import json
 import os
@@ -11,7 +12,15 @@ import pytest
 import torch
 
 from reins.errors import ConfigError, DataError, NonFiniteError
-from reins.runio import RunDir, check_finite, get_rng_state, safe_torch_load, seed_everything, set_rng_state
+from reins.runio import (
+    FiniteGuard,
+    RunDir,
+    check_finite,
+    get_rng_state,
+    safe_torch_load,
+    seed_everything,
+    set_rng_state,
+)
 
 
 @dataclass
@@ -86,6 +95,66 @@ def test_check_finite():
         check_finite("reward", float("nan"))
 
 
+def _no_host_reads(monkeypatch) -> list[str]:
+    """Count every tensor-to-host read (the ways a Tensor becomes a Python value)."""
+    reads: list[str] = []
+    for name in ("item", "tolist", "numpy", "__float__", "__bool__", "__int__", "__index__"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _real=real, _name=name, **k):
+            reads.append(_name)
+            return _real(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return reads
+
+
+def test_finite_guard_names_the_first_bad_step_of_each_metric_without_host_reads(monkeypatch):
+    nan, inf = float("nan"), float("inf")
+    series = {  # step -> metrics; "q" turns bad at 4 and stays bad, "pi" at 6 (a vector), "v" never
+        s: {"q": torch.tensor(nan if s >= 4 else 1.0), "pi": torch.tensor([0.0, inf if s == 6 else 2.0]),
+            "v": torch.tensor(float(s), dtype=torch.float64)}
+        for s in range(1, 9)}
+    guard = FiniteGuard()
+    reads = _no_host_reads(monkeypatch)
+    for s in range(1, 4):
+        guard.record(s, series[s])
+    assert reads == []
+    monkeypatch.undo()
+    guard.check()  # steps 1-3 are finite
+    assert guard.first_bad() is None
+    reads = _no_host_reads(monkeypatch)
+    for s in range(4, 9):
+        guard.record(s, series[s])
+    assert reads == []  # recording never reads the device, also after a bad step
+    monkeypatch.undo()
+    msg = r"^non-finite q at step 4; stopping \(the last good checkpoint is kept\)$"
+    with pytest.raises(NonFiniteError, match=msg):
+        guard.check()
+    first = dict(zip(guard.names, guard._first.tolist()))
+    assert first == {"q": 4, "pi": 6, "v": -1}  # each metric keeps its own first bad step
+
+
+def test_finite_guard_earliest_step_wins_then_the_first_watched_metric():
+    guard = FiniteGuard()
+    guard.record(1, {"a": torch.tensor(1.0), "b": torch.tensor(1.0)})
+    guard.record(2, {"a": torch.tensor(1.0), "b": torch.tensor(float("-inf"))})
+    guard.record(3, {"a": torch.tensor(float("nan")), "b": torch.tensor(float("nan"))})
+    assert guard.first_bad() == ("b", 2)  # b's step 2 before a's step 3, though a is watched first
+    tie = FiniteGuard()
+    tie.record(5, {"loss": torch.tensor(float("nan")), "grad_norm": torch.tensor(float("nan"))})
+    assert tie.first_bad() == ("loss", 5)
+
+
+def test_finite_guard_takes_numbers_and_metrics_that_come_and_go():
+    guard = FiniteGuard()
+    guard.record(10, {"critic": 1.0})                              # host numbers are checked too
+    guard.record(11, {"critic": 2.0, "actor": torch.tensor(3.0)})  # a metric first seen at step 11
+    guard.record(12, {"critic": 2.5})                              # and missing at 12: not checked there
+    guard.check()
+    guard.record(13, {"actor": torch.tensor(float("nan")), "critic": float("inf")})
+    assert guard.first_bad() == ("critic", 13)  # a tie: the metric watched first, not the order given at 13
+
+
 def test_metrics_written_atomically(tmp_path):
     run = RunDir(tmp_path, Cfg(str(tmp_path)))
     assert run.completed_metrics() is None
@@ -138,3 +207,15 @@ def test_added_option_at_default_is_the_same_run(tmp_path):
     RunDir(other, Cfg(str(other)))
     with pytest.raises(ConfigError, match=r"differs in: new_option"):
         RunDir(other, CfgV2(str(other), new_option=4))
+
+
+def test_finite_guard_watches_a_list_of_tensors_as_one_metric():
+    net = torch.nn.Linear(4, 3)
+    guard = FiniteGuard()
+    guard.record(1, {"policy parameters": list(net.parameters())})
+    guard.check()
+    with torch.no_grad():
+        net.bias[2] = float("-inf")
+    guard.record(2, {"policy parameters": list(net.parameters())})
+    with pytest.raises(NonFiniteError, match="non-finite policy parameters at step 2"):
+        guard.check()
