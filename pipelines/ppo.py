@@ -69,48 +69,74 @@ from reins.runio import METRICS_FILE, check_finite, get_rng_state, seed_everythi
 
 @dataclass
 class Config(TrainArgs, ModelArgs, RunArgs):
-    output_dir: str = "runs/ppo"
+    output_dir: str = field(default="runs/ppo",
+                            metadata={"help": "directory the run writes (config.yaml, log.jsonl, metrics.json, "
+                                              "checkpoints, artifacts)"})
     # models (`model` is the SFT policy)
-    reward_model: str = ""                # reward stage output dir, or any sequence-classification model dir
-    value_model: str = "auto"             # auto | reward | policy | shared | PATH
-    ref_model: str | None = None          # default: the initial policy (frozen copy / adapter disabled)
+    reward_model: str = field(default="",
+                              metadata={"help": "reward stage output dir, or any sequence-classification model dir"})
+    value_model: str = field(default="auto", metadata={"help": "auto | reward | policy | shared | PATH"})
+    ref_model: str | None = field(default=None,
+                                  metadata={"help": "default: the initial policy (frozen copy / adapter disabled)"})
     # prompts
-    data: str = BUILTIN                   # prompt-only file / datasets dir / Hub id, builtin:sentiment(-chat)
-    train_split: str = "train"
-    builtin_size: int = 2000
-    max_train_samples: int | None = None
-    max_prompt_length: int = 64           # longer prompts are dropped (counted in data/dropped_prompts)
-    generation: GenerationArgs = field(default_factory=lambda: GenerationArgs(max_new_tokens=32, temperature=1.0))
+    data: str = field(default=BUILTIN,
+                      metadata={"help": "prompt-only file / datasets dir / Hub id, builtin:sentiment(-chat)"})
+    train_split: str = field(default="train", metadata={"help": "split of `data` to take prompts from"})
+    builtin_size: int = field(default=2000, metadata={"help": "prompts of the built-in task's training set"})
+    max_train_samples: int | None = field(default=None, metadata={"help": "use at most this many prompts (None: all)"})
+    max_prompt_length: int = field(default=64,
+                                   metadata={"help": "longer prompts are dropped (counted in data/dropped_prompts)"})
+    generation: GenerationArgs = field(default_factory=lambda: GenerationArgs(max_new_tokens=32, temperature=1.0),
+                                       metadata={"help": "rollout sampling (max_new_tokens, temperature > 0, top_p, "
+                                                         "batch_size)"})
     # reward
-    kl_coef: float = 0.05
-    kl_estimator: Literal["k1", "k3"] = "k1"
-    kl_control: Literal["fixed", "proportional", "halve_double"] = "fixed"
-    kl_target: float = 6.0
-    kl_horizon: int = 10000
-    missing_eos_penalty: float | None = None
-    score_clip: float | None = None
-    score_norm: bool = False              # standardise scores over the global rollout batch
-    whiten_rewards: bool = False
+    kl_coef: float = field(default=0.05,
+                           metadata={"help": "initial coefficient of the per-token KL penalty against the reference"})
+    kl_estimator: Literal["k1", "k3"] = field(default="k1",
+                                              metadata={"help": "per-token KL estimate: k1 (log-ratio) or k3 "
+                                                                "(Schulman's unbiased, >= 0)"})
+    kl_control: Literal["fixed", "proportional", "halve_double"] = field(default="fixed",
+                                                                         metadata={"help": "fixed, proportional "
+                                                                                           "(Ziegler et al. 2019) or "
+                                                                                           "halve_double (Schulman "
+                                                                                           "2017 s4)"})
+    kl_target: float = field(default=6.0, metadata={"help": "target KL of the adaptive controllers"})
+    kl_horizon: int = field(default=10000, metadata={"help": "horizon (in rollouts) of the proportional controller"})
+    missing_eos_penalty: float | None = field(default=None,
+                                              metadata={"help": "subtracted from the score of a response without EOS "
+                                                                "(None: off)"})
+    score_clip: float | None = field(default=None,
+                                     metadata={"help": "clip reward-model scores to [-score_clip, score_clip] (None: "
+                                                       "off)"})
+    score_norm: bool = field(default=False, metadata={"help": "standardise scores over the global rollout batch"})
+    whiten_rewards: bool = field(default=False, metadata={"help": "whiten the shaped per-token rewards before GAE"})
     # PPO update
-    ppo_epochs: int = 4
-    num_minibatches: int = 1
-    gamma: float = 1.0
-    lam: float = 0.95
-    cliprange: float = 0.2
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
-    entropy_coef: float = 0.0
-    whiten_advantages: bool = True
-    adam_eps: float = 1e-5                # N+ detail 15
-    value_learning_rate: float | None = None
+    ppo_epochs: int = field(default=4, metadata={"help": "passes over one rollout batch per iteration"})
+    num_minibatches: int = field(default=1,
+                                 metadata={"help": "optimizer steps per pass (each a shuffled share of the rollouts)"})
+    gamma: float = field(default=1.0, metadata={"help": "discount over response tokens"})
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda"})
+    cliprange: float = field(default=0.2, metadata={"help": "PPO ratio clip epsilon"})
+    cliprange_value: float = field(default=0.2, metadata={"help": "value-prediction clip around the rollout values"})
+    vf_coef: float = field(default=0.1, metadata={"help": "weight of the value loss"})
+    entropy_coef: float = field(default=0.0, metadata={"help": "weight of the entropy bonus"})
+    whiten_advantages: bool = field(default=True, metadata={"help": "whiten advantages over the rollout batch"})
+    adam_eps: float = field(default=1e-5, metadata={"help": "Adam epsilon (1e-5, N+ detail 15)"})
+    value_learning_rate: float | None = field(default=None,
+                                              metadata={"help": "learning rate of the value model (None: "
+                                                                "learning_rate)"})
     # evaluation (every eval_every iterations, and before the first and after the last)
-    eval_prompts: str | None = BUILTIN
-    eval: EvalArgs = field(default_factory=EvalArgs)
-    batch_size: int = 64                  # prompts (rollouts) per iteration, over all processes
-    learning_rate: float = 3e-6
-    max_grad_norm: float | None = 1.0
-    log_every: int = 1
-    save_every: int = 10
+    eval_prompts: str | None = field(default=BUILTIN,
+                                     metadata={"help": "prompts for the generation eval (None/\"none\": skip it)"})
+    eval: EvalArgs = field(default_factory=EvalArgs,
+                           metadata={"help": "the generation eval (num_prompts, seed, temperature, max_new_tokens, "
+                                             "batch_size, ...)"})
+    batch_size: int = field(default=64, metadata={"help": "prompts (rollouts) per iteration, over all processes"})
+    learning_rate: float = field(default=3e-6, metadata={"help": "AdamW learning rate of the policy"})
+    max_grad_norm: float | None = field(default=1.0,
+                                        metadata={"help": "clip the global gradient norm to this (None: no clipping)"})
+    log_every: int = field(default=1, metadata={"help": "iterations between log.jsonl rows"})
+    save_every: int = field(default=10, metadata={"help": "iterations between checkpoints"})
 
     def validate(self):
         self.validate_model()

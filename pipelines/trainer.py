@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -71,22 +71,33 @@ class TrainArgs:
     """Optimisation options shared by the LM stages (a mixin of their Config dataclasses)."""
 
     learning_rate: float = 1e-4
-    batch_size: int = 16                 # global batch per optimizer step
-    grad_accum: int = 1                  # micro-batches per process per step
-    num_epochs: float = 1.0
-    max_steps: int | None = None         # overrides num_epochs
-    warmup_steps: int = 0
-    lr_scheduler: Literal["constant", "linear", "cosine"] = "linear"
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = 1.0
-    log_every: int = 10
-    save_every: int = 50
-    eval_every: int | None = None        # None: evaluate at the end only
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    cpu: bool = False                    # force CPU even where CUDA is available
-    group_by_length: bool = False        # batches of similar length (less padding; see Trainer.epoch_order)
-    shuffle: bool = True                 # false: every epoch in file order (as another tool's unshuffled run)
-    torch_compile: bool = False          # torch.compile(dynamic=True) the trained model (and DPO's reference)
+    batch_size: int = field(default=16, metadata={"help": "global batch per optimizer step"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per process per step"})
+    num_epochs: float = field(default=1.0, metadata={"help": "passes over the training data (max_steps overrides it)"})
+    max_steps: int | None = field(default=None, metadata={"help": "overrides num_epochs"})
+    warmup_steps: int = field(default=0, metadata={"help": "optimizer steps of linear learning-rate warm-up from 0"})
+    lr_scheduler: Literal["constant", "linear", "cosine"] = field(default="linear",
+                                                                  metadata={"help": "learning-rate schedule after "
+                                                                                    "warm-up: constant, linear or "
+                                                                                    "cosine to 0"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW decoupled weight decay"})
+    max_grad_norm: float | None = field(default=1.0,
+                                        metadata={"help": "clip the global gradient norm to this (None: no clipping)"})
+    log_every: int = field(default=10, metadata={"help": "optimizer steps between log.jsonl rows"})
+    save_every: int = field(default=50, metadata={"help": "optimizer steps between checkpoints"})
+    eval_every: int | None = field(default=None, metadata={"help": "None: evaluate at the end only"})
+    mixed_precision: Literal["no", "bf16", "fp16"] = field(default="no",
+                                                           metadata={"help": "accelerate's autocast precision: no, "
+                                                                             "bf16 or fp16"})
+    cpu: bool = field(default=False, metadata={"help": "force CPU even where CUDA is available"})
+    group_by_length: bool = field(default=False,
+                                  metadata={"help": "batches of similar length (less padding; see "
+                                                    "Trainer.epoch_order)"})
+    shuffle: bool = field(default=True,
+                          metadata={"help": "false: every epoch in file order (as another tool's unshuffled run)"})
+    torch_compile: bool = field(default=False,
+                                metadata={"help": "torch.compile(dynamic=True) the trained model (and DPO's "
+                                                  "reference)"})
 
     def validate_train(self):
         check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
