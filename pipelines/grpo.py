@@ -54,7 +54,7 @@ from pipelines.ppo_rollout import lm_logits, response_logits, rollout_batch
 from pipelines.prompts import ARITHMETIC, builtin_prompts, iteration_prompts, load_prompts, param_sync_gap
 from pipelines.rewards import RewardFunction, probe, resolve_reward_funcs, reward_matrix
 from pipelines.scoring import to_device
-from pipelines.trainer import TrainArgs, adamw, lr_lambda
+from pipelines.trainer import OptimArgs, adamw, drop_trainer_only_keys, lr_lambda
 from reins.cli import stage_main
 from reins.config import RunArgs, check
 from reins.errors import ConfigError, NonFiniteError, ReinsError
@@ -64,7 +64,7 @@ AUTO = "auto"
 
 
 @dataclass
-class Config(TrainArgs, ModelArgs, RunArgs):
+class Config(OptimArgs, ModelArgs, RunArgs):
     output_dir: str = field(default="runs/grpo",
                             metadata={"help": "directory the run writes (config.yaml, log.jsonl, metrics.json, "
                                               "checkpoints, artifacts)"})
@@ -123,7 +123,7 @@ class Config(TrainArgs, ModelArgs, RunArgs):
 
     def validate(self):
         self.validate_model()
-        self.validate_train()
+        self.validate_optim()
         check(self.generation.temperature > 0, "generation.temperature must be > 0 for GRPO (sampling)")
         check(self.num_generations >= 2, f"num_generations must be >= 2 (a group), got {self.num_generations}")
         check(len(self.reward_funcs) >= 1, "reward_funcs must name at least one reward function")
@@ -135,8 +135,10 @@ class Config(TrainArgs, ModelArgs, RunArgs):
         check(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
         check(self.max_prompt_length >= 1 and self.max_operand >= 1, "max_prompt_length and max_operand must be >= 1")
         check(self.ref_model is None or self.beta > 0, "ref_model is only used with beta > 0")
-        check(not self.group_by_length, "group_by_length is not used by grpo (its batches are its own rollouts)")
-        check(not self.torch_compile, "torch_compile is not supported by grpo (sft, reward and dpo have it)")
+
+    def run_config_view(self, d: dict) -> dict:
+        """ModelArgs' view without the Trainer-only keys a config.yaml saved before OptimArgs holds."""
+        return drop_trainer_only_keys(super().run_config_view(d))
 
     @property
     def scale(self) -> str:

@@ -60,7 +60,7 @@ from pipelines.ppo_rollout import (
 from pipelines.prompts import iteration_prompts, param_sync_gap
 from pipelines.prompts import load_prompts as load_prompt_set
 from pipelines.scoring import to_device
-from pipelines.trainer import TrainArgs, adamw, lr_lambda, make_accelerator
+from pipelines.trainer import OptimArgs, adamw, drop_trainer_only_keys, lr_lambda, make_accelerator
 from reins.cli import stage_main
 from reins.config import RunArgs, check
 from reins.errors import ConfigError, NonFiniteError
@@ -68,7 +68,7 @@ from reins.runio import METRICS_FILE, check_finite, get_rng_state, seed_everythi
 
 
 @dataclass
-class Config(TrainArgs, ModelArgs, RunArgs):
+class Config(OptimArgs, ModelArgs, RunArgs):
     output_dir: str = field(default="runs/ppo",
                             metadata={"help": "directory the run writes (config.yaml, log.jsonl, metrics.json, "
                                               "checkpoints, artifacts)"})
@@ -140,7 +140,7 @@ class Config(TrainArgs, ModelArgs, RunArgs):
 
     def validate(self):
         self.validate_model()
-        self.validate_train()
+        self.validate_optim()
         check(self.generation.temperature > 0, "generation.temperature must be > 0 for PPO (sampling)")
         check(self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}")
         check(self.kl_target > 0 and self.kl_horizon >= 1, "kl_target must be > 0 and kl_horizon >= 1")
@@ -151,9 +151,10 @@ class Config(TrainArgs, ModelArgs, RunArgs):
         check(self.missing_eos_penalty is None or self.missing_eos_penalty >= 0, "missing_eos_penalty must be >= 0")
         check(self.score_clip is None or self.score_clip > 0, "score_clip must be > 0")
         check(self.max_prompt_length >= 1, "max_prompt_length must be >= 1")
-        # TrainArgs options that only the sft/reward/dpo Trainer implements: an error, not a silent no-op
-        check(not self.group_by_length, "group_by_length is not used by ppo (its batches are its own rollouts)")
-        check(not self.torch_compile, "torch_compile is not supported by ppo (sft, reward and dpo have it)")
+
+    def run_config_view(self, d: dict) -> dict:
+        """ModelArgs' view without the Trainer-only keys a config.yaml saved before OptimArgs holds."""
+        return drop_trainer_only_keys(super().run_config_view(d))
 
 
 # ----------------------------------------------------------------------------------------- data
