@@ -17,6 +17,7 @@ A stage declares its hyperparameters as one (possibly nested) dataclass; each fi
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -249,13 +250,16 @@ def config_help(cls: type, prefix: str = "") -> list[str]:
         shown = "<required>" if default is _REQUIRED else repr(default)
         lines.append(f"  {key}: {_type_name(tp)} = {shown}")
         lines.append(f"      {f.metadata.get('help', '')}")
+        optional = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        if optional:  # an optional section (e.g. `lora`): its keys too, for when it is given
+            lines += config_help(optional[0], key + ".")
     return lines
 
 
 def _type_name(tp: Any) -> str:
     if isinstance(tp, type):
         return tp.__name__
-    return str(tp).replace("typing.", "")
+    return re.sub(r"\b(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*)", r"\1", str(tp))  # module paths off: LoraSpec | None
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:

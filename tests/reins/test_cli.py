@@ -79,10 +79,13 @@ def _config_keys(cls, prefix=""):
 
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            yield from _config_keys(hints[f.name], f"{prefix}{f.name}.")
-        else:
-            yield prefix + f.name, f.metadata.get("help", "")
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from _config_keys(tp, f"{prefix}{f.name}.")
+            continue
+        yield prefix + f.name, f.metadata.get("help", "")
+        for section in (a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)):  # `lora: LoraSpec | None`
+            yield from _config_keys(section, f"{prefix}{f.name}.")
 
 
 def test_stage_help_prints_every_key_with_its_type_default_and_help(capsys):
