@@ -31,11 +31,8 @@ class Config(OfflineConfig):
     output_dir: str = field(default="runs/bc",
                             metadata={"help": "directory the run writes (config.yaml, log.jsonl, metrics.json, "
                                               "checkpoints, artifacts)"})
-    actor: Literal["deterministic", "gaussian", "tanh_gaussian"] = field(default="deterministic",
-                                                                         metadata={"help": "deterministic (MSE), "
-                                                                                           "gaussian or "
-                                                                                           "tanh_gaussian "
-                                                                                           "(likelihood)"})
+    actor: Literal["deterministic", "gaussian", "tanh_gaussian"] = field(
+        default="deterministic", metadata={"help": "deterministic (MSE), gaussian or tanh_gaussian (likelihood)"})
     lr: float = field(default=3e-4, metadata={"help": "Adam learning rate"})
 
     PRESETS: ClassVar[dict] = PRESETS

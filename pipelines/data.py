@@ -51,9 +51,8 @@ class DataArgs:
     train_split: str = field(default="train", metadata={"help": "split of `data` to train on"})
     eval_split: str = field(default="test", metadata={"help": "split of `data` to evaluate on (if it has one)"})
     max_length: int = field(default=128, metadata={"help": "prompt + completion tokens"})
-    on_overlong: Literal["truncate", "drop", "error"] = field(default="truncate",
-                                                              metadata={"help": "an example longer than max_length: "
-                                                                                "truncate it, drop it, or stop"})
+    on_overlong: Literal["truncate", "drop", "error"] = field(
+        default="truncate", metadata={"help": "an example longer than max_length: truncate it, drop it, or stop"})
     max_train_samples: int | None = field(default=None,
                                           metadata={"help": "use at most this many training examples (None: all)"})
     max_eval_samples: int | None = field(default=256,

@@ -71,10 +71,8 @@ class Config(TrainArgs, DataArgs, ModelArgs, RunArgs):
                                               "checkpoints, artifacts)"})
     beta: float = field(default=0.1,
                         metadata={"help": "inverse temperature of the implicit reward beta * log(pi / pi_ref)"})
-    loss_type: Literal["sigmoid", "robust", "ipo", "hinge"] = field(default="sigmoid",
-                                                                    metadata={"help": "sigmoid (DPO), robust (label "
-                                                                                      "noise), ipo (squared), hinge "
-                                                                                      "(SLiC)"})
+    loss_type: Literal["sigmoid", "robust", "ipo", "hinge"] = field(
+        default="sigmoid", metadata={"help": "sigmoid (DPO), robust (label noise), ipo (squared), hinge (SLiC)"})
     label_smoothing: float = field(default=0.0,
                                    metadata={"help": "assumed share of flipped labels (sigmoid / robust losses)"})
     reference_free: bool = field(default=False,

@@ -94,19 +94,17 @@ class Config(OptimArgs, ModelArgs, RunArgs):
     advantage: Literal["grpo", "rloo"] = field(default="grpo",
                                                metadata={"help": "grpo (group mean baseline) or rloo (leave-one-out "
                                                                  "baseline)"})
-    scale_rewards: Literal["group", "batch", "none", "auto"] = field(default=AUTO,
-                                                                     metadata={"help": "auto: group for grpo, none "
-                                                                                       "for rloo"})
+    scale_rewards: Literal["group", "batch", "none", "auto"] = field(
+        default=AUTO, metadata={"help": "auto: group for grpo, none for rloo"})
     epsilon: float = field(default=0.2,
                            metadata={"help": "ratio clip epsilon (the lower side; and the upper unless epsilon_high)"})
     epsilon_high: float | None = field(default=None, metadata={"help": "DAPO clip-higher; default: epsilon"})
     num_iterations: int = field(default=1, metadata={"help": "update passes over one rollout batch"})
     num_minibatches: int = field(default=1, metadata={"help": "optimizer steps per pass over the rollout batch"})
     beta: float = field(default=0.0, metadata={"help": "k3 KL coefficient; 0 loads no reference model"})
-    loss_type: Literal["token", "sequence", "dr_grpo"] = field(default="token",
-                                                               metadata={"help": "token (mean over all tokens), "
-                                                                                 "sequence (per completion), dr_grpo "
-                                                                                 "(fixed length)"})
+    loss_type: Literal["token", "sequence", "dr_grpo"] = field(
+        default="token",
+        metadata={"help": "token (mean over all tokens), sequence (per completion), dr_grpo (fixed length)"})
     # evaluation (every eval_every iterations, and before the first and after the last)
     eval_prompts: str | None = field(default=AUTO,
                                      metadata={"help": "auto: the built-in task's held-out prompts; a file; none"})

@@ -95,11 +95,9 @@ class Config(OptimArgs, ModelArgs, RunArgs):
     kl_estimator: Literal["k1", "k3"] = field(default="k1",
                                               metadata={"help": "per-token KL estimate: k1 (log-ratio) or k3 "
                                                                 "(Schulman's unbiased, >= 0)"})
-    kl_control: Literal["fixed", "proportional", "halve_double"] = field(default="fixed",
-                                                                         metadata={"help": "fixed, proportional "
-                                                                                           "(Ziegler et al. 2019) or "
-                                                                                           "halve_double (Schulman "
-                                                                                           "2017 s4)"})
+    kl_control: Literal["fixed", "proportional", "halve_double"] = field(
+        default="fixed",
+        metadata={"help": "fixed, proportional (Ziegler et al. 2019) or halve_double (Schulman 2017 s4)"})
     kl_target: float = field(default=6.0, metadata={"help": "target KL of the adaptive controllers"})
     kl_horizon: int = field(default=10000, metadata={"help": "horizon (in rollouts) of the proportional controller"})
     missing_eos_penalty: float | None = field(default=None,

@@ -46,10 +46,9 @@ class Config(ModelArgs, RunArgs):
     num_test_prompts: int = field(default=200,
                                   metadata={"help": "builtin: held-out items; a file: split off its prompts"})
     num_samples: int = field(default=4, metadata={"help": "completions sampled per prompt"})
-    labeling: Literal["max_margin", "bradley_terry"] = field(default="max_margin",
-                                                             metadata={"help": "max_margin (best vs worst by the "
-                                                                               "judge) or bradley_terry (sampled "
-                                                                               "label)"})
+    labeling: Literal["max_margin", "bradley_terry"] = field(
+        default="max_margin",
+        metadata={"help": "max_margin (best vs worst by the judge) or bradley_terry (sampled label)"})
     min_margin: float = field(default=0.1, metadata={"help": "drop pairs whose judge scores differ by less"})
     bt_temperature: float = field(default=0.1, metadata={"help": "temperature of the Bradley-Terry label sampling"})
     judge: str = field(default="sentiment", metadata={"help": "the gold judge that scores completions (sentiment)"})

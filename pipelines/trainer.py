@@ -78,19 +78,16 @@ class OptimArgs:
     num_epochs: float = field(default=1.0, metadata={"help": "passes over the training data (max_steps overrides it)"})
     max_steps: int | None = field(default=None, metadata={"help": "overrides num_epochs"})
     warmup_steps: int = field(default=0, metadata={"help": "optimizer steps of linear learning-rate warm-up from 0"})
-    lr_scheduler: Literal["constant", "linear", "cosine"] = field(default="linear",
-                                                                  metadata={"help": "learning-rate schedule after "
-                                                                                    "warm-up: constant, linear or "
-                                                                                    "cosine to 0"})
+    lr_scheduler: Literal["constant", "linear", "cosine"] = field(
+        default="linear", metadata={"help": "learning-rate schedule after warm-up: constant, linear or cosine to 0"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW decoupled weight decay"})
     max_grad_norm: float | None = field(default=1.0,
                                         metadata={"help": "clip the global gradient norm to this (None: no clipping)"})
     log_every: int = field(default=10, metadata={"help": "optimizer steps between log.jsonl rows"})
     save_every: int = field(default=50, metadata={"help": "optimizer steps between checkpoints"})
     eval_every: int | None = field(default=None, metadata={"help": "None: evaluate at the end only"})
-    mixed_precision: Literal["no", "bf16", "fp16"] = field(default="no",
-                                                           metadata={"help": "accelerate's autocast precision: no, "
-                                                                             "bf16 or fp16"})
+    mixed_precision: Literal["no", "bf16", "fp16"] = field(
+        default="no", metadata={"help": "accelerate's autocast precision: no, bf16 or fp16"})
     cpu: bool = field(default=False, metadata={"help": "force CPU even where CUDA is available"})
 
     def validate_optim(self):

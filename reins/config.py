@@ -32,13 +32,14 @@ from reins.errors import ConfigError
 class RunArgs:
     """The stage contract's own keys, a base of every stage's Config (each sets its `output_dir` default)."""
 
-    output_dir: str = dataclasses.field(default="", metadata={"help": "directory the run writes (config.yaml, "
-                                         "log.jsonl, metrics.json, checkpoints, artifacts)"})
+    output_dir: str = dataclasses.field(default="",
+                                        metadata={"help": "directory the run writes (config.yaml, log.jsonl, "
+                                                          "metrics.json, checkpoints, artifacts)"})
     seed: int = dataclasses.field(default=0, metadata={"help": "seed of every random number generator of the run"})
-    quiet: bool = dataclasses.field(default=False, metadata={"help": "no progress bar, step lines or final metrics "
-                                    "on the terminal"})
-    report_to: str = dataclasses.field(default="jsonl", metadata={"help": "none | jsonl | tensorboard (log.jsonl is "
-                                       "always written)"})
+    quiet: bool = dataclasses.field(default=False,
+                                    metadata={"help": "no progress bar, step lines or final metrics on the terminal"})
+    report_to: str = dataclasses.field(default="jsonl",
+                                       metadata={"help": "none | jsonl | tensorboard (log.jsonl is always written)"})
 
 T = TypeVar("T")
 
