@@ -8,7 +8,7 @@ comparison with IQL/CQL uses the same network and data pipeline.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import torch
@@ -28,9 +28,12 @@ PRESETS: dict[str, dict] = {
 
 @dataclass
 class Config(OfflineConfig):
-    output_dir: str = "runs/bc"
-    actor: Literal["deterministic", "gaussian", "tanh_gaussian"] = "deterministic"
-    lr: float = 3e-4
+    output_dir: str = field(default="runs/bc",
+                            metadata={"help": "directory the run writes (config.yaml, log.jsonl, metrics.json, "
+                                              "checkpoints, artifacts)"})
+    actor: Literal["deterministic", "gaussian", "tanh_gaussian"] = field(
+        default="deterministic", metadata={"help": "deterministic (MSE), gaussian or tanh_gaussian (likelihood)"})
+    lr: float = field(default=3e-4, metadata={"help": "Adam learning rate"})
 
     PRESETS: ClassVar[dict] = PRESETS
 

@@ -40,22 +40,38 @@ TIERS = ("random", "medium", "expert", "medium-replay", "medium-expert")
 
 @dataclass
 class Config(RunArgs):
-    output_dir: str = "runs/collect"
-    env_id: str = "Pendulum-v1"
-    dataset_prefix: str = "reins/pendulum"  # dataset ids are <prefix>/<tier>-v<version>
-    version: int = 0
-    tiers: list[str] = field(default_factory=lambda: list(TIERS))
-    steps_per_tier: int = 100_000  # transitions per collected tier (D4RL: 1M); whole episodes, then stop
-    n_envs: int = 8  # environments stepped together (one batched policy call per step)
-    behaviour: Literal["online", "scripted"] = "online"
-    behaviour_run: str = ""  # an online stage output dir (snapshots/, replay.pt, policy.pt)
-    behaviour_recipe: str = ""  # optional online recipe: trained into behaviour_run first (cached/resumable)
-    behaviour_overrides: dict = field(default_factory=dict)  # key=value overrides for that recipe
-    medium_fraction: float = 1.0 / 3.0  # medium = first snapshot reaching random + f * (expert - random)
-    stochastic: bool = True  # behaviour acts with its exploration noise (D4RL); refs use deterministic acts
-    ref_episodes: int = 100  # episodes for ref_min_score / ref_max_score
-    data_format: Literal["hdf5", "arrow"] = "hdf5"
-    overwrite: bool = False  # replace existing datasets with the same ids
+    output_dir: str = field(default="runs/collect",
+                            metadata={"help": "directory the run writes (config.yaml, log.jsonl, metrics.json, "
+                                              "checkpoints, artifacts)"})
+    env_id: str = field(default="Pendulum-v1", metadata={"help": "gymnasium environment id to collect in"})
+    dataset_prefix: str = field(default="reins/pendulum",
+                                metadata={"help": "dataset ids are <prefix>/<tier>-v<version>"})
+    version: int = field(default=0, metadata={"help": "dataset version: ids end in -v<version>"})
+    tiers: list[str] = field(default_factory=lambda: list(TIERS),
+                             metadata={"help": "D4RL-style tiers to collect (random, medium, expert, ...)"})
+    steps_per_tier: int = field(default=100_000,
+                                metadata={"help": "transitions per collected tier (D4RL: 1M); whole episodes, then "
+                                                  "stop"})
+    n_envs: int = field(default=8,
+                        metadata={"help": "environments stepped together (one batched policy call per step)"})
+    behaviour: Literal["online", "scripted"] = field(default="online",
+                                                     metadata={"help": "online (snapshots of an online run) or "
+                                                                       "scripted (a hand-written controller)"})
+    behaviour_run: str = field(default="",
+                               metadata={"help": "an online stage output dir (snapshots/, replay.pt, policy.pt)"})
+    behaviour_recipe: str = field(default="",
+                                  metadata={"help": "optional online recipe: trained into behaviour_run first "
+                                                    "(cached/resumable)"})
+    behaviour_overrides: dict = field(default_factory=dict, metadata={"help": "key=value overrides for that recipe"})
+    medium_fraction: float = field(default=1.0 / 3.0,
+                                   metadata={"help": "medium = first snapshot reaching random + f * (expert - "
+                                                     "random)"})
+    stochastic: bool = field(default=True,
+                             metadata={"help": "behaviour acts with its exploration noise (D4RL); refs use "
+                                               "deterministic acts"})
+    ref_episodes: int = field(default=100, metadata={"help": "episodes for ref_min_score / ref_max_score"})
+    data_format: Literal["hdf5", "arrow"] = field(default="hdf5", metadata={"help": "Minari storage format"})
+    overwrite: bool = field(default=False, metadata={"help": "replace existing datasets with the same ids"})
 
     def validate(self) -> None:
         bad = [t for t in self.tiers if t not in TIERS]

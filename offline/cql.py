@@ -59,31 +59,50 @@ PRESETS: dict[str, dict] = {
 
 @dataclass
 class Config(OfflineConfig):
-    output_dir: str = "runs/cql"
-    q_hidden: list[int] = field(default_factory=lambda: [256, 256])
-    policy_lr: float = 3e-4
-    qf_lr: float = 3e-4
-    alpha_lr: float = 0.0  # SAC temperature lr; 0 = policy_lr
-    auto_alpha: bool = True  # SAC temperature tuned to target_entropy (else fixed at `alpha`)
-    alpha: float = 1.0  # initial / fixed SAC temperature
-    target_entropy: float | None = None  # default -|A|
-    backup_entropy: bool = False  # include -alpha log pi in the TD target (original: deterministic backup)
-    tau: float = 0.005
-    cql_alpha: float = 5.0  # weight of the conservative term (min_q_weight)
-    cql_n_actions: int = 10  # actions per proposal (uniform, pi(.|s), pi(.|s'))
-    cql_importance_sample: bool = True  # CQL(H) with densities (min_q_version 3); false: version 2
-    cql_temp: float = 1.0
-    cql_lagrange: bool = False  # tune alpha' so that the gap approaches cql_target_action_gap
-    cql_target_action_gap: float = 1.0
-    cql_log_alpha_prime_init: float = 0.0  # original 0 (alpha' = 1); CORL starts at 1.0 (alpha' = e)
-    cql_alpha_prime_lr: float = 3e-4
-    cql_max_target_backup: bool = False
-    cql_clip_diff_min: float = -math.inf
-    cql_clip_diff_max: float = math.inf
-    bc_steps: int = 0  # BC warm-up of the actor (original: 40k)
-    log_std_offset: float = -1.0
-    orthogonal_init: bool = False  # critics: orthogonal, gain sqrt(2) on hidden layers, 1e-2 on the output (CORL)
-    actor_last_gain: float | None = None  # actor output layer: xavier-uniform with this gain, zero bias (CORL 1e-2)
+    output_dir: str = field(default="runs/cql",
+                            metadata={"help": "directory the run writes (config.yaml, log.jsonl, metrics.json, "
+                                              "checkpoints, artifacts)"})
+    q_hidden: list[int] = field(default_factory=lambda: [256, 256],
+                                metadata={"help": "hidden-layer widths of the Q critics (hidden: the actor's)"})
+    policy_lr: float = field(default=3e-4, metadata={"help": "Adam learning rate of the actor"})
+    qf_lr: float = field(default=3e-4, metadata={"help": "Adam learning rate of the Q critics"})
+    alpha_lr: float = field(default=0.0, metadata={"help": "SAC temperature lr; 0 = policy_lr"})
+    auto_alpha: bool = field(default=True,
+                             metadata={"help": "SAC temperature tuned to target_entropy (else fixed at `alpha`)"})
+    alpha: float = field(default=1.0, metadata={"help": "initial / fixed SAC temperature"})
+    target_entropy: float | None = field(default=None, metadata={"help": "default -|A|"})
+    backup_entropy: bool = field(default=False,
+                                 metadata={"help": "include -alpha log pi in the TD target (original: deterministic "
+                                                   "backup)"})
+    tau: float = field(default=0.005, metadata={"help": "Polyak rate of the target critics"})
+    cql_alpha: float = field(default=5.0, metadata={"help": "weight of the conservative term (min_q_weight)"})
+    cql_n_actions: int = field(default=10, metadata={"help": "actions per proposal (uniform, pi(.|s), pi(.|s'))"})
+    cql_importance_sample: bool = field(default=True,
+                                        metadata={"help": "CQL(H) with densities (min_q_version 3); false: version 2"})
+    cql_temp: float = field(default=1.0, metadata={"help": "temperature of the logsumexp over proposed actions"})
+    cql_lagrange: bool = field(default=False,
+                               metadata={"help": "tune alpha' so that the gap approaches cql_target_action_gap"})
+    cql_target_action_gap: float = field(default=1.0,
+                                         metadata={"help": "target of the conservative gap when cql_lagrange"})
+    cql_log_alpha_prime_init: float = field(default=0.0,
+                                            metadata={"help": "original 0 (alpha' = 1); CORL starts at 1.0 (alpha' = "
+                                                              "e)"})
+    cql_alpha_prime_lr: float = field(default=3e-4,
+                                      metadata={"help": "Adam learning rate of log alpha' (cql_lagrange)"})
+    cql_max_target_backup: bool = field(default=False,
+                                        metadata={"help": "TD target from the max over sampled next actions"})
+    cql_clip_diff_min: float = field(default=-math.inf,
+                                     metadata={"help": "lower clip of the conservative gap (-inf: none)"})
+    cql_clip_diff_max: float = field(default=math.inf,
+                                     metadata={"help": "upper clip of the conservative gap (inf: none)"})
+    bc_steps: int = field(default=0, metadata={"help": "BC warm-up of the actor (original: 40k)"})
+    log_std_offset: float = field(default=-1.0, metadata={"help": "added to the actor's log std head output (CORL -1)"})
+    orthogonal_init: bool = field(default=False,
+                                  metadata={"help": "critics: orthogonal, gain sqrt(2) on hidden layers, 1e-2 on the "
+                                                    "output (CORL)"})
+    actor_last_gain: float | None = field(default=None,
+                                          metadata={"help": "actor output layer: xavier-uniform with this gain, zero "
+                                                            "bias (CORL 1e-2)"})
 
     PRESETS: ClassVar[dict] = PRESETS
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import torch
@@ -51,21 +51,28 @@ PRESETS: dict[str, dict] = {
 
 @dataclass
 class Config(OfflineConfig):
-    output_dir: str = "runs/iql"
-    expectile: float = 0.7  # tau of the expectile loss
-    beta: float = 3.0  # inverse temperature of the advantage weights
-    max_weight: float = 100.0  # exp-advantage clip
-    actor: Literal["gaussian", "deterministic"] = "gaussian"
-    actor_dropout: float = 0.0
-    log_std_min: float = -5.0  # original IQL; CORL clamps at -20
-    actor_lr: float = 3e-4
-    critic_lr: float = 3e-4
-    value_lr: float = 3e-4
-    actor_cosine: bool = True  # cosine decay of the actor lr over max_steps
-    tau: float = 0.005  # Polyak rate of the target critics
-    n_critics: int = 2
-    value_layer_norm: bool = False
-    orthogonal_init: bool = False  # original IQL init: orthogonal, gain sqrt(2) on every layer of every net
+    output_dir: str = field(default="runs/iql",
+                            metadata={"help": "directory the run writes (config.yaml, log.jsonl, metrics.json, "
+                                              "checkpoints, artifacts)"})
+    expectile: float = field(default=0.7, metadata={"help": "tau of the expectile loss"})
+    beta: float = field(default=3.0, metadata={"help": "inverse temperature of the advantage weights"})
+    max_weight: float = field(default=100.0, metadata={"help": "exp-advantage clip"})
+    actor: Literal["gaussian", "deterministic"] = field(default="gaussian",
+                                                        metadata={"help": "gaussian (advantage-weighted likelihood) "
+                                                                          "or deterministic (weighted MSE)"})
+    actor_dropout: float = field(default=0.0, metadata={"help": "dropout in the actor's hidden layers"})
+    log_std_min: float = field(default=-5.0,
+                               metadata={"help": "lower clamp of the actor's log std (original IQL -5; CORL -20)"})
+    actor_lr: float = field(default=3e-4, metadata={"help": "Adam learning rate of the actor"})
+    critic_lr: float = field(default=3e-4, metadata={"help": "Adam learning rate of the Q critics"})
+    value_lr: float = field(default=3e-4, metadata={"help": "Adam learning rate of V"})
+    actor_cosine: bool = field(default=True, metadata={"help": "cosine decay of the actor lr over max_steps"})
+    tau: float = field(default=0.005, metadata={"help": "Polyak rate of the target critics"})
+    n_critics: int = field(default=2, metadata={"help": "Q critics (the minimum is used)"})
+    value_layer_norm: bool = field(default=False, metadata={"help": "LayerNorm in the value network's hidden layers"})
+    orthogonal_init: bool = field(default=False,
+                                  metadata={"help": "original IQL init: orthogonal, gain sqrt(2) on every layer of "
+                                                    "every net"})
 
     PRESETS: ClassVar[dict] = PRESETS
 

@@ -13,7 +13,6 @@ with offline.policy.load_offline_policy.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +23,7 @@ from offline.data import DeviceBuffer, Normalization, load_transitions, pick_dev
 from offline.evaluate import check_env_fits, evaluate, normalized_score
 from offline.policy import OfflinePolicy, policy_state, save_policy
 from reins.config import RunArgs, check
-from reins.errors import ConfigError, DataError
+from reins.errors import DataError
 from reins.runio import FiniteGuard, RunDir, get_rng_state, seed_everything, set_rng_state
 
 
@@ -32,60 +31,48 @@ from reins.runio import FiniteGuard, RunDir, get_rng_state, seed_everything, set
 class OfflineConfig(RunArgs):
     """Settings shared by every offline stage (the algorithm's own dataclass extends this)."""
 
-    dataset: str = ""  # a Minari dataset id under $MINARI_DATASETS_PATH, or a path to one
+    dataset: str = field(default="",
+                         metadata={"help": "a Minari dataset id under $MINARI_DATASETS_PATH, or a path to one"})
     output_dir: str = "runs/offline"
-    preset: str = ""  # a named set of published hyperparameters (see PRESETS in the algorithm's module)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    torch_threads: int = 0  # >0: torch.set_num_threads (1 is fastest for small nets on a busy CPU)
-    max_steps: int = 100_000  # gradient updates
-    batch_size: int = 256
-    gamma: float = 0.99
-    hidden: list[int] = field(default_factory=lambda: [256, 256])
-    normalize_obs: bool = True  # obs mean/std from the dataset, stored with the policy (CORL)
-    normalize_reward: bool = False  # IQL locomotion: r * 1000 / (max return - min return)
-    reward_scale: float = 1.0  # then r * reward_scale + reward_bias (antmaze: r - 1, CQL: 10 r - 5)
-    reward_bias: float = 0.0
-    eval_every: int = 5000
-    eval_episodes: int = 10
-    eval_env: str = ""  # env id to evaluate in; default: the dataset's eval env
-    normalize_score: bool = True  # report eval/normalized_score; needs reference scores
-    ref_min_score: float | None = None  # override / supply the dataset's reference returns
-    ref_max_score: float | None = None
-    log_every: int = 1000
-    checkpoint_every: int = 10_000
+    preset: str = field(default="",
+                        metadata={"help": "a named set of published hyperparameters (see PRESETS in the algorithm's "
+                                          "module)"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
+    torch_threads: int = field(default=0,
+                               metadata={"help": ">0: torch.set_num_threads (1 is fastest for small nets on a busy "
+                                                 "CPU)"})
+    max_steps: int = field(default=100_000, metadata={"help": "gradient updates"})
+    batch_size: int = field(default=256, metadata={"help": "transitions per gradient update"})
+    gamma: float = field(default=0.99, metadata={"help": "discount"})
+    hidden: list[int] = field(default_factory=lambda: [256, 256],
+                              metadata={"help": "hidden-layer widths of the networks"})
+    normalize_obs: bool = field(default=True,
+                                metadata={"help": "obs mean/std from the dataset, stored with the policy (CORL)"})
+    normalize_reward: bool = field(default=False,
+                                   metadata={"help": "IQL locomotion: r * 1000 / (max return - min return)"})
+    reward_scale: float = field(default=1.0,
+                                metadata={"help": "then r * reward_scale + reward_bias (antmaze: r - 1, CQL: 10 r - "
+                                                  "5)"})
+    reward_bias: float = field(default=0.0, metadata={"help": "added after reward_scale"})
+    eval_every: int = field(default=5000, metadata={"help": "gradient updates between evaluations"})
+    eval_episodes: int = field(default=10, metadata={"help": "episodes per evaluation (0: no evaluation)"})
+    eval_env: str = field(default="", metadata={"help": "env id to evaluate in; default: the dataset's eval env"})
+    normalize_score: bool = field(default=True,
+                                  metadata={"help": "report eval/normalized_score; needs reference scores"})
+    ref_min_score: float | None = field(default=None,
+                                        metadata={"help": "override / supply the dataset's random reference return"})
+    ref_max_score: float | None = field(default=None,
+                                        metadata={"help": "override / supply the dataset's expert reference return"})
+    log_every: int = field(default=1000, metadata={"help": "gradient updates between log.jsonl rows"})
+    checkpoint_every: int = field(default=10_000, metadata={"help": "gradient updates between checkpoints"})
 
     def validate(self) -> None:
-        apply_preset(self, getattr(self, "PRESETS", {}))
         check(0.0 <= self.gamma <= 1.0, f"gamma must be in [0, 1], got {self.gamma}")
         for name in ("max_steps", "batch_size", "eval_every", "log_every", "checkpoint_every"):
             check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         check(self.torch_threads >= 0, f"torch_threads must be >= 0, got {self.torch_threads}")
         check(self.eval_episodes >= 0, f"eval_episodes must be >= 0, got {self.eval_episodes}")
         check(all(h >= 1 for h in self.hidden) and len(self.hidden) >= 1, f"hidden must be positive: {self.hidden}")
-
-
-def apply_preset(cfg: Any, presets: dict[str, dict]) -> None:
-    """Fill the fields a preset names that the user did not set.
-
-    A config built by `reins.config.from_dict` (recipes, the command line, config.yaml) knows the keys it was
-    given, and every one of them wins over the preset, also one equal to the dataclass default (a recipe's
-    `max_steps: 100000` stays 100000 under a preset of 1M). A config constructed directly in Python has no such
-    record; there a field still at its dataclass default counts as unset. The resolved values are what
-    config.yaml stores, so a resumed run does not re-apply the preset.
-    """
-    given = getattr(cfg, "_given_keys", None)
-    if not cfg.preset:
-        return
-    if cfg.preset not in presets:
-        raise ConfigError(f"unknown preset '{cfg.preset}' (valid: {', '.join(sorted(presets))})")
-    defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
-                for f in dataclasses.fields(cfg) if f.init}
-    for key, value in presets[cfg.preset].items():
-        if key not in defaults:
-            raise ConfigError(f"preset '{cfg.preset}' sets unknown key '{key}'")
-        unset = key not in given if given is not None else getattr(cfg, key) == defaults[key]
-        if unset:
-            setattr(cfg, key, value)
 
 
 def _eval_env(cfg: OfflineConfig, tr) -> Any:

@@ -8,7 +8,7 @@ Defaults follow Mnih et al. 2016 / Stable-Baselines3 (5-step rollouts, RMSprop).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -20,15 +20,16 @@ from reins.config import check
 
 @dataclass
 class A2CConfig(OnPolicyConfig):
-    num_envs: int = 8
-    num_steps: int = 5
-    gae_lambda: float = 1.0
-    lr: float = 7e-4
-    anneal_lr: bool = True            # measured: without it the final CartPole policy often degrades
-    optimizer: str = "rmsprop"
-    normalize_advantages: bool = False
-    vf_coef: float = 0.5
-    ent_coef: float = 0.0
+    num_envs: int = field(default=8, metadata={"help": "environments stepped together"})
+    num_steps: int = field(default=5, metadata={"help": "rollout length per env; batch = num_envs * num_steps"})
+    gae_lambda: float = field(default=1.0, metadata={"help": "GAE lambda (1: Monte-Carlo returns minus the baseline)"})
+    lr: float = field(default=7e-4, metadata={"help": "Adam learning rate"})
+    anneal_lr: bool = field(default=True,
+                            metadata={"help": "measured: without it the final CartPole policy often degrades"})
+    optimizer: str = field(default="rmsprop", metadata={"help": "rmsprop (as the A2C paper) or adam"})
+    normalize_advantages: bool = field(default=False, metadata={"help": "whiten advantages per batch"})
+    vf_coef: float = field(default=0.5, metadata={"help": "weight of the value loss"})
+    ent_coef: float = field(default=0.0, metadata={"help": "weight of the entropy bonus"})
 
     def validate(self) -> None:
         super().validate()
@@ -36,8 +37,8 @@ class A2CConfig(OnPolicyConfig):
 
 
 class A2C(ActorCriticAgent):
-    def __init__(self, cfg: A2CConfig, spec, gen):
-        super().__init__(cfg, spec, gen)
+    def __init__(self, cfg: A2CConfig, spec, gen, *, total_steps: int):
+        super().__init__(cfg, spec, gen, total_steps=total_steps)
         params = [*self.actor.parameters(), *self.critic.parameters()]
         if cfg.optimizer == "rmsprop":
             self.optimizer = torch.optim.RMSprop(params, lr=cfg.lr, alpha=0.99, eps=1e-5)

@@ -24,19 +24,22 @@ from reins.config import check
 
 @dataclass
 class DQNConfig(OffPolicyConfig):
-    double: bool = True
-    lr: float = 2.5e-4
-    buffer_size: int = 10_000
-    batch_size: int = 128
-    learning_starts: int = 10_000
-    train_freq: int = 10
-    tau: float = 1.0
-    target_update_every: int = 50        # gradient updates between target updates
-    epsilon_start: float = 1.0
-    epsilon_end: float = 0.05
-    exploration_fraction: float = 0.5
-    max_grad_norm: float = 10.0
-    hidden: list[int] = field(default_factory=lambda: [120, 84])
+    double: bool = field(default=True, metadata={"help": "double DQN: the online net picks the target action"})
+    lr: float = field(default=2.5e-4, metadata={"help": "Adam learning rate"})
+    buffer_size: int = field(default=10_000, metadata={"help": "replay buffer capacity (transitions)"})
+    batch_size: int = field(default=128, metadata={"help": "replay minibatch size"})
+    learning_starts: int = field(default=10_000,
+                                 metadata={"help": "env steps of uniformly random actions before learning"})
+    train_freq: int = field(default=10, metadata={"help": "vector steps between update rounds"})
+    tau: float = field(default=1.0, metadata={"help": "target update rate (1: hard copy every target_update_every)"})
+    target_update_every: int = field(default=50, metadata={"help": "gradient updates between target updates"})
+    epsilon_start: float = field(default=1.0, metadata={"help": "epsilon-greedy exploration at the start"})
+    epsilon_end: float = field(default=0.05, metadata={"help": "epsilon-greedy exploration after the decay"})
+    exploration_fraction: float = field(default=0.5,
+                                        metadata={"help": "share of total_steps over which epsilon decays linearly"})
+    max_grad_norm: float = field(default=10.0, metadata={"help": "clip the global gradient norm to this"})
+    hidden: list[int] = field(default_factory=lambda: [120, 84],
+                              metadata={"help": "hidden-layer widths of the Q network"})
 
     def validate(self) -> None:
         super().validate()
@@ -50,7 +53,7 @@ class DQNConfig(OffPolicyConfig):
 class DQN:
     def __init__(self, cfg: DQNConfig, spec, gen: torch.Generator, *, total_steps: int):
         self.cfg, self.spec, self.gen = cfg, spec, gen
-        self.total_steps = total_steps  # horizon of the epsilon schedule
+        self.total_steps = total_steps  # the run's length in env steps: horizon of the epsilon schedule
         self.arch = {"kind": "q", "obs_dim": spec.obs_dim, "act_dim": spec.act_dim, "hidden": list(cfg.hidden),
                      "activation": "relu"}
         self.q = build_actor(self.arch)

@@ -25,16 +25,18 @@ from reins.runio import atomic_torch_save
 
 @dataclass
 class OffPolicyConfig:
-    num_envs: int = 1
-    buffer_size: int = 1_000_000
-    batch_size: int = 256
-    learning_starts: int = 5_000      # env steps of uniformly random actions before learning
-    train_freq: int = 1               # vector steps between update rounds
-    gradient_steps: int = 1           # updates per round
-    gamma: float = 0.99
-    tau: float = 0.005                # Polyak rate of the target networks
-    hidden: list[int] = field(default_factory=lambda: [256, 256])
-    normalize_obs: bool = False
+    num_envs: int = field(default=1, metadata={"help": "environments stepped together"})
+    buffer_size: int = field(default=1_000_000, metadata={"help": "replay buffer capacity (transitions)"})
+    batch_size: int = field(default=256, metadata={"help": "replay minibatch size"})
+    learning_starts: int = field(default=5_000,
+                                 metadata={"help": "env steps of uniformly random actions before learning"})
+    train_freq: int = field(default=1, metadata={"help": "vector steps between update rounds"})
+    gradient_steps: int = field(default=1, metadata={"help": "updates per round"})
+    gamma: float = field(default=0.99, metadata={"help": "discount"})
+    tau: float = field(default=0.005, metadata={"help": "Polyak rate of the target networks"})
+    hidden: list[int] = field(default_factory=lambda: [256, 256],
+                              metadata={"help": "hidden-layer widths of actor and critics"})
+    normalize_obs: bool = field(default=False, metadata={"help": "running mean/std normalisation of observations"})
 
     def validate(self) -> None:
         check(self.num_envs >= 1, f"num_envs must be >= 1, got {self.num_envs}")

@@ -30,19 +30,21 @@ from reins.config import check
 class OnPolicyConfig:
     """Hyperparameters every on-policy agent has (each agent's config adds its own)."""
 
-    num_envs: int = 4
-    num_steps: int = 128            # rollout length per env; batch = num_envs * num_steps
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    hidden: list[int] = field(default_factory=lambda: [64, 64])
-    activation: str = "tanh"
-    lr: float = 3e-4
-    anneal_lr: bool = False         # linear decay to 0 over total_steps
-    normalize_obs: bool = False
-    normalize_reward: bool = False
-    normalize_advantages: bool = True
-    max_grad_norm: float = 0.5
-    init_log_std: float = 0.0       # Gaussian actors only
+    num_envs: int = field(default=4, metadata={"help": "environments stepped together"})
+    num_steps: int = field(default=128, metadata={"help": "rollout length per env; batch = num_envs * num_steps"})
+    gamma: float = field(default=0.99, metadata={"help": "discount"})
+    gae_lambda: float = field(default=0.95, metadata={"help": "GAE lambda (1: Monte-Carlo returns minus the baseline)"})
+    hidden: list[int] = field(default_factory=lambda: [64, 64],
+                              metadata={"help": "hidden-layer widths of actor and critic"})
+    activation: str = field(default="tanh", metadata={"help": "hidden-layer activation: tanh or relu"})
+    lr: float = field(default=3e-4, metadata={"help": "Adam learning rate"})
+    anneal_lr: bool = field(default=False, metadata={"help": "linear decay to 0 over total_steps"})
+    normalize_obs: bool = field(default=False, metadata={"help": "running mean/std normalisation of observations"})
+    normalize_reward: bool = field(default=False,
+                                   metadata={"help": "scale rewards by a running std of the discounted return"})
+    normalize_advantages: bool = field(default=True, metadata={"help": "whiten advantages per batch"})
+    max_grad_norm: float = field(default=0.5, metadata={"help": "clip the global gradient norm to this"})
+    init_log_std: float = field(default=0.0, metadata={"help": "Gaussian actors only"})
 
     def validate(self) -> None:
         check(self.num_envs >= 1, f"num_envs must be >= 1, got {self.num_envs}")
@@ -58,8 +60,9 @@ class OnPolicyConfig:
 class ActorCriticAgent:
     """Actor (categorical / Gaussian) + critic V(s), with the distribution math delegated to pgcore."""
 
-    def __init__(self, cfg: OnPolicyConfig, spec: EnvSpec, gen: torch.Generator):
+    def __init__(self, cfg: OnPolicyConfig, spec: EnvSpec, gen: torch.Generator, *, total_steps: int):
         self.cfg, self.spec, self.gen = cfg, spec, gen
+        self.total_steps = total_steps  # the run's length in env steps (the constructor every agent shares)
         self.arch = {"kind": "categorical" if spec.discrete else "gaussian", "obs_dim": spec.obs_dim,
                      "act_dim": spec.act_dim, "hidden": list(cfg.hidden), "activation": cfg.activation,
                      "ortho": True, "init_log_std": cfg.init_log_std}

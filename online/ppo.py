@@ -12,7 +12,7 @@ epochs when the approximate KL exceeds `target_kl` (OpenAI Spinning Up's PPO).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -26,16 +26,19 @@ from reins.config import check
 
 @dataclass
 class PPOConfig(OnPolicyConfig):
-    loss: Literal["clip", "kl_penalty"] = "clip"
-    update_epochs: int = 4
-    num_minibatches: int = 4
-    clip_eps: float = 0.2
-    clip_value: bool = False          # PPO2 value clipping with clip_eps
-    kl_beta: float = 1.0              # initial beta of the KL-penalty form
-    kl_target: float = 0.01           # d_targ of Schulman et al. 2017 §4
-    target_kl: float | None = None  # early-stop the epochs past this approx KL (clip form)
-    vf_coef: float = 0.5
-    ent_coef: float = 0.0
+    loss: Literal["clip", "kl_penalty"] = field(default="clip",
+                                                metadata={"help": "clip (clipped surrogate) or kl_penalty (adaptive "
+                                                                  "KL, Schulman et al. 2017 s4)"})
+    update_epochs: int = field(default=4, metadata={"help": "passes over each rollout batch"})
+    num_minibatches: int = field(default=4, metadata={"help": "minibatches per pass"})
+    clip_eps: float = field(default=0.2, metadata={"help": "ratio clip epsilon"})
+    clip_value: bool = field(default=False, metadata={"help": "PPO2 value clipping with clip_eps"})
+    kl_beta: float = field(default=1.0, metadata={"help": "initial beta of the KL-penalty form"})
+    kl_target: float = field(default=0.01, metadata={"help": "d_targ of Schulman et al. 2017 §4"})
+    target_kl: float | None = field(default=None,
+                                    metadata={"help": "early-stop the epochs past this approx KL (clip form)"})
+    vf_coef: float = field(default=0.5, metadata={"help": "weight of the value loss"})
+    ent_coef: float = field(default=0.0, metadata={"help": "weight of the entropy bonus"})
 
     def validate(self) -> None:
         super().validate()
@@ -47,8 +50,8 @@ class PPOConfig(OnPolicyConfig):
 
 
 class PPO(ActorCriticAgent):
-    def __init__(self, cfg: PPOConfig, spec, gen):
-        super().__init__(cfg, spec, gen)
+    def __init__(self, cfg: PPOConfig, spec, gen, *, total_steps: int):
+        super().__init__(cfg, spec, gen, total_steps=total_steps)
         self.optimizer = torch.optim.Adam([*self.actor.parameters(), *self.critic.parameters()], lr=cfg.lr,
                                           eps=1e-5)
         self.beta = float(cfg.kl_beta)

@@ -11,7 +11,7 @@ Monte-Carlo return, as in Williams 1992. Use long rollouts (num_steps ~ episode 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -22,17 +22,17 @@ from pgcore.policy_losses import reinforce_loss, value_loss
 
 @dataclass
 class ReinforceConfig(OnPolicyConfig):
-    num_envs: int = 4
-    num_steps: int = 200
-    lr: float = 1e-3
-    vf_coef: float = 0.5
-    vf_iters: int = 5                 # extra critic regression steps per batch
-    max_grad_norm: float = 1.0
+    num_envs: int = field(default=4, metadata={"help": "environments stepped together"})
+    num_steps: int = field(default=200, metadata={"help": "rollout length per env; batch = num_envs * num_steps"})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
+    vf_coef: float = field(default=0.5, metadata={"help": "weight of the baseline's value loss"})
+    vf_iters: int = field(default=5, metadata={"help": "extra critic regression steps per batch"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "clip the global gradient norm to this"})
 
 
 class Reinforce(ActorCriticAgent):
-    def __init__(self, cfg: ReinforceConfig, spec, gen):
-        super().__init__(cfg, spec, gen)
+    def __init__(self, cfg: ReinforceConfig, spec, gen, *, total_steps: int):
+        super().__init__(cfg, spec, gen, total_steps=total_steps)
         self.pi_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
         self.vf_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
 

@@ -12,7 +12,7 @@ Per update, on a replay minibatch (actions mapped to [-1, 1]):
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -33,13 +33,13 @@ from reins.config import check
 
 @dataclass
 class SACConfig(OffPolicyConfig):
-    actor_lr: float = 3e-4
-    critic_lr: float = 1e-3
-    alpha: float = 0.2                     # initial (autotune) or fixed temperature
-    autotune: bool = True
-    alpha_lr: float = 1e-3
-    target_entropy: float | None = None  # default -act_dim
-    policy_freq: int = 1                    # actor/alpha updates every this many critic updates
+    actor_lr: float = field(default=3e-4, metadata={"help": "Adam learning rate of the actor"})
+    critic_lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of the critics"})
+    alpha: float = field(default=0.2, metadata={"help": "initial (autotune) or fixed temperature"})
+    autotune: bool = field(default=True, metadata={"help": "tune the temperature alpha towards target_entropy"})
+    alpha_lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of log alpha"})
+    target_entropy: float | None = field(default=None, metadata={"help": "default -act_dim"})
+    policy_freq: int = field(default=1, metadata={"help": "actor/alpha updates every this many critic updates"})
 
     def validate(self) -> None:
         super().validate()
@@ -49,8 +49,9 @@ class SACConfig(OffPolicyConfig):
 
 
 class SAC:
-    def __init__(self, cfg: SACConfig, spec, gen: torch.Generator):
+    def __init__(self, cfg: SACConfig, spec, gen: torch.Generator, *, total_steps: int):
         self.cfg, self.spec, self.gen = cfg, spec, gen
+        self.total_steps = total_steps  # the run's length in env steps (the constructor every agent shares)
         self.arch = {"kind": "tanh_gaussian", "obs_dim": spec.obs_dim, "act_dim": spec.act_dim,
                      "hidden": list(cfg.hidden), "activation": "relu"}
         self.actor = build_actor(self.arch)

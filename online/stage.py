@@ -34,7 +34,9 @@ from reins.runio import seed_everything
 
 Algo = Literal["reinforce", "a2c", "ppo", "npg", "trpo", "ddpg", "td3", "sac", "dqn"]
 
-# algo -> (agent class, action space it needs, off-policy?)
+# algo -> (agent class, action space it needs, off-policy?). Every agent class is built the same way:
+# `cls(agent_config, env_spec, generator, total_steps=...)`; what differs between npg and trpo, or ddpg and
+# td3, is in the agent config's class (NPGConfig.line_search, DDPGConfig's defaults).
 AGENTS = {
     "reinforce": (Reinforce, "any", False),
     "a2c": (A2C, "any", False),
@@ -52,28 +54,34 @@ AGENTS = {
 class Config(RunArgs):
     # output_dir is required (validate); RunArgs' default "" only lets Config() exist: reins.runio fills keys
     # a saved config.yaml lacks (options added since) from Config()'s values.
-    algo: Algo = "ppo"
-    env_id: str = "CartPole-v1"
-    total_steps: int = 100_000
-    eval_every: int = 10_000          # env steps between evaluations (0: only at the end)
-    eval_episodes: int = 10
-    eval_seed: int = 1_000_000        # evaluation envs are seeded eval_seed + k, separate from training
-    checkpoint_every: int = 20_000    # env steps between checkpoints (segment boundaries; 0: never)
-    log_every: int = 1_000
-    torch_threads: int = 1
+    algo: Algo = field(default="ppo",
+                       metadata={"help": "the agent: reinforce, a2c, ppo, npg, trpo, ddpg, td3, sac or dqn"})
+    env_id: str = field(default="CartPole-v1", metadata={"help": "gymnasium environment id"})
+    total_steps: int = field(default=100_000, metadata={"help": "environment steps of training (over all vector envs)"})
+    eval_every: int = field(default=10_000, metadata={"help": "env steps between evaluations (0: only at the end)"})
+    eval_episodes: int = field(default=10, metadata={"help": "episodes per evaluation"})
+    eval_seed: int = field(default=1_000_000,
+                           metadata={"help": "evaluation envs are seeded eval_seed + k, separate from training"})
+    checkpoint_every: int = field(default=20_000,
+                                  metadata={"help": "env steps between checkpoints (segment boundaries; 0: never)"})
+    log_every: int = field(default=1_000, metadata={"help": "env steps between log.jsonl rows"})
+    torch_threads: int = field(default=1, metadata={"help": "torch CPU threads (1 is fastest for small nets)"})
     # off-policy agents only: behaviour data for offline/
-    save_snapshots: bool = False
-    snapshot_every: int = 10_000
-    save_replay: bool = False
-    reinforce: ReinforceConfig = field(default_factory=ReinforceConfig)
-    a2c: A2CConfig = field(default_factory=A2CConfig)
-    ppo: PPOConfig = field(default_factory=PPOConfig)
-    npg: NPGConfig = field(default_factory=NPGConfig)
-    trpo: TRPOConfig = field(default_factory=TRPOConfig)
-    ddpg: DDPGConfig = field(default_factory=DDPGConfig)
-    td3: TD3Config = field(default_factory=TD3Config)
-    sac: SACConfig = field(default_factory=SACConfig)
-    dqn: DQNConfig = field(default_factory=DQNConfig)
+    save_snapshots: bool = field(default=False,
+                                 metadata={"help": "off-policy only: save evaluated policy snapshots for offline/"})
+    snapshot_every: int = field(default=10_000, metadata={"help": "env steps between snapshots"})
+    save_replay: bool = field(default=False,
+                              metadata={"help": "off-policy only: save the replay buffer at the end (replay.pt)"})
+    reinforce: ReinforceConfig = field(default_factory=ReinforceConfig,
+                                       metadata={"help": "REINFORCE's hyperparameters (algo=reinforce)"})
+    a2c: A2CConfig = field(default_factory=A2CConfig, metadata={"help": "A2C's hyperparameters (algo=a2c)"})
+    ppo: PPOConfig = field(default_factory=PPOConfig, metadata={"help": "PPO's hyperparameters (algo=ppo)"})
+    npg: NPGConfig = field(default_factory=NPGConfig, metadata={"help": "NPG's hyperparameters (algo=npg)"})
+    trpo: TRPOConfig = field(default_factory=TRPOConfig, metadata={"help": "TRPO's hyperparameters (algo=trpo)"})
+    ddpg: DDPGConfig = field(default_factory=DDPGConfig, metadata={"help": "DDPG's hyperparameters (algo=ddpg)"})
+    td3: TD3Config = field(default_factory=TD3Config, metadata={"help": "TD3's hyperparameters (algo=td3)"})
+    sac: SACConfig = field(default_factory=SACConfig, metadata={"help": "SAC's hyperparameters (algo=sac)"})
+    dqn: DQNConfig = field(default_factory=DQNConfig, metadata={"help": "DQN's hyperparameters (algo=dqn)"})
 
     def validate(self) -> None:
         check(bool(self.output_dir), "output_dir must be set")
@@ -121,10 +129,7 @@ def _train(cfg: Config) -> dict:
     if done is not None:
         h.envs.close()
         return done
-    kwargs = {"algo": cfg.algo} if cfg.algo in ("npg", "trpo", "ddpg", "td3") else {}
-    if cfg.algo == "dqn":
-        kwargs = {"total_steps": cfg.total_steps}
-    agent = agent_cls(acfg, h.spec, h.gen, **kwargs)
+    agent = agent_cls(acfg, h.spec, h.gen, total_steps=cfg.total_steps)
     if off_policy:
         return train_off_policy(h, agent)
     return train_on_policy(h, agent)

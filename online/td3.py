@@ -10,7 +10,7 @@ target update (`policy_delay`). `algo: ddpg` uses DDPGConfig (one critic, no smo
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,13 +31,15 @@ from reins.config import check
 
 @dataclass
 class TD3Config(OffPolicyConfig):
-    actor_lr: float = 3e-4
-    critic_lr: float = 3e-4
-    twin: bool = True
-    policy_delay: int = 2
-    exploration_noise: float = 0.1   # std of the behaviour noise, in [-1, 1] action units
-    target_noise: float = 0.2        # target policy smoothing std (0: off)
-    target_noise_clip: float = 0.5
+    actor_lr: float = field(default=3e-4, metadata={"help": "Adam learning rate of the actor"})
+    critic_lr: float = field(default=3e-4, metadata={"help": "Adam learning rate of the critics"})
+    twin: bool = field(default=True,
+                       metadata={"help": "two critics and the minimum of both in the target (clipped double Q)"})
+    policy_delay: int = field(default=2, metadata={"help": "critic updates per actor and target update"})
+    exploration_noise: float = field(default=0.1,
+                                     metadata={"help": "std of the behaviour noise, in [-1, 1] action units"})
+    target_noise: float = field(default=0.2, metadata={"help": "target policy smoothing std (0: off)"})
+    target_noise_clip: float = field(default=0.5, metadata={"help": "clip of the target smoothing noise"})
 
     def validate(self) -> None:
         super().validate()
@@ -48,14 +50,15 @@ class TD3Config(OffPolicyConfig):
 
 @dataclass
 class DDPGConfig(TD3Config):
-    twin: bool = False
-    policy_delay: int = 1
-    target_noise: float = 0.0
+    twin: bool = field(default=False, metadata={"help": "DDPG: one critic"})
+    policy_delay: int = field(default=1, metadata={"help": "DDPG: actor and targets updated with every critic update"})
+    target_noise: float = field(default=0.0, metadata={"help": "DDPG: no target policy smoothing"})
 
 
 class TD3:
-    def __init__(self, cfg: TD3Config, spec, gen: torch.Generator, *, algo: str = "td3"):
+    def __init__(self, cfg: TD3Config, spec, gen: torch.Generator, *, total_steps: int):
         self.cfg, self.spec, self.gen = cfg, spec, gen
+        self.total_steps = total_steps  # the run's length in env steps (the constructor every agent shares)
         self.arch = {"kind": "deterministic", "obs_dim": spec.obs_dim, "act_dim": spec.act_dim,
                      "hidden": list(cfg.hidden), "activation": "relu"}
         self.actor = build_actor(self.arch)

@@ -9,7 +9,8 @@ Critic: `vf_iters` epochs of minibatch Adam on `value_loss(V, GAE returns)` (Sch
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -22,16 +23,20 @@ from reins.config import check
 
 @dataclass
 class TRPOConfig(OnPolicyConfig):
-    num_envs: int = 4
-    num_steps: int = 512
-    max_kl: float = 0.01
-    cg_iters: int = 10
-    damping: float = 0.1
-    backtrack_coef: float = 0.5
-    max_backtracks: int = 10
-    vf_lr: float = 1e-3
-    vf_iters: int = 5
-    vf_minibatches: int = 8
+    num_envs: int = field(default=4, metadata={"help": "environments stepped together"})
+    num_steps: int = field(default=512, metadata={"help": "rollout length per env; batch = num_envs * num_steps"})
+    max_kl: float = field(default=0.01, metadata={"help": "trust region: mean KL of one policy step"})
+    cg_iters: int = field(default=10, metadata={"help": "conjugate-gradient iterations for the natural gradient"})
+    damping: float = field(default=0.1, metadata={"help": "damping added to the Fisher-vector product"})
+    backtrack_coef: float = field(default=0.5, metadata={"help": "line-search shrink factor"})
+    max_backtracks: int = field(default=10, metadata={"help": "line-search tries before the step is rejected"})
+    vf_lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of the critic"})
+    vf_iters: int = field(default=5, metadata={"help": "critic passes over each batch"})
+    vf_minibatches: int = field(default=8, metadata={"help": "critic minibatches per pass"})
+
+    # TRPO backtracks along the natural-gradient step until the KL and surrogate hold (Schulman et al. 2015,
+    # appendix C); NPG takes the full step (Kakade 2001). A class constant, not a key: `algo` selects it.
+    line_search: ClassVar[bool] = True
 
     def validate(self) -> None:
         super().validate()
@@ -43,13 +48,15 @@ class TRPOConfig(OnPolicyConfig):
 
 @dataclass
 class NPGConfig(TRPOConfig):
-    max_kl: float = 0.01
+    max_kl: float = field(default=0.01, metadata={"help": "step size as the mean KL of the full natural-gradient step"})
+
+    line_search: ClassVar[bool] = False
 
 
 class TRPO(ActorCriticAgent):
-    def __init__(self, cfg: TRPOConfig, spec, gen, *, algo: str = "trpo"):
-        super().__init__(cfg, spec, gen)
-        self.line_search = algo == "trpo"
+    def __init__(self, cfg: TRPOConfig, spec, gen, *, total_steps: int):
+        super().__init__(cfg, spec, gen, total_steps=total_steps)
+        self.line_search = cfg.line_search
         self.vf_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.vf_lr)
 
     def update(self, b: dict, *, step: int, progress: float) -> dict:

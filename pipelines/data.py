@@ -26,7 +26,7 @@ import json
 import math
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,15 +44,20 @@ _TEMPLATE_ROLE = re.compile(r"""role['"]?\]?\s*[!=]=\s*['"]([A-Za-z_][\w-]*)['"]
 class DataArgs:
     """Data options shared by the LM stages (a mixin of their Config dataclasses)."""
 
-    data: str = BUILTIN                  # file, datasets dir, Hub id or builtin:sentiment
-    eval_data: str | None = None         # separate eval source (default: data's eval_split, if it has one)
-    train_split: str = "train"
-    eval_split: str = "test"
-    max_length: int = 128                # prompt + completion tokens
-    on_overlong: Literal["truncate", "drop", "error"] = "truncate"
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = 256
-    builtin_size: int = 4000             # rows of the built-in task's training corpus
+    data: str = field(default=BUILTIN, metadata={"help": "file, datasets dir, Hub id or builtin:sentiment"})
+    eval_data: str | None = field(default=None,
+                                  metadata={"help": "separate eval source (default: data's eval_split, if it has "
+                                                    "one)"})
+    train_split: str = field(default="train", metadata={"help": "split of `data` to train on"})
+    eval_split: str = field(default="test", metadata={"help": "split of `data` to evaluate on (if it has one)"})
+    max_length: int = field(default=128, metadata={"help": "prompt + completion tokens"})
+    on_overlong: Literal["truncate", "drop", "error"] = field(
+        default="truncate", metadata={"help": "an example longer than max_length: truncate it, drop it, or stop"})
+    max_train_samples: int | None = field(default=None,
+                                          metadata={"help": "use at most this many training examples (None: all)"})
+    max_eval_samples: int | None = field(default=256,
+                                         metadata={"help": "use at most this many evaluation examples (None: all)"})
+    builtin_size: int = field(default=4000, metadata={"help": "rows of the built-in task's training corpus"})
 
     def validate_data(self):
         check(self.max_length >= 2, f"max_length must be >= 2, got {self.max_length}")

@@ -66,19 +66,33 @@ from reins.runio import atomic_torch_save, safe_torch_load
 
 @dataclass
 class Config(TrainArgs, DataArgs, ModelArgs, RunArgs):
-    output_dir: str = "runs/dpo"
-    beta: float = 0.1
-    loss_type: Literal["sigmoid", "robust", "ipo", "hinge"] = "sigmoid"
-    label_smoothing: float = 0.0
-    reference_free: bool = False
-    ref_model: str | None = None        # default: the initial policy (frozen copy / adapter disabled)
-    precompute_ref_logps: bool = False
-    shared_prompt: bool = True          # one row per pair, prompt once (off under flash_attention_2: no 4-D masks)
-    ref_cache_dir: str | None = None    # default: output_dir/cache
-    eval_prompts: str | None = BUILTIN
-    eval: EvalArgs = field(default_factory=EvalArgs)
-    reward_model: str | None = None     # a reward stage's model dir: adds eval/reward_model_score
-    learning_rate: float = 1e-4
+    output_dir: str = field(default="runs/dpo",
+                            metadata={"help": "directory the run writes (config.yaml, log.jsonl, metrics.json, "
+                                              "checkpoints, artifacts)"})
+    beta: float = field(default=0.1,
+                        metadata={"help": "inverse temperature of the implicit reward beta * log(pi / pi_ref)"})
+    loss_type: Literal["sigmoid", "robust", "ipo", "hinge"] = field(
+        default="sigmoid", metadata={"help": "sigmoid (DPO), robust (label noise), ipo (squared), hinge (SLiC)"})
+    label_smoothing: float = field(default=0.0,
+                                   metadata={"help": "assumed share of flipped labels (sigmoid / robust losses)"})
+    reference_free: bool = field(default=False,
+                                 metadata={"help": "compare the policy's log-probs alone (a uniform reference)"})
+    ref_model: str | None = field(default=None,
+                                  metadata={"help": "default: the initial policy (frozen copy / adapter disabled)"})
+    precompute_ref_logps: bool = field(default=False,
+                                       metadata={"help": "score the reference once before training and cache it"})
+    shared_prompt: bool = field(default=True,
+                                metadata={"help": "one row per pair, prompt once (off under flash_attention_2: no "
+                                                  "4-D masks)"})
+    ref_cache_dir: str | None = field(default=None, metadata={"help": "default: output_dir/cache"})
+    eval_prompts: str | None = field(default=BUILTIN,
+                                     metadata={"help": "prompts for the generation eval (None/\"none\": skip it)"})
+    eval: EvalArgs = field(default_factory=EvalArgs,
+                           metadata={"help": "the generation eval (num_prompts, seed, temperature, max_new_tokens, "
+                                             "batch_size, ...)"})
+    reward_model: str | None = field(default=None,
+                                     metadata={"help": "a reward stage's model dir: adds eval/reward_model_score"})
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (peak, after warm-up)"})
 
     def validate(self):
         self.validate_model()

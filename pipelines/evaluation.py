@@ -16,7 +16,7 @@ Runs on the main process only (other processes wait); the reference's completion
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,12 +28,15 @@ from pipelines.scoring import Reference, batched_logps, completion_batch, reward
 
 @dataclass
 class EvalArgs:
-    num_prompts: int = 128
-    seed: int = 1234
-    temperature: float = 1.0
-    max_new_tokens: int = 32
-    batch_size: int = 64
-    num_samples_logged: int = 4
+    num_prompts: int = field(default=128,
+                             metadata={"help": "held-out prompts the generation eval samples completions for"})
+    seed: int = field(default=1234,
+                      metadata={"help": "sampling seed of the generation eval (the same prompts and draws each time)"})
+    temperature: float = field(default=1.0,
+                               metadata={"help": "sampling temperature of the generation eval (0: greedy)"})
+    max_new_tokens: int = field(default=32, metadata={"help": "longest completion of the generation eval"})
+    batch_size: int = field(default=64, metadata={"help": "prompts per generate call of the eval"})
+    num_samples_logged: int = field(default=4, metadata={"help": "completions logged under `samples` per evaluation"})
 
 
 def _judge(name: str):

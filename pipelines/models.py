@@ -41,10 +41,12 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.
 class LoraSpec:
     """PEFT LoRA adapter settings (Hu et al. 2021)."""
 
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    r: int = field(default=8, metadata={"help": "LoRA rank of the low-rank update"})
+    alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator: the update is scaled by alpha / r"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA branch's input"})
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"],
+                                      metadata={"help": "module names that get adapters (all-linear: every linear "
+                                                        "layer)"})
 
     def validate(self):
         check(self.r >= 1, f"lora.r must be >= 1, got {self.r}")
@@ -55,12 +57,12 @@ class LoraSpec:
 class TinySpec:
     """Architecture of `model: tiny` (a Llama initialised from scratch) and its tokenizer's vocabulary."""
 
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_size: int = 384
-    vocab_size: int = 1024
-    max_position_embeddings: int = 256
+    hidden_size: int = field(default=128, metadata={"help": "width of the tiny model"})
+    num_layers: int = field(default=4, metadata={"help": "transformer blocks of the tiny model"})
+    num_heads: int = field(default=4, metadata={"help": "attention heads of the tiny model"})
+    intermediate_size: int = field(default=384, metadata={"help": "MLP width of the tiny model"})
+    vocab_size: int = field(default=1024, metadata={"help": "vocabulary size of the tiny model's tokenizer"})
+    max_position_embeddings: int = field(default=256, metadata={"help": "longest sequence the tiny model takes"})
 
     def validate(self):
         check(self.hidden_size % self.num_heads == 0, "tiny.hidden_size must be a multiple of tiny.num_heads")
@@ -71,13 +73,20 @@ class TinySpec:
 class ModelArgs:
     """Model options shared by every LM stage (a mixin of the stages' Config dataclasses)."""
 
-    model: str = TINY                        # path, Hub id, "tiny" or "smollm2-135m-instruct"
-    dtype: str = "float32"                   # float32 | bfloat16 | float16 | float64
-    lora: LoraSpec | None = None             # None: full fine-tuning
-    gradient_checkpointing: bool = False
-    attn_implementation: str | None = None   # eager | sdpa | flash_attention_2 (None: transformers' default)
-    tiny: TinySpec = field(default_factory=TinySpec)
-    trust_remote_code: bool = False          # run a model repo's own Python code: only if a recipe says so
+    model: str = field(default=TINY, metadata={"help": "path, Hub id, \"tiny\" or \"smollm2-135m-instruct\""})
+    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16 | float64"})
+    lora: LoraSpec | None = field(default=None,
+                                  metadata={"help": "LoRA adapters (r, alpha, dropout, target_modules); None: full "
+                                                    "fine-tuning"})
+    gradient_checkpointing: bool = field(default=False,
+                                         metadata={"help": "recompute activations in the backward pass (less memory)"})
+    attn_implementation: str | None = field(default=None,
+                                            metadata={"help": "eager | sdpa | flash_attention_2 (None: transformers' "
+                                                              "default)"})
+    tiny: TinySpec = field(default_factory=TinySpec,
+                           metadata={"help": "architecture of the locally built model when model=tiny"})
+    trust_remote_code: bool = field(default=False,
+                                    metadata={"help": "run a model repo's own Python code: only if a recipe says so"})
 
     def validate_model(self):
         check(self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")

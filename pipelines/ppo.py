@@ -27,7 +27,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -60,7 +60,7 @@ from pipelines.ppo_rollout import (
 from pipelines.prompts import iteration_prompts, param_sync_gap
 from pipelines.prompts import load_prompts as load_prompt_set
 from pipelines.scoring import to_device
-from pipelines.trainer import TrainArgs, adamw, lr_lambda, make_accelerator
+from pipelines.trainer import OptimArgs, adamw, drop_trainer_only_keys, lr_lambda, make_accelerator
 from reins.cli import stage_main
 from reins.config import RunArgs, check
 from reins.errors import ConfigError, NonFiniteError
@@ -68,53 +68,77 @@ from reins.runio import METRICS_FILE, check_finite, get_rng_state, seed_everythi
 
 
 @dataclass
-class Config(TrainArgs, ModelArgs, RunArgs):
-    output_dir: str = "runs/ppo"
+class Config(OptimArgs, ModelArgs, RunArgs):
+    output_dir: str = field(default="runs/ppo",
+                            metadata={"help": "directory the run writes (config.yaml, log.jsonl, metrics.json, "
+                                              "checkpoints, artifacts)"})
     # models (`model` is the SFT policy)
-    reward_model: str = ""                # reward stage output dir, or any sequence-classification model dir
-    value_model: str = "auto"             # auto | reward | policy | shared | PATH
-    ref_model: str | None = None          # default: the initial policy (frozen copy / adapter disabled)
+    reward_model: str = field(default="",
+                              metadata={"help": "reward stage output dir, or any sequence-classification model dir"})
+    value_model: str = field(default="auto", metadata={"help": "auto | reward | policy | shared | PATH"})
+    ref_model: str | None = field(default=None,
+                                  metadata={"help": "default: the initial policy (frozen copy / adapter disabled)"})
     # prompts
-    data: str = BUILTIN                   # prompt-only file / datasets dir / Hub id, builtin:sentiment(-chat)
-    train_split: str = "train"
-    builtin_size: int = 2000
-    max_train_samples: int | None = None
-    max_prompt_length: int = 64           # longer prompts are dropped (counted in data/dropped_prompts)
-    generation: GenerationArgs = field(default_factory=lambda: GenerationArgs(max_new_tokens=32, temperature=1.0))
+    data: str = field(default=BUILTIN,
+                      metadata={"help": "prompt-only file / datasets dir / Hub id, builtin:sentiment(-chat)"})
+    train_split: str = field(default="train", metadata={"help": "split of `data` to take prompts from"})
+    builtin_size: int = field(default=2000, metadata={"help": "prompts of the built-in task's training set"})
+    max_train_samples: int | None = field(default=None, metadata={"help": "use at most this many prompts (None: all)"})
+    max_prompt_length: int = field(default=64,
+                                   metadata={"help": "longer prompts are dropped (counted in data/dropped_prompts)"})
+    generation: GenerationArgs = field(default_factory=lambda: GenerationArgs(max_new_tokens=32, temperature=1.0),
+                                       metadata={"help": "rollout sampling (max_new_tokens, temperature > 0, top_p, "
+                                                         "batch_size)"})
     # reward
-    kl_coef: float = 0.05
-    kl_estimator: Literal["k1", "k3"] = "k1"
-    kl_control: Literal["fixed", "proportional", "halve_double"] = "fixed"
-    kl_target: float = 6.0
-    kl_horizon: int = 10000
-    missing_eos_penalty: float | None = None
-    score_clip: float | None = None
-    score_norm: bool = False              # standardise scores over the global rollout batch
-    whiten_rewards: bool = False
+    kl_coef: float = field(default=0.05,
+                           metadata={"help": "initial coefficient of the per-token KL penalty against the reference"})
+    kl_estimator: Literal["k1", "k3"] = field(default="k1",
+                                              metadata={"help": "per-token KL estimate: k1 (log-ratio) or k3 "
+                                                                "(Schulman's unbiased, >= 0)"})
+    kl_control: Literal["fixed", "proportional", "halve_double"] = field(
+        default="fixed",
+        metadata={"help": "fixed, proportional (Ziegler et al. 2019) or halve_double (Schulman 2017 s4)"})
+    kl_target: float = field(default=6.0, metadata={"help": "target KL of the adaptive controllers"})
+    kl_horizon: int = field(default=10000, metadata={"help": "horizon (in rollouts) of the proportional controller"})
+    missing_eos_penalty: float | None = field(default=None,
+                                              metadata={"help": "subtracted from the score of a response without EOS "
+                                                                "(None: off)"})
+    score_clip: float | None = field(default=None,
+                                     metadata={"help": "clip reward-model scores to [-score_clip, score_clip] (None: "
+                                                       "off)"})
+    score_norm: bool = field(default=False, metadata={"help": "standardise scores over the global rollout batch"})
+    whiten_rewards: bool = field(default=False, metadata={"help": "whiten the shaped per-token rewards before GAE"})
     # PPO update
-    ppo_epochs: int = 4
-    num_minibatches: int = 1
-    gamma: float = 1.0
-    lam: float = 0.95
-    cliprange: float = 0.2
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
-    entropy_coef: float = 0.0
-    whiten_advantages: bool = True
-    adam_eps: float = 1e-5                # N+ detail 15
-    value_learning_rate: float | None = None
+    ppo_epochs: int = field(default=4, metadata={"help": "passes over one rollout batch per iteration"})
+    num_minibatches: int = field(default=1,
+                                 metadata={"help": "optimizer steps per pass (each a shuffled share of the rollouts)"})
+    gamma: float = field(default=1.0, metadata={"help": "discount over response tokens"})
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda"})
+    cliprange: float = field(default=0.2, metadata={"help": "PPO ratio clip epsilon"})
+    cliprange_value: float = field(default=0.2, metadata={"help": "value-prediction clip around the rollout values"})
+    vf_coef: float = field(default=0.1, metadata={"help": "weight of the value loss"})
+    entropy_coef: float = field(default=0.0, metadata={"help": "weight of the entropy bonus"})
+    whiten_advantages: bool = field(default=True, metadata={"help": "whiten advantages over the rollout batch"})
+    adam_eps: float = field(default=1e-5, metadata={"help": "Adam epsilon (1e-5, N+ detail 15)"})
+    value_learning_rate: float | None = field(default=None,
+                                              metadata={"help": "learning rate of the value model (None: "
+                                                                "learning_rate)"})
     # evaluation (every eval_every iterations, and before the first and after the last)
-    eval_prompts: str | None = BUILTIN
-    eval: EvalArgs = field(default_factory=EvalArgs)
-    batch_size: int = 64                  # prompts (rollouts) per iteration, over all processes
-    learning_rate: float = 3e-6
-    max_grad_norm: float | None = 1.0
-    log_every: int = 1
-    save_every: int = 10
+    eval_prompts: str | None = field(default=BUILTIN,
+                                     metadata={"help": "prompts for the generation eval (None/\"none\": skip it)"})
+    eval: EvalArgs = field(default_factory=EvalArgs,
+                           metadata={"help": "the generation eval (num_prompts, seed, temperature, max_new_tokens, "
+                                             "batch_size, ...)"})
+    batch_size: int = field(default=64, metadata={"help": "prompts (rollouts) per iteration, over all processes"})
+    learning_rate: float = field(default=3e-6, metadata={"help": "AdamW learning rate of the policy"})
+    max_grad_norm: float | None = field(default=1.0,
+                                        metadata={"help": "clip the global gradient norm to this (None: no clipping)"})
+    log_every: int = field(default=1, metadata={"help": "iterations between log.jsonl rows"})
+    save_every: int = field(default=10, metadata={"help": "iterations between checkpoints"})
 
     def validate(self):
         self.validate_model()
-        self.validate_train()
+        self.validate_optim()
         check(self.generation.temperature > 0, "generation.temperature must be > 0 for PPO (sampling)")
         check(self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}")
         check(self.kl_target > 0 and self.kl_horizon >= 1, "kl_target must be > 0 and kl_horizon >= 1")
@@ -125,9 +149,10 @@ class Config(TrainArgs, ModelArgs, RunArgs):
         check(self.missing_eos_penalty is None or self.missing_eos_penalty >= 0, "missing_eos_penalty must be >= 0")
         check(self.score_clip is None or self.score_clip > 0, "score_clip must be > 0")
         check(self.max_prompt_length >= 1, "max_prompt_length must be >= 1")
-        # TrainArgs options that only the sft/reward/dpo Trainer implements: an error, not a silent no-op
-        check(not self.group_by_length, "group_by_length is not used by ppo (its batches are its own rollouts)")
-        check(not self.torch_compile, "torch_compile is not supported by ppo (sft, reward and dpo have it)")
+
+    def run_config_view(self, d: dict) -> dict:
+        """ModelArgs' view without the Trainer-only keys a config.yaml saved before OptimArgs holds."""
+        return drop_trainer_only_keys(super().run_config_view(d))
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -138,50 +163,45 @@ def load_prompts(cfg: Config, tok) -> tuple[list, list[list[int]], int]:
 
 
 # ----------------------------------------------------------------------------------------- rollout
+@dataclass
+class Models:
+    """The models of a PPO run, on this process's device.
+
+    `ac` is the actor-critic (policy + value, `pipelines.ppo_models.ActorCritic`) that rollouts sample from and
+    checkpoints save; `model` is the same object as prepared by accelerate (DDP-wrapped under several processes),
+    which the update steps. `reference` is the frozen reference policy (a copy, or `ac.policy` with its adapter
+    disabled); `reward_model` scores responses, re-tokenised by `rm_tok` unless `same_tok`.
+    """
+
+    tok: Any
+    ac: Any
+    model: Any
+    reference: Any
+    reward_model: Any
+    rm_tok: Any
+    same_tok: bool
+
+
 @torch.no_grad()
-def rollout(cfg: Config, ac, reference, reward_model, rm_tok, tok, prompts: list, prompt_ids: list[list[int]], *,
-            same_tok: bool, kl_coef: float, seed: int, reduce) -> tuple[dict, dict, float]:
+def rollout(cfg: Config, models: Models, prompts: list, prompt_ids: list[list[int]], *, kl_coef: float, seed: int,
+            reduce) -> tuple[dict, dict, float]:
     """Sample, score and shape one iteration's rollouts on this process. `reduce(t)` sums over processes.
 
     Returns (tensors for the update, metrics, seconds spent sampling).
     """
-    T = cfg.generation.temperature
+    tok, ac = models.tok, models.ac
     t0 = time.perf_counter()
     s = generate(ac.policy, tok, prompt_ids, cfg.generation, seed=seed)
     gen_seconds = time.perf_counter() - t0
     batch = rollout_batch(prompt_ids, s.completion_ids, tok.pad_token_id)
     device = next(ac.parameters()).device
     mask = batch["response_mask"].to(device)
-    bs = cfg.generation.batch_size
-    logps, ref_logps, values, ent = [], [], [], []
-    was = ac.training
-    ac.eval()
-    for a in range(0, len(prompt_ids), bs):
-        sub = to_device({k: v[a:a + bs] for k, v in batch.items() if k != "prompt_width"}, device)
-        R = sub["response"].shape[1]
-        logits, v = ac(sub["input_ids"], sub["attention_mask"], R)
-        m = sub["response_mask"].to(logits.dtype)
-        logps.append(token_logprobs(logits, sub["response"], temperature=T, mask=m))
-        ent.append(entropy_from_logits(logits, temperature=T) * m)
-        values.append(v * m)
-        with reference.active() as ref:
-            ref_logps.append(token_logprobs(lm_logits(ref, sub), sub["response"], temperature=T, mask=m))
-    ac.train(was)
-    logps, ref_logps, values, ent = (torch.cat(x) for x in (logps, ref_logps, values, ent))
-    raw = score_responses(reward_model, rm_tok, prompts, prompt_ids, s.completion_ids, s.texts, s.finished,
-                          same_tokenizer=same_tok, pad_id=tok.pad_token_id).to(device=device, dtype=logps.dtype)
+    logps, ref_logps, values, ent = _score_tokens(cfg, models, batch, device)
+    raw = score_responses(models.reward_model, models.rm_tok, prompts, prompt_ids, s.completion_ids, s.texts,
+                          s.finished, same_tokenizer=models.same_tok, pad_id=tok.pad_token_id
+                          ).to(device=device, dtype=logps.dtype)
     finished = torch.tensor(s.finished, device=device)
-    # One finiteness verdict for all processes (a rank raising alone would leave the others waiting).
-    bad = sum(int((~torch.isfinite(x)).sum()) for x in (raw, logps, ref_logps, values))
-    n = torch.tensor(float(len(prompt_ids)), dtype=torch.float64, device=device)
-    sums = reduce(torch.stack([torch.tensor(float(bad), dtype=torch.float64, device=device), n,
-                               raw.double().sum(), raw.double().square().sum()]))
-    if sums[0] > 0:
-        raise NonFiniteError("non-finite reward-model scores, log-probs or values in the rollout; stopping "
-                             "(the last good checkpoint is kept)")
-    N = sums[1]
-    mean = (sums[2] / N).item()
-    std = math.sqrt(max((sums[3] / N - (sums[2] / N) ** 2).item() * N.item() / max(N.item() - 1, 1), 0.0))
+    N, mean, std = _global_score_stats(raw, (raw, logps, ref_logps, values), len(prompt_ids), reduce)
     scores = transform_scores(raw, finished, missing_eos_penalty=cfg.missing_eos_penalty,
                               score_clip=cfg.score_clip, score_norm=cfg.score_norm, norm_stats=(mean, std))
     rewards, kl, non_score = shape_rewards(logps, ref_logps, scores, mask, kl_coef=kl_coef,
@@ -201,6 +221,44 @@ def rollout(cfg: Config, ac, reference, reward_model, rm_tok, tok, prompts: list
     m["objective/rlhf_reward"] = m["objective/scores"] + m["objective/non_score_reward"]
     m["rollout/tokens"] = int(stats[-1].item())
     return data, m, gen_seconds
+
+
+def _score_tokens(cfg: Config, models: Models, batch: dict, device) -> tuple[torch.Tensor, ...]:
+    """Per-token log-probs of policy and reference, values and entropies of the sampled responses (masked)."""
+    T = cfg.generation.temperature
+    ac, bs = models.ac, cfg.generation.batch_size
+    logps, ref_logps, values, ent = [], [], [], []
+    was = ac.training
+    ac.eval()
+    for a in range(0, batch["input_ids"].shape[0], bs):
+        sub = to_device({k: v[a:a + bs] for k, v in batch.items() if k != "prompt_width"}, device)
+        R = sub["response"].shape[1]
+        logits, v = ac(sub["input_ids"], sub["attention_mask"], R)
+        m = sub["response_mask"].to(logits.dtype)
+        logps.append(token_logprobs(logits, sub["response"], temperature=T, mask=m))
+        ent.append(entropy_from_logits(logits, temperature=T) * m)
+        values.append(v * m)
+        with models.reference.active() as ref:
+            ref_logps.append(token_logprobs(lm_logits(ref, sub), sub["response"], temperature=T, mask=m))
+    ac.train(was)
+    return tuple(torch.cat(x) for x in (logps, ref_logps, values, ent))
+
+
+def _global_score_stats(raw: torch.Tensor, checked: tuple, n_local: int, reduce) -> tuple[torch.Tensor, float, float]:
+    """(number of rollouts, mean, unbiased std) of the raw scores over all processes, after one finiteness verdict
+    on `checked` for all processes (a rank raising alone would leave the others waiting)."""
+    device = raw.device
+    bad = sum(int((~torch.isfinite(x)).sum()) for x in checked)
+    n = torch.tensor(float(n_local), dtype=torch.float64, device=device)
+    sums = reduce(torch.stack([torch.tensor(float(bad), dtype=torch.float64, device=device), n,
+                               raw.double().sum(), raw.double().square().sum()]))
+    if sums[0] > 0:
+        raise NonFiniteError("non-finite reward-model scores, log-probs or values in the rollout; stopping "
+                             "(the last good checkpoint is kept)")
+    N = sums[1]
+    mean = (sums[2] / N).item()
+    std = math.sqrt(max((sums[3] / N - (sums[2] / N) ** 2).item() * N.item() / max(N.item() - 1, 1), 0.0))
+    return N, mean, std
 
 
 # ----------------------------------------------------------------------------------------- update
@@ -267,6 +325,43 @@ def _optimizer(cfg: Config, ac):
     return adamw(groups, lr=cfg.learning_rate, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
 
 
+@dataclass
+class Session:
+    """One process's PPO run between `setup` and `finish`: the models, the optimisation state, the prompts and
+    where the loop is (`step` iterations done; `last`, the latest iteration's metrics)."""
+
+    cfg: Config
+    acc: Any
+    run: Any
+    models: Models
+    optimizer: Any
+    scheduler: Any
+    kl: KLController
+    prompts: list
+    prompt_ids: list[list[int]]
+    total: int
+    step: int = 0
+    last: dict = field(default_factory=dict)
+    evaluator: PolicyEvaluator | None = None
+    bar: Any = None  # the progress bar (main process)
+
+    def evaluate(self, at: int) -> dict:
+        """The shared generation eval of the policy (main process only), logged at step `at` with samples."""
+        if self.evaluator is None:
+            return {}
+        m, samples = self.evaluator(self.models.ac.policy)
+        self.run.log(at, {**m, "samples": samples})
+        return m
+
+    def save(self) -> None:
+        if self.acc.is_main_process:
+            self.run.save_checkpoint({"step": self.step, "model": trainable_state(self.models.ac),
+                                      "optimizer": self.optimizer.state_dict(),
+                                      "scheduler": self.scheduler.state_dict(), "kl_coef": self.kl.value,
+                                      "rng": get_rng_state(), "last_metrics": self.last})
+        self.acc.wait_for_everyone()
+
+
 def train(cfg: Config) -> dict:
     quiet_libraries(cfg.quiet)
     seed_everything(cfg.seed)
@@ -275,6 +370,17 @@ def train(cfg: Config) -> dict:
         done = open_run(cfg, acc).completed_metrics()
         if done is not None:  # a finished run: return its metrics, no retraining
             return done
+    s = setup(cfg, acc)
+    s.bar = s.run.progress(s.total, s.step, desc="ppo") if acc.is_main_process else None
+    while s.step < s.total:
+        iteration(s)
+    if s.bar is not None:
+        s.bar.close()
+    return finish(s)
+
+
+def _check_inputs(cfg: Config, acc) -> tuple:
+    """Every input validated before anything is written: (tokenizer, prompts, their ids, dropped, iterations)."""
     world = acc.num_processes
     local = cfg.batch_size // world
     if local * world != cfg.batch_size or local % (cfg.num_minibatches * cfg.grad_accum):
@@ -289,14 +395,19 @@ def train(cfg: Config) -> dict:
         raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {len(prompts)} prompts")
     per_epoch = len(prompts) // cfg.batch_size
     total = cfg.max_steps or max(1, math.ceil(cfg.num_epochs * per_epoch))
+    return tok, prompts, prompt_ids, dropped, total
+
+
+def setup(cfg: Config, acc) -> Session:
+    """Load and validate the inputs, open the run dir, build the models and optimiser, resume from a checkpoint."""
+    tok, prompts, prompt_ids, dropped, total = _check_inputs(cfg, acc)
     reward_model, rm_tok, same_tok = load_reward(cfg, tok)
     ac, reference = build_models(cfg, tok, same_tok=same_tok, reward_path=resolve_reward_dir(cfg.reward_model))
     eprompts = eval_prompts(cfg.eval_prompts, cfg.eval.num_prompts) if acc.is_main_process else []
     run = open_run(cfg, acc)  # after every input is validated: bad input writes nothing
-    ac.to(acc.device)
-    reward_model.to(acc.device)
-    if reference.model is not None:
-        reference.model.to(acc.device)
+    for m in (ac, reward_model, reference.model):
+        if m is not None:
+            m.to(acc.device)
     optimizer = _optimizer(cfg, ac)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total))
     kl = KLController(cfg.kl_coef, cfg.kl_control, cfg.kl_target, cfg.kl_horizon)
@@ -311,84 +422,79 @@ def train(cfg: Config) -> dict:
         set_rng_state(state["rng"])
     # The scheduler is not prepared: accelerate would step it once per process (as pipelines.trainer notes).
     model, optimizer = acc.prepare(ac, optimizer)
-    unwrapped = acc.unwrap_model(model)
     if acc.is_main_process:
         run.truncate_log(step)
-    reduce = (lambda t: acc.reduce(t, reduction="sum")) if world > 1 else (lambda t: t)
-    evaluator = None
-    if eprompts:
-        evaluator = PolicyEvaluator(tok, eprompts, reference, cfg.eval, reward_model=reward_model, rm_tok=rm_tok)
-
-    def evaluate(at: int) -> dict:
-        if evaluator is None:
-            return {}
-        m, samples = evaluator(unwrapped.policy)
-        run.log(at, {**m, "samples": samples})
-        return m
-
+    models = Models(tok, acc.unwrap_model(model), model, reference, reward_model, rm_tok, same_tok)
+    evaluator = PolicyEvaluator(tok, eprompts, reference, cfg.eval, reward_model=reward_model,
+                                rm_tok=rm_tok) if eprompts else None
+    s = Session(cfg, acc, run, models, optimizer, scheduler, kl, prompts, prompt_ids, total, step, last, evaluator)
     if step == 0 and acc.is_main_process:
         total_p, trainable = count_parameters(ac)
         run.log(0, {"model/parameters": total_p, "model/trainable": trainable, "data/prompts": len(prompts),
                     "data/dropped_prompts": dropped, "reward_model/same_tokenizer": same_tok})
-        init_eval = evaluate(0)
+        init_eval = s.evaluate(0)
         if init_eval:
             run.log(0, {f"init/{k[5:]}": v for k, v in init_eval.items()})
-    bar = run.progress(total, step, desc="ppo") if acc.is_main_process else None
+    return s
 
-    def save() -> None:
-        if acc.is_main_process:
-            run.save_checkpoint({"step": step, "model": trainable_state(unwrapped), "optimizer": optimizer.state_dict(),
-                                 "scheduler": scheduler.state_dict(), "kl_coef": kl.value, "rng": get_rng_state(),
-                                 "last_metrics": last})
-        acc.wait_for_everyone()
 
-    while step < total:
-        idx = iteration_prompts(len(prompts), cfg.batch_size, step, cfg.seed)
-        mine = idx[acc.process_index * local:(acc.process_index + 1) * local]
-        t0 = time.perf_counter()
-        coef = kl.value
-        data, m, gen_s = rollout(cfg, unwrapped, reference, reward_model, rm_tok, tok, [prompts[i] for i in mine],
-                          [prompt_ids[i] for i in mine], same_tok=same_tok, kl_coef=coef,
-                          seed=cfg.seed * 1_000_003 + step * 7919 + acc.process_index, reduce=reduce)
-        t1 = time.perf_counter()
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 7919 + 17 * acc.process_index + 1)
-        m.update(ppo_update(cfg, model, optimizer, acc, data, generator=g))
-        t2 = time.perf_counter()
-        m["kl_coef"] = coef
-        m["lr"] = scheduler.get_last_lr()[0]
-        kl.update(m["objective/kl"], cfg.batch_size)
-        scheduler.step()
-        step += 1
-        m["episode"] = step * cfg.batch_size
-        # Timings go to log.jsonl only (metrics.json must not depend on the machine's speed).
-        perf = {"perf/rollout_tokens_per_s": m["rollout/tokens"] / world / max(t1 - t0, 1e-9),
-                "perf/generation_tokens_per_s": m["rollout/tokens"] / world / max(gen_s, 1e-9),
-                "perf/update_s": t2 - t1, "perf/rollout_s": t1 - t0}
-        last = m
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(score=f"{m['objective/scores']:.3f}", kl=f"{m['objective/kl']:.3f}")
-        if acc.is_main_process and (step % cfg.log_every == 0 or step == total):
-            run.log(step, {**m, **perf}, tb_prefix="train/")
-        if cfg.eval_every and step % cfg.eval_every == 0 and step < total and acc.is_main_process:
-            evaluate(step)
-        if step % cfg.save_every == 0 or step == total:
-            save()
-    if bar is not None:
-        bar.close()
-    gap = param_sync_gap(acc, model)
+def iteration(s: Session) -> dict:
+    """One PPO iteration: rollout, update, KL controller and scheduler step, then log / evaluate / checkpoint as
+    due. Returns its metrics."""
+    cfg, acc = s.cfg, s.acc
+    world, rank = acc.num_processes, acc.process_index
+    local = cfg.batch_size // world
+    reduce = (lambda t: acc.reduce(t, reduction="sum")) if world > 1 else (lambda t: t)
+    idx = iteration_prompts(len(s.prompts), cfg.batch_size, s.step, cfg.seed)
+    mine = idx[rank * local:(rank + 1) * local]
+    t0 = time.perf_counter()
+    coef = s.kl.value
+    data, m, gen_s = rollout(cfg, s.models, [s.prompts[i] for i in mine], [s.prompt_ids[i] for i in mine],
+                             kl_coef=coef, seed=cfg.seed * 1_000_003 + s.step * 7919 + rank, reduce=reduce)
+    t1 = time.perf_counter()
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + s.step * 7919 + 17 * rank + 1)
+    m.update(ppo_update(cfg, s.models.model, s.optimizer, acc, data, generator=g))
+    t2 = time.perf_counter()
+    m["kl_coef"] = coef
+    m["lr"] = s.scheduler.get_last_lr()[0]
+    s.kl.update(m["objective/kl"], cfg.batch_size)
+    s.scheduler.step()
+    s.step += 1
+    m["episode"] = s.step * cfg.batch_size
+    # Timings go to log.jsonl only (metrics.json must not depend on the machine's speed).
+    perf = {"perf/rollout_tokens_per_s": m["rollout/tokens"] / world / max(t1 - t0, 1e-9),
+            "perf/generation_tokens_per_s": m["rollout/tokens"] / world / max(gen_s, 1e-9),
+            "perf/update_s": t2 - t1, "perf/rollout_s": t1 - t0}
+    s.last = m
+    if s.bar is not None:
+        s.bar.update(1)
+        s.bar.set_postfix(score=f"{m['objective/scores']:.3f}", kl=f"{m['objective/kl']:.3f}")
+    step, total = s.step, s.total
+    if acc.is_main_process and (step % cfg.log_every == 0 or step == total):
+        s.run.log(step, {**m, **perf}, tb_prefix="train/")
+    if cfg.eval_every and step % cfg.eval_every == 0 and step < total and acc.is_main_process:
+        s.evaluate(step)
+    if step % cfg.save_every == 0 or step == total:
+        s.save()
+    return m
+
+
+def finish(s: Session) -> dict:
+    """Save the policy and value model with their model cards, run the final evaluation, write metrics.json."""
+    acc, run, ac = s.acc, s.run, s.models.ac
+    gap = param_sync_gap(acc, s.models.model)
     final = None
     if acc.is_main_process:
-        save_model(unwrapped.policy, tok, run.path / "model")
-        if unwrapped.critic is not None:
-            save_model(unwrapped.critic, tok, run.path / "value_model")
-        ev = evaluate(step)
-        final = run.finish({**{f"train/{k}": v for k, v in last.items()}, **ev, "steps": step,
-                            "dist/world_size": world, "dist/param_sync_gap": gap})
-        chat = chat_template_trained(tok)
+        save_model(ac.policy, s.models.tok, run.path / "model")
+        if ac.critic is not None:
+            save_model(ac.critic, s.models.tok, run.path / "value_model")
+        ev = s.evaluate(s.step)
+        final = run.finish({**{f"train/{k}": v for k, v in s.last.items()}, **ev, "steps": s.step,
+                            "dist/world_size": acc.num_processes, "dist/param_sync_gap": gap})
+        chat = chat_template_trained(s.models.tok)
         write_model_card(run.path / "model", stage="ppo", config=run.config, metrics=final, chat_trained=chat,
                          run_dir=run.path)
-        if unwrapped.critic is not None:
+        if ac.critic is not None:
             write_model_card(run.path / "value_model", stage="ppo-value", config=run.config, metrics=final,
                              chat_trained=chat, run_dir=run.path)
     acc.wait_for_everyone()

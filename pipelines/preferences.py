@@ -34,18 +34,26 @@ from reins.runio import METRICS_FILE, RunDir, seed_everything
 
 @dataclass
 class Config(ModelArgs, RunArgs):
-    output_dir: str = "runs/preferences"
-    prompts: str = BUILTIN               # builtin:sentiment(-chat), or a prompt-only file / datasets dir / Hub id
-    prompt_split: str = "train"
-    num_train_prompts: int = 1000
-    num_test_prompts: int = 200          # builtin: held-out items; a file: split off its prompts
-    num_samples: int = 4
-    labeling: Literal["max_margin", "bradley_terry"] = "max_margin"
-    min_margin: float = 0.1
-    bt_temperature: float = 0.1
-    judge: str = "sentiment"
-    chunk_size: int = 128                # prompts per checkpoint
-    generation: GenerationArgs = field(default_factory=GenerationArgs)
+    output_dir: str = field(default="runs/preferences",
+                            metadata={"help": "directory the run writes (config.yaml, log.jsonl, metrics.json, "
+                                              "checkpoints, artifacts)"})
+    prompts: str = field(default=BUILTIN,
+                         metadata={"help": "builtin:sentiment(-chat), or a prompt-only file / datasets dir / Hub id"})
+    prompt_split: str = field(default="train",
+                              metadata={"help": "split of `prompts` to take the training prompts from"})
+    num_train_prompts: int = field(default=1000,
+                                   metadata={"help": "prompts to sample completions for (training pairs)"})
+    num_test_prompts: int = field(default=200,
+                                  metadata={"help": "builtin: held-out items; a file: split off its prompts"})
+    num_samples: int = field(default=4, metadata={"help": "completions sampled per prompt"})
+    labeling: Literal["max_margin", "bradley_terry"] = field(
+        default="max_margin",
+        metadata={"help": "max_margin (best vs worst by the judge) or bradley_terry (sampled label)"})
+    min_margin: float = field(default=0.1, metadata={"help": "drop pairs whose judge scores differ by less"})
+    bt_temperature: float = field(default=0.1, metadata={"help": "temperature of the Bradley-Terry label sampling"})
+    judge: str = field(default="sentiment", metadata={"help": "the gold judge that scores completions (sentiment)"})
+    chunk_size: int = field(default=128, metadata={"help": "prompts per checkpoint"})
+    generation: GenerationArgs = field(default_factory=GenerationArgs, metadata={"help": "sampling of the completions"})
 
     def validate(self):
         self.validate_model()

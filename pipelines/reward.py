@@ -12,7 +12,7 @@ eval/accuracy on the held-out pairs. Artifact: `output_dir/model` (merged if tra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -36,14 +36,19 @@ from reins.errors import DataError
 
 @dataclass
 class Config(TrainArgs, DataArgs, ModelArgs, RunArgs):
-    output_dir: str = "runs/reward"
-    center_coef: float = 0.0           # TRL center_rewards_coefficient (0.01 recommended when used)
-    use_margin: bool = False           # subtract the data's `margin` column inside the sigmoid
-    eval_fraction: float = 0.1         # held-out share when the data has no eval split
-    eval_batch_size: int = 64
-    learning_rate: float = 1e-4
-    num_epochs: float = 2.0
-    shared_prompt: bool = True         # one row per pair, prompt once (off under flash_attention_2: no 4-D masks)
+    output_dir: str = field(default="runs/reward",
+                            metadata={"help": "directory the run writes (config.yaml, log.jsonl, metrics.json, "
+                                              "checkpoints, artifacts)"})
+    center_coef: float = field(default=0.0,
+                               metadata={"help": "TRL center_rewards_coefficient (0.01 recommended when used)"})
+    use_margin: bool = field(default=False, metadata={"help": "subtract the data's `margin` column inside the sigmoid"})
+    eval_fraction: float = field(default=0.1, metadata={"help": "held-out share when the data has no eval split"})
+    eval_batch_size: int = field(default=64, metadata={"help": "pairs per forward pass of the evaluation"})
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (peak, after warm-up)"})
+    num_epochs: float = field(default=2.0, metadata={"help": "passes over the training data (max_steps overrides it)"})
+    shared_prompt: bool = field(default=True,
+                                metadata={"help": "one row per pair, prompt once (off under flash_attention_2: no "
+                                                  "4-D masks)"})
 
     def validate(self):
         self.validate_model()

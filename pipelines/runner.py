@@ -219,10 +219,15 @@ def run_recipe(path: str | Path, overrides: dict[str, Any] | None = None, *, dry
 class Config:
     """Only for `reins run --help`: the recipe file carries the real config."""
 
-    recipe: str = ""
-    output_dir: str = ""
-    seed: int = 0
-    quiet: bool = False
+    recipe: str = dataclasses.field(default="",
+                                    metadata={"help": "the staged recipe file to run (stages in order, cached, "
+                                                      "resumable)"})
+    output_dir: str = dataclasses.field(default="",
+                                        metadata={"help": "root of the stages' run dirs and report.md (default: the "
+                                                          "recipe's)"})
+    seed: int = dataclasses.field(default=0, metadata={"help": "seed of every random number generator of the run"})
+    quiet: bool = dataclasses.field(default=False,
+                                    metadata={"help": "no progress bar, step lines or final metrics on the terminal"})
 
 
 def main(argv: list[str] | None = None) -> int:

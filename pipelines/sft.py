@@ -32,12 +32,19 @@ from reins.config import RunArgs
 
 @dataclass
 class Config(TrainArgs, DataArgs, ModelArgs, RunArgs):
-    output_dir: str = "runs/sft"
-    packing: bool = False
-    eval_prompts: str | None = BUILTIN   # prompts for the generation eval (None/"none": skip it)
-    eval: EvalArgs = field(default_factory=EvalArgs)
-    learning_rate: float = 1e-3
-    max_operand: int = 99                # data: builtin:arithmetic (correct answers): operands 0..max_operand
+    output_dir: str = field(default="runs/sft",
+                            metadata={"help": "directory the run writes (config.yaml, log.jsonl, metrics.json, "
+                                              "checkpoints, artifacts)"})
+    packing: bool = field(default=False,
+                          metadata={"help": "concatenate examples into full max_length rows (no padding)"})
+    eval_prompts: str | None = field(default=BUILTIN,
+                                     metadata={"help": "prompts for the generation eval (None/\"none\": skip it)"})
+    eval: EvalArgs = field(default_factory=EvalArgs,
+                           metadata={"help": "the generation eval (num_prompts, seed, temperature, max_new_tokens, "
+                                             "batch_size, ...)"})
+    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate (peak, after warm-up)"})
+    max_operand: int = field(default=99,
+                             metadata={"help": "data: builtin:arithmetic (correct answers): operands 0..max_operand"})
 
     def validate(self):
         self.validate_model()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -67,28 +67,30 @@ def epoch_order(lengths: list[int], batch_size: int, *, seed: int, epoch: int, g
 
 
 @dataclass
-class TrainArgs:
-    """Optimisation options shared by the LM stages (a mixin of their Config dataclasses)."""
+class OptimArgs:
+    """Optimisation options every LM stage has (a mixin of their Config dataclasses): the optimizer, its schedule,
+    the step budget, logging and checkpoints, accelerate's device and precision. PPO and GRPO take these; their
+    batches are their own rollouts, so the Trainer's batching options (`TrainArgs`) are not theirs."""
 
     learning_rate: float = 1e-4
-    batch_size: int = 16                 # global batch per optimizer step
-    grad_accum: int = 1                  # micro-batches per process per step
-    num_epochs: float = 1.0
-    max_steps: int | None = None         # overrides num_epochs
-    warmup_steps: int = 0
-    lr_scheduler: Literal["constant", "linear", "cosine"] = "linear"
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = 1.0
-    log_every: int = 10
-    save_every: int = 50
-    eval_every: int | None = None        # None: evaluate at the end only
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    cpu: bool = False                    # force CPU even where CUDA is available
-    group_by_length: bool = False        # batches of similar length (less padding; see Trainer.epoch_order)
-    shuffle: bool = True                 # false: every epoch in file order (as another tool's unshuffled run)
-    torch_compile: bool = False          # torch.compile(dynamic=True) the trained model (and DPO's reference)
+    batch_size: int = field(default=16, metadata={"help": "global batch per optimizer step"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per process per step"})
+    num_epochs: float = field(default=1.0, metadata={"help": "passes over the training data (max_steps overrides it)"})
+    max_steps: int | None = field(default=None, metadata={"help": "overrides num_epochs"})
+    warmup_steps: int = field(default=0, metadata={"help": "optimizer steps of linear learning-rate warm-up from 0"})
+    lr_scheduler: Literal["constant", "linear", "cosine"] = field(
+        default="linear", metadata={"help": "learning-rate schedule after warm-up: constant, linear or cosine to 0"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW decoupled weight decay"})
+    max_grad_norm: float | None = field(default=1.0,
+                                        metadata={"help": "clip the global gradient norm to this (None: no clipping)"})
+    log_every: int = field(default=10, metadata={"help": "optimizer steps between log.jsonl rows"})
+    save_every: int = field(default=50, metadata={"help": "optimizer steps between checkpoints"})
+    eval_every: int | None = field(default=None, metadata={"help": "None: evaluate at the end only"})
+    mixed_precision: Literal["no", "bf16", "fp16"] = field(
+        default="no", metadata={"help": "accelerate's autocast precision: no, bf16 or fp16"})
+    cpu: bool = field(default=False, metadata={"help": "force CPU even where CUDA is available"})
 
-    def validate_train(self):
+    def validate_optim(self):
         check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         check(self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}")
@@ -96,11 +98,38 @@ class TrainArgs:
         check(self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1")
         check(self.warmup_steps >= 0, "warmup_steps must be >= 0")
         check(self.save_every >= 1 and self.log_every >= 1, "save_every and log_every must be >= 1")
+
+
+@dataclass
+class TrainArgs(OptimArgs):
+    """The options of the `Trainer` that sft, reward and dpo share: how a data set becomes batches, and compiling."""
+
+    group_by_length: bool = field(default=False,
+                                  metadata={"help": "batches of similar length (less padding; see "
+                                                    "Trainer.epoch_order)"})
+    shuffle: bool = field(default=True,
+                          metadata={"help": "false: every epoch in file order (as another tool's unshuffled run)"})
+    torch_compile: bool = field(default=False,
+                                metadata={"help": "torch.compile(dynamic=True) the trained model (and DPO's "
+                                                  "reference)"})
+
+    def validate_train(self):
+        self.validate_optim()
         check(self.shuffle or not self.group_by_length,
               "group_by_length=true shuffles its length-sorted batches; it cannot be combined with shuffle=false")
 
 
-def check_batch_size(args: TrainArgs, n_examples: int, world: int) -> None:
+# TrainArgs' keys, which ppo and grpo configs had (unused) while they inherited TrainArgs: dropped from a saved
+# config.yaml before it is compared (reins.runio's run_config_view hook), so such a run still resumes.
+TRAINER_ONLY_KEYS = ("group_by_length", "shuffle", "torch_compile")
+
+
+def drop_trainer_only_keys(d: dict) -> dict:
+    """`d` without TrainArgs' own keys (for the run_config_view of a config that has only OptimArgs)."""
+    return {k: v for k, v in d.items() if k not in TRAINER_ONLY_KEYS}
+
+
+def check_batch_size(args: OptimArgs, n_examples: int, world: int) -> None:
     """The global batch splits evenly over processes x accumulation, and one epoch holds at least one batch."""
     if args.batch_size % (world * args.grad_accum):
         raise ConfigError(f"batch_size={args.batch_size} must be a multiple of num_processes ({world}) x "
@@ -109,7 +138,7 @@ def check_batch_size(args: TrainArgs, n_examples: int, world: int) -> None:
         raise ConfigError(f"batch_size={args.batch_size} is larger than the {n_examples} training examples")
 
 
-def make_accelerator(args: TrainArgs):
+def make_accelerator(args: OptimArgs):
     """An Accelerator for this process. On a machine without CUDA it is forced onto CPU (gloo): accelerate's
     launcher does not pass `use_cpu` on (recipes/accelerate/README.md), which would otherwise give independent
     rank-0 runs."""
@@ -124,7 +153,7 @@ def make_accelerator(args: TrainArgs):
     return Accelerator(cpu=cpu, gradient_accumulation_steps=args.grad_accum, mixed_precision=args.mixed_precision)
 
 
-def lr_lambda(args: TrainArgs, total: int) -> Callable[[int], float]:
+def lr_lambda(args: OptimArgs, total: int) -> Callable[[int], float]:
     def f(step: int) -> float:
         if step < args.warmup_steps:
             return (step + 1) / (args.warmup_steps + 1)

@@ -55,7 +55,7 @@ def _usage() -> str:
     for name, (_, desc) in available_stages().items():
         lines.append(f"  {name:<12} {desc}")
     lines += ["", "Each stage also runs as `accelerate launch -m <module> --config FILE`.",
-              "`reins <stage> --help` lists that stage's config keys and defaults."]
+              "`reins <stage> --help` lists that stage's config keys with their types, defaults and help."]
     return "\n".join(lines)
 
 
@@ -79,18 +79,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def config_help(config_cls: type) -> str:
-    import dataclasses
+    """Every config key of a stage with its type, default and help (nested sections as dotted keys)."""
+    from reins.config import config_help as key_lines
 
-    lines = [f"config keys for {config_cls.__name__} (defaults):"]
-    for f in dataclasses.fields(config_cls):
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = f.default_factory()  # type: ignore[misc]
-        else:
-            default = "<required>"
-        lines.append(f"  {f.name} = {default!r}")
-    return "\n".join(lines)
+    return "\n".join([f"config keys of {config_cls.__name__} (key: type = default, then its help):",
+                      *key_lines(config_cls)])
 
 
 def shutdown_distributed() -> None:

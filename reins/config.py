@@ -1,14 +1,23 @@
 """Dataclass configs loaded from YAML, overridden from the command line, validated before any work starts.
 
-A stage declares its hyperparameters as one (possibly nested) dataclass. `load_config` reads a YAML file,
-applies `key=value` overrides (dotted keys reach nested dataclasses, values are parsed as YAML scalars),
-rejects unknown keys naming the valid ones, coerces types, and calls the dataclass's `validate()` if it has
-one. The resolved config round-trips through `to_dict`/`from_dict`, which is what `config.yaml` stores.
+A stage declares its hyperparameters as one (possibly nested) dataclass; each field carries its help text in
+`metadata={"help": ...}` (printed by `reins <stage> --help`, see `config_help`). Loading is four named steps:
+
+1. `load_config` reads a YAML file and applies `key=value` overrides (dotted keys reach nested dataclasses,
+   values are parsed as YAML scalars);
+2. `build` rejects unknown keys naming the valid ones, coerces types, constructs the dataclass and returns it
+   together with the keys the user gave;
+3. `apply_preset` fills the fields a named preset sets (a class's `PRESETS`) that the user did not give;
+4. the dataclass's `validate()`, if it has one, checks the result.
+
+`from_dict` runs steps 2-4. The resolved config round-trips through `to_dict`/`from_dict`, which is what
+`config.yaml` stores.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -23,10 +32,14 @@ from reins.errors import ConfigError
 class RunArgs:
     """The stage contract's own keys, a base of every stage's Config (each sets its `output_dir` default)."""
 
-    output_dir: str = ""
-    seed: int = 0
-    quiet: bool = False
-    report_to: str = "jsonl"  # none | jsonl | tensorboard (log.jsonl is always written)
+    output_dir: str = dataclasses.field(default="",
+                                        metadata={"help": "directory the run writes (config.yaml, log.jsonl, "
+                                                          "metrics.json, checkpoints, artifacts)"})
+    seed: int = dataclasses.field(default=0, metadata={"help": "seed of every random number generator of the run"})
+    quiet: bool = dataclasses.field(default=False,
+                                    metadata={"help": "no progress bar, step lines or final metrics on the terminal"})
+    report_to: str = dataclasses.field(default="jsonl",
+                                       metadata={"help": "none | jsonl | tensorboard (log.jsonl is always written)"})
 
 T = TypeVar("T")
 
@@ -158,7 +171,17 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: dict[st
 
 
 def from_dict(cls: type[T], data: dict, *, where: str = "config") -> T:
-    """Build dataclass `cls` from a plain dict, recursing into nested dataclasses, with clear errors."""
+    """Build dataclass `cls` from a plain dict (steps 2-4: build, apply the preset, validate), with clear errors."""
+    cfg, given = build(cls, data, where=where)
+    apply_preset(cfg, given)
+    validate = getattr(cfg, "validate", None)
+    if callable(validate):
+        validate()
+    return cfg
+
+
+def build(cls: type[T], data: dict, *, where: str = "config") -> tuple[T, frozenset[str]]:
+    """Construct `cls` from `data` (nested dataclasses resolved by `from_dict`); returns it with the keys given."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -174,11 +197,70 @@ def from_dict(cls: type[T], data: dict, *, where: str = "config") -> T:
         obj = cls(**kwargs)
     except TypeError as e:
         raise ConfigError(f"{where}: {e}") from None
-    object.__setattr__(obj, "_given_keys", frozenset(data))  # what the user wrote: a preset never overrides it
-    validate = getattr(obj, "validate", None)
-    if callable(validate):
-        validate()
-    return obj
+    return obj, frozenset(data)
+
+
+def apply_preset(cfg: Any, given: frozenset[str] | None = None) -> None:
+    """Fill the fields the named preset `cfg.preset` sets (from the class's `PRESETS`) that the user did not give.
+
+    `given` holds the keys a recipe, the command line or config.yaml wrote (what `build` returns): every one of
+    them wins over the preset, also one equal to the dataclass default (a recipe's `max_steps: 100000` stays
+    100000 under a preset of 1M). Without `given` (a config constructed in Python) a field still at its
+    dataclass default counts as unset. The resolved values are what config.yaml stores, so a resumed run does
+    not re-apply the preset. A class without `PRESETS` or a config with an empty `preset` is left as it is.
+    """
+    presets = getattr(type(cfg), "PRESETS", None)
+    name = getattr(cfg, "preset", "")
+    if presets is None or not name:
+        return
+    if name not in presets:
+        raise ConfigError(f"unknown preset '{name}' (valid: {', '.join(sorted(presets))})")
+    defaults = {f.name: _default(f) for f in dataclasses.fields(cfg) if f.init}
+    for key, value in presets[name].items():
+        if key not in defaults:
+            raise ConfigError(f"preset '{name}' sets unknown key '{key}'")
+        unset = key not in given if given is not None else getattr(cfg, key) == defaults[key]
+        if unset:
+            setattr(cfg, key, value)
+
+
+_REQUIRED = object()
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return _REQUIRED
+
+
+def config_help(cls: type, prefix: str = "") -> list[str]:
+    """One entry per config key, nested dataclasses as dotted keys: `key: type = default` and its help line."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp = hints.get(f.name, Any)
+        key = prefix + f.name
+        if dataclasses.is_dataclass(tp):
+            lines += config_help(tp, key + ".")
+            continue
+        default = _default(f)
+        shown = "<required>" if default is _REQUIRED else repr(default)
+        lines.append(f"  {key}: {_type_name(tp)} = {shown}")
+        lines.append(f"      {f.metadata.get('help', '')}")
+        optional = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        if optional:  # an optional section (e.g. `lora`): its keys too, for when it is given
+            lines += config_help(optional[0], key + ".")
+    return lines
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return re.sub(r"\b(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*)", r"\1", str(tp))  # module paths off: LoraSpec | None
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:

@@ -37,7 +37,7 @@ def reins_setup(env_id, hidden, batch, fill, seed, compile_nets=False):
     envs, spec = make_vector_env(env_id, 1)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    agent = SAC(SACConfig(hidden=list(hidden), batch_size=batch), spec, gen)
+    agent = SAC(SACConfig(hidden=list(hidden), batch_size=batch), spec, gen, total_steps=fill)
     if compile_nets:
         for net in (agent.actor, agent.critic, agent.critic_target):
             net.forward = torch.compile(net.forward, dynamic=False)

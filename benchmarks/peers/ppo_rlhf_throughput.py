@@ -91,7 +91,7 @@ def _ours(spec: dict, clock: BlockClock) -> dict:
         reference.model.to(acc.device)
     optimizer = ppo._optimizer(cfg, ac)
     model, optimizer = acc.prepare(ac, optimizer)
-    unwrapped = acc.unwrap_model(model)
+    models = ppo.Models(tok, acc.unwrap_model(model), model, reference, rm, rm_tok, same)
     timings: list[tuple[int, float, float, float]] = []  # (tokens, rollout s, update s, policy loss)
     it = [0]
 
@@ -99,9 +99,8 @@ def _ours(spec: dict, clock: BlockClock) -> dict:
         step = it[0]
         idx = ppo.iteration_prompts(len(prompts), cfg.batch_size, step, cfg.seed)
         t0 = time.perf_counter()
-        data, m, _ = ppo.rollout(cfg, unwrapped, reference, rm, rm_tok, tok, [prompts[i] for i in idx],
-                              [prompt_ids[i] for i in idx], same_tok=same, kl_coef=cfg.kl_coef,
-                              seed=step, reduce=lambda t: t)
+        data, m, _ = ppo.rollout(cfg, models, [prompts[i] for i in idx], [prompt_ids[i] for i in idx],
+                                 kl_coef=cfg.kl_coef, seed=step, reduce=lambda t: t)
         t1 = time.perf_counter()
         g = torch.Generator().manual_seed(step + 1)
         u = ppo.ppo_update(cfg, model, optimizer, acc, data, generator=g)
@@ -114,9 +113,8 @@ def _ours(spec: dict, clock: BlockClock) -> dict:
 
     with FlopCounterMode(display=False) as fc_roll:
         idx = ppo.iteration_prompts(len(prompts), cfg.batch_size, 0, cfg.seed)
-        data, _, _ = ppo.rollout(cfg, unwrapped, reference, rm, rm_tok, tok, [prompts[i] for i in idx],
-                              [prompt_ids[i] for i in idx], same_tok=same, kl_coef=cfg.kl_coef, seed=0,
-                              reduce=lambda t: t)
+        data, _, _ = ppo.rollout(cfg, models, [prompts[i] for i in idx], [prompt_ids[i] for i in idx],
+                                 kl_coef=cfg.kl_coef, seed=0, reduce=lambda t: t)
     upd_flops, _ = count_flops(ppo.ppo_update, cfg, model, optimizer, acc, data,
                                generator=torch.Generator().manual_seed(1))
 

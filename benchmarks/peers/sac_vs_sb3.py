@@ -70,7 +70,8 @@ def _ours(spec: dict, clock: BlockClock):
     gen = torch.Generator().manual_seed(spec["seed"])
     lr = spec["lr"]
     agent = SAC(SACConfig(hidden=list(spec["hidden"]), batch_size=spec["batch"], actor_lr=lr, critic_lr=lr,
-                          alpha_lr=lr, alpha=0.2, gamma=0.99, tau=0.005), es, gen)
+                          alpha_lr=lr, alpha=0.2, gamma=0.99, tau=0.005), es, gen,
+                total_steps=len(d["rewards"]))
     n = len(d["rewards"])
     buf = ReplayBuffer(n, od, ad, False)
     buf.add(d["observations"], d["next_observations"], d["actions_unit"] * bound, d["rewards"], d["terminated"],

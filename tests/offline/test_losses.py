@@ -14,6 +14,7 @@ from offline.cql import Config as CQLConfig
 from offline.iql import IQL
 from offline.iql import Config as IQLConfig
 from offline.nets import EnsembleCritic
+from reins.config import apply_preset
 
 OBS, ACT, B = 3, 2, 32
 
@@ -228,7 +229,7 @@ def _is_orthogonal(w, gain):
 def test_iql_paper_preset_inits_every_layer_orthogonal_sqrt2():
     """Original IQL's default_init: orthogonal, scale sqrt(2), on every Dense layer of actor, critics and V."""
     cfg = IQLConfig(dataset="x", preset="paper-locomotion", hidden=[16, 16])
-    cfg.validate()  # applies the preset
+    apply_preset(cfg)
     algo = IQL(cfg, OBS, ACT, torch.device("cpu"))
     nets = [_linears(algo.actor), _linears(algo.value)]
     assert len(nets[0]) == 3 and len(nets[1]) == 3
@@ -248,7 +249,7 @@ def test_iql_paper_preset_inits_every_layer_orthogonal_sqrt2():
 
 def test_cql_corl_preset_inits_critics_orthogonal_and_actor_last_layer_small():
     cfg = CQLConfig(dataset="x", preset="corl-locomotion", hidden=[16, 16], q_hidden=[16, 16])
-    cfg.validate()
+    apply_preset(cfg)
     assert cfg.actor_last_gain == 1e-2
     algo = CQL(cfg, OBS, ACT, torch.device("cpu"))
     n = len(algo.critic.layers)

@@ -143,15 +143,32 @@ def test_cli_unknown_dataset_exit_code(minari_root, tmp_path, capsys):
 
 
 def test_presets_fill_defaults_only():
+    from reins.config import apply_preset
+
     cfg = iql.Config(preset="corl-hopper-medium", tau=0.01)
     cfg.validate()
+    assert cfg.actor == "gaussian" and cfg.tau == 0.01  # validate() only checks: the preset is a step of loading
+    apply_preset(cfg)
     assert cfg.actor == "deterministic" and cfg.normalize_reward is True
     assert cfg.tau == 0.01  # explicit value wins over the preset's 0.001
     c = cql.Config(preset="corl-locomotion")
-    c.validate()
+    apply_preset(c)
     assert (c.cql_alpha, c.policy_lr, c.q_hidden) == (10.0, 3e-5, [256, 256, 256])
     with pytest.raises(ConfigError, match="unknown preset 'nope'"):
-        iql.Config(preset="nope").validate()
+        apply_preset(iql.Config(preset="nope"))
+
+
+def test_build_returns_the_given_keys_and_leaves_no_hidden_attribute():
+    """The keys a user gave come back from `build` (what `apply_preset` honours), not as an attribute."""
+    from reins.config import apply_preset, build, from_dict
+
+    cfg, given = build(iql.Config, {"preset": "corl-hopper-medium", "dataset": "x", "tau": 0.005})
+    assert given == {"preset", "dataset", "tau"}
+    assert cfg.actor == "gaussian"  # built, not yet resolved
+    apply_preset(cfg, given)
+    assert cfg.actor == "deterministic" and cfg.tau == 0.005  # 0.005 is the default, but it was given
+    resolved = from_dict(iql.Config, {"preset": "corl-hopper-medium", "dataset": "x", "tau": 0.005})
+    assert resolved == cfg and not hasattr(resolved, "_given_keys")
 
 
 def test_preset_never_overrides_a_value_the_recipe_gives(tmp_path):

@@ -14,7 +14,7 @@ def _setup(tmp_path, env_id, num_steps):
                              "ppo": {"num_envs": 2, "num_steps": num_steps, "hidden": [8]}})
     torch.manual_seed(0)
     h = Harness(cfg, "ppo", 2, 0.99)
-    agent = PPO(cfg.ppo, h.spec, h.gen)
+    agent = PPO(cfg.ppo, h.spec, h.gen, total_steps=cfg.total_steps)
     return h, agent
 
 

@@ -228,10 +228,22 @@ def test_seeded_run_raises_gold_reward(tmp_path):
     assert final["eval/win_rate_vs_ref"] > 0.55
 
 
-@pytest.mark.parametrize("key", ["group_by_length", "torch_compile"])
-def test_trainer_only_options_are_refused_not_ignored(key):
-    """The LM TrainArgs options that only sft/reward/dpo implement fail validation in ppo with their name."""
-    from reins.errors import ConfigError
+@pytest.mark.parametrize("key", ["group_by_length", "torch_compile", "shuffle"])
+def test_trainer_only_options_are_not_rollout_stage_keys(key, tmp_path):
+    """ppo and grpo take OptimArgs, not the Trainer's batching keys: such a key is unknown (an error naming it),
+    and a config.yaml saved while they had it (at any value: it never changed a rollout) still resumes."""
+    import dataclasses
 
-    with pytest.raises(ConfigError, match=key):
-        from_dict(ppo.Config, {"output_dir": "unused", key: True}).validate()
+    from pipelines import grpo
+    from reins.errors import ConfigError
+    from reins.runio import config_changes, run_config
+
+    for mod in (ppo, grpo):
+        assert key not in {f.name for f in dataclasses.fields(mod.Config)}
+        with pytest.raises(ConfigError, match=f"unknown key '{key}'"):
+            from_dict(mod.Config, {"output_dir": "unused", key: True})
+        cfg = from_dict(mod.Config, {"output_dir": str(tmp_path), "model": "tiny", "reward_model": "x"}
+                        if mod is ppo else {"output_dir": str(tmp_path), "model": "tiny"})
+        saved = {**run_config(cfg), "group_by_length": False, "shuffle": True, "torch_compile": False}
+        assert config_changes(saved, cfg) == []
+        assert config_changes({**saved, "learning_rate": 1.0}, cfg) == ["learning_rate"]

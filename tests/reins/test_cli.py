@@ -70,3 +70,54 @@ def test_stages_flush_subnormal_floats_unless_opted_out(monkeypatch):
         assert seen["product"] == 0.0  # flushed
     finally:
         torch.set_flush_denormal(True)  # what any stage run earlier in this process has already set
+
+
+def _config_keys(cls, prefix=""):
+    """(dotted key, help) of every config key of `cls`, nested dataclass sections flattened."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from _config_keys(tp, f"{prefix}{f.name}.")
+            continue
+        yield prefix + f.name, f.metadata.get("help", "")
+        for section in (a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)):  # `lora: LoraSpec | None`
+            yield from _config_keys(section, f"{prefix}{f.name}.")
+
+
+def test_stage_help_prints_every_key_with_its_type_default_and_help(capsys):
+    """`reins <stage> --help` lists each key of the stage's Config (nested sections as dotted keys) with the help
+    from the field's metadata, and no key of any stage lacks help."""
+    import dataclasses
+    import importlib
+
+    from reins.cli import STAGES
+
+    checked = 0
+    for name, (module, _) in STAGES.items():
+        mod = importlib.import_module(module)
+        if not hasattr(mod, "train"):  # `run` and `export` are commands with their own arguments, not stages
+            continue
+        cls = mod.Config
+        assert main([name, "--help"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        keys = list(_config_keys(cls))
+        for key, help_ in keys:
+            assert help_.strip(), f"{name}: config key '{key}' has no help"
+            at = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{key}: "))
+            assert lines[at + 1].strip() == help_.strip(), (name, key)
+        listed = [line.split(":")[0].strip() for line in lines if line.startswith("  ") and not line.startswith("    ")]
+        assert listed == [k for k, _ in keys], name
+        checked += len(keys)
+    assert checked > 300  # every stage's keys were looked at
+    # the type and the default are printed too (a nested key's default is its section's)
+    assert main(["iql", "--help"]) == 0
+    out = capsys.readouterr().out
+    iql_expectile = next(f for f in dataclasses.fields(importlib.import_module("offline.iql").Config)
+                         if f.name == "expectile")
+    assert f"  expectile: float = {iql_expectile.default!r}\n      {iql_expectile.metadata['help']}\n" in out
+    assert main(["online", "--help"]) == 0
+    assert "  sac.alpha_lr: float = 0.001\n" in capsys.readouterr().out
