@@ -21,8 +21,9 @@ from typing import Any
 import torch
 
 from offline.data import DeviceBuffer, Normalization, load_transitions, pick_device, reference_scores
-from offline.evaluate import check_env_fits, evaluate, normalized_score
+from offline.evaluate import check_env_fits, normalized_score
 from offline.policy import policy_state, save_policy
+from online.envs import evaluate
 from online.policy_io import Policy
 from reins.config import RunArgs, check
 from reins.errors import ConfigError, DataError
@@ -143,7 +144,7 @@ def run_offline(cfg: OfflineConfig, build, algo_name: str) -> dict:
 
     def do_eval() -> dict:
         pol = Policy(policy_file_state(), device)  # the very policy that policy.pt holds
-        returns = evaluate(pol.act, env, cfg.eval_episodes, seed=1_000_000 + 1000 * cfg.seed)
+        returns, _ = evaluate(pol.act, env, cfg.eval_episodes, seed=1_000_000 + 1000 * cfg.seed)
         row = {"eval/return_mean": float(returns.mean()), "eval/return_std": float(returns.std())}
         if refs is not None:
             row["eval/normalized_score"] = float(normalized_score(returns, *refs).mean())

@@ -84,7 +84,7 @@ def _offline_v1(kind, actor, norm):
     old_kind = {"tanh_mean_gaussian": "gaussian"}.get(kind, kind)
     spec = {"kind": old_kind, "obs_dim": 3, "act_dim": 1, "hidden": [16]}
     if kind == "tanh_gaussian":
-        spec["log_std_offset"] = -1.0  # as CQL wrote it; min/max were offline/nets.py's defaults
+        spec["log_std_offset"] = -1.0  # as CQL wrote it; min/max were the defaults then
     return {"format": "reins-offline-policy-v1", "algo": "x", "spec": spec, "env_id": "Pendulum-v1",
             "dataset_id": "d/x-v0", "state_dict": {k: v.clone() for k, v in actor.state_dict().items()},
             "normalization": norm.state_dict()}
@@ -92,7 +92,7 @@ def _offline_v1(kind, actor, norm):
 
 @pytest.mark.parametrize("kind", ["tanh_mean_gaussian", "deterministic", "tanh_gaussian"])
 def test_offline_v1_file_loads_and_acts_as_written(tmp_path, kind):
-    """An old offline policy.pt loads with load_policy and acts as the old OfflinePolicy did: normalised obs in
+    """An old offline policy.pt loads with load_policy and acts as offline policies did then: normalised obs in
     float32, actor.act in [-1, 1], affinely onto the box (the oracle is written out here)."""
     from offline.data import Normalization
 
