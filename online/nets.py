@@ -132,7 +132,7 @@ class TanhGaussianActor(nn.Module):
         if log_std not in ("squash", "clamp"):
             raise ValueError(f"log_std must be 'squash' or 'clamp', got {log_std!r}")
         self.net = mlp(obs_dim, 2 * act_dim, hidden, activation, ortho=ortho, out_gain=1e-2)
-        self.mode = log_std
+        self.log_std_mode = log_std
         self.log_std_min, self.log_std_max, self.offset = float(log_std_min), float(log_std_max), log_std_offset
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -144,7 +144,7 @@ class TanhGaussianActor(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, raw = self.net(obs).chunk(2, dim=-1)
-        if self.mode == "squash":
+        if self.log_std_mode == "squash":
             log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(raw) + 1.0)
         else:
             log_std = (raw + self.offset).clamp(self.log_std_min, self.log_std_max)
