@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from pgcore.distributions import TanhGaussian, diag_gaussian_log_prob
+from reins.errors import DataError
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
@@ -248,6 +249,15 @@ class EnsembleQ(nn.Module):
                 for e in range(n):
                     nn.init.orthogonal_(layer.weight.data[e].T, out_gain if last else math.sqrt(2.0))
                 nn.init.zeros_(layer.bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if any(k.startswith(prefix + "weights.") for k in state_dict):
+            # Online SAC/TD3 checkpoints written before the online and offline critics were merged hold the
+            # weights as weights.N / biases.N, and their optimiser state in that order: they cannot resume here.
+            raise DataError("this checkpoint's critic was written by an earlier reins version (weights.N/biases.N "
+                            "layout) and cannot be resumed; start the run in a new output_dir (its policy.pt files "
+                            "still load)")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         x = torch.cat([obs, act], dim=-1)
