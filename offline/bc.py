@@ -13,8 +13,8 @@ from typing import ClassVar, Literal
 
 import torch
 
-from offline.nets import build_actor
-from offline.trainer import OfflineConfig, run_offline
+from offline.trainer import OFFLINE_ACTORS, OfflineConfig, run_offline
+from online.nets import build_actor
 from pgcore.offline_losses import awr_loss
 from reins.cli import stage_main
 from reins.config import check
@@ -44,8 +44,11 @@ class Config(OfflineConfig):
 
 class BC:
     def __init__(self, cfg: Config, obs_dim: int, act_dim: int, device: torch.device):
-        self.actor_spec = {"kind": cfg.actor, "obs_dim": obs_dim, "act_dim": act_dim, "hidden": list(cfg.hidden)}
-        self.actor = build_actor(cfg.actor, obs_dim, act_dim, list(cfg.hidden)).to(device)
+        self.actor_spec = {"kind": OFFLINE_ACTORS[cfg.actor], "obs_dim": obs_dim, "act_dim": act_dim,
+                           "hidden": list(cfg.hidden)}
+        if cfg.actor == "tanh_gaussian":  # CQL's parametrisation
+            self.actor_spec.update(log_std="clamp", log_std_min=-20.0, log_std_max=2.0, log_std_offset=-1.0)
+        self.actor = build_actor(self.actor_spec).to(device)
         self.opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr, foreach=True)
 
     def update(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

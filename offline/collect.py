@@ -28,8 +28,8 @@ import numpy as np
 
 from offline.behaviour import Episode, OnlineRunSource, ScriptedPendulumSource, UniformPolicy
 from offline.data import datasets_root
-from offline.evaluate import make_env
 from online.common import segment_seeds
+from online.envs import gym_make
 from reins.cli import stage_main
 from reins.config import RunArgs, check
 from reins.errors import ConfigError, DataError
@@ -103,7 +103,7 @@ def rollout(policy, env_id: str, *, min_steps: int = 0, n_episodes: int = 0, n_e
         n_episodes = len(policies)
     n_envs = max(1, min(n_envs, n_episodes) if n_episodes else n_envs)
     rng = np.random.default_rng(seed)
-    envs = [make_env(env_id) for _ in range(n_envs)]
+    envs = [gym_make(env_id) for _ in range(n_envs)]
     done: list[Episode] = []
     started = 0
     cur: list[dict | None] = [None] * n_envs
@@ -442,7 +442,7 @@ def train(cfg: Config) -> dict:
         if taken:
             raise DataError(f"dataset {taken[0]} already exists in {root} (set overwrite=true or another "
                             "dataset_prefix/version)")
-    probe = make_env(cfg.env_id)  # fail fast on an unknown env id, before the run dir exists
+    probe = gym_make(cfg.env_id)  # fail fast on an unknown env id, before the run dir exists
     space = probe.action_space
     probe.close()
     _check_behaviour_env(cfg)

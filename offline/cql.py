@@ -28,8 +28,8 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from offline.nets import EnsembleCritic, TanhGaussianActor, small_last_init_
 from offline.trainer import OfflineConfig, run_offline
+from online.nets import EnsembleQ, build_actor, small_last_init_
 from pgcore.distributions import TanhGaussian
 from pgcore.offline_losses import cql_alpha_loss, cql_regularizer
 from pgcore.policy_losses import polyak_update, sac_actor_loss, sac_q_target, sac_temperature_loss
@@ -135,11 +135,12 @@ class CQL:
     def __init__(self, cfg: Config, obs_dim: int, act_dim: int, device: torch.device):
         self.cfg, self.act_dim, self.device = cfg, act_dim, device
         self.actor_spec = {"kind": "tanh_gaussian", "obs_dim": obs_dim, "act_dim": act_dim,
-                           "hidden": list(cfg.hidden), "log_std_offset": cfg.log_std_offset}
-        self.actor = TanhGaussianActor(obs_dim, act_dim, cfg.hidden, log_std_offset=cfg.log_std_offset).to(device)
+                           "hidden": list(cfg.hidden), "log_std": "clamp", "log_std_min": -20.0, "log_std_max": 2.0,
+                           "log_std_offset": cfg.log_std_offset}
+        self.actor = build_actor(self.actor_spec).to(device)
         if cfg.actor_last_gain is not None:
             small_last_init_(self.actor.net, cfg.actor_last_gain)
-        self.critic = EnsembleCritic(obs_dim, act_dim, cfg.q_hidden, 2, cfg.orthogonal_init).to(device)
+        self.critic = EnsembleQ(2, obs_dim, act_dim, cfg.q_hidden, ortho=cfg.orthogonal_init).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor(math.log(cfg.alpha), device=device, requires_grad=True)
         self.log_alpha_prime = torch.tensor(cfg.cql_log_alpha_prime_init, device=device, requires_grad=True)

@@ -1,7 +1,7 @@
-"""Evaluation of a policy in its environment, D4RL-style normalised scores, and multi-seed aggregation.
+"""Checks of the evaluation env against the data, D4RL-style normalised scores, and multi-seed aggregation.
 
-- `evaluate(act, env, n_episodes, seed)`: one vectorised env per episode (gymnasium SyncVectorEnv), reset with
-  seeds seed, seed+1, ...; each env's first episode is counted. Deterministic actions are the caller's choice.
+- `check_env_fits(env, tr)`: the evaluation env exists and its spaces fit the dataset (episodes themselves are run
+  by `online.envs.evaluate`, shared with the online agents).
 - `normalized_score(R, ref_min, ref_max) = 100 (R - ref_min) / (ref_max - ref_min)` (D4RL convention; the same
   as `minari.get_normalized_score` x 100).
 - `aggregate(scores)`: mean, std, IQM (the 25%-trimmed mean, Agarwal et al. 2021) and a percentile-bootstrap
@@ -11,23 +11,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from online.envs import gym_make
 from reins.errors import DataError
-
-
-def make_env(env, **kwargs):
-    import gymnasium as gym
-
-    try:
-        return gym.make(env, **kwargs)
-    except Exception as e:  # noqa: BLE001 - unknown ids / missing extras raise many types
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        name = getattr(env, "id", env)
-        raise DataError(f"cannot make evaluation env '{name}': {first[:200]}") from None
 
 
 def check_env_fits(env, tr) -> None:
@@ -37,7 +26,7 @@ def check_env_fits(env, tr) -> None:
     training; an env that cannot be made (unknown id, package not installed) is reported here too."""
     import gymnasium as gym
 
-    e = make_env(env)
+    e = gym_make(env, "evaluation env")
     try:
         obs_sp, act_sp = e.observation_space, e.action_space
     finally:
@@ -72,30 +61,6 @@ def _check_bounds(ds: str, name: str, what: str, data_sp, env_sp) -> None:
         j = int(np.argmax(bad))
         raise DataError(f"{ds}: the data's {what} bounds in dimension {j} are [{lo_d[j]:g}, {hi_d[j]:g}] but env "
                         f"'{name}' has [{lo_e[j]:g}, {hi_e[j]:g}]; set eval_env to the env the data was recorded in")
-
-
-def evaluate(act: Callable[[np.ndarray], np.ndarray], env, n_episodes: int, seed: int,
-             max_steps: int | None = None) -> np.ndarray:
-    """Undiscounted returns of `n_episodes` episodes run in parallel; `act` maps obs [N, d] -> actions [N, k]."""
-    import gymnasium as gym
-
-    envs = gym.vector.SyncVectorEnv([lambda: make_env(env) for _ in range(n_episodes)])
-    try:
-        obs, _ = envs.reset(seed=[seed + i for i in range(n_episodes)])
-        returns = np.zeros(n_episodes, dtype=np.float64)
-        running = np.ones(n_episodes, dtype=bool)
-        steps = 0
-        while running.any():
-            action = np.asarray(act(obs), dtype=envs.single_action_space.dtype).reshape(envs.action_space.shape)
-            obs, reward, term, trunc, _ = envs.step(action)
-            returns += np.where(running, reward, 0.0)
-            running &= ~(term | trunc)  # later steps of a finished env belong to its next episode: ignored
-            steps += 1
-            if max_steps is not None and steps >= max_steps:
-                break
-        return returns
-    finally:
-        envs.close()
 
 
 def normalized_score(returns, ref_min: float, ref_max: float):

@@ -21,8 +21,8 @@ from typing import ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
-from offline.nets import EnsembleCritic, ValueNet, build_actor, orthogonal_init_
-from offline.trainer import OfflineConfig, run_offline
+from offline.trainer import OFFLINE_ACTORS, OfflineConfig, run_offline
+from online.nets import EnsembleQ, ValueNet, build_actor, orthogonal_init_
 from pgcore.offline_losses import awr_loss, expectile_loss
 from pgcore.policy_losses import polyak_update, td_target
 from reins.cli import stage_main
@@ -90,23 +90,21 @@ class Config(OfflineConfig):
 class IQL:
     def __init__(self, cfg: Config, obs_dim: int, act_dim: int, device: torch.device):
         self.cfg = cfg
-        self.actor_spec = {"kind": cfg.actor, "obs_dim": obs_dim, "act_dim": act_dim, "hidden": list(cfg.hidden),
-                           "dropout": cfg.actor_dropout}
+        self.actor_spec = {"kind": OFFLINE_ACTORS[cfg.actor], "obs_dim": obs_dim, "act_dim": act_dim,
+                           "hidden": list(cfg.hidden), "dropout": cfg.actor_dropout}
         if cfg.actor == "gaussian":
             self.actor_spec["log_std_min"] = cfg.log_std_min
-        spec = dict(self.actor_spec)
-        self.actor = build_actor(spec.pop("kind"), spec.pop("obs_dim"), spec.pop("act_dim"), spec.pop("hidden"),
-                                 **spec).to(device)
+        self.actor = build_actor(self.actor_spec).to(device)
         # ikostrikov/implicit_q_learning's default_init: orthogonal with scale sqrt(2) on every Dense layer,
         # output layers included, for the actor, the critics and the value net alike.
         gain = math.sqrt(2.0)
         if cfg.orthogonal_init:
             orthogonal_init_(self.actor.net, gain)
-        self.critic = EnsembleCritic(obs_dim, act_dim, cfg.hidden, cfg.n_critics, cfg.orthogonal_init,
-                                     last_gain=gain).to(device)
+        self.critic = EnsembleQ(cfg.n_critics, obs_dim, act_dim, cfg.hidden, ortho=cfg.orthogonal_init,
+                                out_gain=gain).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.value = ValueNet(obs_dim, cfg.hidden, cfg.value_layer_norm, cfg.orthogonal_init,
-                              last_gain=gain).to(device)
+        self.value = ValueNet(obs_dim, cfg.hidden, layer_norm=cfg.value_layer_norm, ortho=cfg.orthogonal_init,
+                              out_gain=gain).to(device)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, foreach=True)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, foreach=True)
         self.value_opt = torch.optim.Adam(self.value.parameters(), lr=cfg.value_lr, foreach=True)

@@ -7,8 +7,8 @@ checkpoints/checkpoint.pt go to cfg.output_dir; a re-run resumes from the checkp
 schedulers, the sampler's generator, global RNG, step, evaluation history) and ends with the same result as an
 uninterrupted run; a non-finite loss stops the run before the bad step is checkpointed.
 
-Artifacts: policy.pt (the last actor) and policy_best.pt (the actor at the best evaluation), both loadable
-with offline.policy.load_offline_policy.
+Artifacts: policy.pt (the last actor) and policy_best.pt (the actor at the best evaluation), both in reins'
+one policy format (offline.policy), loadable with online.policy_io.load_policy.
 """
 
 from __future__ import annotations
@@ -20,11 +20,17 @@ from typing import Any
 import torch
 
 from offline.data import DeviceBuffer, Normalization, load_transitions, pick_device, reference_scores
-from offline.evaluate import check_env_fits, evaluate, normalized_score
-from offline.policy import OfflinePolicy, policy_state, save_policy
+from offline.evaluate import check_env_fits, normalized_score
+from offline.policy import policy_state, save_policy
+from online.envs import evaluate
+from online.policy_io import Policy
 from reins.config import RunArgs, check
 from reins.errors import DataError
 from reins.runio import FiniteGuard, RunDir, get_rng_state, seed_everything, set_rng_state
+
+# The `actor` option of iql and bc -> the online.nets actor kind. IQL's "gaussian" has a tanh mean and is not
+# squashed (online.nets.TanhMeanGaussianActor), unlike the on-policy agents' unsquashed "gaussian".
+OFFLINE_ACTORS = {"gaussian": "tanh_mean_gaussian", "deterministic": "deterministic", "tanh_gaussian": "tanh_gaussian"}
 
 
 @dataclass
@@ -124,9 +130,8 @@ def run_offline(cfg: OfflineConfig, build, algo_name: str) -> dict:
                             dataset_id=tr.dataset_id, algo=algo_name)
 
     def do_eval() -> dict:
-        pol = OfflinePolicy(algo.actor, norm)
-        returns = evaluate(pol.act, env, cfg.eval_episodes, seed=1_000_000 + 1000 * cfg.seed)
-        algo.actor.train()
+        pol = Policy(policy_file_state(), device)  # the very policy that policy.pt holds
+        returns, _ = evaluate(pol.act, env, cfg.eval_episodes, seed=1_000_000 + 1000 * cfg.seed)
         row = {"eval/return_mean": float(returns.mean()), "eval/return_std": float(returns.std())}
         if refs is not None:
             row["eval/normalized_score"] = float(normalized_score(returns, *refs).mean())

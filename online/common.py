@@ -26,8 +26,8 @@ from online.envs import (
     ObsNormalizer,
     RewardScaler,
     check_algo_spaces,
+    evaluate,
     final_observations,
-    make_env,
     make_vector_env,
 )
 from online.policy_io import Policy, policy_dict
@@ -53,22 +53,7 @@ def segment_seeds(seed: int, segment: int, num_envs: int) -> list[int]:
 
 def evaluate_policy(policy: Policy, env_id: str, episodes: int, seed: int) -> dict:
     """Run `episodes` episodes with deterministic actions on fresh envs seeded seed, seed+1, ..."""
-    envs = [make_env(env_id)[0] for _ in range(episodes)]
-    obs = [env.reset(seed=seed + k)[0] for k, env in enumerate(envs)]
-    returns = np.zeros(episodes)
-    lengths = np.zeros(episodes, dtype=np.int64)
-    active = np.ones(episodes, dtype=bool)
-    while active.any():
-        idx = np.flatnonzero(active)
-        actions = policy.act(np.stack([np.asarray(obs[i]).reshape(-1) for i in idx]), deterministic=True)
-        for j, i in enumerate(idx):
-            obs[i], r, term, trunc, _ = envs[i].step(actions[j])
-            returns[i] += float(r)
-            lengths[i] += 1
-            if term or trunc:
-                active[i] = False
-    for env in envs:
-        env.close()
+    returns, lengths = evaluate(lambda obs: policy.act(obs, deterministic=True), env_id, episodes, seed)
     return {"eval/return_mean": float(returns.mean()), "eval/return_std": float(returns.std()),
             "eval/return_median": float(np.median(returns)), "eval/length_mean": float(lengths.mean())}
 

@@ -48,17 +48,16 @@ class EnvSpec:
                 "high": torch.as_tensor(self.obs_high, dtype=torch.float64)}
 
 
-def _make_one(env_id: str, **kwargs) -> gym.Env:
+def gym_make(env, what: str = "env", **kwargs) -> gym.Env:
+    """`gymnasium.make(env)` for an env id or a gymnasium EnvSpec (an offline dataset's recorded eval env), every
+    failure (unknown id, missing package, bad kwargs) as one DataError naming `what` and the env."""
     try:
         # gymnasium prints "Did you mean" hints to stderr on top of raising; keep only our one-line error.
         with contextlib.redirect_stderr(io.StringIO()):
-            return flat_observations(gym.make(env_id, **kwargs), env_id)
-    except gym.error.Error as e:
-        raise DataError(f"unknown gymnasium env id '{env_id}': {str(e).strip().splitlines()[0]}") from None
-    except (ImportError, ModuleNotFoundError) as e:
-        raise DataError(f"env '{env_id}' cannot be created, a dependency is missing: {e}") from None
-    except TypeError as e:
-        raise DataError(f"env '{env_id}' cannot be created: {e}") from None
+            return gym.make(env, **kwargs)
+    except Exception as e:  # noqa: BLE001 - unknown ids / missing extras raise many types
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(f"cannot make {what} '{getattr(env, 'id', env)}': {first[:200]}") from None
 
 
 def _fixed_size(space: gym.Space) -> bool:
@@ -107,8 +106,8 @@ def spec_from_spaces(env_id: str, obs_space: gym.Space, act_space: gym.Space) ->
 
 
 def make_env(env_id: str, **kwargs) -> tuple[gym.Env, EnvSpec]:
-    """One env plus its checked spec (used for evaluation and by `offline/` to act)."""
-    env = _make_one(env_id, **kwargs)
+    """One env (observations flattened) plus its checked spec."""
+    env = flat_observations(gym_make(env_id, **kwargs), env_id)
     try:
         spec = spec_from_spaces(env_id, env.observation_space, env.action_space)
     except DataError:
@@ -126,6 +125,30 @@ def make_vector_env(env_id: str, num_envs: int, **kwargs) -> tuple[gym.vector.Ve
                                      for _ in range(num_envs)],
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     return envs, spec
+
+
+def evaluate(act, env, episodes: int, seed: int, max_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Undiscounted returns and lengths of one episode on each of `episodes` fresh envs (an id or a gymnasium
+    EnvSpec; observations flattened) reset with seeds seed, seed+1, ...; `act(obs [N, obs_dim]) -> actions [N, ...]`
+    is called once per step with the envs still running, in order. `max_steps` caps every episode's length."""
+    envs = [flat_observations(gym_make(env, "evaluation env"), getattr(env, "id", env)) for _ in range(episodes)]
+    try:
+        obs = [e.reset(seed=seed + k)[0] for k, e in enumerate(envs)]
+        returns, lengths = np.zeros(episodes), np.zeros(episodes, dtype=np.int64)
+        active = np.ones(episodes, dtype=bool)
+        while active.any():
+            idx = np.flatnonzero(active)
+            actions = act(np.stack([np.asarray(obs[i]).reshape(-1) for i in idx]))
+            for j, i in enumerate(idx):
+                obs[i], r, term, trunc, _ = envs[i].step(actions[j])
+                returns[i] += float(r)
+                lengths[i] += 1
+                if term or trunc or (max_steps is not None and lengths[i] >= max_steps):
+                    active[i] = False
+        return returns, lengths
+    finally:
+        for e in envs:
+            e.close()
 
 
 def check_algo_spaces(algo: str, spec: EnvSpec, *, needs: str) -> None:

@@ -65,7 +65,9 @@ class ActorCriticAgent:
         self.total_steps = total_steps  # the run's length in env steps (the constructor every agent shares)
         self.arch = {"kind": "categorical" if spec.discrete else "gaussian", "obs_dim": spec.obs_dim,
                      "act_dim": spec.act_dim, "hidden": list(cfg.hidden), "activation": cfg.activation,
-                     "ortho": True, "init_log_std": cfg.init_log_std}
+                     "ortho": True}
+        if not spec.discrete:
+            self.arch["init_log_std"] = cfg.init_log_std
         self.actor = build_actor(self.arch)
         self.critic = ValueNet(spec.obs_dim, list(cfg.hidden), cfg.activation, ortho=True)
 

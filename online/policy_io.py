@@ -1,12 +1,18 @@
-"""Save a trained actor to one safe `.pt` file and load it back as a `Policy` that acts on numpy batches.
+"""The one policy file format of reins: a trained actor (online or offline) in one safe `.pt` file, loaded back as
+a `Policy` that acts on numpy batches (`load_policy(path).act(obs, deterministic, rng)`).
 
-File format "reins-policy-v1" (a plain dict; loadable with `torch.load(weights_only=True)`):
-    format, algo, env_id, arch (the `online.nets` spec), state_dict (actor tensors),
-    observation_space {type, low, high}, action_space {type: "box", low, high} | {type: "discrete", n},
-    obs_norm {mean, var, clip, eps} | None, explore {noise_std | epsilon} (behaviour noise for act(...,
-    deterministic=False) of deterministic / value-based actors), meta (plain extras, e.g. step, eval_return).
+File format "reins-policy-v2" (a plain dict; loadable with `torch.load(weights_only=True)`):
+    format, algo, env_id, arch (an `online.nets` actor spec), state_dict (actor tensors),
+    observation_space {type, low, high} | None, action_space {type: "box", low, high} | {type: "discrete", n},
+    obs_norm: None | {mean, var, clip, eps} (online running statistics: clip((obs - mean) / sqrt(var + eps))) |
+              {mean, std} (offline: fixed dataset statistics, (obs - mean) / std in their float32),
+    unit_actions: False (online: the Policy maps the actor's outputs to the env, per kind, in float64) | True
+              (offline: `actor.act(x)` is in [-1, 1] and maps affinely to the action box in the box's dtype),
+    explore {noise_std | epsilon} (behaviour noise for act(..., deterministic=False) of deterministic /
+    value-based online actors), meta (plain extras, e.g. step, eval_return, dataset_id).
 
-`offline/` uses `load_policy(path).act(obs, deterministic, rng)` to generate behaviour data.
+Files of earlier versions still load: "reins-policy-v1" (online) and "reins-offline-policy-v1" (offline) are
+converted on load (`upgrade`). `offline/` uses `load_policy(path).act(...)` to generate behaviour data.
 """
 
 from __future__ import annotations
@@ -24,45 +30,77 @@ from pgcore.distributions import scale_action
 from reins.errors import DataError
 from reins.runio import atomic_torch_save, safe_torch_load
 
-FORMAT = "reins-policy-v1"
+FORMAT = "reins-policy-v2"
+ONLINE_V1, OFFLINE_V1 = "reins-policy-v1", "reins-offline-policy-v1"
 
 
-def policy_dict(*, actor: nn.Module, arch: dict, spec: EnvSpec, algo: str, obs_norm: dict | None = None,
-                explore: dict | None = None, meta: dict | None = None) -> dict:
-    """The policy file's contents (see the module docstring); `Policy(policy_dict(...))` acts without a file."""
+def policy_dict(*, actor: nn.Module, arch: dict, algo: str, spec: EnvSpec | None = None, env_id: str = "",
+                action_space: dict | None = None, observation_space: dict | None = None,
+                obs_norm: dict | None = None, unit_actions: bool = False, explore: dict | None = None,
+                meta: dict | None = None) -> dict:
+    """The policy file's contents (see the module docstring); `Policy(policy_dict(...))` acts without a file.
+    An online agent passes its env `spec`; an offline stage passes env_id and the spaces."""
+    if spec is not None:
+        env_id, action_space, observation_space = (spec.env_id, spec.action_space_dict(),
+                                                   spec.observation_space_dict())
     return {
         "format": FORMAT,
         "algo": algo,
-        "env_id": spec.env_id,
+        "env_id": env_id,
         "arch": dict(arch),
         "state_dict": {k: v.detach().cpu().clone() for k, v in actor.state_dict().items()},
-        "observation_space": spec.observation_space_dict(),
-        "action_space": spec.action_space_dict(),
+        "observation_space": observation_space,
+        "action_space": action_space,
         "obs_norm": obs_norm,
+        "unit_actions": bool(unit_actions),
         "explore": dict(explore or {}),
         "meta": dict(meta or {}),
     }
 
 
-def save_policy(path: str | Path, *, actor: nn.Module, arch: dict, spec: EnvSpec, algo: str,
-                obs_norm: dict | None = None, explore: dict | None = None, meta: dict | None = None) -> None:
-    """Write the actor and everything needed to act with it to `path` (atomic write)."""
-    atomic_torch_save(policy_dict(actor=actor, arch=arch, spec=spec, algo=algo, obs_norm=obs_norm,
-                                  explore=explore, meta=meta), path)
+def save_policy(path: str | Path, **kwargs) -> None:
+    """Write the actor and everything needed to act with it to `path` (atomic write); `policy_dict`'s keywords."""
+    atomic_torch_save(policy_dict(**kwargs), path)
+
+
+def upgrade(data: dict) -> dict:
+    """A policy file of an earlier version as a "reins-policy-v2" dict (the same actor, acting the same way)."""
+    fmt = data.get("format")
+    if fmt == ONLINE_V1:
+        arch = dict(data["arch"])
+        if arch.get("kind") == "categorical":
+            arch.pop("init_log_std", None)  # v1 stored it for every on-policy actor; only Gaussians have one
+        return {**data, "format": FORMAT, "arch": arch, "unit_actions": False}
+    if fmt == OFFLINE_V1:
+        arch, norm = dict(data["spec"]), data["normalization"]
+        if arch["kind"] == "gaussian":  # IQL's tanh-mean Gaussian was "gaussian" in offline/nets.py
+            arch["kind"] = "tanh_mean_gaussian"
+        elif arch["kind"] == "tanh_gaussian":  # offline/nets.py's defaults, which v1 files did not store
+            arch = {"log_std": "clamp", "log_std_min": -20.0, "log_std_max": 2.0, "log_std_offset": -1.0, **arch}
+        return {"format": FORMAT, "algo": data.get("algo", ""), "env_id": data.get("env_id", ""), "arch": arch,
+                "state_dict": data["state_dict"], "observation_space": None,
+                "action_space": {"type": "box", "low": norm["action_low"], "high": norm["action_high"]},
+                "obs_norm": {"mean": norm["obs_mean"], "std": norm["obs_std"]}, "unit_actions": True,
+                "explore": {}, "meta": {"dataset_id": data.get("dataset_id", "")}}
+    return data
 
 
 class Policy:
     """A loaded actor. `act(obs [N, obs_dim]) -> actions` valid for `env.step` (Box-clipped / int)."""
 
-    def __init__(self, data: dict):
+    def __init__(self, data: dict, device: str | torch.device = "cpu"):
+        self.source_format = data.get("format")
+        data = upgrade(data)
         self.data = data
         self.env_id: str = data["env_id"]
         self.algo: str = data["algo"]
         self.arch: dict = data["arch"]
         self.meta: dict = data.get("meta", {})
-        self.actor = build_actor(self.arch)
-        self.actor.load_state_dict(data["state_dict"])
-        self.actor.eval()
+        self.device = torch.device(device)
+        with torch.device("meta"):  # no random init: it would be overwritten, and it would draw from torch's RNG
+            self.actor = build_actor(self.arch)
+        self.actor.load_state_dict({k: v.clone() for k, v in data["state_dict"].items()}, assign=True)
+        self.actor.to(self.device).eval()
         space = data["action_space"]
         self.discrete = space["type"] == "discrete"
         if self.discrete:
@@ -71,25 +109,33 @@ class Policy:
             self.low = space["low"].numpy()
             self.high = space["high"].numpy()
         self.obs_norm = data.get("obs_norm")
+        self.unit_actions = bool(data.get("unit_actions", False))
         self.explore = data.get("explore", {})
 
     def normalize(self, obs: np.ndarray) -> torch.Tensor:
+        n = self.obs_norm
+        if n is not None and "std" in n:  # fixed statistics of an offline dataset, applied in float32
+            x = ((np.asarray(obs, dtype=np.float32) - n["mean"].numpy()) / n["std"].numpy()).astype(np.float32)
+            return torch.as_tensor(x, device=self.device)
         obs = np.asarray(obs, dtype=np.float64).reshape(len(obs), -1)
-        if self.obs_norm is not None:
-            mean, var = self.obs_norm["mean"].numpy(), self.obs_norm["var"].numpy()
-            obs = np.clip((obs - mean) / np.sqrt(var + self.obs_norm["eps"]), -self.obs_norm["clip"],
-                          self.obs_norm["clip"])
-        return torch.as_tensor(obs, dtype=torch.float32)
+        if n is not None:
+            obs = np.clip((obs - n["mean"].numpy()) / np.sqrt(n["var"].numpy() + n["eps"]), -n["clip"], n["clip"])
+        return torch.as_tensor(obs, dtype=torch.float32, device=self.device)
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = True,
             rng: np.random.Generator | None = None) -> np.ndarray:
+        """Actions for a batch of observations. Stochastic actions draw from `rng` (numpy), except those of a
+        `unit_actions` actor, which samples with torch's global generator."""
         obs = np.asarray(obs)
         if obs.ndim == 1:
             raise ValueError("Policy.act expects a batch of observations [N, obs_dim]")
         if not deterministic and rng is None:
             rng = np.random.default_rng()
         x = self.normalize(obs)
+        if self.unit_actions:
+            u = self.actor.act(x, deterministic=deterministic).float().cpu().numpy()
+            return (self.low + (u + 1.0) * 0.5 * (self.high - self.low)).astype(np.float32)
         kind = self.arch["kind"]
         n = x.shape[0]
         if kind in ("categorical", "q"):
@@ -125,30 +171,33 @@ class Policy:
         return np.clip(a, self.low, self.high).astype(np.float32)
 
 
-def load_policy(path: str | Path) -> Policy:
-    """Load a policy file written by `save_policy`; DataError if it is missing or not one."""
+def load_policy(path: str | Path, device: str | torch.device = "cpu") -> Policy:
+    """Load a policy file (this version's or an earlier one's); DataError if it is missing or not one."""
     data = safe_torch_load(path)
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    if not isinstance(data, dict) or data.get("format") not in (FORMAT, ONLINE_V1, OFFLINE_V1):
         raise DataError(f"{path}: not a reins policy file (expected format {FORMAT})")
     try:
-        return Policy(data)
-    except (KeyError, RuntimeError, ValueError) as e:
+        return Policy(data, device)
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
         raise DataError(f"{path}: malformed policy file: {str(e).splitlines()[0]}") from None
 
 
 def export_portable(policy: Policy, out_dir: str | Path) -> dict:
     """Write `policy` as online.portable's policy.safetensors + policy.json (numpy-only loading); returns the
-    spec. Only 1-D Box observations: the spec applies no flattening or one-hot encoding of other spaces."""
+    spec. Only 1-D Box observations: the spec applies no flattening or one-hot encoding of other spaces (an
+    offline dataset's observations are such a Box)."""
     from online import portable
 
-    _require_box_observations(policy.env_id)
+    if not policy.unit_actions:
+        _require_box_observations(policy.env_id)
     kind = policy.arch["kind"]
-    net = policy.actor.trunk if kind == "tanh_gaussian" else policy.actor.net
-    linears, activation = portable.linear_layers(net)
+    linears, activation = portable.linear_layers(policy.actor.net)
     tensors = portable.portable_tensors(linears, out_rows=policy.arch["act_dim"] if kind == "tanh_gaussian" else None)
     dim = linears[0].in_features
-    if policy.obs_norm is not None:
-        n = policy.obs_norm
+    n = policy.obs_norm
+    if n is not None and "std" in n:
+        tensors.update(portable.obs_tensors(n["mean"].numpy(), n["std"].numpy()))
+    elif n is not None:
         std = np.sqrt(n["var"].double().numpy() + n["eps"])
         tensors.update(portable.obs_tensors(n["mean"].double().numpy(), std, float(n["clip"])))
     else:
@@ -156,9 +205,9 @@ def export_portable(policy: Policy, out_dir: str | Path) -> dict:
     if policy.discrete:
         output = "argmax"
     else:
-        output = "clip" if kind == "gaussian" else "tanh"  # tanh_gaussian's mode and deterministic are tanh(x)
+        output = "clip" if kind == "gaussian" else "tanh"  # every other Box actor acts as tanh(head)
         tensors.update(portable.box_tensors(policy.low, policy.high))
-    meta = {"algo": policy.algo, "source_format": FORMAT, **{k: v for k, v in policy.meta.items()
+    meta = {"algo": policy.algo, "source_format": policy.source_format, **{k: v for k, v in policy.meta.items()
                                                              if isinstance(v, (int, float, str))}}
     portable.write_portable(out_dir, env_id=policy.env_id, activation=activation, output=output, tensors=tensors,
                             meta=meta)

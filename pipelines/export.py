@@ -126,15 +126,10 @@ def export_policy_file(path: Path, tmp: Path) -> str:
     state = safe_torch_load(path)
     fmt = state.get("format") if isinstance(state, dict) else None
     try:
-        if fmt == "reins-policy-v1":
-            from online.policy_io import Policy, export_portable
+        from online.policy_io import FORMAT, OFFLINE_V1, ONLINE_V1, Policy, export_portable
 
+        if fmt in (FORMAT, ONLINE_V1, OFFLINE_V1):  # earlier versions' files are upgraded on load
             spec = export_portable(Policy(state), tmp)
-        elif fmt == "reins-offline-policy-v1":
-            from offline.policy import export_portable, policy_from_state
-
-            spec = export_portable(policy_from_state(state), tmp, algo=state.get("algo", ""),
-                                   dataset_id=state.get("dataset_id", ""))
         else:
             raise DataError(f"{path}: not a reins policy file (format {fmt!r})")
     except (KeyError, RuntimeError, ValueError) as e:

@@ -124,19 +124,30 @@ def _online_policy(tmp_path, env_id, kind):
     return load_policy(tmp_path / "policy.pt")
 
 
-def _offline_policy(kind):
+def _offline_state(kind):
+    """An offline stage's policy file contents: IQL/BC/CQL's actor `kind` with the dataset's normalisation."""
     from offline.data import Normalization
-    from offline.nets import build_actor
-    from offline.policy import OfflinePolicy
+    from offline.policy import policy_state
+    from offline.trainer import OFFLINE_ACTORS
+    from online.nets import build_actor
 
     torch.manual_seed(0)
-    actor = build_actor(kind, 3, 1, [16, 16])
+    spec = {"kind": OFFLINE_ACTORS[kind], "obs_dim": 3, "act_dim": 1, "hidden": [16, 16]}
+    if kind == "tanh_gaussian":
+        spec.update(log_std="clamp", log_std_min=-20.0, log_std_offset=-1.0)
+    actor = build_actor(spec)
     with torch.no_grad():
         for p in actor.parameters():
             p.mul_(3.0)  # push the tanh out of its linear range
     norm = Normalization(np.array([0.1, -0.2, 0.3], np.float32), np.array([0.5, 1.5, 2.0], np.float32),
                          np.array([-2.0], np.float32), np.array([2.0], np.float32), 1.0, 1.0, 0.0)
-    return OfflinePolicy(actor, norm, env_id="Pendulum-v1")
+    return policy_state(actor, spec, norm, env_id="Pendulum-v1", dataset_id="x/y-v0", algo="cql")
+
+
+def _offline_policy(kind):
+    from online.policy_io import Policy
+
+    return Policy(_offline_state(kind))
 
 
 @pytest.mark.parametrize("source,kind", [("online", "categorical"), ("online", "q"), ("online", "gaussian"),
@@ -146,21 +157,17 @@ def _offline_policy(kind):
 def test_portable_policy_acts_like_the_reins_policy(tmp_path, source, kind):
     from safetensors.numpy import load_file
 
+    from online.policy_io import export_portable
     from online.portable import act_portable
 
     if source == "online":
-        from online.policy_io import export_portable
-
         env_id = "CartPole-v1" if kind in ("categorical", "q") else "Pendulum-v1"
         policy = _online_policy(tmp_path, env_id, kind)
     else:
-        from offline.policy import export_portable
-
         policy = _offline_policy(kind)
     spec = export_portable(policy, tmp_path / "out")
     w = load_file(str(tmp_path / "out" / "policy.safetensors"))
-    obs = np.random.default_rng(0).normal(size=(64, policy.actor.net[0].in_features if hasattr(policy.actor, "net")
-                                                else policy.actor.trunk[0].in_features)).astype(np.float32) * 3
+    obs = np.random.default_rng(0).normal(size=(64, policy.actor.net[0].in_features)).astype(np.float32) * 3
     ours = policy.act(obs, deterministic=True)
     theirs = act_portable(spec, w, obs)
     if kind in ("categorical", "q"):
@@ -182,16 +189,16 @@ def _readme_example() -> str:
 def test_readme_example_acts_in_gymnasium_without_reins(tmp_path, capfd):
     """The README's example, verbatim, on an exported offline policy: the return it prints equals reins' own
     evaluation of that policy on the same seed."""
-    from offline.policy import policy_state, save_policy
+    from offline.policy import save_policy
+    from online.policy_io import Policy
     from online.portable import EXAMPLE
 
     example = _readme_example()
     assert example == EXAMPLE and len(example.strip().splitlines()) <= 15
-    policy = _offline_policy("tanh_gaussian")
+    state = _offline_state("tanh_gaussian")
+    policy = Policy(state)
     run = tmp_path / "run"
-    save_policy(run / "policy.pt", policy_state(policy.actor, {"kind": "tanh_gaussian", "obs_dim": 3, "act_dim": 1,
-                                                                "hidden": [16, 16]}, policy.norm,
-                                                 env_id="Pendulum-v1", dataset_id="x/y-v0", algo="cql"))
+    save_policy(run / "policy.pt", state)
     (run / "metrics.json").write_text("{}")
     code, err = run_cli(["export", str(run), "--out", str(tmp_path / "policy"), "--quiet"], capfd)
     assert code == 0, err

@@ -94,15 +94,13 @@ def test_malicious_policy_given_to_collect_is_refused(workdir, capfd, torch_zip)
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("torch_zip", [False, True], ids=["raw-pickle", "torch-zip"])
 def test_policy_loaders_refuse_pickles(tmp_path, torch_zip):
-    from offline.policy import load_offline_policy
     from online.policy_io import load_policy
     from reins.errors import DataError
 
     marker = tmp_path / "PWNED"
     path = write_malicious_pickle(tmp_path / "policy.pt", marker, torch_zip=torch_zip)
-    for loader in (load_policy, load_offline_policy):
-        with pytest.raises(DataError, match=r"policy\.pt: refused to load"):
-            loader(path)
+    with pytest.raises(DataError, match=r"policy\.pt: refused to load"):
+        load_policy(path)
     assert not marker.exists()
 
 

@@ -1,4 +1,4 @@
-"""Vectorised evaluation, normalised scores and multi-seed aggregation (offline/evaluate.py)."""
+"""Evaluation episodes (online.envs.evaluate), normalised scores and multi-seed aggregation (offline/evaluate.py)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,17 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from offline.evaluate import aggregate, aggregate_runs, bootstrap_ci, evaluate, iqm, normalized_score
+from offline.evaluate import aggregate, aggregate_runs, bootstrap_ci, iqm, normalized_score
+from online.envs import evaluate
 from reins.errors import DataError
 
 
-def test_vectorised_evaluation_equals_sequential_rollouts():
+def test_batched_evaluation_equals_sequential_rollouts():
     def act(obs):
         return np.clip(-obs[:, 2:3] - 2 * obs[:, 1:2], -2, 2)  # any deterministic state feedback
 
-    got = evaluate(act, "Pendulum-v1", 3, seed=5)
+    got, lengths = evaluate(act, "Pendulum-v1", 3, seed=5)
+    assert lengths.tolist() == [200, 200, 200]
     want = []
     for i in range(3):
         env = gym.make("Pendulum-v1")
@@ -35,7 +37,8 @@ def test_evaluation_counts_only_first_episode_when_lengths_differ():
     def act(obs):
         return (obs[:, 2] > 0).astype(np.int64)
 
-    got = evaluate(act, "CartPole-v1", 4, seed=0)
+    got, lengths = evaluate(act, "CartPole-v1", 4, seed=0)
+    assert len(set(lengths.tolist())) > 1 and np.array_equal(got, lengths)  # CartPole pays 1 per step
     for i, g in enumerate(got):
         env = gym.make("CartPole-v1")
         obs, _ = env.reset(seed=i)
@@ -45,6 +48,13 @@ def test_evaluation_counts_only_first_episode_when_lengths_differ():
             n += r
             done = term or trunc
         assert g == n
+
+
+def test_max_steps_caps_each_episode():
+    returns, lengths = evaluate(lambda obs: np.zeros((len(obs), 1), np.float32), "Pendulum-v1", 2, seed=0,
+                                max_steps=7)
+    full, _ = evaluate(lambda obs: np.zeros((len(obs), 1), np.float32), "Pendulum-v1", 2, seed=0)
+    assert lengths.tolist() == [7, 7] and np.all(returns > full)  # Pendulum's rewards are all negative
 
 
 def test_unknown_env_is_data_error():

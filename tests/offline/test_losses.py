@@ -13,7 +13,7 @@ from offline.cql import CQL
 from offline.cql import Config as CQLConfig
 from offline.iql import IQL
 from offline.iql import Config as IQLConfig
-from offline.nets import EnsembleCritic
+from online.nets import EnsembleQ
 from reins.config import apply_preset
 
 OBS, ACT, B = 3, 2, 32
@@ -36,7 +36,7 @@ def _double(algo, names):
 
 
 def test_ensemble_critic_matches_separate_mlps(gen):
-    c = EnsembleCritic(OBS, ACT, [8, 8], n=2).double()
+    c = EnsembleQ(2, OBS, ACT, [8, 8]).double()
     s = torch.randn(5, OBS, dtype=torch.float64, generator=gen)
     a = torch.randn(5, ACT, dtype=torch.float64, generator=gen)
     out = c(s, a)

@@ -12,8 +12,8 @@ import torch
 from offline import bc, cql, iql
 from offline.behaviour import PendulumSwingUp, UniformPolicy
 from offline.collect import rollout
-from offline.evaluate import evaluate
-from offline.policy import load_offline_policy
+from online.envs import evaluate
+from online.policy_io import load_policy
 from reins.errors import ConfigError, DataError, NonFiniteError
 from reins.runio import safe_torch_load
 
@@ -111,12 +111,12 @@ def test_nan_stops_before_checkpoint(small_dataset, tmp_path, monkeypatch, one_t
 
 def test_policy_artifact_and_metrics(small_dataset, tmp_path, one_thread):
     m = iql.train(_cfg(iql, small_dataset, tmp_path / "run"))
-    pol = load_offline_policy(tmp_path / "run" / "policy.pt")
+    pol = load_policy(tmp_path / "run" / "policy.pt")
     assert pol.env_id == "Pendulum-v1"
     act = pol.act(np.zeros((3, 3), np.float32))
     assert act.shape == (3, 1) and np.all(np.abs(act) <= 2.0)
     # the last evaluation is reproducible from the saved policy with the same evaluation seeds
-    returns = evaluate(pol.act, "Pendulum-v1", 2, seed=1_000_000)
+    returns, _ = evaluate(pol.act, "Pendulum-v1", 2, seed=1_000_000)
     assert m["eval/return_mean"] == pytest.approx(returns.mean(), rel=1e-6)
     assert m["eval/normalized_score"] == pytest.approx(100 * (returns.mean() + 1200) / 1050, rel=1e-6)
     rows = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]

@@ -24,7 +24,7 @@ def _cfg(tmp_path, **kw):
 
 
 def test_unknown_env_id_is_a_data_error_before_anything_is_written(tmp_path):
-    with pytest.raises(DataError, match="unknown gymnasium env id 'NoSuchEnv-v0'"):
+    with pytest.raises(DataError, match="cannot make env 'NoSuchEnv-v0'"):
         train(_cfg(tmp_path, env_id="NoSuchEnv-v0"))
     assert not (tmp_path / "run").exists()
 
