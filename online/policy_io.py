@@ -73,9 +73,9 @@ def upgrade(data: dict) -> dict:
         return {**data, "format": FORMAT, "arch": arch, "unit_actions": False}
     if fmt == OFFLINE_V1:
         arch, norm = dict(data["spec"]), data["normalization"]
-        if arch["kind"] == "gaussian":  # IQL's tanh-mean Gaussian was "gaussian" in offline/nets.py
+        if arch["kind"] == "gaussian":  # IQL's tanh-mean Gaussian was "gaussian" in v1 offline files
             arch["kind"] = "tanh_mean_gaussian"
-        elif arch["kind"] == "tanh_gaussian":  # offline/nets.py's defaults, which v1 files did not store
+        elif arch["kind"] == "tanh_gaussian":  # the v1 offline defaults, which v1 files did not store
             arch = {"log_std": "clamp", "log_std_min": -20.0, "log_std_max": 2.0, "log_std_offset": -1.0, **arch}
         return {"format": FORMAT, "algo": data.get("algo", ""), "env_id": data.get("env_id", ""), "arch": arch,
                 "state_dict": data["state_dict"], "observation_space": None,

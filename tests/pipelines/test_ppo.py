@@ -214,11 +214,11 @@ def _update_setup(tmp_path, small64, **kw):
                                                                           dtype=torch.float64) * m}
     opt = ppo._optimizer(cfg, ac)
     model, opt = acc.prepare(ac, opt)
-    return cfg, acc, model, opt, data
+    return cfg, acc, model, opt, {k: v.to(acc.device) for k, v in data.items()}  # on a GPU machine too
 
 
 def _snapshot(mod):
-    return {n: p.detach().clone() for n, p in mod.named_parameters() if p.requires_grad}
+    return {n: p.detach().cpu().clone() for n, p in mod.named_parameters() if p.requires_grad}
 
 
 def test_zero_advantages_leave_policy_unchanged_value_moves(tmp_path, small64):

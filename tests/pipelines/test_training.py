@@ -25,7 +25,7 @@ def _cfg(mod, tmp_path, **kw):
 
 
 def _params(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters()}
 
 
 def test_one_dpo_step_changes_every_parameter(tmp_path):
@@ -133,8 +133,9 @@ def _toy_trainer(tmp_path, n=40, poison_from=None, **kw):
 
     def loss_fn(model, exs, denom):
         calls["n"] += 1
-        x = torch.stack([e["x"] for e in exs])
-        y = torch.tensor([e["y"] for e in exs])
+        dev = model.lin.weight.device  # the Trainer moves the model to CUDA where there is one
+        x = torch.stack([e["x"] for e in exs]).to(dev)
+        y = torch.tensor([e["y"] for e in exs], device=dev)
         err = (model.lin(x).squeeze(-1) - y).square()
         if poison_from is not None and calls["n"] >= poison_from:
             err = err * float("nan")
