@@ -95,11 +95,17 @@ def takes_logits_to_keep(model) -> bool:
 def _takes_bool_keep(cls: type) -> bool:
     # transformers >= 5 slices the hidden states with `slice_logits_to_keep`, which takes a boolean [B, T]
     # mask; older releases (and custom code) index a 1-D position set or an int only.
+    # Asked of the helper itself on a 3-position probe, not read from its source text: a mask-aware helper keeps
+    # positions 0 and 2 as a flat [2, 2]; an older one raises or returns something else.
     helper = getattr(sys.modules.get(cls.__module__), "slice_logits_to_keep", None)
-    try:
-        return _forward_takes_keep(cls) and helper is not None and "torch.bool" in inspect.getsource(helper)
-    except (TypeError, OSError):
+    if helper is None or not _forward_takes_keep(cls):
         return False
+    hidden = torch.arange(6.0).view(1, 3, 2)
+    try:
+        out = helper(hidden, torch.tensor([[True, False, True]]))
+    except Exception:  # noqa: BLE001 - any failure means "no boolean mask support"
+        return False
+    return isinstance(out, torch.Tensor) and out.shape == (2, 2) and torch.equal(out, hidden[0, [0, 2]])
 
 
 def scored_logits(model, keep: torch.Tensor, **inputs) -> tuple[torch.Tensor, bool]:

@@ -58,6 +58,32 @@ def test_support_detection():
     assert not takes_logits_to_keep(FullLogits(m))
 
 
+def test_support_detection_asks_the_modules_slicing_helper(monkeypatch):
+    # A transformers release whose helper treats a 2-D tensor as positions only (no boolean masks) must get the
+    # full-logits path, though its forward still has a `logits_to_keep` argument.
+    import sys
+
+    from pipelines import scoring
+
+    tok = small_tok()
+    m = small_model(tok, dtype="float64")
+    mod = sys.modules[type(m).__module__]
+
+    def positions_only(hidden_states, logits_to_keep):
+        if isinstance(logits_to_keep, int):
+            logits_to_keep = slice(-logits_to_keep, None)
+        return hidden_states[:, logits_to_keep, :]
+
+    monkeypatch.setattr(mod, "slice_logits_to_keep", positions_only)
+    scoring._takes_bool_keep.cache_clear()
+    try:
+        assert not takes_logits_to_keep(m)
+    finally:
+        monkeypatch.undo()
+        scoring._takes_bool_keep.cache_clear()
+    assert takes_logits_to_keep(m)
+
+
 def test_sequence_logps_head_on_completion_positions_only():
     tok = small_tok()
     P, C, _ = _data()
