@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import importlib.util
 import json
+import os
 import signal
 import sys
 import threading
@@ -166,8 +167,11 @@ def stage_main(config_cls: type, train: Callable[[Any], dict], argv: list[str] |
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
-        print(f"usage: {prog} --config FILE [key=value ...] [--quiet]\n")
-        print(config_help(config_cls))
+        try:
+            print(f"usage: {prog} --config FILE [key=value ...] [--quiet]\n")
+            print(config_help(config_cls), flush=True)
+        except BrokenPipeError:  # `reins iql --help | head`: the reader left; no traceback
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     config_path = None
     rest: list[str] = []

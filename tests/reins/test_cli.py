@@ -121,3 +121,18 @@ def test_stage_help_prints_every_key_with_its_type_default_and_help(capsys):
     assert f"  expectile: float = {iql_expectile.default!r}\n      {iql_expectile.metadata['help']}\n" in out
     assert main(["online", "--help"]) == 0
     assert "  sac.alpha_lr: float = 0.001\n" in capsys.readouterr().out
+
+
+def test_help_into_a_closed_pipe_prints_no_traceback():
+    # `reins iql --help | head -1`: the reader leaves after one line, the help must end quietly with exit 0.
+    import os
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen([sys.executable, "-m", "reins.cli", "iql", "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=root)
+    proc.stdout.readline()
+    proc.stdout.close()  # the reader is gone before the rest of the help is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in err, err
