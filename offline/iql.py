@@ -6,7 +6,8 @@ Kostrikov, Nair & Levine 2021, "Offline RL with implicit Q-learning": each updat
   3. pi:    L_pi = -E[ min(exp(beta (Qhat - V)), 100) log pi(a|s) ]    AWR extraction (pgcore.awr_loss, maximising
             the weighted likelihood: docs/errata.md §8)
   4. Qhat <- Polyak(Qhat, Q, tau)                                       (pgcore.polyak_update)
-Update order follows CORL (V(s') and the advantage use V before its step), which saves two forward passes;
+Update order follows CORL (V(s') and the advantage use V before its step), which saves two forward passes
+(`advantage_v: after` recomputes the advantage with V after its step, as the paper's code and d3rlpy do);
 the original computes them after the V step. The actor's learning rate follows a cosine decay over max_steps
 (original IQL, CORL). d is the termination flag only: truncated transitions bootstrap.
 """
@@ -63,6 +64,12 @@ class Config(OfflineConfig):
     actor_dropout: float = field(default=0.0, metadata={"help": "dropout in the actor's hidden layers"})
     log_std_min: float = field(default=-5.0,
                                metadata={"help": "lower clamp of the actor's log std (original IQL -5; CORL -20)"})
+    log_std_param: Literal["clamp", "sigmoid"] = field(
+        default="clamp", metadata={"help": "gaussian actor's log std: clamp (IQL paper's code, starts at 0) or "
+                                           "sigmoid into [log_std_min, 2] (d3rlpy, starts at the midpoint)"})
+    advantage_v: Literal["before", "after"] = field(
+        default="before", metadata={"help": "V in the actor's advantage: before V's update step (CORL) or after "
+                                            "it (the IQL paper's code, d3rlpy)"})
     actor_lr: float = field(default=3e-4, metadata={"help": "Adam learning rate of the actor"})
     critic_lr: float = field(default=3e-4, metadata={"help": "Adam learning rate of the Q critics"})
     value_lr: float = field(default=3e-4, metadata={"help": "Adam learning rate of V"})
@@ -94,6 +101,8 @@ class IQL:
                            "hidden": list(cfg.hidden), "dropout": cfg.actor_dropout}
         if cfg.actor == "gaussian":
             self.actor_spec["log_std_min"] = cfg.log_std_min
+            if cfg.log_std_param != "clamp":  # policy files of the default stay as they were
+                self.actor_spec["log_std_param"] = cfg.log_std_param
         self.actor = build_actor(self.actor_spec).to(device)
         # ikostrikov/implicit_q_learning's default_init: orthogonal with scale sqrt(2) on every Dense layer,
         # output layers included, for the actor, the critics and the value net alike.
@@ -134,6 +143,9 @@ class IQL:
         self.critic_opt.step()
         polyak_update(self.critic_target.parameters(), self.critic.parameters(), cfg.tau)
 
+        if cfg.advantage_v == "after":  # the advantage with V after its step (one more forward pass)
+            with torch.no_grad():
+                adv = target_q - self.value(obs)
         logp = self.actor.log_prob(obs, act)
         pi_loss = awr_loss(logp, adv.detach(), cfg.beta, cfg.max_weight)
         self.actor_opt.zero_grad(set_to_none=True)

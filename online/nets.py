@@ -93,29 +93,42 @@ class GaussianActor(nn.Module):
 
 
 class TanhMeanGaussianActor(nn.Module):
-    """N(tanh(f(s)), exp(log_std)) with a state-independent log-std clamped to [min, max]; the action is not
-    squashed, so the deterministic action is the mean (IQL's actor, Kostrikov et al. 2021)."""
+    """N(tanh(f(s)), exp(log_std)) with a state-independent log-std in [min, max]; the action is not squashed,
+    so the deterministic action is the mean (IQL's actor, Kostrikov et al. 2021).
+
+    `log_std_param` says how the free parameter p (initialised at 0) becomes the log-std: "clamp" is
+    clamp(p, min, max) (the IQL paper's code; starts at log-std 0, and the gradient is exactly 0 once p leaves
+    [min, max]); "sigmoid" is min + sigmoid(p) (max - min) (d3rlpy's NormalPolicy; starts at the midpoint,
+    -1.5 for [-5, 2], and always has a gradient)."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], activation: str = "relu",
-                 dropout: float = 0.0, log_std_min: float = -5.0, log_std_max: float = 2.0):
+                 dropout: float = 0.0, log_std_min: float = -5.0, log_std_max: float = 2.0,
+                 log_std_param: str = "clamp"):
         super().__init__()
+        if log_std_param not in ("clamp", "sigmoid"):
+            raise ValueError(f"log_std_param must be 'clamp' or 'sigmoid', got {log_std_param!r}")
         self.net = mlp(obs_dim, act_dim, hidden, activation, dropout=dropout)
         self.log_std = nn.Parameter(torch.zeros(act_dim))
-        self.log_std_min, self.log_std_max = log_std_min, log_std_max
+        self.log_std_min, self.log_std_max, self.log_std_param = log_std_min, log_std_max, log_std_param
+
+    def bounded_log_std(self) -> torch.Tensor:
+        if self.log_std_param == "sigmoid":
+            return self.log_std_min + torch.sigmoid(self.log_std) * (self.log_std_max - self.log_std_min)
+        return self.log_std.clamp(self.log_std_min, self.log_std_max)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean = torch.tanh(self.net(obs))
-        return mean, self.log_std.clamp(self.log_std_min, self.log_std_max).expand_as(mean)
+        return mean, self.bounded_log_std().expand_as(mean)
 
     def log_prob(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         mean = torch.tanh(self.net(obs))
-        return diag_gaussian_log_prob(act, mean, self.log_std.clamp(self.log_std_min, self.log_std_max))
+        return diag_gaussian_log_prob(act, mean, self.bounded_log_std())
 
     def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
         mean = torch.tanh(self.net(obs))
         if deterministic:
             return mean
-        std = self.log_std.clamp(self.log_std_min, self.log_std_max).exp()
+        std = self.bounded_log_std().exp()
         return (mean + std * torch.randn_like(mean)).clamp(-1.0, 1.0)
 
 

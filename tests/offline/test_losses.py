@@ -81,6 +81,39 @@ def test_iql_losses_match_oracle(gen):
         torch.testing.assert_close(pt, (1 - cfg.tau) * p0 + cfg.tau * p1)
 
 
+def test_iql_d3rlpy_switches_sigmoid_log_std_and_advantage_after_the_v_step(gen):
+    # log_std_param=sigmoid: log std = min + sigmoid(p) (max - min), -1.5 at p = 0 for [-5, 2]; advantage_v=after:
+    # the actor's weights use V after its update step (and the pre-Polyak target critics).
+    torch.manual_seed(0)
+    cfg = IQLConfig(hidden=[16, 16], beta=2.5, max_weight=5.0, gamma=0.9, log_std_param="sigmoid",
+                    advantage_v="after")
+    algo = _double(IQL(cfg, OBS, ACT, torch.device("cpu")), ["actor", "critic", "critic_target", "value"])
+    assert algo.actor_spec["log_std_param"] == "sigmoid"
+    torch.testing.assert_close(algo.actor.bounded_log_std(), torch.full((ACT,), -1.5, dtype=torch.float64))
+    b = _batch(gen)
+    before = copy.deepcopy(algo)
+    info = algo.update(b)
+    s, a = b["observations"], b["actions"]
+    with torch.no_grad():
+        u_after = torch.minimum(*before.critic_target(s, a)) - algo.value(s)  # V after its step
+        u_before = torch.minimum(*before.critic_target(s, a)) - before.value(s)
+        mean = torch.tanh(before.actor.net(s))
+        log_std = -5.0 + torch.sigmoid(before.actor.log_std) * 7.0
+        std = log_std.exp()
+        logp = (-0.5 * ((a - mean) / std) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        expected = -(torch.clamp(torch.exp(2.5 * u_after), max=5.0) * logp).mean()
+        other = -(torch.clamp(torch.exp(2.5 * u_before), max=5.0) * logp).mean()
+    torch.testing.assert_close(info["loss/actor"], expected)
+    assert not torch.isclose(expected, other)  # the switch changes what the actor sees
+    # far outside [min, max] the clamp's gradient is 0 but the sigmoid's is not
+    for param, grad_zero in (("clamp", True), ("sigmoid", False)):
+        actor = IQL(IQLConfig(hidden=[4], log_std_param=param), OBS, ACT, torch.device("cpu")).actor
+        with torch.no_grad():
+            actor.log_std.fill_(-8.0)
+        actor.log_prob(torch.zeros(1, OBS), torch.zeros(1, ACT)).sum().backward()
+        assert bool((actor.log_std.grad == 0).all()) == grad_zero
+
+
 def test_iql_deterministic_actor_is_weighted_mse(gen):
     torch.manual_seed(0)
     cfg = IQLConfig(hidden=[16], actor="deterministic", beta=1.0)
