@@ -27,17 +27,16 @@ losses or gradients stop it (NonFiniteError) before anything is checkpointed. Ar
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from pgcore.advantages import group_advantages
 from pgcore.distributions import entropy_from_logits, token_logprobs
 from pgcore.policy_losses import grpo_loss
-from pipelines.common import broadcast_metrics, open_run, start_lm_stage
+from pipelines.common import broadcast_metrics, open_run
 from pipelines.data import BUILTIN, BUILTIN_CHAT
 from pipelines.evaluation import EvalArgs, PolicyEvaluator
 from pipelines.generation import GenerationArgs, generate
@@ -45,26 +44,38 @@ from pipelines.models import (
     ModelArgs,
     count_parameters,
     load_tokenizer,
-    load_trainable_state,
     save_model,
     trainable_state,
 )
 from pipelines.ppo_models import build_policy
 from pipelines.ppo_rollout import lm_logits, response_logits, rollout_batch
-from pipelines.prompts import ARITHMETIC, builtin_prompts, iteration_prompts, load_prompts, param_sync_gap
+from pipelines.prompts import ARITHMETIC, builtin_prompts, param_sync_gap
 from pipelines.rewards import RewardFunction, probe, resolve_reward_funcs, reward_matrix
+from pipelines.sampling import (
+    SamplingArgs,
+    check_tokenizer,
+    load_stage_prompts,
+    local_prompt_indices,
+    log_eval_save,
+    log_evaluation,
+    perf_metrics,
+    restore,
+    rollout_seed,
+    run_stage,
+    update_generator,
+)
 from pipelines.scoring import to_device
-from pipelines.trainer import OptimArgs, adamw, drop_trainer_only_keys, lr_lambda
+from pipelines.trainer import adamw, drop_trainer_only_keys, lr_lambda
 from reins.cli import stage_main
 from reins.config import RunArgs, check
 from reins.errors import ConfigError, NonFiniteError, ReinsError
-from reins.runio import check_finite, get_rng_state, set_rng_state
+from reins.runio import check_finite, get_rng_state
 
 AUTO = "auto"
 
 
 @dataclass
-class Config(OptimArgs, ModelArgs, RunArgs):
+class Config(SamplingArgs, ModelArgs, RunArgs):
     output_dir: str = field(default="runs/grpo",
                             metadata={"help": "directory the run writes (config.yaml, log.jsonl, metrics.json, "
                                               "checkpoints, artifacts)"})
@@ -74,12 +85,7 @@ class Config(OptimArgs, ModelArgs, RunArgs):
     # prompts
     data: str = field(default=ARITHMETIC,
                       metadata={"help": "builtin:arithmetic(-chat) | builtin:sentiment(-chat) | prompt file / dir"})
-    train_split: str = field(default="train", metadata={"help": "split of `data` to take prompts from"})
-    builtin_size: int = field(default=2000, metadata={"help": "prompts of the built-in task's training set"})
     max_operand: int = field(default=99, metadata={"help": "builtin:arithmetic operands are 0..max_operand"})
-    max_train_samples: int | None = field(default=None, metadata={"help": "use at most this many prompts (None: all)"})
-    max_prompt_length: int = field(default=64,
-                                   metadata={"help": "longer prompts are dropped (counted in data/dropped_prompts)"})
     generation: GenerationArgs = field(default_factory=lambda: GenerationArgs(max_new_tokens=8, temperature=1.0),
                                        metadata={"help": "rollout sampling (max_new_tokens, temperature > 0, top_p, "
                                                          "batch_size)"})
@@ -114,10 +120,6 @@ class Config(OptimArgs, ModelArgs, RunArgs):
     batch_size: int = field(default=16,
                             metadata={"help": "prompts per iteration over all processes (x num_generations rollouts)"})
     learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate of the policy"})
-    max_grad_norm: float | None = field(default=1.0,
-                                        metadata={"help": "clip the global gradient norm to this (None: no clipping)"})
-    log_every: int = field(default=1, metadata={"help": "iterations between log.jsonl rows"})
-    save_every: int = field(default=10, metadata={"help": "iterations between checkpoints"})
 
     def validate(self):
         self.validate_model()
@@ -343,10 +345,54 @@ def eval_prompt_set(cfg: Config) -> tuple[list, str | None]:
 
 
 # ----------------------------------------------------------------------------------------- stage
+@dataclass
+class Session:
+    """One process's GRPO run between `setup` and `finish`: the policy (`policy`, and `model` as prepared by
+    accelerate), the frozen reference (None at beta 0), the reward functions, the optimisation state, the prompts
+    and where the loop is (`step` iterations done, `num_tokens` seen; `last`, the latest iteration's metrics;
+    `init`, the evaluation before the first)."""
+
+    cfg: Config
+    acc: Any
+    run: Any
+    tok: Any
+    policy: Any
+    model: Any
+    reference: Any
+    funcs: list[RewardFunction]
+    optimizer: Any
+    scheduler: Any
+    prompts: list
+    prompt_ids: list[list[int]]
+    total: int
+    step: int = 0
+    num_tokens: int = 0
+    last: dict = field(default_factory=dict)
+    init: dict = field(default_factory=dict)
+    evaluator: GroupEvaluator | None = None
+    bar: Any = None  # the progress bar (main process)
+
+    def evaluate(self, at: int) -> dict:
+        """The held-out evaluation of the policy (main process only), logged at step `at` with samples."""
+        return log_evaluation(self.run, self.evaluator, self.policy, at)
+
+    def save(self) -> None:
+        if self.acc.is_main_process:
+            self.run.save_checkpoint({"step": self.step, "model": trainable_state(self.policy),
+                                      "optimizer": self.optimizer.state_dict(),
+                                      "scheduler": self.scheduler.state_dict(), "rng": get_rng_state(),
+                                      "num_tokens": self.num_tokens, "last_metrics": self.last,
+                                      "init_metrics": self.init})
+        self.acc.wait_for_everyone()
+
+
 def train(cfg: Config) -> dict:
-    acc, done = start_lm_stage(cfg)
-    if done is not None:
-        return done
+    return run_stage(cfg, setup, iteration, finish, desc=cfg.advantage)
+
+
+def _check_inputs(cfg: Config, acc) -> tuple:
+    """Every input validated before anything is written: (tokenizer, prompts, their ids, dropped, iterations,
+    reward functions, evaluation prompts, their source)."""
     world = acc.num_processes
     local = cfg.batch_size // world
     rows = local * cfg.num_generations
@@ -355,110 +401,84 @@ def train(cfg: Config) -> dict:
                           f"batch_size / num_processes x num_generations ({cfg.num_generations}) a multiple of "
                           f"num_minibatches ({cfg.num_minibatches}) x grad_accum ({cfg.grad_accum})")
     tok = load_tokenizer(cfg)
-    if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
-        raise ConfigError(f"{cfg.model}: the tokenizer needs a pad token distinct from EOS (pad == EOS hides where "
-                          "completions end)")
-    prompts, prompt_ids, dropped = load_prompts(cfg.data, tok, split=cfg.train_split, builtin_size=cfg.builtin_size,
-                                                seed=cfg.seed, max_train_samples=cfg.max_train_samples,
-                                                max_prompt_length=cfg.max_prompt_length, max_operand=cfg.max_operand)
-    if len(prompts) < cfg.batch_size:
-        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {len(prompts)} prompts")
+    check_tokenizer(tok, cfg.model, "completions")
+    prompts, prompt_ids, dropped, total = load_stage_prompts(cfg, tok, max_operand=cfg.max_operand)
     funcs = resolve_reward_funcs(cfg.reward_funcs, cfg, tok)
     probe(funcs, prompts[:2])
     eprompts, esource = eval_prompt_set(cfg) if acc.is_main_process else ([], None)
+    return tok, prompts, prompt_ids, dropped, total, funcs, eprompts, esource
+
+
+def setup(cfg: Config, acc) -> Session:
+    """Validate the inputs, open the run dir, build the policy (and reference) and optimiser, resume from a
+    checkpoint, log the initial evaluation."""
+    tok, prompts, prompt_ids, dropped, total, funcs, eprompts, esource = _check_inputs(cfg, acc)
     run = open_run(cfg, acc)   # after validation: bad input writes nothing
-    per_epoch = len(prompts) // cfg.batch_size
-    total = cfg.max_steps or max(1, math.ceil(cfg.num_epochs * per_epoch))
     policy, reference = build_policy(cfg, tok, with_reference=cfg.beta > 0)
-    policy.to(acc.device)
-    for f in funcs:
-        if f.model is not None:
-            f.model.to(acc.device)
-    if reference is not None and reference.model is not None:
-        reference.model.to(acc.device)
+    for m in (policy, *(f.model for f in funcs), reference.model if reference is not None else None):
+        if m is not None:
+            m.to(acc.device)
     optimizer = adamw([{"params": [p for p in policy.parameters() if p.requires_grad]}], lr=cfg.learning_rate,
                       weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total))
     step, num_tokens, state, last, init = 0, 0, run.load_checkpoint(), {}, {}
     if state is not None:
-        load_trainable_state(policy, state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, num_tokens = int(state["step"]), int(state["num_tokens"])
-        last, init = dict(state.get("last_metrics", {})), dict(state.get("init_metrics", {}))
-        set_rng_state(state["rng"])
+        step, last = restore(state, policy, optimizer, scheduler)
+        num_tokens, init = int(state["num_tokens"]), dict(state.get("init_metrics", {}))
     # The scheduler is not prepared: accelerate would step it once per process (as pipelines.trainer notes).
     model, optimizer = acc.prepare(policy, optimizer)
-    unwrapped = acc.unwrap_model(model)
     if acc.is_main_process:
         run.truncate_log(step)
-    evaluator = None
-    if eprompts:
-        evaluator = GroupEvaluator(cfg, tok, eprompts, funcs, reference, sentiment=esource in (BUILTIN, BUILTIN_CHAT))
-
-    def evaluate(at: int) -> dict:
-        if evaluator is None:
-            return {}
-        m, samples = evaluator(unwrapped)
-        run.log(at, {**m, "samples": samples})
-        return m
-
+    evaluator = GroupEvaluator(cfg, tok, eprompts, funcs, reference,
+                               sentiment=esource in (BUILTIN, BUILTIN_CHAT)) if eprompts else None
+    s = Session(cfg, acc, run, tok, acc.unwrap_model(model), model, reference, funcs, optimizer, scheduler, prompts,
+                prompt_ids, total, step, num_tokens, last, init, evaluator)
     if step == 0 and acc.is_main_process:
         total_p, trainable = count_parameters(policy)
         run.log(0, {"model/parameters": total_p, "model/trainable": trainable, "data/prompts": len(prompts),
                     "data/dropped_prompts": dropped, "reference/loaded": reference is not None})
-        init = {f"init/{k[5:]}": v for k, v in evaluate(0).items()}
-        if init:
-            run.log(0, init)
-    bar = run.progress(total, step, desc=cfg.advantage) if acc.is_main_process else None
+        s.init = {f"init/{k[5:]}": v for k, v in s.evaluate(0).items()}
+        if s.init:
+            run.log(0, s.init)
+    return s
 
-    def save() -> None:
-        if acc.is_main_process:
-            run.save_checkpoint({"step": step, "model": trainable_state(unwrapped), "optimizer": optimizer.state_dict(),
-                                 "scheduler": scheduler.state_dict(), "rng": get_rng_state(), "num_tokens": num_tokens,
-                                 "last_metrics": last, "init_metrics": init})
-        acc.wait_for_everyone()
 
-    while step < total:
-        idx = iteration_prompts(len(prompts), cfg.batch_size, step, cfg.seed)
-        mine = idx[acc.process_index * local:(acc.process_index + 1) * local]
-        t0 = time.perf_counter()
-        data, m, gen_s = rollout(cfg, unwrapped, reference, funcs, tok, [prompts[i] for i in mine],
-                                 [prompt_ids[i] for i in mine], seed=cfg.seed * 1_000_003 + step * 7919 +
-                                 acc.process_index, acc=acc)
-        t1 = time.perf_counter()
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 7919 + 17 * acc.process_index + 1)
-        m.update(grpo_update(cfg, model, optimizer, acc, data, generator=g))
-        t2 = time.perf_counter()
-        m["lr"] = scheduler.get_last_lr()[0]
-        scheduler.step()
-        step += 1
-        num_tokens += int(acc.reduce(data["attention_mask"].sum().to(acc.device), reduction="sum").item()) \
-            if world > 1 else int(data["attention_mask"].sum().item())
-        m["num_tokens"] = num_tokens
-        m["episode"] = step * cfg.batch_size * cfg.num_generations
-        perf = {"perf/rollout_tokens_per_s": m["rollout/tokens"] / world / max(t1 - t0, 1e-9),
-                "perf/generation_tokens_per_s": m["rollout/tokens"] / world / max(gen_s, 1e-9),
-                "perf/update_s": t2 - t1, "perf/rollout_s": t1 - t0}
-        last = m
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(reward=f"{m['reward']:.3f}")
-        if acc.is_main_process and (step % cfg.log_every == 0 or step == total):
-            run.log(step, {**m, **perf})
-        if cfg.eval_every and step % cfg.eval_every == 0 and step < total and acc.is_main_process:
-            evaluate(step)
-        if step % cfg.save_every == 0 or step == total:
-            save()
-    if bar is not None:
-        bar.close()
-    gap = param_sync_gap(acc, model)
+def iteration(s: Session) -> dict:
+    """One GRPO iteration: rollout, update, scheduler step, then log / evaluate / checkpoint as due. Returns its
+    metrics."""
+    cfg, acc = s.cfg, s.acc
+    world, rank = acc.num_processes, acc.process_index
+    mine = local_prompt_indices(cfg, len(s.prompts), s.step, acc)
+    t0 = time.perf_counter()
+    data, m, gen_s = rollout(cfg, s.policy, s.reference, s.funcs, s.tok, [s.prompts[i] for i in mine],
+                             [s.prompt_ids[i] for i in mine], seed=rollout_seed(cfg.seed, s.step, rank), acc=acc)
+    t1 = time.perf_counter()
+    m.update(grpo_update(cfg, s.model, s.optimizer, acc, data, generator=update_generator(cfg.seed, s.step, rank)))
+    t2 = time.perf_counter()
+    m["lr"] = s.scheduler.get_last_lr()[0]
+    s.scheduler.step()
+    s.step += 1
+    s.num_tokens += int(acc.reduce(data["attention_mask"].sum().to(acc.device), reduction="sum").item()) \
+        if world > 1 else int(data["attention_mask"].sum().item())
+    m["num_tokens"] = s.num_tokens
+    m["episode"] = s.step * cfg.batch_size * cfg.num_generations
+    if s.bar is not None:
+        s.bar.update(1)
+        s.bar.set_postfix(reward=f"{m['reward']:.3f}")
+    log_eval_save(s, m, perf_metrics(m["rollout/tokens"], world, t0, t1, t2, gen_s))
+    return m
+
+
+def finish(s: Session) -> dict:
+    """Save the policy, run the final evaluation, write metrics.json."""
+    acc, run = s.acc, s.run
+    gap = param_sync_gap(acc, s.model)
     final = None
     if acc.is_main_process:
-        save_model(unwrapped, tok, run.path / "model")
-        ev = evaluate(step)
-        final = run.finish({**{f"train/{k}": v for k, v in last.items()}, **init, **ev, "steps": step,
-                            "dist/world_size": world, "dist/param_sync_gap": gap})
+        save_model(s.policy, s.tok, run.path / "model")
+        ev = s.evaluate(s.step)
+        final = run.finish({**{f"train/{k}": v for k, v in s.last.items()}, **s.init, **ev, "steps": s.step,
+                            "dist/world_size": acc.num_processes, "dist/param_sync_gap": gap})
     acc.wait_for_everyone()
     return broadcast_metrics(acc, final)
 

@@ -26,14 +26,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from pgcore.distributions import entropy_from_logits, token_logprobs
 from pgcore.policy_losses import entropy_bonus, ppo_clip_loss, value_loss
-from pipelines.common import broadcast_metrics, eval_prompts, open_run, quiet_libraries
+from pipelines.common import broadcast_metrics, eval_prompts, open_run
 from pipelines.data import BUILTIN
 from pipelines.evaluation import EvalArgs, PolicyEvaluator
 from pipelines.generation import GenerationArgs, generate
@@ -43,7 +42,6 @@ from pipelines.models import (
     chat_template_trained,
     count_parameters,
     load_tokenizer,
-    load_trainable_state,
     save_model,
     trainable_state,
 )
@@ -57,18 +55,30 @@ from pipelines.ppo_rollout import (
     shape_rewards,
     transform_scores,
 )
-from pipelines.prompts import iteration_prompts, param_sync_gap
-from pipelines.prompts import load_prompts as load_prompt_set
+from pipelines.prompts import param_sync_gap
+from pipelines.sampling import (
+    SamplingArgs,
+    check_tokenizer,
+    load_stage_prompts,
+    local_prompt_indices,
+    log_eval_save,
+    log_evaluation,
+    perf_metrics,
+    restore,
+    rollout_seed,
+    run_stage,
+    update_generator,
+)
 from pipelines.scoring import to_device
-from pipelines.trainer import OptimArgs, adamw, drop_trainer_only_keys, lr_lambda, make_accelerator
+from pipelines.trainer import adamw, drop_trainer_only_keys, lr_lambda
 from reins.cli import stage_main
 from reins.config import RunArgs, check
 from reins.errors import ConfigError, NonFiniteError
-from reins.runio import METRICS_FILE, check_finite, get_rng_state, seed_everything, set_rng_state
+from reins.runio import check_finite, get_rng_state
 
 
 @dataclass
-class Config(OptimArgs, ModelArgs, RunArgs):
+class Config(SamplingArgs, ModelArgs, RunArgs):
     output_dir: str = field(default="runs/ppo",
                             metadata={"help": "directory the run writes (config.yaml, log.jsonl, metrics.json, "
                                               "checkpoints, artifacts)"})
@@ -81,11 +91,6 @@ class Config(OptimArgs, ModelArgs, RunArgs):
     # prompts
     data: str = field(default=BUILTIN,
                       metadata={"help": "prompt-only file / datasets dir / Hub id, builtin:sentiment(-chat)"})
-    train_split: str = field(default="train", metadata={"help": "split of `data` to take prompts from"})
-    builtin_size: int = field(default=2000, metadata={"help": "prompts of the built-in task's training set"})
-    max_train_samples: int | None = field(default=None, metadata={"help": "use at most this many prompts (None: all)"})
-    max_prompt_length: int = field(default=64,
-                                   metadata={"help": "longer prompts are dropped (counted in data/dropped_prompts)"})
     generation: GenerationArgs = field(default_factory=lambda: GenerationArgs(max_new_tokens=32, temperature=1.0),
                                        metadata={"help": "rollout sampling (max_new_tokens, temperature > 0, top_p, "
                                                          "batch_size)"})
@@ -131,10 +136,6 @@ class Config(OptimArgs, ModelArgs, RunArgs):
                                              "batch_size, ...)"})
     batch_size: int = field(default=64, metadata={"help": "prompts (rollouts) per iteration, over all processes"})
     learning_rate: float = field(default=3e-6, metadata={"help": "AdamW learning rate of the policy"})
-    max_grad_norm: float | None = field(default=1.0,
-                                        metadata={"help": "clip the global gradient norm to this (None: no clipping)"})
-    log_every: int = field(default=1, metadata={"help": "iterations between log.jsonl rows"})
-    save_every: int = field(default=10, metadata={"help": "iterations between checkpoints"})
 
     def validate(self):
         self.validate_model()
@@ -153,13 +154,6 @@ class Config(OptimArgs, ModelArgs, RunArgs):
     def run_config_view(self, d: dict) -> dict:
         """ModelArgs' view without the Trainer-only keys a config.yaml saved before OptimArgs holds."""
         return drop_trainer_only_keys(super().run_config_view(d))
-
-
-# ----------------------------------------------------------------------------------------- data
-def load_prompts(cfg: Config, tok) -> tuple[list, list[list[int]], int]:
-    """(prompts, their token ids, number dropped as longer than max_prompt_length)."""
-    return load_prompt_set(cfg.data, tok, split=cfg.train_split, builtin_size=cfg.builtin_size, seed=cfg.seed,
-                           max_train_samples=cfg.max_train_samples, max_prompt_length=cfg.max_prompt_length)
 
 
 # ----------------------------------------------------------------------------------------- rollout
@@ -347,11 +341,7 @@ class Session:
 
     def evaluate(self, at: int) -> dict:
         """The shared generation eval of the policy (main process only), logged at step `at` with samples."""
-        if self.evaluator is None:
-            return {}
-        m, samples = self.evaluator(self.models.ac.policy)
-        self.run.log(at, {**m, "samples": samples})
-        return m
+        return log_evaluation(self.run, self.evaluator, self.models.ac.policy, at)
 
     def save(self) -> None:
         if self.acc.is_main_process:
@@ -363,20 +353,7 @@ class Session:
 
 
 def train(cfg: Config) -> dict:
-    quiet_libraries(cfg.quiet)
-    seed_everything(cfg.seed)
-    acc = make_accelerator(cfg)
-    if (Path(cfg.output_dir) / METRICS_FILE).is_file():
-        done = open_run(cfg, acc).completed_metrics()
-        if done is not None:  # a finished run: return its metrics, no retraining
-            return done
-    s = setup(cfg, acc)
-    s.bar = s.run.progress(s.total, s.step, desc="ppo") if acc.is_main_process else None
-    while s.step < s.total:
-        iteration(s)
-    if s.bar is not None:
-        s.bar.close()
-    return finish(s)
+    return run_stage(cfg, setup, iteration, finish, desc="ppo")
 
 
 def _check_inputs(cfg: Config, acc) -> tuple:
@@ -387,15 +364,8 @@ def _check_inputs(cfg: Config, acc) -> tuple:
         raise ConfigError(f"batch_size={cfg.batch_size} must be a multiple of num_processes ({world}) x "
                           f"num_minibatches ({cfg.num_minibatches}) x grad_accum ({cfg.grad_accum})")
     tok = load_tokenizer(cfg)
-    if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
-        raise ConfigError(f"{cfg.model}: the tokenizer needs a pad token distinct from EOS (pad == EOS hides where "
-                          "responses end)")
-    prompts, prompt_ids, dropped = load_prompts(cfg, tok)
-    if len(prompts) < cfg.batch_size:
-        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {len(prompts)} prompts")
-    per_epoch = len(prompts) // cfg.batch_size
-    total = cfg.max_steps or max(1, math.ceil(cfg.num_epochs * per_epoch))
-    return tok, prompts, prompt_ids, dropped, total
+    check_tokenizer(tok, cfg.model, "responses")
+    return (tok, *load_stage_prompts(cfg, tok))
 
 
 def setup(cfg: Config, acc) -> Session:
@@ -413,13 +383,8 @@ def setup(cfg: Config, acc) -> Session:
     kl = KLController(cfg.kl_coef, cfg.kl_control, cfg.kl_target, cfg.kl_horizon)
     step, state, last = 0, run.load_checkpoint(), {}
     if state is not None:
-        load_trainable_state(ac, state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        step, last = restore(state, ac, optimizer, scheduler)
         kl.value = float(state["kl_coef"])
-        step = int(state["step"])
-        last = dict(state.get("last_metrics", {}))   # a kill after the final save still ends with them
-        set_rng_state(state["rng"])
     # The scheduler is not prepared: accelerate would step it once per process (as pipelines.trainer notes).
     model, optimizer = acc.prepare(ac, optimizer)
     if acc.is_main_process:
@@ -443,17 +408,15 @@ def iteration(s: Session) -> dict:
     due. Returns its metrics."""
     cfg, acc = s.cfg, s.acc
     world, rank = acc.num_processes, acc.process_index
-    local = cfg.batch_size // world
     reduce = (lambda t: acc.reduce(t, reduction="sum")) if world > 1 else (lambda t: t)
-    idx = iteration_prompts(len(s.prompts), cfg.batch_size, s.step, cfg.seed)
-    mine = idx[rank * local:(rank + 1) * local]
+    mine = local_prompt_indices(cfg, len(s.prompts), s.step, acc)
     t0 = time.perf_counter()
     coef = s.kl.value
     data, m, gen_s = rollout(cfg, s.models, [s.prompts[i] for i in mine], [s.prompt_ids[i] for i in mine],
-                             kl_coef=coef, seed=cfg.seed * 1_000_003 + s.step * 7919 + rank, reduce=reduce)
+                             kl_coef=coef, seed=rollout_seed(cfg.seed, s.step, rank), reduce=reduce)
     t1 = time.perf_counter()
-    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + s.step * 7919 + 17 * rank + 1)
-    m.update(ppo_update(cfg, s.models.model, s.optimizer, acc, data, generator=g))
+    m.update(ppo_update(cfg, s.models.model, s.optimizer, acc, data,
+                        generator=update_generator(cfg.seed, s.step, rank)))
     t2 = time.perf_counter()
     m["kl_coef"] = coef
     m["lr"] = s.scheduler.get_last_lr()[0]
@@ -461,21 +424,10 @@ def iteration(s: Session) -> dict:
     s.scheduler.step()
     s.step += 1
     m["episode"] = s.step * cfg.batch_size
-    # Timings go to log.jsonl only (metrics.json must not depend on the machine's speed).
-    perf = {"perf/rollout_tokens_per_s": m["rollout/tokens"] / world / max(t1 - t0, 1e-9),
-            "perf/generation_tokens_per_s": m["rollout/tokens"] / world / max(gen_s, 1e-9),
-            "perf/update_s": t2 - t1, "perf/rollout_s": t1 - t0}
-    s.last = m
     if s.bar is not None:
         s.bar.update(1)
         s.bar.set_postfix(score=f"{m['objective/scores']:.3f}", kl=f"{m['objective/kl']:.3f}")
-    step, total = s.step, s.total
-    if acc.is_main_process and (step % cfg.log_every == 0 or step == total):
-        s.run.log(step, {**m, **perf}, tb_prefix="train/")
-    if cfg.eval_every and step % cfg.eval_every == 0 and step < total and acc.is_main_process:
-        s.evaluate(step)
-    if step % cfg.save_every == 0 or step == total:
-        s.save()
+    log_eval_save(s, m, perf_metrics(m["rollout/tokens"], world, t0, t1, t2, gen_s), tb_prefix="train/")
     return m
 
 
