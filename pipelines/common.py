@@ -133,9 +133,12 @@ def train_and_finish(trainer, run: RunDir, accelerator, tok, evaluate, *, eval_e
         save_model(export(trainer.unwrapped), tok, run.path / "model")
         ev = evaluate()
         run.log(trainer.step, ev)
-        final = run.finish({**{f"train/{k}": v for k, v in last.items()},
-                            **{k: v for k, v in ev.items() if k != "eval/samples"}, "steps": trainer.step})
-        write_model_card(run.path / "model", stage=stage, config=run.config, metrics=final,
+        metrics = {**{f"train/{k}": v for k, v in last.items()},
+                   **{k: v for k, v in ev.items() if k != "eval/samples"}, "steps": trainer.step}
+        # The card before metrics.json: metrics.json is written last (its presence means complete), so a run
+        # killed in between is finished by the rerun instead of being left without its card.
+        write_model_card(run.path / "model", stage=stage, config=run.config, metrics=metrics,
                          chat_trained=chat_template_trained(tok), run_dir=run.path)
+        final = run.finish(metrics)
     accelerator.wait_for_everyone()
     return broadcast_metrics(accelerator, final)

@@ -40,8 +40,10 @@ from pipelines.common import broadcast_metrics, open_run
 from pipelines.data import BUILTIN, BUILTIN_CHAT
 from pipelines.evaluation import EvalArgs, PolicyEvaluator
 from pipelines.generation import GenerationArgs, generate
+from pipelines.model_card import write_model_card
 from pipelines.models import (
     ModelArgs,
+    chat_template_trained,
     count_parameters,
     load_tokenizer,
     save_model,
@@ -465,7 +467,7 @@ def iteration(s: Session) -> dict:
     if s.bar is not None:
         s.bar.update(1)
         s.bar.set_postfix(reward=f"{m['reward']:.3f}")
-    log_eval_save(s, m, perf_metrics(m["rollout/tokens"], world, t0, t1, t2, gen_s))
+    log_eval_save(s, m, perf_metrics(m["rollout/tokens"], world, t0, t1, t2, gen_s), tb_prefix="train/")
     return m
 
 
@@ -477,8 +479,11 @@ def finish(s: Session) -> dict:
     if acc.is_main_process:
         save_model(s.policy, s.tok, run.path / "model")
         ev = s.evaluate(s.step)
-        final = run.finish({**{f"train/{k}": v for k, v in s.last.items()}, **s.init, **ev, "steps": s.step,
-                            "dist/world_size": acc.num_processes, "dist/param_sync_gap": gap})
+        metrics = {**{f"train/{k}": v for k, v in s.last.items()}, **s.init, **ev, "steps": s.step,
+                   "dist/world_size": acc.num_processes, "dist/param_sync_gap": gap}
+        write_model_card(run.path / "model", stage="grpo", config=run.config, metrics=metrics,
+                         chat_trained=chat_template_trained(s.tok), run_dir=run.path)
+        final = run.finish(metrics)  # last: its presence means complete
     acc.wait_for_everyone()
     return broadcast_metrics(acc, final)
 

@@ -441,14 +441,15 @@ def finish(s: Session) -> dict:
         if ac.critic is not None:
             save_model(ac.critic, s.models.tok, run.path / "value_model")
         ev = s.evaluate(s.step)
-        final = run.finish({**{f"train/{k}": v for k, v in s.last.items()}, **ev, "steps": s.step,
-                            "dist/world_size": acc.num_processes, "dist/param_sync_gap": gap})
+        metrics = {**{f"train/{k}": v for k, v in s.last.items()}, **ev, "steps": s.step,
+                   "dist/world_size": acc.num_processes, "dist/param_sync_gap": gap}
         chat = chat_template_trained(s.models.tok)
-        write_model_card(run.path / "model", stage="ppo", config=run.config, metrics=final, chat_trained=chat,
+        write_model_card(run.path / "model", stage="ppo", config=run.config, metrics=metrics, chat_trained=chat,
                          run_dir=run.path)
         if ac.critic is not None:
-            write_model_card(run.path / "value_model", stage="ppo-value", config=run.config, metrics=final,
+            write_model_card(run.path / "value_model", stage="ppo-value", config=run.config, metrics=metrics,
                              chat_trained=chat, run_dir=run.path)
+        final = run.finish(metrics)  # last: its presence means complete
     acc.wait_for_everyone()
     return broadcast_metrics(acc, final)
 

@@ -318,3 +318,17 @@ def test_loss_types_reach_the_loss_with_their_denominators(tmp_path):
     assert loss["token"] != 0
     assert loss["dr_grpo"] == pytest.approx(loss["token"] * tokens / (16 * 4), rel=1e-5)
     assert abs(loss["sequence"]) < 1e-6
+
+
+def test_tensorboard_tags_are_metrics_json_keys_and_the_model_has_a_card(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    m = grpo.train(from_dict(grpo.Config, toy_cfg(out, max_steps=2, report_to="tensorboard")))
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    train_keys = {k for k in m if k.startswith("train/")}
+    assert "train/reward" in train_keys and train_keys <= tags
+    card = (out / "model" / "README.md").read_text()
+    assert "tags: [reins, grpo]" in card and f"base_model: \"{toy_policy()}\"" in card
