@@ -1,8 +1,10 @@
 """TRL's DPOTrainer trains on what reins writes: a `reins sft` model directory and TRL-format preference JSONL.
 
 Run with reins' venv (it drives both sides): `.venv/bin/python -m benchmarks.interop.trl_dpo`. Steps:
-1. `reins sft` trains the tiny Llama briefly on the built-in task; its `model/` directory is the policy both
-   sides start from (and the frozen reference).
+1. `reins sft` trains the tiny Llama briefly: on the built-in text task for the standard file, on chat messages
+   for the conversational one (reins saves a chat template only once a model has trained on it, so a model
+   trained on text alone has none, and TRL cannot render conversational data with it). Its `model/` directory
+   is the policy both sides start from (and the frozen reference).
 2. The built-in preference pairs are written as TRL-format JSONL, standard (prompt/chosen/rejected strings) and
    conversational (the same text as user/assistant message lists).
 3. For each file: `reins dpo` trains on it, then trl_dpo_side.py trains TRL's DPOTrainer on the same model dir and
@@ -52,6 +54,24 @@ def write_pairs(work: Path, n: int, seed: int) -> dict[str, Path]:
     return {"standard": std, "conversational": conv}
 
 
+def sft_model(work: Path, fmt: str, a) -> Path:
+    """`reins sft` for `fmt`: on the built-in text task (standard), or on chat messages (conversational), so the
+    saved tokenizer carries the chat template it was trained with (reins saves only trained templates)."""
+    from pipelines.reward import builtin_pairs
+
+    out = work / f"sft-{fmt}"
+    argv = ["sft", f"output_dir={out}", f"max_steps={a.sft_steps}", "batch_size=16", "eval_prompts=none",
+            f"seed={a.seed}", "cpu=true"]
+    if fmt == "conversational":  # other openings than the preference pairs (seed + 1)
+        chat = work / "sft-chat.jsonl"
+        chat.write_text("".join(json.dumps({"messages": [{"role": "user", "content": r["prompt"]},
+                                                         {"role": "assistant", "content": r["chosen"]}]}) + "\n"
+                                for r in builtin_pairs(256, a.seed + 1, "train")))
+        argv.append(f"data={chat}")
+    _reins(argv)
+    return out / "model"
+
+
 def reins_curve(run: Path) -> list[dict]:
     rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()]
     return [{"step": r["step"], "loss": r["loss"], "accuracy": r.get("rewards/accuracies"),
@@ -75,12 +95,10 @@ def main() -> None:
     if work.exists():  # a fresh run: the stages would otherwise resume from the last one's checkpoints
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    sft = work / "sft"
-    _reins(["sft", f"output_dir={sft}", f"max_steps={a.sft_steps}", "batch_size=16", "eval_prompts=none",
-           f"seed={a.seed}", "cpu=true"])
-    model_dir = sft / "model"
+    pairs = write_pairs(work, a.pairs, a.seed)
     results = {"settings": vars(a), "formats": {}}
-    for fmt, data in write_pairs(work, a.pairs, a.seed).items():
+    for fmt, data in pairs.items():
+        model_dir = sft_model(work, fmt, a)
         run = work / f"dpo-{fmt}"
         _reins(["dpo", f"output_dir={run}", f"model={model_dir}", f"data={data}", f"beta={a.beta}",
                 f"learning_rate={a.lr}", "lr_scheduler=constant", f"batch_size={a.pairs}", f"max_steps={a.steps}",
