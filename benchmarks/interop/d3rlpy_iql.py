@@ -6,7 +6,8 @@ Run with reins' venv (it drives both sides): `.venv/bin/python -m benchmarks.int
 2. `reins iql` trains on it (recipes/offline/iql-pendulum.yaml's settings: hidden 64x64, batch 256, expectile 0.7,
    beta 10, rewards x0.1, observations standardised; the actor-lr cosine is off, as d3rlpy has none) and
    evaluates the deterministic policy (eval/normalized_score at the end).
-3. d3rlpy_iql_side.py, in .venv-bench-d3rlpy under `python -I` with reins not importable (it checks), loads the
+3. d3rlpy_iql_side.py, in .venv-bench-d3rlpy under `python -I -S` (benchmarks/interop/peer.py) with reins not
+   importable (it checks), loads the
    tier with `minari.load_dataset`, trains d3rlpy's IQL with the same settings and budget, and evaluates in
    `recover_environment(eval_env=True)`, scored by `minari.get_normalized_score` (x 100).
 Both use the same number of evaluation episodes; normalised scores are 100 (R - ref_min) / (ref_max - ref_min).
@@ -21,6 +22,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from benchmarks.interop.peer import peer_command
 
 REPO = Path(__file__).resolve().parents[2]
 SIDE = Path(__file__).with_name("d3rlpy_iql_side.py")
@@ -65,7 +68,8 @@ def main() -> None:
         spec.write_text(json.dumps({"dataset": dataset, "steps": a.steps, "eval_episodes": a.eval_episodes,
                                     "seed": seed, **hp}))
         peer_out = work / f"d3rlpy-seed{seed}.json"
-        run([a.peer_python, "-I", str(SIDE), str(spec), str(peer_out)])
+        print("$", a.peer_python, "-I -S", SIDE.name, spec.name, peer_out.name, flush=True)
+        subprocess.run(peer_command(a.peer_python, SIDE, str(spec), str(peer_out)), cwd=REPO, env=env, check=True)
         peer = json.loads(peer_out.read_text())
         results["seeds"][seed] = {"reins": {k: ours.get(k) for k in ("eval/normalized_score", "eval/return_mean",
                                                                       "data/normalized_score")},

@@ -8,7 +8,8 @@ Run with reins' venv (it drives both sides): `.venv/bin/python -m benchmarks.int
 2. The built-in preference pairs are written as TRL-format JSONL, standard (prompt/chosen/rejected strings) and
    conversational (the same text as user/assistant message lists).
 3. For each file: `reins dpo` trains on it, then trl_dpo_side.py trains TRL's DPOTrainer on the same model dir and
-   file in .venv-bench, under `python -I` with reins not importable (it checks), each with its own tokenisation.
+   file in .venv-bench, under `python -I -S` (benchmarks/interop/peer.py) with reins not importable (it
+   checks), each with its own tokenisation.
    Same beta, learning rate (constant), batch, steps, max_length, max grad norm, no weight decay, fp32 CPU.
    The batch is the whole file, so both see the same pairs at every step whatever order their samplers pick.
 Prints per-step loss / reward accuracy of both and writes them to --out (JSON).
@@ -23,6 +24,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from benchmarks.interop.peer import peer_command
 
 REPO = Path(__file__).resolve().parents[2]
 SIDE = Path(__file__).with_name("trl_dpo_side.py")
@@ -109,8 +112,8 @@ def main() -> None:
                                     "batch": a.pairs, "steps": a.steps, "max_length": a.max_length,
                                     "seed": a.seed}))
         trl_out = work / f"trl-{fmt}.json"
-        cmd = [a.peer_python, "-I", str(SIDE), str(spec), str(trl_out)]
-        print("$", " ".join(cmd), flush=True)
+        cmd = peer_command(a.peer_python, SIDE, str(spec), str(trl_out))
+        print("$", a.peer_python, "-I -S", SIDE.name, spec.name, trl_out.name, flush=True)
         subprocess.run(cmd, cwd=work, env=_env(), check=True)
         peer = json.loads(trl_out.read_text())
         ours = reins_curve(run)
