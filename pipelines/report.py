@@ -199,6 +199,10 @@ def _sample_line(item: Any) -> str:
         value = item.get(key)
         score = f" ({key} {value:+.2f})" if isinstance(value, (int, float)) else ""
         text = f"{item.get('prompt', '')} **{item['completion'].strip()}**{score}"
+        if isinstance(item.get("ref_completion"), str):  # the untouched reference on the same prompt
+            ref = item.get("ref_gold")
+            ref_score = f" (gold {ref:+.2f})" if isinstance(ref, (int, float)) else ""
+            text += f"; reference: **{item['ref_completion'].strip()}**{ref_score}"
     else:
         text = item if isinstance(item, str) else json.dumps(item)
     return text.replace("\n", " ")
