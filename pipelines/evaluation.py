@@ -158,7 +158,7 @@ class PolicyEvaluator:
         if self.reward_model is not None:
             scores = score_texts(self.reward_model, self.rm_tok, self.prompts, s.texts, ended=s.finished)
             m["eval/reward_model_score"] = scores.mean().item()
-        samples = [{"prompt": p if isinstance(p, str) else str(p), "completion": t, "gold": g}
+        samples = [{"prompt": p, "completion": t, "gold": g}  # a conversational prompt stays a message list
                    for p, t, g in zip(self.prompts[: a.num_samples_logged], s.texts, gold.tolist())]
         if self.reference is not None:  # the untouched model's completion of the same prompt: before vs after
             for i, item in enumerate(samples):

@@ -80,6 +80,8 @@ def test_report_sample_line_shows_the_reference_beside_the_policy():
                                   "reference: **it was cold.** (gold -0.10)")
     del item["ref_completion"], item["ref_gold"]
     assert _sample_line(item) == "We ate at Luigi's and **it was great.** (gold +0.62)"
+    item["prompt"] = [{"role": "user", "content": "Continue: We ate at Luigi's and"}]  # conversational prompt
+    assert _sample_line(item) == "Continue: We ate at Luigi's and **it was great.** (gold +0.62)"
 
 
 def test_reward_model_scores_with_its_own_tokenizer(tok):
