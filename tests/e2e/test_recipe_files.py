@@ -13,7 +13,7 @@ PIPELINES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "stages" in 
 
 def test_pipeline_recipes_exist():
     names = {p.relative_to(ROOT / "recipes").as_posix() for p in PIPELINES}
-    assert {"quickstart.yaml", "rlhf/smollm2-135m.yaml", "offline/hopper.yaml"} <= names
+    assert {"quickstart.yaml", "smollm2-quickstart.yaml", "rlhf/smollm2-135m.yaml", "offline/hopper.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.relative_to(ROOT / "recipes").as_posix())

@@ -60,10 +60,28 @@ def test_eval_of_the_reference_itself_is_exact(tok):
     assert m["eval/win_rate_vs_ref"] == 0.5  # identical samples: every comparison is a tie
     assert m["eval/gold_reward"] == m["eval/ref_gold_reward"]
     assert len(samples) == 3 and samples[0]["prompt"] == PROMPTS[0]
+    # Each logged sample carries the reference's completion of the same prompt (before vs after training).
+    assert [s["ref_completion"] for s in samples] == [s["completion"] for s in samples]
+    assert [s["ref_gold"] for s in samples] == [s["gold"] for s in samples]
     other = small_model(tok, seed=9)
-    m2, _ = ev(other)
+    m2, samples2 = ev(other)
     assert m2["eval/kl_to_ref_k3"] >= 0.0 and m2["eval/kl_to_ref"] != 0.0
     assert m2["eval/ref_gold_reward"] == m["eval/ref_gold_reward"]  # reference samples are cached/fixed
+    assert [s["ref_completion"] for s in samples2] == [s["ref_completion"] for s in samples]
+    assert [s["completion"] for s in samples2] != [s["completion"] for s in samples]
+
+
+def test_report_sample_line_shows_the_reference_beside_the_policy():
+    from pipelines.report import _sample_line
+
+    item = {"prompt": "We ate at Luigi's and", "completion": " it was great.", "gold": 0.62,
+            "ref_completion": " it was cold.\n", "ref_gold": -0.1}
+    assert _sample_line(item) == ("We ate at Luigi's and **it was great.** (gold +0.62); "
+                                  "reference: **it was cold.** (gold -0.10)")
+    del item["ref_completion"], item["ref_gold"]
+    assert _sample_line(item) == "We ate at Luigi's and **it was great.** (gold +0.62)"
+    item["prompt"] = [{"role": "user", "content": "Continue: We ate at Luigi's and"}]  # conversational prompt
+    assert _sample_line(item) == "Continue: We ate at Luigi's and **it was great.** (gold +0.62)"
 
 
 def test_reward_model_scores_with_its_own_tokenizer(tok):

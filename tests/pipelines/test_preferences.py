@@ -71,3 +71,23 @@ def test_preferences_stage_writes_pairs_and_resumes_exactly(tmp_path, monkeypatc
     for row in da["train"].to_list() + da["test"].to_list():
         assert row["chosen_score"] >= row["rejected_score"] and row["chosen"] != row["rejected"]
     assert full["pairs/train"] + full["pairs/test"] + full["pairs/skipped"] == 8
+
+
+def test_chat_prompts_give_conversational_pairs_the_dpo_data_loader_takes(tmp_path):
+    """builtin:sentiment-chat pairs are stored as assistant messages, and without held-out prompts the
+    directory has only a train split; both load in the data stages (before: a mixed-format error, and an
+    empty test split that `datasets` could not load back)."""
+    import datasets
+
+    from pipelines.data import load_records, normalise_preferences
+
+    m = preferences.train(_cfg(tmp_path, prompts="builtin:sentiment-chat", num_test_prompts=0))
+    data = tmp_path / "run" / "data"
+    assert set(datasets.load_from_disk(str(data))) == {"train"}
+    rows, where = load_records(str(data), "train")
+    pairs = normalise_preferences(rows, where)
+    assert len(pairs) == m["pairs/train"] >= 1
+    for p in pairs:
+        assert p["prompt"][0]["role"] == "user" and "Continue this short review" in p["prompt"][0]["content"]
+        assert [c["role"] for c in p["chosen"] + p["rejected"]] == ["assistant", "assistant"]
+        assert p["chosen"][0]["content"] != p["rejected"][0]["content"]
