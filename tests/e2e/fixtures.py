@@ -192,3 +192,28 @@ def run_without_reins(code: str, cwd: Path, *, python: str | None = None, timeou
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     assert lines, proc.stdout[-2000:]
     return json.loads(lines[-1][len("RESULT "):])
+
+
+def signal_when(cmd: list[str], ready, sig: int, *, env: dict | None = None, cwd: Path = ROOT,
+                timeout: float = 180.0) -> tuple[int, str]:
+    """Start `cmd`, send `sig` as soon as `ready()` is true (polled every few ms); its exit code and stderr.
+    Fails if the process ended before `ready()` held: a signal after the end would prove nothing."""
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, env=env or subprocess_env(), cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not ready() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.003)
+    assert proc.poll() is None, f"it finished before the signal: {proc.stderr.read().decode()[-2000:]}"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err.decode()
+
+
+def free_port() -> int:
+    """A TCP port free on localhost now (for accelerate's --main_process_port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

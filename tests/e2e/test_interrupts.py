@@ -18,14 +18,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from tests.e2e.fixtures import ROOT, subprocess_env
+from tests.e2e.fixtures import ROOT, signal_when, subprocess_env
 from tests.pipelines.helpers import SMALL
 
 LINE = re.compile(r"^(reins \w+): interrupted at step (\d+)( of stage '\w+')?; rerun the same command to resume$")
@@ -53,15 +52,8 @@ def _log_step(out: Path) -> int:
 def _interrupt_when(cmd: list[str], ready, sig: int, env: dict | None = None,
                     timeout: float = 180.0) -> tuple[int, list[str]]:
     """Run `cmd`, send `sig` as soon as `ready()` is true; its exit code and non-empty stderr lines."""
-    proc = subprocess.Popen(cmd, env=env or subprocess_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    deadline = time.time() + timeout
-    while not ready() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.003)
-    assert proc.poll() is None, f"it finished before the signal: {proc.stderr.read().decode()[-2000:]}"
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
-    return proc.returncode, [x for x in err.decode().splitlines() if x.strip()]
+    code, err = signal_when(cmd, ready, sig, env=env, timeout=timeout)
+    return code, [x for x in err.splitlines() if x.strip()]
 
 
 def _rerun(cmd: list[str], env: dict | None = None) -> None:

@@ -15,25 +15,19 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from tests.e2e.fixtures import ROOT, subprocess_env
+from tests.e2e.fixtures import ROOT, signal_when, subprocess_env
 
 
 def _kill_when(cmd: list[str], env: dict, cwd: Path, ready, timeout: float = 120.0) -> None:
     """Start `cmd`, SIGKILL it as soon as `ready()` is true (polled every few ms)."""
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + timeout
-    while not ready() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.003)
-    proc.send_signal(signal.SIGKILL)
-    _, err = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, f"it finished before the kill: {err.decode()[-2000:]}"
+    code, err = signal_when(cmd, ready, signal.SIGKILL, env=env, cwd=cwd, timeout=timeout)
+    assert code == -signal.SIGKILL, f"it finished before the kill: {err[-2000:]}"
 
 
 def _rerun(cmd: list[str], env: dict, cwd: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,16 +14,11 @@ import torch
 
 from pipelines import dpo
 from reins.config import from_dict
+from tests.e2e.fixtures import free_port
 from tests.pipelines.helpers import stage_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "recipes" / "accelerate").glob("*.yaml"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _losses(run_dir: Path) -> list[tuple[int, float]]:
@@ -39,7 +33,7 @@ def test_two_process_dpo_matches_single_process(tmp_path):
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(ROOT / "recipes" / "accelerate" / "cpu-2proc.yaml"), "--num_processes", "2",
-           "--main_process_port", str(_free_port()), str(ROOT / "tests" / "pipelines" / "ddp_worker.py"),
+           "--main_process_port", str(free_port()), str(ROOT / "tests" / "pipelines" / "ddp_worker.py"),
            json.dumps(two)]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

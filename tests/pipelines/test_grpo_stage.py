@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from pipelines.models import ModelArgs, TinySpec, load_causal_lm, load_tokenizer
 from reins.config import from_dict
 from reins.errors import NonFiniteError, ReinsError
 from reins.runio import safe_torch_load
+from tests.e2e.fixtures import free_port, signal_when
 from tests.pipelines import grpo_rewards
 from tests.pipelines.helpers import SMALL
 
@@ -131,25 +131,13 @@ def test_sigkill_then_rerun_matches_uninterrupted(tmp_path, uninterrupted):
     cfg = tmp_path / "grpo.yaml"
     cfg.write_text(yaml.safe_dump({"stage": "grpo", **toy_cfg(out)}))
     cmd = [sys.executable, "-m", "pipelines.grpo", "--config", str(cfg)]
-    proc = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt, deadline = out / "checkpoints" / "checkpoint.pt", time.time() + 240
-    while not ckpt.is_file() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    ckpt = out / "checkpoints" / "checkpoint.pt"
+    signal_when(cmd, ckpt.is_file, signal.SIGKILL, env=_env(), timeout=240)
     assert safe_torch_load(ckpt)["step"] < 3 and not (out / "metrics.json").exists()
     res = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads((out / "metrics.json").read_text()) == uninterrupted[1]
     assert [r["step"] for r in _train_rows(out)] == [1, 2, 3]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_process_accelerate_launch_keeps_ranks_in_sync(tmp_path):
@@ -160,7 +148,7 @@ def test_two_process_accelerate_launch_keeps_ranks_in_sync(tmp_path):
     env = {**_env(), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(ROOT / "recipes" / "accelerate" / "cpu-2proc.yaml"), "--num_processes", "2",
-           "--main_process_port", str(_free_port()), "-m", "pipelines.grpo", "--config", str(cfg)]
+           "--main_process_port", str(free_port()), "-m", "pipelines.grpo", "--config", str(cfg)]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((out / "metrics.json").read_text())

@@ -7,11 +7,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from pipelines.models import ModelArgs, TinySpec, load_causal_lm, load_reward_mo
 from reins.config import from_dict
 from reins.errors import NonFiniteError
 from reins.runio import safe_torch_load
+from tests.e2e.fixtures import free_port, signal_when
 from tests.pipelines.helpers import SMALL
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,12 +127,8 @@ def _env() -> dict:
 def test_sigkill_then_rerun_matches_uninterrupted(tmp_path, uninterrupted):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "pipelines.ppo", "--config", str(_write_cfg(tmp_path / "ppo.yaml", toy_cfg(out)))]
-    proc = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt, deadline = out / "checkpoints" / "checkpoint.pt", time.time() + 240
-    while not ckpt.is_file() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    ckpt = out / "checkpoints" / "checkpoint.pt"
+    signal_when(cmd, ckpt.is_file, signal.SIGKILL, env=_env(), timeout=240)
     killed_at = safe_torch_load(ckpt)["step"]
     assert killed_at < 3 and not (out / "metrics.json").exists()   # it really died mid-run
     res = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -168,19 +163,13 @@ def test_shared_value_head_and_halve_double_kl_controller(tmp_path):
     assert not (out / "value_model").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_accelerate_launch_keeps_ranks_in_sync(tmp_path):
     out = tmp_path / "run"
     cfg = _write_cfg(tmp_path / "ppo.yaml", toy_cfg(out, max_steps=2, learning_rate=1e-2))
     env = {**_env(), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(ROOT / "recipes" / "accelerate" / "cpu-2proc.yaml"), "--num_processes", "2",
-           "--main_process_port", str(_free_port()), "-m", "pipelines.ppo", "--config", str(cfg)]
+           "--main_process_port", str(free_port()), "-m", "pipelines.ppo", "--config", str(cfg)]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((out / "metrics.json").read_text())
