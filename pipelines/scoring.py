@@ -148,9 +148,11 @@ def sequence_logps(model, batch: dict, *, temperature: float = 1.0, with_entropy
     (`scored_logits`): prompt and padding positions never get [V]-wide logits.
     """
     ids, attn = batch["input_ids"], batch["attention_mask"]
+    pos = batch.get("position_ids")  # given for packed rows (with a 4-D or no attention mask)
     cm = batch["completion_mask"][:, 1:] != 0
     keep = torch.nn.functional.pad(cm, (0, 1))  # position t predicts token t + 1
-    logits, flat = scored_logits(model, keep, input_ids=ids, attention_mask=attn, position_ids=position_ids(attn))
+    logits, flat = scored_logits(model, keep, input_ids=ids, attention_mask=attn,
+                                 position_ids=position_ids(attn) if pos is None else pos)
     if flat:
         nxt = torch.nn.functional.pad(ids[:, 1:], (0, 1))
         tlp = _at(token_logprobs(logits, nxt[keep], temperature=temperature), keep)[:, :-1]

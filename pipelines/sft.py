@@ -2,14 +2,17 @@
 
 Loss: token-mean negative log-likelihood over the completion tokens of the global batch,
 -sum_{i,t} m_{i,t} log pi(y_{i,t} | x_i, y_{i,<t}) / sum_{i,t} m_{i,t} (the supervised step the
-RLHF pipeline starts from, Ouyang et al. 2022 §3.5). Packing (optional) concatenates all sequences, EOS-separated,
-into max_length blocks and trains on every token.
+RLHF pipeline starts from, Ouyang et al. 2022 §3.5). `assistant_only_loss` trains every assistant turn of a
+conversation (pipelines/sft_data.py), not only the last. Packing (optional) puts several examples in one
+max_length row: `bfd` packs whole examples that never attend to each other (same loss and gradient as unpacked,
+less padding); `wrapped` (plain text only) concatenates all texts, EOS-separated, and cuts max_length blocks.
 Default: the tiny model on the built-in sentiment corpus. Artifact: `output_dir/model` (save_pretrained).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from pipelines.common import eval_prompts, lm_evaluate_fn, open_run, start_lm_stage, train_and_finish
 from pipelines.data import (
@@ -24,10 +27,19 @@ from pipelines.data import (
 from pipelines.evaluation import EvalArgs, PolicyEvaluator
 from pipelines.models import ModelArgs, count_parameters, load_causal_lm, load_tokenizer
 from pipelines.prompts import ARITHMETIC
-from pipelines.scoring import completion_batch, sequence_logps, to_device
-from pipelines.trainer import TrainArgs, Trainer
+from pipelines.scoring import _additive_mask, completion_batch, sequence_logps, to_device
+from pipelines.sft_data import (
+    as_sequence,
+    chat_conversations,
+    n_targets,
+    pack_bfd,
+    sequence_batch,
+    tokenize_assistant_turns,
+)
+from pipelines.trainer import TrainArgs, Trainer, example_length
 from reins.cli import stage_main
-from reins.config import RunArgs
+from reins.config import RunArgs, check
+from reins.errors import DataError
 
 
 @dataclass
@@ -36,7 +48,15 @@ class Config(TrainArgs, DataArgs, ModelArgs, RunArgs):
                             metadata={"help": "directory the run writes (config.yaml, log.jsonl, metrics.json, "
                                               "checkpoints, artifacts)"})
     packing: bool = field(default=False,
-                          metadata={"help": "concatenate examples into full max_length rows (no padding)"})
+                          metadata={"help": "put several examples in each max_length row (less padding; batch_size "
+                                            "then counts rows); see packing_strategy"})
+    packing_strategy: Literal["bfd", "wrapped"] = field(
+        default="bfd", metadata={"help": "bfd: whole examples, best-fit decreasing, each attending only to itself "
+                                         "(positions restart at 0; loss and gradient as unpacked); wrapped: plain "
+                                         "`text` only, all texts concatenated and cut into max_length blocks"})
+    assistant_only_loss: bool = field(
+        default=False, metadata={"help": "conversational data: train every assistant turn (not system, user or "
+                                         "tool turns); false: the last assistant turn (the completion) only"})
     eval_prompts: str | None = field(default=BUILTIN,
                                      metadata={"help": "prompts for the generation eval (None/\"none\": skip it)"})
     eval: EvalArgs = field(default_factory=EvalArgs,
@@ -50,6 +70,9 @@ class Config(TrainArgs, DataArgs, ModelArgs, RunArgs):
         self.validate_model()
         self.validate_data()
         self.validate_train()
+        check(not (self.packing and self.packing_strategy == "wrapped" and self.assistant_only_loss),
+              "packing_strategy=wrapped trains every token of plain text; it cannot be combined with "
+              "assistant_only_loss=true (use packing_strategy=bfd)")
 
 
 def pack(examples: list[dict], block: int) -> list[dict]:
@@ -61,14 +84,24 @@ def pack(examples: list[dict], block: int) -> list[dict]:
 
 def n_predicted(ex: dict) -> int:
     """Completion tokens that carry a loss (the very first token of a prompt-less sequence has no context)."""
+    if "loss_mask" in ex:
+        return n_targets(ex)
     return len(ex["completion_ids"]) - (1 if not ex["prompt_ids"] else 0)
 
 
-def make_loss_fn(pad_id: int):
+def make_loss_fn(pad_id: int, attention: str = "mask"):
+    """The SFT loss on prompt/completion examples, or on sequence examples and packed rows (sft_data), whose
+    examples are kept apart by a 4-D mask (attention="mask") or by position_ids alone ("position_ids")."""
     def loss_fn(model, examples: list[dict], denominator: float):
-        b = completion_batch([e["prompt_ids"] for e in examples], [e["completion_ids"] for e in examples], pad_id)
-        dev = next(model.parameters()).device
-        b = to_device(b, dev)
+        p = next(model.parameters())
+        if "loss_mask" in examples[0]:
+            b = to_device(sequence_batch(examples, pad_id, attention=attention), p.device)
+            if "allowed" in b:
+                b["attention_mask"] = _additive_mask(b.pop("allowed"), p.dtype)
+        else:
+            b = completion_batch([e["prompt_ids"] for e in examples], [e["completion_ids"] for e in examples],
+                                 pad_id)
+            b = to_device(b, p.device)
         r = sequence_logps(model, b, with_entropy=True)
         nll = -r["token_logps"].sum()
         n = r["mask"].sum()
@@ -88,6 +121,28 @@ def _builtin(cfg: Config) -> dict:
             "builtin_name": ARITHMETIC}
 
 
+def _tokenize(cfg: Config, tok, rows: list[dict], where: str, roles) -> tuple[list[dict], object]:
+    """Training examples of `rows`: prompt/completion ids, or with assistant_only_loss sequence examples whose
+    loss mask covers every assistant turn."""
+    if cfg.assistant_only_loss:
+        return tokenize_assistant_turns(tok, chat_conversations(rows, where, roles=roles), where, cfg.max_length,
+                                        cfg.on_overlong)
+    return tokenize_sft(tok, normalise_sft(rows, where, roles=roles), where, cfg.max_length, cfg.on_overlong)
+
+
+def _pack(cfg: Config, examples: list[dict], where: str) -> list[dict]:
+    """`examples` as the rows the Trainer batches: themselves, or packed by `packing_strategy`."""
+    if not cfg.packing:
+        return examples
+    if cfg.packing_strategy == "wrapped":
+        if any(e.get("prompt_ids") for e in examples):
+            raise DataError(f"{where}: packing_strategy=wrapped is for plain `text` data (it trains on every token "
+                            f"and lets examples attend to each other); this data has prompts: use "
+                            f"packing_strategy=bfd")
+        return pack(examples, cfg.max_length)
+    return pack_bfd([e if "loss_mask" in e else as_sequence(e) for e in examples], cfg.max_length)
+
+
 def train(cfg: Config) -> dict:
     acc, done = start_lm_stage(cfg)
     if done is not None:  # a finished run: return its metrics, no retraining
@@ -95,22 +150,21 @@ def train(cfg: Config) -> dict:
     tok = load_tokenizer(cfg)
     train_rows, tw, eval_rows, ew = load_split_pair(cfg, seed=cfg.seed, **_builtin(cfg))
     roles = chat_roles(tok)
-    train_ex, tstats = tokenize_sft(tok, normalise_sft(train_rows, tw, roles=roles), tw, cfg.max_length,
-                                    cfg.on_overlong)
-    eval_ex = []
-    if eval_rows:
-        eval_ex, _ = tokenize_sft(tok, normalise_sft(eval_rows, ew, roles=roles), ew, cfg.max_length, cfg.on_overlong)
-    if cfg.packing:
-        train_ex, eval_ex = pack(train_ex, cfg.max_length), pack(eval_ex, cfg.max_length)
+    train_ex, tstats = _tokenize(cfg, tok, train_rows, tw, roles)
+    eval_ex = _tokenize(cfg, tok, eval_rows, ew, roles)[0] if eval_rows else []
+    train_ex, eval_ex = _pack(cfg, train_ex, tw), _pack(cfg, eval_ex, ew)
+    fill = {"data/packed_fill": sum(map(example_length, train_ex)) / max(1, len(train_ex) * cfg.max_length)
+            } if cfg.packing else {}  # the share of row tokens that are real tokens
     prompts = eval_prompts(cfg.eval_prompts, cfg.eval.num_prompts) if acc.is_main_process else []
     model = load_causal_lm(cfg, tok, seed=cfg.seed)
     run = open_run(cfg, acc, n_train=len(train_ex))  # after every input is validated: bad input writes nothing
-    loss_fn = make_loss_fn(tok.pad_token_id)
+    flash = "flash" in (cfg.attn_implementation or "")  # transformers' varlen path takes position_ids alone
+    loss_fn = make_loss_fn(tok.pad_token_id, attention="position_ids" if flash else "mask")
     trainer = Trainer(run, cfg, acc, model, train_ex, loss_fn, seed=cfg.seed, count_fn=n_predicted)
     if acc.is_main_process and trainer.resumed_from == 0:
         total, trainable = count_parameters(model)
         run.log(0, {"model/parameters": total, "model/trainable": trainable, "data/train_rows": len(train_ex),
-                    **tstats.as_metrics("data")})
+                    **tstats.as_metrics("data"), **fill})
     evaluator = PolicyEvaluator(tok, prompts, None, cfg.eval) if prompts else None
 
     evaluate = lm_evaluate_fn(trainer, loss_fn, eval_ex, batch_size=cfg.eval.batch_size, count_fn=n_predicted,
