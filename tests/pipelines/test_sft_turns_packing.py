@@ -104,6 +104,17 @@ def test_template_that_rewrites_earlier_turns_is_refused():
         tokenize_assistant_turns(tok, convs, "d", 128)
 
 
+def test_turn_boundary_inside_a_token_is_refused():
+    tok = copy.deepcopy(small_tok())
+    tok.chat_template = "{% for message in messages %}{{ message['content'] }}{% endfor %}"  # no separators
+    # "th" + "e" renders "the", one token pair that does not start with the tokens of "th".
+    assert tok("the", add_special_tokens=False)["input_ids"][:1] != tok("th", add_special_tokens=False)["input_ids"]
+    conv = [{"role": "user", "content": "th"}, {"role": "assistant", "content": "e"}]
+    convs = chat_conversations([{"messages": conv}], "d", roles=sft.chat_roles(tok))
+    with pytest.raises(DataError, match="row 0: the start of assistant message 1 falls inside a token"):
+        tokenize_assistant_turns(tok, convs, "d", 128)
+
+
 def test_overlong_conversation_is_cut_dropped_or_refused():
     tok = small_tok()
     convs = chat_conversations([{"messages": CHAT}], "d", roles=sft.chat_roles(tok))
