@@ -209,7 +209,7 @@ def _flags(st: Steps, key: str, n: int) -> np.ndarray:
     if bad.any():
         row = int(np.argmax(bad))
         where, pos = st.where(row)
-        raise DataError(f"{where}: {st.label(key)} at {pos} is {a[row]!r}, expected 0 or 1 (false or true)")
+        raise DataError(f"{where}: {st.label(key)} at {pos} is {a[row].item()!r}, expected 0 or 1 (false or true)")
     return a.astype(np.float32)
 
 
