@@ -164,10 +164,13 @@ def write(root: Path, ds_id: str, eps: list[dict], cfg: Config, tr: Transitions,
             warnings.simplefilter("ignore")
             ds = minari.create_dataset_from_buffers(
                 ds_id, _buffers(eps), env=spec, eval_env=spec, observation_space=spaces[0], action_space=spaces[1],
-                ref_min_score=refs[0], ref_max_score=refs[1], algorithm_name="reins convert",
+                algorithm_name="reins convert",
                 author="reins convert", code_permalink="reins: offline/convert.py",
                 description=f"converted by reins convert from {cfg.source}", data_format=cfg.data_format)
-        ds.storage.update_metadata({"reins/source": str(cfg.source)})
+        # Reference scores go straight into the metadata: Minari stores given ones only with an eval env (and
+        # then makes it), and env-less data has reference scores too.
+        extra = {"ref_min_score": refs[0], "ref_max_score": refs[1]} if refs[1] is not None else {}
+        ds.storage.update_metadata({"reins/source": str(cfg.source), **extra})
         publish(staging, root, [ds_id], cfg.overwrite)
     finally:
         if old is None:
