@@ -2,6 +2,7 @@
 
     dataset=logs/hopper.hdf5     D4RL-style arrays (h5py): observations, actions, rewards, terminals, timeouts,
     dataset=logs/hopper.npz      optional next_observations; optional scalars ref_min_score / ref_max_score
+                                 (an .h5 that d3rlpy's `dump` wrote is read as its episodes)
     dataset=logs/steps.parquet   a table of steps, one row per step: episode_id, the observation (one list column
     dataset=logs/steps.jsonl     or several scalar columns), action, reward, terminated, truncated; optional
                                  next_observation (like the observation) and step (must increase in an episode)
@@ -79,8 +80,13 @@ def _array_steps(p: Path) -> Steps:
             import h5py
 
             with h5py.File(p, "r") as f:
-                raw = {k: f[k][()] for k in keys if isinstance(f.get(k), h5py.Dataset)}
+                if "num_episodes" in f and "columns" in f and "observations" not in f:
+                    raw = _d3rlpy_dump(p, f)
+                else:
+                    raw = {k: f[k][()] for k in keys if isinstance(f.get(k), h5py.Dataset)}
                 raw.update({k: f.attrs[k] for k in REF_KEYS if k in f.attrs and k not in raw})
+    except DataError:
+        raise
     except Exception as e:  # noqa: BLE001 - zipfile/h5py/numpy raise assorted errors for unreadable files
         raise DataError(f"{p}: cannot read {p.suffix.lstrip('.')} file: {_first_line(e)}") from None
     info: dict = {"metadata": {"source": str(p), "format": p.suffix.lstrip(".").lower()}}
@@ -92,6 +98,27 @@ def _array_steps(p: Path) -> Steps:
             info[k] = float(v.reshape(-1)[0])
     name = str(p)
     return Steps(name, raw, locate=lambda r: (name, f"row {r}"), info=info)
+
+
+def _d3rlpy_dump(p: Path, f) -> dict:
+    """A d3rlpy ReplayBuffer/MDPDataset `dump` (format 2.1: per-episode `observations_i`, `actions_i`,
+    `rewards_i`, `terminated_i`) as D4RL-style arrays: each episode's last row is terminal when `terminated_i`,
+    else a timeout (d3rlpy stores no final observation, so that row is dropped, as d3rlpy does)."""
+    n = int(f["num_episodes"][()])
+    cols = [c.decode() if isinstance(c, bytes) else str(c) for c in f["columns"][()]]
+    if "observations_0" not in f or cols[:4] != ["observations", "actions", "rewards", "terminated"]:
+        raise DataError(f"{p}: a d3rlpy dump with tuple observations or columns {cols} is not supported")
+    obs, act, rew, term = [], [], [], []
+    for i in range(n):
+        o = f[f"observations_{i}"][()]
+        obs.append(o)
+        act.append(f[f"actions_{i}"][()])
+        rew.append(np.asarray(f[f"rewards_{i}"][()]).reshape(-1))
+        term.append(bool(f[f"terminated_{i}"][()]))
+    ends = [np.arange(len(o)) == len(o) - 1 for o in obs]
+    return {"observations": np.concatenate(obs), "actions": np.concatenate(act), "rewards": np.concatenate(rew),
+            "terminals": np.concatenate([e & t for e, t in zip(ends, term)]),
+            "timeouts": np.concatenate([e & (not t) for e, t in zip(ends, term)])}
 
 
 # ------------------------------------------------------------------------------------------- step tables

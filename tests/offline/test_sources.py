@@ -122,6 +122,23 @@ def test_next_observations_keep_every_row(tmp_path):
     np.testing.assert_array_equal(tr.episode_ids, [0, 0, 0, 1, 1, 2, 2])
 
 
+def test_d3rlpy_dump_reads_as_its_episodes(tmp_path):
+    """d3rlpy's `ReplayBuffer.dump` layout (format 2.1), written by hand: the same episodes as the arrays."""
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f.create_dataset("columns", data=[b"observations", b"actions", b"rewards", b"terminated"])
+        f.create_dataset("num_episodes", data=3)
+        for i, (a, b, done) in enumerate([(0, 3, True), (3, 5, False), (5, 7, False)]):
+            f.create_dataset(f"observations_{i}", data=OBS[a:b])
+            f.create_dataset(f"actions_{i}", data=ACT[a:b])
+            f.create_dataset(f"rewards_{i}", data=REW[a:b].reshape(-1, 1))
+            f.create_dataset(f"terminated_{i}", data=done)
+        f.create_dataset("version", data="2.1")
+    tr, ref = load_transitions(str(tmp_path / "d.h5")), load_transitions(write_npz(tmp_path / "ref.npz"))
+    for k in ("observations", "next_observations", "actions", "rewards", "terminals", "timeouts", "episode_ids",
+              "episode_returns"):
+        np.testing.assert_array_equal(getattr(tr, k), getattr(ref, k), err_msg=k)
+
+
 def test_reference_scores_in_the_file(tmp_path):
     p = tmp_path / "s.npz"
     np.savez(p, **arrays(), ref_min_score=np.float64(-5.0), ref_max_score=np.float64(20.0))
