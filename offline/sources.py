@@ -210,6 +210,8 @@ def _column(p: Path, col, name: str, where) -> np.ndarray:
             _same_lengths(name, lengths, where)
             flat = arr.flatten().to_numpy(zero_copy_only=False)
             return np.asarray(flat).reshape(len(arr), int(lengths[0]))
+        if arr.null_count and (pa.types.is_boolean(arr.type) or pa.types.is_integer(arr.type)):
+            arr = arr.cast(pa.float64())  # a missing flag or action reads as NaN, reported with its row
         return np.asarray(arr.to_numpy(zero_copy_only=False))
     if col and isinstance(col[0], list):
         _same_lengths(name, np.array([len(v) if isinstance(v, list) else -1 for v in col]), where)

@@ -257,6 +257,10 @@ BAD = {
                          r"bad.jsonl: 'observation' at line 2 has 1 values, but 2 at the first row"),
     "jsonl nan reward": (lambda t: _bad_jsonl(t, lambda rows: rows[2].update(reward=None)),
                          r"bad.jsonl: non-finite reward at line 3$"),
+    "parquet null flag": (lambda t: write_parquet(t / "x.parquet", [dict(r, truncated=None if i == 3 else
+                                                                       r["truncated"]) for i, r in
+                                                                  enumerate(table_rows())]),
+                          r"x.parquet: truncated at row 3 is nan, expected 0 or 1"),
     "no file": (lambda t: str(t / "nope.parquet"), r"nope.parquet: no such file"),
 }
 
