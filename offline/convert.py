@@ -1,8 +1,8 @@
-"""`reins convert SRC --out DIR-or-id`: write any offline data source as a Minari dataset.
+r"""`reins convert SRC --out DIR-or-id`: write any offline data source as a Minari dataset.
 
     reins convert logs/hopper.npz --out local/hopper/logged-v0           # an id under $MINARI_DATASETS_PATH
-    reins convert logs/steps.parquet --out ./datasets/steps-v0 --env-id Hopper-v5 \
-        --ref-min-score 18.6 --ref-max-score 3234.3
+    reins convert logs/steps.parquet --out ./datasets/steps-v0 --env-id Hopper-v5 --ref-min-score 18.6 \
+        --ref-max-score 3234.3 --obs-columns '[obs_*]'
 
 SRC is anything `dataset=` takes (a D4RL-style .hdf5/.h5/.npz, a .parquet/.jsonl step table, or a Minari dataset),
 read through the same validator as training (offline.data), so a file that would not train is not converted.

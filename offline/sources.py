@@ -38,7 +38,7 @@ TABLE_ALIASES = {
     "rewards": ("reward", "rewards"),
     "terminals": ("terminated", "terminal", "terminals", "termination", "terminations"),
     "timeouts": ("truncated", "truncation", "truncations", "timeout", "timeouts"),
-    "step": ("step", "step_id", "timestep", "t"),
+    "step": ("step", "step_id", "timestep", "t", "frame_index"),
 }
 VECTOR_ALIASES = {  # one column, else a prefix of scalar columns
     "observations": (("observation", "observations", "obs", "state"), ("observation_", "obs_", "state_")),
