@@ -14,7 +14,8 @@ terminating is marked truncated. Where the source has no next observations, the 
 of every episode that did not terminate (its next observation is unknown), so those Minari episodes are one step
 shorter; inside an episode, next_observations must equal the next row's observations (Minari stores one
 observation sequence per episode). Spaces: a Minari source's own; with `--env-id` the env's (the data must fit
-it); else observations Box(-inf, inf), actions Discrete(n) for integer actions or the inferred action box
+it; the env is made from the gymnasium registry to check that); a Minari source's recorded env spec is copied as
+data, never made; else observations Box(-inf, inf), actions Discrete(n) for integer actions or the inferred action box
 (offline/README.md). The dataset is written into a hidden staging folder and renamed into place, so a failure
 leaves nothing behind; an existing dataset is replaced only with `--overwrite true`.
 """
@@ -163,13 +164,17 @@ def write(root: Path, ds_id: str, eps: list[dict], cfg: Config, tr: Transitions,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = minari.create_dataset_from_buffers(
-                ds_id, _buffers(eps), env=spec, eval_env=spec, observation_space=spaces[0], action_space=spaces[1],
+                ds_id, _buffers(eps), observation_space=spaces[0], action_space=spaces[1],
                 algorithm_name="reins convert",
                 author="reins convert", code_permalink="reins: offline/convert.py",
                 description=f"converted by reins convert from {cfg.source}", data_format=cfg.data_format)
         # Reference scores go straight into the metadata: Minari stores given ones only with an eval env (and
         # then makes it), and env-less data has reference scores too.
         extra = {"ref_min_score": refs[0], "ref_max_score": refs[1]} if refs[1] is not None else {}
+        # The env spec is stored as data only: Minari's `env=` would gym.make it, and a spec a source dataset
+        # recorded may name any entry point (data is not code); an --env-id was already made, from the registry.
+        if spec is not None:
+            extra.update(env_spec=spec.to_json(), eval_env_spec=spec.to_json())
         ds.storage.update_metadata({"reins/source": str(cfg.source), **extra})
         publish(staging, root, [ds_id], cfg.overwrite)
     finally:

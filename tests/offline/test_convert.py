@@ -119,3 +119,24 @@ def test_next_observation_that_jumps_inside_an_episode_is_refused(minari_root, t
         convert.train(convert.Config(source=src, out="test/j-v0"))
     with pytest.raises(ConfigError, match="no --out given"):
         convert.Config(source=src).validate()
+
+
+def test_a_recorded_env_spec_is_copied_never_made(minari_root, tmp_path):
+    """A Minari source's env spec is data: convert copies it without making (importing) its entry point."""
+    import warnings
+
+    import gymnasium as gym
+    import minari
+    from gymnasium.envs.registration import EnvSpec
+    from minari.data_collector import EpisodeBuffer
+
+    ep = EpisodeBuffer(id=0, observations=OBS[:4], actions=np.zeros((3, 1), np.float32), rewards=[1.0] * 3,
+                       terminations=[False, False, True], truncations=[False] * 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = minari.create_dataset_from_buffers("test/src-v0", [ep], observation_space=gym.spaces.Box(-9, 9, (2,)),
+                                                action_space=gym.spaces.Box(-1, 1, (1,)))
+    spec = EnvSpec("Nowhere-v0", entry_point="no_such_module_for_reins_tests:Env").to_json()
+    ds.storage.update_metadata({"env_spec": spec, "eval_env_spec": spec})
+    assert run(["test/src-v0", "--out", "test/copy-v0"]) == 0
+    assert minari.load_dataset("test/copy-v0").env_spec.entry_point == "no_such_module_for_reins_tests:Env"
