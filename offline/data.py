@@ -507,7 +507,8 @@ class Normalization:
     def apply(self, tr: Transitions) -> dict[str, np.ndarray]:
         return {
             "observations": self.obs(tr.observations), "next_observations": self.obs(tr.next_observations),
-            "actions": self.action_to_unit(tr.actions), "rewards": self.reward(tr.rewards),
+            "actions": tr.actions if tr.discrete else self.action_to_unit(tr.actions),  # indices stay indices
+            "rewards": self.reward(tr.rewards),
             "terminals": tr.terminals.astype(np.float32),
         }
 
