@@ -62,7 +62,8 @@ def adopt_env_action_box(env, tr) -> None:
     high = np.broadcast_to(np.asarray(sp.high, np.float32).reshape(-1), (tr.act_dim,)).copy()
     if not (np.isfinite(low).all() and np.isfinite(high).all()):
         return  # an unbounded env box says nothing: keep the inferred one
-    out = (tr.actions < low - 1e-6) | (tr.actions > high + 1e-6)
+    slack = 1e-3 * (high - low)  # float error and tiny overshoots are clipped by the normalisation, not refused
+    out = (tr.actions < low - slack) | (tr.actions > high + slack)
     if out.any():
         row, j = (int(x) for x in np.argwhere(out)[0])
         raise DataError(f"{tr.dataset_id}: transition {row} has action[{j}] = {tr.actions[row, j]:g}, outside env "

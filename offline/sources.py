@@ -7,7 +7,8 @@
     dataset=logs/steps.jsonl     or several scalar columns), action, reward, terminated, truncated; optional
                                  next_observation (like the observation) and step (must increase in an episode)
 
-Arrays follow D4RL's `qlearning_dataset` / d3rlpy's `get_d4rl` reading: an episode ends where terminals or
+Arrays follow D4RL's `qlearning_dataset` / d3rlpy's `get_d4rl` reading (timeouts may be absent when
+next_observations are given; a table's truncated column may be absent): an episode ends where terminals or
 timeouts is set, and next observations are derived where the file has none (`offline.data.steps_to_transitions`
 says how). A table's episodes are its runs of equal episode_id, which must be contiguous; terminated/truncated
 may be set only on an episode's last row, and an episode whose last row has neither was cut off by the log.
@@ -90,6 +91,11 @@ def _array_steps(p: Path) -> Steps:
     except Exception as e:  # noqa: BLE001 - zipfile/h5py/numpy raise assorted errors for unreadable files
         raise DataError(f"{p}: cannot read {p.suffix.lstrip('.')} file: {_first_line(e)}") from None
     info: dict = {"metadata": {"source": str(p), "format": p.suffix.lstrip(".").lower()}}
+    if "timeouts" not in raw and "next_observations" in raw and "rewards" in raw:
+        # With next observations, timeouts only mark time-limit episode ends (for returns); d3rlpy's MDPDataset
+        # takes them as optional too. Without next observations they are needed, and their absence is an error.
+        raw["timeouts"] = np.zeros(np.shape(raw["rewards"])[:1], bool)
+        info["metadata"]["timeouts"] = "absent: all false"
     for k in REF_KEYS:
         if k in raw:
             v = np.asarray(raw.pop(k))
@@ -274,7 +280,9 @@ def _table_steps(p: Path, obs_spec: list[str], act_spec: list[str]) -> Steps:
     def where(r: int) -> tuple[str, str]:
         return name, f"{unit} {int(lines[r]) if lines is not None else r}"
 
-    pick = {k: _resolve(p, names, k, [], required=True) for k in ("episode_id", "rewards", "terminals", "timeouts")}
+    pick = {k: _resolve(p, names, k, [], required=True) for k in ("episode_id", "rewards", "terminals")}
+    # episode_id already ends episodes: truncated is optional (an episode that ends unterminated was cut short)
+    pick["timeouts"] = _resolve(p, names, "timeouts", [], required=False)
     pick["observations"] = _resolve(p, names, "observations", obs_spec, required=True)
     pick["actions"] = _resolve(p, names, "actions", act_spec, required=True)
     nxt = [f"next_{c}" for c in obs_spec if not c.endswith("*")] if obs_spec else []
@@ -283,6 +291,7 @@ def _table_steps(p: Path, obs_spec: list[str], act_spec: list[str]) -> Steps:
     step_col = _resolve(p, names, "step", [], required=False)
     columns = {k: _vector(p, cols, v, where) for k, v in pick.items() if v and k != "episode_id"}
     ids = _column(p, cols[pick["episode_id"][0]], pick["episode_id"][0], where)
+    columns.setdefault("timeouts", np.zeros(len(ids), bool))
     if len(ids) == 0:
         raise DataError(f"{p}: no steps")
     steps = _column(p, cols[step_col[0]], step_col[0], where) if step_col else None

@@ -142,6 +142,20 @@ def test_d3rlpy_dump_reads_as_its_episodes(tmp_path):
         np.testing.assert_array_equal(getattr(tr, k), getattr(ref, k), err_msg=k)
 
 
+def test_timeouts_may_be_absent_only_with_next_observations(tmp_path):
+    tr = load_transitions(write_npz(tmp_path / "n.npz", next_observations=OBS + 1, timeouts=None))
+    assert len(tr) == 7 and not tr.timeouts.any()
+    np.testing.assert_array_equal(tr.episode_ids, [0, 0, 0, 1, 1, 1, 1])  # only the terminal ends an episode
+    with pytest.raises(DataError, match="missing 'timeouts'"):
+        load_transitions(write_npz(tmp_path / "m.npz", timeouts=None))
+    # a table's episode_id ends its episodes: without truncated, an unterminated end is a cut, as a timeout
+    rows = [{k: v for k, v in r.items() if k != "truncated"} for r in table_rows()]
+    t = load_transitions(write_jsonl(tmp_path / "t.jsonl", rows))
+    ref = load_transitions(write_npz(tmp_path / "ref.npz"))
+    for k in ("observations", "next_observations", "terminals", "episode_ids"):
+        np.testing.assert_array_equal(getattr(t, k), getattr(ref, k), err_msg=k)
+
+
 def test_reference_scores_in_the_file(tmp_path):
     p = tmp_path / "s.npz"
     np.savez(p, **arrays(), ref_min_score=np.float64(-5.0), ref_max_score=np.float64(20.0))
