@@ -249,6 +249,11 @@ def _vector(p: Path, cols: dict, names: list[str], where) -> np.ndarray:
 def _episodes(p: Path, ids: np.ndarray, steps: np.ndarray | None, where) -> np.ndarray:
     """Each episode's last row. Episodes are runs of equal episode_id; an id that comes back after another one
     is a split episode, and a step column that does not increase inside an episode is out of order."""
+    missing = np.array([v is None or (isinstance(v, float) and v != v) for v in ids.tolist()]) \
+        if ids.dtype.kind in "fO" else np.zeros(len(ids), bool)
+    if missing.any():
+        at, pos = where(int(np.argmax(missing)))
+        raise DataError(f"{at}: episode_id at {pos} is missing")
     change = np.asarray(ids[1:] != ids[:-1], dtype=bool)
     starts = np.flatnonzero(np.concatenate([[True], change]))
     seen: dict = {}

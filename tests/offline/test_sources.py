@@ -283,6 +283,10 @@ BAD = {
                                                                        r["truncated"]) for i, r in
                                                                   enumerate(table_rows())]),
                           r"x.parquet: truncated at row 3 is nan, expected 0 or 1"),
+    "parquet null episode": (lambda t: write_parquet(t / "x.parquet", [dict(r, episode_id=None if i == 5 else
+                                                                          r["episode_id"]) for i, r in
+                                                                     enumerate(table_rows())]),
+                             r"x.parquet: episode_id at row 5 is missing"),
     "no file": (lambda t: str(t / "nope.parquet"), r"nope.parquet: no such file"),
 }
 
