@@ -50,6 +50,13 @@ PRESETS: dict[str, dict] = {
                             bc_steps=0, backup_entropy=False, normalize_obs=True, orthogonal_init=True,
                             actor_last_gain=1e-2,
                             max_steps=1_000_000, eval_every=5000, eval_episodes=10),
+    # CORL configs/offline/cql/hopper/medium_v2.yaml: the locomotion settings plus normalize_reward (its
+    # medium_replay_v2 leaves it off: corl-locomotion).
+    "corl-hopper-medium": dict(hidden=[256, 256, 256], q_hidden=[256, 256, 256], policy_lr=3e-5, qf_lr=3e-4,
+                               cql_alpha=10.0, cql_lagrange=False, cql_n_actions=10, cql_importance_sample=True,
+                               bc_steps=0, backup_entropy=False, normalize_obs=True, normalize_reward=True,
+                               orthogonal_init=True, actor_last_gain=1e-2,
+                               max_steps=1_000_000, eval_every=5000, eval_episodes=10),
     # young-geng/CQL defaults (CORL's source): 2x256, lr 3e-4, min_q_weight 5.
     "young-geng": dict(hidden=[256, 256], q_hidden=[256, 256], policy_lr=3e-4, qf_lr=3e-4, cql_alpha=5.0,
                        cql_lagrange=False, cql_n_actions=10, bc_steps=0, backup_entropy=False,

@@ -1,4 +1,4 @@
-"""Minari datasets as D4RL-style transitions, validated, normalised and held on the training device.
+"""Offline datasets as D4RL-style transitions, validated, normalised and held on the training device.
 
     ds = load_dataset("local/pendulum/medium-replay-v0")      # an id under $MINARI_DATASETS_PATH, or a path
     tr = to_transitions(ds)                                    # numpy arrays, one row per transition
@@ -10,6 +10,10 @@ The transition view (that of D4RL's `qlearning_dataset`, Fu et al. 2020, read fr
 observations = obs[:-1], next_observations = obs[1:], terminals = terminations (the bootstrap mask) and
 timeouts = truncations. A truncated episode keeps its last transition with terminal = 0: Minari stores the
 final observation, so there is no reason to drop it as D4RL's `qlearning_dataset` had to.
+
+People's own files (D4RL-style HDF5/npz, Parquet/JSONL step tables: offline.sources) are read into the same
+`Steps` columns as Minari episodes and go through the one validator, `steps_to_transitions`; its docstring
+says how episodes and next observations are derived where a file does not give them.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,8 +100,9 @@ class Transitions:
     ref_max_score: float | None = None
     metadata: dict = field(default_factory=dict)
     eval_env_spec: object = None  # gymnasium EnvSpec stored in the dataset (kwargs, time limit), if any
-    observation_space: object = None  # the dataset's declared gymnasium spaces (Box)
-    action_space: object = None
+    observation_space: object = None  # the dataset's declared gymnasium spaces (Box obs; Box or Discrete actions)
+    action_space: object = None  # None for a file source: its action box is inferred (see action_bounds_inferred)
+    action_bounds_inferred: bool = False  # action_low/high read off the data, not declared; an eval env's win
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -106,26 +112,225 @@ class Transitions:
         return int(self.observations.shape[1])
 
     @property
+    def discrete(self) -> bool:
+        """Discrete actions: `actions` is an int64 vector of action indices (no action box)."""
+        return self.actions.ndim == 1
+
+    @property
+    def n_actions(self) -> int | None:
+        return int(self.action_space.n) if self.discrete else None
+
+    @property
     def act_dim(self) -> int:
-        return int(self.actions.shape[1])
+        """The width of the action: a Box's flat size, or the number of discrete actions."""
+        return self.n_actions if self.discrete else int(self.actions.shape[1])
 
 
+STEP_FIELDS = ("observations", "actions", "rewards", "terminals", "timeouts")
+
+
+# ------------------------------------------------------------------------------------------- the validator
+@dataclass
+class Steps:
+    """One source's per-step columns before validation. Every loader fills one (Minari episodes here, people's
+    files in offline.sources) and `steps_to_transitions` turns it into Transitions, so every source gets the
+    same checks and the same one-line errors.
+
+    columns: observations (n, d), actions (n, k), or (n,) integers for discrete actions, rewards, terminals and
+    timeouts (n,), optionally next_observations (n, d). episode_ends marks each episode's last row where the
+    source knows its episodes (Minari's episodes, a table's episode_id); None: an episode ends where
+    terminals | timeouts is set (D4RL's and d3rlpy's reading). locate(row) -> (where, position) names a row in
+    messages, e.g. ("steps.jsonl", "line 18"); labels maps a field to the source's own name for it.
+    """
+
+    name: str
+    columns: dict
+    episode_ends: np.ndarray | None = None
+    locate: Any = None
+    labels: dict = field(default_factory=dict)
+    observation_space: object = None  # declared spaces; None: inferred from the data
+    action_space: object = None
+    info: dict = field(default_factory=dict)  # Transitions fields the source knows (ids, env spec, scores)
+
+    def where(self, row: int) -> tuple[str, str]:
+        return self.locate(row) if self.locate is not None else (self.name, f"row {row}")
+
+    def label(self, key: str) -> str:
+        return self.labels.get(key, key)
+
+
+def _check_lengths(st: Steps) -> int:
+    missing = [k for k in STEP_FIELDS if k not in st.columns]
+    if missing:
+        raise DataError(f"{st.name}: missing {', '.join(repr(st.label(k)) for k in missing)} (a step source needs "
+                        f"{', '.join(st.label(k) for k in STEP_FIELDS)}; next observations are optional)")
+    shapes = {k: np.shape(v) for k, v in st.columns.items()}
+    n = shapes["observations"][0] if shapes["observations"] else 0
+    for k in (*STEP_FIELDS, "next_observations"):
+        if k in shapes and (not shapes[k] or shapes[k][0] != n):
+            rows = shapes[k][0] if shapes[k] else "no"
+            raise DataError(f"{st.name}: '{st.label(k)}' has {rows} rows but '{st.label('observations')}' has {n} "
+                            "(one row per step)")
+    if n == 0:
+        raise DataError(f"{st.name}: no steps")
+    return n
+
+
+def _numeric(st: Steps, key: str, a: np.ndarray) -> np.ndarray:
+    if a.dtype.kind not in "biuf":
+        raise DataError(f"{st.name}: '{st.label(key)}' must be numeric, got {a.dtype}")
+    return a
+
+
+def _check_finite(st: Steps, key: str, a: np.ndarray) -> None:
+    if a.dtype.kind != "f":
+        return
+    bad = ~np.isfinite(a)
+    if bad.any():
+        where, pos = st.where(int(np.argwhere(bad)[0][0]))
+        raise DataError(f"{where}: non-finite {st.label(key)} at {pos}")
+
+
+def _observations(st: Steps, key: str, n: int) -> np.ndarray:
+    a = _numeric(st, key, np.asarray(st.columns[key]))
+    a = a.reshape(n, 1) if a.ndim == 1 else a
+    if a.ndim != 2:
+        raise DataError(f"{st.name}: only flat observations are supported ('{st.label(key)}' has shape {a.shape})")
+    _check_finite(st, key, a)
+    return a.astype(np.float32)
+
+
+def _flags(st: Steps, key: str, n: int) -> np.ndarray:
+    a = _numeric(st, key, np.asarray(st.columns[key]))
+    a = a.reshape(n) if a.shape == (n, 1) else a
+    if a.shape != (n,):
+        raise DataError(f"{st.name}: '{st.label(key)}' has shape {a.shape}, expected ({n},) (one per step)")
+    bad = ~((a == 0) | (a == 1))
+    if bad.any():
+        row = int(np.argmax(bad))
+        where, pos = st.where(row)
+        raise DataError(f"{where}: {st.label(key)} at {pos} is {a[row].item()!r}, expected 0 or 1 (false or true)")
+    return a.astype(np.float32)
+
+
+def _actions(st: Steps, n: int) -> tuple[np.ndarray, object]:
+    """Box actions as float32 (n, k); Discrete ones (declared, or integer-typed in an undeclared file) as
+    int64 indices (a - space.start) with their space."""
+    import gymnasium as gym
+
+    a = _numeric(st, "actions", np.asarray(st.columns["actions"]))
+    space = st.action_space
+    if isinstance(space, gym.spaces.Discrete) or (space is None and a.dtype.kind in "iu"
+                                                   and a.shape in ((n,), (n, 1))):
+        a = a.reshape(n).astype(np.int64)
+        start = int(space.start) if space is not None else 0
+        count = int(space.n) if space is not None else int(a.max()) + 1
+        bad = (a < start) | (a >= start + count)
+        if bad.any():
+            where, pos = st.where(int(np.argmax(bad)))
+            raise DataError(f"{where}: discrete {st.label('actions')} at {pos} is {a[np.argmax(bad)]}, outside "
+                            f"[{start}, {start + count - 1}]")
+        return a - start, space if space is not None else gym.spaces.Discrete(count)
+    a = a.reshape(n, 1) if a.ndim == 1 else a
+    if a.ndim != 2:
+        raise DataError(f"{st.name}: only flat actions are supported ('{st.label('actions')}' has shape {a.shape})")
+    _check_finite(st, "actions", a)
+    return a.astype(np.float32), space
+
+
+def _episode_ends(st: Steps, term: np.ndarray, trunc: np.ndarray) -> np.ndarray:
+    flagged = (term + trunc) > 0
+    if st.episode_ends is None:
+        ends = flagged.copy()
+    else:
+        ends = np.asarray(st.episode_ends, dtype=bool).copy()
+        early = flagged & ~ends
+        if early.any():
+            where, pos = st.where(int(np.argmax(early)))
+            raise DataError(f"{where}: termination/truncation at {pos} before the episode's last step")
+    ends[-1] = True  # rows after the last flag: an episode the source cut off (it ends unterminated)
+    return ends
+
+
+def _inferred_box(act: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An undeclared action box: [-1, 1] (D4RL's convention) per dimension whose data fit in it, else the
+    symmetric box that holds the data."""
+    b = np.maximum(1.0, np.abs(act).max(axis=0)).astype(np.float32)
+    return -b, b
+
+
+def steps_to_transitions(st: Steps) -> Transitions:
+    """Validate one source's steps and derive the D4RL transition view.
+
+    Episodes end at episode_ends or, without them, at terminals | timeouts; rows after the last end form one
+    more episode, cut off by the source. With next observations given, every row is a transition. Without,
+    next_observations[i] = observations[i + 1] (D4RL's `qlearning_dataset`; zeros after a terminal last row,
+    where the value is masked anyway), and the last row of an episode that did not terminate (a timeout, or a
+    cut) is dropped: its next observation is unknown (D4RL `terminate_on_end=False`, d3rlpy's transition
+    count). Episode returns sum every reward of the episode, dropped rows included.
+    """
+    n = _check_lengths(st)
+    obs = _observations(st, "observations", n)
+    nxt = _observations(st, "next_observations", n) if "next_observations" in st.columns else None
+    if nxt is not None and nxt.shape != obs.shape:
+        raise DataError(f"{st.name}: '{st.label('next_observations')}' is {nxt.shape[1]}-wide but "
+                        f"'{st.label('observations')}' is {obs.shape[1]}-wide")
+    act, act_space = _actions(st, n)
+    rew = _numeric(st, "rewards", np.asarray(st.columns["rewards"]))
+    rew = rew.reshape(n) if rew.shape == (n, 1) else rew
+    if rew.shape != (n,):
+        raise DataError(f"{st.name}: '{st.label('rewards')}' has shape {rew.shape}, expected ({n},)")
+    _check_finite(st, "rewards", rew)
+    term, trunc = _flags(st, "terminals", n), _flags(st, "timeouts", n)
+    ends = _episode_ends(st, term, trunc)
+    episode = np.concatenate([[0], np.cumsum(ends[:-1])]).astype(np.int64)
+    starts = np.flatnonzero(np.concatenate([[True], ends[:-1]]))
+    rew64 = rew.astype(np.float64)
+    returns = np.array([rew64[a:b].copy().sum() for a, b in zip(starts, [*starts[1:], n])], dtype=np.float64)
+    if nxt is None:
+        nxt = np.zeros_like(obs)
+        nxt[:-1] = obs[1:]
+        keep = ~(ends & (term == 0))
+        if not keep.any():
+            raise DataError(f"{st.name}: no transitions: no next observations are given and every episode is one "
+                            "step long and ends unterminated")
+    else:
+        keep = np.ones(n, dtype=bool)
+    pick = (lambda x: x) if keep.all() else (lambda x: x[keep])
+    info = dict(st.info)
+    if act.ndim == 1:
+        low = high = np.zeros(0, np.float32)
+    elif act_space is not None:
+        d = act.shape[1]
+        low = np.broadcast_to(np.asarray(act_space.low, np.float32).reshape(-1), (d,)).copy()
+        high = np.broadcast_to(np.asarray(act_space.high, np.float32).reshape(-1), (d,)).copy()
+    else:
+        (low, high), info["action_bounds_inferred"] = _inferred_box(act), True
+    return Transitions(
+        observations=pick(obs), actions=pick(act), rewards=pick(rew.astype(np.float32)),
+        next_observations=pick(nxt), terminals=pick(term), timeouts=pick(trunc), episode_ids=pick(episode),
+        episode_returns=returns, action_low=low, action_high=high, observation_space=st.observation_space,
+        action_space=act_space if act.ndim == 1 or st.action_space is not None else None,
+        **{"dataset_id": st.name, **info})
+
+
+# ------------------------------------------------------------------------------------------- Minari episodes
 def _flag(x, n: int, name: str, where: str) -> np.ndarray:
     a = np.asarray(x)
     if a.shape != (n,):
         raise DataError(f"{where}: {name} has shape {a.shape}, expected ({n},) (one per action)")
-    return a.astype(np.float32)
+    return a
 
 
-def episode_to_transitions(ep, where: str = "episode") -> dict[str, np.ndarray]:
-    """One Minari episode -> D4RL transition rows, validating its shapes and values."""
-    obs = np.asarray(ep.observations, dtype=np.float64)
-    act = np.asarray(ep.actions, dtype=np.float64)
+def episode_rows(ep, where: str = "episode", discrete: bool = False) -> dict[str, np.ndarray]:
+    """One Minari episode's rows for `Steps`, after the checks of its structure (N + 1 observations, one
+    reward and flag per action)."""
+    obs = np.asarray(ep.observations)
+    act = np.asarray(ep.actions)
     n = len(act)
-    if obs.ndim != 2 or act.ndim not in (1, 2):
-        raise DataError(f"{where}: only flat Box observations/actions are supported "
+    if obs.ndim != 2 or act.ndim not in (1, 2) or (discrete and act.ndim != 1):
+        raise DataError(f"{where}: only flat Box observations and flat Box or Discrete actions are supported "
                         f"(observations {obs.shape}, actions {act.shape})")
-    act = act.reshape(n, -1)
     if len(obs) != n + 1:
         raise DataError(f"{where}: {len(obs)} observations for {n} actions; expected {n + 1} "
                         "(Minari stores the final observation)")
@@ -136,19 +341,9 @@ def episode_to_transitions(ep, where: str = "episode") -> dict[str, np.ndarray]:
         raise DataError(f"{where}: rewards has shape {rew.shape}, expected ({n},) (one per action)")
     term = _flag(ep.terminations, n, "terminations", where)
     trunc = _flag(ep.truncations, n, "truncations", where)
-    for name, arr in (("observations", obs), ("actions", act), ("rewards", rew)):
-        bad = ~np.isfinite(arr)
-        if bad.any():
-            row = int(np.argwhere(bad)[0][0])
-            raise DataError(f"{where}: non-finite {name} at step {row}")
-    if (term[:-1] + trunc[:-1]).any():
-        row = int(np.argmax(term[:-1] + trunc[:-1]))
-        raise DataError(f"{where}: termination/truncation at step {row} before the episode's last step")
-    return {
-        "observations": obs[:-1].astype(np.float32), "next_observations": obs[1:].astype(np.float32),
-        "actions": act.astype(np.float32), "rewards": rew.astype(np.float32),
-        "terminals": term, "timeouts": trunc, "return": float(rew.sum()),
-    }
+    act = act if discrete else act.astype(np.float64).reshape(n, -1)
+    return {"observations": obs[:-1].astype(np.float64), "next_observations": obs[1:].astype(np.float64),
+            "actions": act, "rewards": rew, "terminals": term, "timeouts": trunc}
 
 
 def _env_id(spec) -> str | None:
@@ -179,39 +374,45 @@ def to_transitions(ds, *, name: str = "") -> Transitions:
 
     name = name or str(getattr(ds.spec, "dataset_id", "dataset"))
     obs_space, act_space = ds.observation_space, ds.action_space
-    if not isinstance(act_space, gym.spaces.Box) or not isinstance(obs_space, gym.spaces.Box):
-        raise DataError(f"{name}: only Box observation and action spaces are supported "
+    discrete = isinstance(act_space, gym.spaces.Discrete)
+    if not (isinstance(act_space, gym.spaces.Box) or discrete) or not isinstance(obs_space, gym.spaces.Box):
+        raise DataError(f"{name}: only Box observation spaces and Box or Discrete action spaces are supported "
                         f"(got {type(obs_space).__name__}, {type(act_space).__name__})")
-    obs_dim, act_dim = int(np.prod(obs_space.shape)), int(np.prod(act_space.shape))
-    parts: dict[str, list] = {k: [] for k in ("observations", "next_observations", "actions", "rewards",
-                                              "terminals", "timeouts", "episode_ids")}
-    returns = []
+    obs_dim = int(np.prod(obs_space.shape))
+    act_dim = 1 if discrete else int(np.prod(act_space.shape))
+    parts: dict[str, list] = {k: [] for k in (*STEP_FIELDS, "next_observations")}
+    ep_of_row, step_of_row, ends = [], [], []
     for k, ep in enumerate(_read_episodes(ds)):
         where = f"{name}: episode {getattr(ep, 'id', k)}"
-        rows = episode_to_transitions(ep, where)
-        if rows["observations"].shape[1] != obs_dim or rows["actions"].shape[1] != act_dim:
-            raise DataError(f"{where}: observation/action width {rows['observations'].shape[1]}/"
-                            f"{rows['actions'].shape[1]} does not match the dataset spaces {obs_dim}/{act_dim}")
-        returns.append(rows.pop("return"))
+        rows = episode_rows(ep, where, discrete)
+        width = 1 if discrete else rows["actions"].shape[1]
+        if rows["observations"].shape[1] != obs_dim or width != act_dim:
+            raise DataError(f"{where}: observation/action width {rows['observations'].shape[1]}/{width} does not "
+                            f"match the dataset spaces {obs_dim}/{act_dim}")
         for key, v in rows.items():
             parts[key].append(v)
-        parts["episode_ids"].append(np.full(len(rows["rewards"]), k, dtype=np.int64))
-    if not returns:
+        m = len(rows["rewards"])
+        ep_of_row.append(np.full(m, getattr(ep, "id", k)))
+        step_of_row.append(np.arange(m))
+        ends.append(np.arange(m) == m - 1)
+    if not ends:
         raise DataError(f"{name}: dataset has no episodes")
+    ep_of_row, step_of_row = np.concatenate(ep_of_row), np.concatenate(step_of_row)
+    if not discrete:
+        low, high = (np.asarray(x, np.float64).reshape(-1) for x in (act_space.low, act_space.high))
+        if not (np.isfinite(low).all() and np.isfinite(high).all() and (high > low).all()):
+            raise DataError(f"{name}: the action space must be bounded (low < high, finite)")
     meta = dict(ds.storage.metadata)
-    low = np.broadcast_to(np.asarray(act_space.low, np.float32).reshape(-1), (act_dim,)).copy()
-    high = np.broadcast_to(np.asarray(act_space.high, np.float32).reshape(-1), (act_dim,)).copy()
-    if not (np.isfinite(low).all() and np.isfinite(high).all() and (high > low).all()):
-        raise DataError(f"{name}: the action space must be bounded (low < high, finite)")
-    return Transitions(
-        **{k: np.concatenate(v) for k, v in parts.items()},
-        episode_returns=np.asarray(returns, dtype=np.float64), action_low=low, action_high=high,
-        dataset_id=str(meta.get("dataset_id", name)), env_id=_env_id(ds.env_spec),
-        eval_env_id=_env_id(_eval_env_spec(ds)) or _env_id(ds.env_spec),
-        ref_min_score=_opt_float(meta.get("ref_min_score")), ref_max_score=_opt_float(meta.get("ref_max_score")),
-        metadata=meta, eval_env_spec=_eval_env_spec(ds) or ds.env_spec,
-        observation_space=obs_space, action_space=act_space,
-    )
+    eval_spec = _eval_env_spec(ds)
+    st = Steps(name, {k: np.concatenate(v) for k, v in parts.items()}, episode_ends=np.concatenate(ends),
+               locate=lambda r: (f"{name}: episode {ep_of_row[r]}", f"step {step_of_row[r]}"),
+               observation_space=obs_space, action_space=act_space,
+               info=dict(dataset_id=str(meta.get("dataset_id", name)), env_id=_env_id(ds.env_spec),
+                         eval_env_id=_env_id(eval_spec) or _env_id(ds.env_spec),
+                         ref_min_score=_opt_float(meta.get("ref_min_score")),
+                         ref_max_score=_opt_float(meta.get("ref_max_score")), metadata=meta,
+                         eval_env_spec=eval_spec or ds.env_spec))
+    return steps_to_transitions(st)
 
 
 def _eval_env_spec(ds):
@@ -225,7 +426,14 @@ def _opt_float(x) -> float | None:
     return None if x is None else float(x)
 
 
-def load_transitions(dataset: str) -> Transitions:
+def load_transitions(dataset: str, *, obs_columns: list[str] | None = None,
+                     action_columns: list[str] | None = None) -> Transitions:
+    """A Minari dataset (id or path), or a file offline.sources reads (D4RL-style .hdf5/.h5 or .npz, a
+    .parquet/.jsonl table of steps; the column options name a table's observation/action columns)."""
+    from offline.sources import is_file_source, read_steps
+
+    if is_file_source(dataset):
+        return steps_to_transitions(read_steps(dataset, obs_columns=obs_columns, action_columns=action_columns))
     return to_transitions(load_dataset(dataset), name=dataset)
 
 
@@ -299,7 +507,8 @@ class Normalization:
     def apply(self, tr: Transitions) -> dict[str, np.ndarray]:
         return {
             "observations": self.obs(tr.observations), "next_observations": self.obs(tr.next_observations),
-            "actions": self.action_to_unit(tr.actions), "rewards": self.reward(tr.rewards),
+            "actions": tr.actions if tr.discrete else self.action_to_unit(tr.actions),  # indices stay indices
+            "rewards": self.reward(tr.rewards),
             "terminals": tr.terminals.astype(np.float32),
         }
 

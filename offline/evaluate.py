@@ -4,13 +4,14 @@
   by `online.envs.evaluate`, shared with the online agents).
 - `normalized_score(R, ref_min, ref_max) = 100 (R - ref_min) / (ref_max - ref_min)` (D4RL convention; the same
   as `minari.get_normalized_score` x 100).
-- `aggregate(scores)`: mean, std, IQM (the 25%-trimmed mean, Agarwal et al. 2021) and a percentile-bootstrap
-  95% CI of the mean, for runs over several seeds.
+- `aggregate(scores)`: mean, std, IQM (the 25%-trimmed mean, Agarwal et al. 2021), a percentile-bootstrap
+  95% CI of the mean, and rliable's stratified-bootstrap 95% CI of the IQM, for runs over several seeds.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,30 @@ def check_env_fits(env, tr) -> None:
                             f"(shape {tuple(sp.shape)}); set eval_env to the env the data was recorded in")
     _check_bounds(ds, name, "action", tr.action_space, act_sp)
     _check_bounds(ds, name, "observation", tr.observation_space, obs_sp)
+
+
+def adopt_env_action_box(env, tr) -> None:
+    """A file source declares no action box (offline.data infers one from the data): take the evaluation env's,
+    so the policy acts on the env's scale, once every data action is checked to lie inside it."""
+    if not tr.action_bounds_inferred:
+        return
+    e = gym_make(env, "evaluation env")
+    try:
+        sp = e.action_space
+    finally:
+        e.close()
+    low = np.broadcast_to(np.asarray(sp.low, np.float32).reshape(-1), (tr.act_dim,)).copy()
+    high = np.broadcast_to(np.asarray(sp.high, np.float32).reshape(-1), (tr.act_dim,)).copy()
+    if not (np.isfinite(low).all() and np.isfinite(high).all()):
+        return  # an unbounded env box says nothing: keep the inferred one
+    slack = 1e-3 * (high - low)  # float error and tiny overshoots are clipped by the normalisation, not refused
+    out = (tr.actions < low - slack) | (tr.actions > high + slack)
+    if out.any():
+        row, j = (int(x) for x in np.argwhere(out)[0])
+        raise DataError(f"{tr.dataset_id}: transition {row} has action[{j}] = {tr.actions[row, j]:g}, outside env "
+                        f"'{getattr(env, 'id', env)}''s bounds [{low[j]:g}, {high[j]:g}]; set eval_env to the env "
+                        "the data was recorded in")
+    tr.action_low, tr.action_high, tr.action_bounds_inferred = low, high, False
 
 
 def _check_bounds(ds: str, name: str, what: str, data_sp, env_sp) -> None:
@@ -85,17 +110,41 @@ def bootstrap_ci(x, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -
     return float(lo), float(hi)
 
 
+def _iqm_rows(m: np.ndarray) -> np.ndarray:
+    m = np.sort(m, axis=1)
+    k = int(0.25 * m.shape[1])
+    return m[:, k:m.shape[1] - k].mean(axis=1)
+
+
+def stratified_bootstrap_ci(scores_by_task, *, statistic: str = "iqm", n_boot: int = 2000, level: float = 0.95,
+                            seed: int = 0) -> tuple[float, float]:
+    """rliable's interval estimate (Agarwal et al. 2021): each replicate resamples the runs with replacement
+    within every task (the strata) separately, pools them, and takes the statistic (IQM over all pooled runs, or
+    their mean); the CI is the replicates' percentile interval. With one task it is the plain bootstrap of the
+    statistic over seeds."""
+    tasks = [np.asarray(t, dtype=np.float64).ravel() for t in scores_by_task]
+    if not tasks or any(t.size == 0 for t in tasks):
+        raise ValueError("stratified bootstrap needs at least one run in every task")
+    rng = np.random.default_rng(seed)
+    reps = np.concatenate([t[rng.integers(0, t.size, size=(n_boot, t.size))] for t in tasks], axis=1)
+    stats = _iqm_rows(reps) if statistic == "iqm" else reps.mean(axis=1)
+    lo, hi = np.quantile(stats, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
 def aggregate(scores, *, n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
     x = np.asarray(scores, dtype=np.float64).ravel()
     lo, hi = bootstrap_ci(x, n_boot=n_boot, seed=seed)
+    iqm_lo, iqm_hi = stratified_bootstrap_ci([x], n_boot=n_boot, seed=seed)
     return {"n": int(x.size), "mean": float(x.mean()), "std": float(x.std(ddof=1)) if x.size > 1 else 0.0,
-            "iqm": iqm(x), "ci95_low": lo, "ci95_high": hi}
+            "iqm": iqm(x), "ci95_low": lo, "ci95_high": hi, "iqm_ci95_low": iqm_lo, "iqm_ci95_high": iqm_hi}
 
 
 def aggregate_runs(run_dirs: list[str | Path], keys: tuple[str, ...] = (
         "eval/normalized_score", "eval/normalized_score_best", "eval/return_mean", "eval/return_mean_best"),
         ) -> dict[str, float]:
-    """Aggregate the final metrics.json of several runs (one per seed) into '<key>/<stat>' entries."""
+    """Aggregate the final metrics.json of several runs (one per seed) into '<key>/<stat>' entries; the
+    `eval/*_last{K}` means are aggregated too wherever every run has them."""
     rows = []
     for d in run_dirs:
         p = Path(d) / "metrics.json"
@@ -103,7 +152,8 @@ def aggregate_runs(run_dirs: list[str | Path], keys: tuple[str, ...] = (
             raise DataError(f"{p}: missing (run not finished)")
         rows.append(json.loads(p.read_text()))
     out: dict[str, float] = {}
-    for key in keys:
+    last_k = sorted({k for r in rows for k in r if re.fullmatch(r"eval/(normalized_score|return_mean)_last\d+", k)})
+    for key in (*keys, *last_k):
         vals = [r[key] for r in rows if r.get(key) is not None]
         if len(vals) == len(rows) and vals:
             out.update({f"{key}/{k}": v for k, v in aggregate(vals).items()})

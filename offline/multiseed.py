@@ -1,9 +1,12 @@
-"""Run one offline stage over several seeds and aggregate: mean, IQM and a bootstrap 95% CI.
+"""Run one offline stage over several seeds and aggregate: mean, IQM and bootstrap 95% CIs.
 
     python -m offline.multiseed iql --config recipes/offline/iql-pendulum.yaml seeds=[0,1,2,3,4]
 
 Each seed runs (resumably, under the stage contract) in <output_dir>/seed_<s>; the aggregate of their final
-metrics (last and best normalised score, return) goes to <output_dir>/aggregate.json and is printed.
+metrics (last, best and mean-of-last-K normalised score and return, K = eval_last_k) goes to
+<output_dir>/aggregate.json and is printed: `<metric>/{n, mean, std, iqm, ci95_low, ci95_high, iqm_ci95_low,
+iqm_ci95_high}`, where ci95 is the percentile bootstrap of the mean and iqm_ci95 rliable's stratified bootstrap of
+the IQM (one task, so the strata are this stage's seeds).
 """
 
 from __future__ import annotations

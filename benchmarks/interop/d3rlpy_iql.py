@@ -4,7 +4,7 @@ Run with reins' venv (it drives both sides): `.venv/bin/python -m benchmarks.int
 1. `reins collect` writes the Pendulum-v1 medium-replay tier from the scripted controller (no training) into
    WORK/minari (MINARI_DATASETS_PATH), with reference scores from `ref_episodes` episodes.
 2. `reins iql` trains on it (recipes/offline/iql-pendulum.yaml's settings: hidden 64x64, batch 256, expectile 0.7,
-   beta 10, rewards x0.1, observations standardised; the actor-lr cosine is off, as d3rlpy has none) and
+   beta 10, rewards x0.1, observations standardised; the actor-lr cosine is off, as d3rlpy's default has none) and
    evaluates the deterministic policy (eval/normalized_score at the end).
 3. d3rlpy_iql_side.py, in .venv-bench-d3rlpy under `python -I -S` (benchmarks/interop/peer.py) with reins not
    importable (it checks), loads the

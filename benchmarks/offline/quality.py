@@ -7,7 +7,8 @@
 2. For each tier and algorithm, runs recipes/offline/<algo>-<env>.yaml with dataset=<prefix>/<tier>-v0 for each
    seed (offline.multiseed: resumable, one directory per seed), `key=value` overrides applied to all three.
 3. Prints and writes OUT/summary.json and OUT/summary.md: the behaviour data's normalised score and, per
-   algorithm, the mean / IQM / bootstrap 95% CI over seeds of the final and the best evaluation.
+   algorithm, the mean / IQM / bootstrap 95% CI over seeds of the final and the best evaluation, and the IQM
+   with rliable's stratified-bootstrap CI of the mean of each run's last K evaluations.
 Targets (issue 6): Pendulum medium-replay IQL and CQL >= 80; on Hopper IQL/CQL > BC and > behaviour.
 """
 
@@ -68,8 +69,11 @@ def main(argv=None) -> int:
 
 
 def markdown(rows: list[dict], algos: list[str], seeds: list[int]) -> str:
-    head = "| tier | behaviour | " + " | ".join(f"{a} last: mean / IQM [95% CI] | {a} best" for a in algos) + " |"
-    lines = [f"Normalised score x100 over seeds {seeds}.", "", head, "|" + "---|" * (2 + 2 * len(algos))]
+    head = "| tier | behaviour | " + " | ".join(f"{a} last: mean / IQM [95% CI] | {a} best | {a} last-K: IQM "
+                                               "[IQM 95% CI]" for a in algos) + " |"
+    lines = [f"Normalised score x100 over seeds {seeds}; last-K = the mean of each run's last K evaluations "
+             "(eval_last_k), its IQM CI rliable's stratified bootstrap.", "", head,
+             "|" + "---|" * (2 + 3 * len(algos))]
     for r in rows:
         cells = [r["tier"], f"{r['behaviour']:.1f}"]
         for a in algos:
@@ -77,6 +81,10 @@ def markdown(rows: list[dict], algos: list[str], seeds: list[int]) -> str:
             cells.append(f"{s['normalized_score/mean']:.1f} / {s['normalized_score/iqm']:.1f} "
                          f"[{s['normalized_score/ci95_low']:.1f}, {s['normalized_score/ci95_high']:.1f}]")
             cells.append(f"{s['normalized_score_best/mean']:.1f}")
+            k = next((key[:-len("/iqm")] for key in s if key.startswith("normalized_score_last")
+                      and key.endswith("/iqm")), None)
+            cells.append(f"{s[k + '/iqm']:.1f} [{s[k + '/iqm_ci95_low']:.1f}, {s[k + '/iqm_ci95_high']:.1f}] "
+                         f"({k.removeprefix('normalized_score_')})" if k else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

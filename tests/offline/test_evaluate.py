@@ -97,3 +97,29 @@ def test_aggregate_runs(tmp_path):
     assert "eval/normalized_score_best/mean" not in out  # absent keys are skipped
     with pytest.raises(DataError, match="missing"):
         aggregate_runs([tmp_path / "nope"])
+
+
+def test_stratified_bootstrap_ci():
+    from offline.evaluate import stratified_bootstrap_ci
+
+    x = np.random.default_rng(3).normal(50, 10, 7)
+    # one task, the mean: the same replicates as the plain percentile bootstrap of the mean
+    assert stratified_bootstrap_ci([x], statistic="mean", seed=4) == bootstrap_ci(x, seed=4)
+    # each task keeps its own run count in every replicate: two constant tasks give one pooled set,
+    # [0, 0, 0, 100, 100, 100], whose IQM (drop one from each end) is 50 in every replicate
+    assert stratified_bootstrap_ci([[0.0, 0.0, 0.0], [100.0, 100.0, 100.0]]) == (50.0, 50.0)
+    lo, hi = stratified_bootstrap_ci([x])
+    assert lo < iqm(x) < hi and lo >= x.min() and hi <= x.max()
+
+
+def test_aggregate_runs_includes_last_k_and_the_iqm_ci(tmp_path):
+    dirs = []
+    for i, s in enumerate([50.0, 70.0, 90.0, 60.0]):
+        d = tmp_path / f"seed{i}"
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps({"eval/normalized_score": s, "eval/normalized_score_last3": s + 1}))
+        dirs.append(d)
+    out = aggregate_runs(dirs)
+    assert out["eval/normalized_score_last3/mean"] == pytest.approx(68.5)
+    assert out["eval/normalized_score_last3/iqm"] == pytest.approx((61.0 + 71.0) / 2)  # middle two of four
+    assert out["eval/normalized_score/iqm_ci95_low"] <= 65.0 <= out["eval/normalized_score/iqm_ci95_high"]
