@@ -29,11 +29,11 @@ import numpy as np
 from offline.behaviour import Episode, OnlineRunSource, ScriptedPendulumSource, UniformPolicy
 from offline.data import datasets_root
 from online.common import segment_seeds
-from online.envs import gym_make
-from reins.cli import stage_main
 from reins.config import RunArgs, check
+from reins.entry import stage_main
 from reins.errors import ConfigError, DataError
 from reins.runio import RunDir
+from rl.envs import gym_make
 
 TIERS = ("random", "medium", "expert", "medium-replay", "medium-expert")
 
@@ -225,7 +225,7 @@ def seed_replay_episodes(episodes: list[Episode], seeding: ReplaySeeding) -> lis
     """Replay `episodes` (from `replay_episodes`, which records each one's env and first step) with the seeds
     that are known: an episode that begins at a segment start gets its env's segment seed, checked by resetting
     a fresh env with it; others keep None."""
-    from online.envs import make_env as make_online_env
+    from rl.envs import make_env as make_online_env
 
     segment_of = {g: s for s, g in enumerate(seeding.segment_steps)}
     top = max((ep.env_index for ep in episodes), default=-1)
@@ -350,9 +350,8 @@ def _namespace_files(staging: Path, ds_id: str) -> list[Path]:
 
 # ------------------------------------------------------------------------------------------- the stage
 def _source(cfg: Config):
+    """The behaviour source `_check_source` has accepted (an online one trained first from its recipe)."""
     if cfg.behaviour == "scripted":
-        if not cfg.env_id.startswith("Pendulum"):
-            raise DataError(f"behaviour=scripted has a controller for Pendulum only, not {cfg.env_id}")
         return ScriptedPendulumSource()
     if cfg.behaviour_recipe:
         from online import stage as online_stage

@@ -1,5 +1,5 @@
 """`reins online`: train one online agent on a gymnasium env (stage contract: config.yaml, log.jsonl,
-metrics.json, checkpoints/checkpoint.pt, and the artifact `policy.pt` in the `online.policy_io` format).
+metrics.json, checkpoints/checkpoint.pt, and the artifact `policy.pt` in the `rl.policy_io` format).
 
     reins online --config recipes/online/ppo-cartpole.yaml [key=value ...]
 
@@ -27,8 +27,8 @@ from online.reinforce import Reinforce, ReinforceConfig
 from online.sac import SAC, SACConfig
 from online.td3 import TD3, DDPGConfig, TD3Config
 from online.trpo import TRPO, NPGConfig, TRPOConfig
-from reins.cli import stage_main
 from reins.config import RunArgs, check
+from reins.entry import stage_main
 from reins.errors import ConfigError
 from reins.runio import seed_everything
 

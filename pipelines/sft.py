@@ -26,8 +26,8 @@ from pipelines.models import ModelArgs, count_parameters, load_causal_lm, load_t
 from pipelines.prompts import ARITHMETIC
 from pipelines.scoring import completion_batch, sequence_logps, to_device
 from pipelines.trainer import TrainArgs, Trainer
-from reins.cli import stage_main
 from reins.config import RunArgs
+from reins.entry import stage_main
 
 
 @dataclass

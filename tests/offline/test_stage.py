@@ -12,10 +12,10 @@ import torch
 from offline import bc, cql, iql
 from offline.behaviour import PendulumSwingUp, UniformPolicy
 from offline.collect import rollout
-from online.envs import evaluate
-from online.policy_io import load_policy
 from reins.errors import ConfigError, DataError, NonFiniteError
 from reins.runio import safe_torch_load
+from rl.envs import evaluate
+from rl.policy_io import load_policy
 
 TINY = dict(hidden=[16, 16], batch_size=32, max_steps=24, eval_every=12, eval_episodes=2, log_every=4,
             checkpoint_every=8, torch_threads=1, quiet=True)

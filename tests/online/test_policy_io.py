@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from online.envs import make_env
-from online.nets import build_actor
-from online.policy_io import load_policy, save_policy
 from reins.errors import DataError
+from rl.envs import make_env
+from rl.nets import build_actor
+from rl.policy_io import load_policy, save_policy
 
 
 def _spec_arch(env_id, kind):

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from online.policy_io import load_policy
 from online.stage import Config, train
 from reins.config import from_dict
 from reins.errors import NonFiniteError
 from reins.runio import RunDir
+from rl.policy_io import load_policy
 
 
 class Injected(RuntimeError):
@@ -228,7 +228,7 @@ def test_annealed_value_learning_rate_decays_from_vf_lr(tmp_path, algo):
 
 
 def test_checkpoint_of_the_old_critic_layout_is_refused_in_one_line(tmp_path, monkeypatch):
-    """A SAC checkpoint written before the twin critic became online.nets.EnsembleQ (weights.N / biases.N, and its
+    """A SAC checkpoint written before the twin critic became rl.nets.EnsembleQ (weights.N / biases.N, and its
     Adam state in that order) cannot resume: a DataError saying so, not a shape error deep in the optimiser."""
     from reins.errors import DataError
 

@@ -2,7 +2,7 @@
 a `Policy` that acts on numpy batches (`load_policy(path).act(obs, deterministic, rng)`).
 
 File format "reins-policy-v2" (a plain dict; loadable with `torch.load(weights_only=True)`):
-    format, algo, env_id, arch (an `online.nets` actor spec), state_dict (actor tensors),
+    format, algo, env_id, arch (an `rl.nets` actor spec), state_dict (actor tensors),
     observation_space {type, low, high} | None, action_space {type: "box", low, high} | {type: "discrete", n},
     obs_norm: None | {mean, var, clip, eps} (online running statistics: clip((obs - mean) / sqrt(var + eps))) |
               {mean, std} (offline: fixed dataset statistics, (obs - mean) / std in their float32),
@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from online.envs import EnvSpec
-from online.nets import build_actor
 from pgcore.distributions import scale_action
 from reins.errors import DataError
 from reins.runio import atomic_torch_save, safe_torch_load
+from rl.envs import EnvSpec
+from rl.nets import build_actor
 
 FORMAT = "reins-policy-v2"
 ONLINE_V1, OFFLINE_V1 = "reins-policy-v1", "reins-offline-policy-v1"
@@ -135,7 +135,8 @@ class Policy:
         x = self.normalize(obs)
         if self.unit_actions:
             u = self.actor.act(x, deterministic=deterministic).float().cpu().numpy()
-            return (self.low + (u + 1.0) * 0.5 * (self.high - self.low)).astype(np.float32)
+            u = torch.from_numpy(u.astype(np.result_type(u, self.low)))  # the box's dtype when it is wider
+            return scale_action(u, self.low, self.high).numpy().astype(np.float32)
         kind = self.arch["kind"]
         n = x.shape[0]
         if kind in ("categorical", "q"):
@@ -183,10 +184,10 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu") -> Policy:
 
 
 def export_portable(policy: Policy, out_dir: str | Path) -> dict:
-    """Write `policy` as online.portable's policy.safetensors + policy.json (numpy-only loading); returns the
+    """Write `policy` as rl.portable's policy.safetensors + policy.json (numpy-only loading); returns the
     spec. Only 1-D Box observations: the spec applies no flattening or one-hot encoding of other spaces (an
     offline dataset's observations are such a Box)."""
-    from online import portable
+    from rl import portable
 
     if not policy.unit_actions:
         _require_box_observations(policy.env_id)
