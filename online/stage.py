@@ -103,9 +103,8 @@ class Config(RunArgs):
     def run_config_view(self, d: dict) -> dict:
         """What identifies this run (reins.runio's hook for config.yaml and the resume guard): every shared key
         and the section of the selected agent, `self.algo`; the other agents' sections do not affect the run.
-
-        Applied to a config.yaml written before this hook (every section) it drops the other sections too, so
-        such a run still resumes; a saved run of another algo still differs in `algo`.
+        Applied to a saved config.yaml that holds every section, it drops the others too; a saved run of another
+        algo still differs in `algo`.
         """
         return {k: v for k, v in d.items() if k not in AGENTS or k == self.algo}
 

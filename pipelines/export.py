@@ -126,9 +126,9 @@ def export_policy_file(path: Path, tmp: Path) -> str:
     state = safe_torch_load(path)
     fmt = state.get("format") if isinstance(state, dict) else None
     try:
-        from rl.policy_io import FORMAT, OFFLINE_V1, ONLINE_V1, Policy, export_portable
+        from rl.policy_io import FORMAT, Policy, export_portable
 
-        if fmt in (FORMAT, ONLINE_V1, OFFLINE_V1):  # earlier versions' files are upgraded on load
+        if fmt == FORMAT:
             spec = export_portable(Policy(state), tmp)
         else:
             raise DataError(f"{path}: not a reins policy file (format {fmt!r})")

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from reins.errors import DataError, ReinsError
+from reins.errors import ConfigError, DataError, ReinsError
 
 # name -> (module, one-line description). Listed in pipeline order.
 STAGES: dict[str, tuple[str, str]] = {
@@ -131,30 +131,15 @@ def report_interrupt(prog: str, exc: KeyboardInterrupt, where: str = "") -> int:
     return 128 + int(signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
 
 
-def stage_main(config_cls: type, train: Callable[[Any], dict], argv: list[str] | None, *, prog: str,
-               stage: str | None = None) -> int:
-    """Shared `main` of a stage: parse --config/--quiet/overrides, run, print metrics, map errors to exits."""
-    from reins.config import load_config, parse_overrides
-    from reins.runio import check_output_dir, describe_os_error
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:
-        try:
-            print(f"usage: {prog} --config FILE [key=value ...] [--quiet]\n")
-            print(config_help(config_cls), flush=True)
-        except BrokenPipeError:  # `reins iql --help | head`: the reader left; no traceback
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    config_path = None
-    rest: list[str] = []
-    quiet = False
+def split_stage_argv(argv: list[str]) -> tuple[str | None, bool, list[str]]:
+    """A stage's argv as (--config FILE, --quiet, the key=value / --key value overrides left for the config)."""
+    config_path, quiet, rest = None, False, []
     i = 0
     while i < len(argv):
         a = argv[i]
         if a == "--config":
             if i + 1 >= len(argv):
-                print(f"{prog}: error: --config needs a file", file=sys.stderr)
-                return 2
+                raise ConfigError("--config needs a file")
             config_path = argv[i + 1]
             i += 2
             continue
@@ -165,9 +150,31 @@ def stage_main(config_cls: type, train: Callable[[Any], dict], argv: list[str] |
         else:
             rest.append(a)
         i += 1
+    return config_path, quiet, rest
+
+
+def print_stage_help(config_cls: type, prog: str) -> None:
+    try:
+        print(f"usage: {prog} --config FILE [key=value ...] [--quiet]\n")
+        print(config_help(config_cls), flush=True)
+    except BrokenPipeError:  # `reins iql --help | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def stage_main(config_cls: type, train: Callable[[Any], dict], argv: list[str] | None, *, prog: str,
+               stage: str | None = None) -> int:
+    """Shared `main` of a stage: parse --config/--quiet/overrides, run, print metrics, map errors to exits."""
+    from reins.config import load_config, parse_overrides
+    from reins.runio import check_output_dir, describe_os_error
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print_stage_help(config_cls, prog)
+        return 0
     flush_denormals()
     try:
         with sigterm_raises():
+            config_path, quiet, rest = split_stage_argv(argv)
             overrides = parse_overrides(rest)
             if quiet:
                 overrides["quiet"] = True
