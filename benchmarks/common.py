@@ -284,11 +284,11 @@ def worker_args(argv=None) -> tuple[str, dict, str | None]:
 
 def start_worker(argv=None) -> tuple[str, dict, str | None, BlockClock]:
     """The common start of a peer script's worker: parse its arguments; on our side, flush subnormal floats as
-    every reins stage does first (reins.cli.stage_main), the peer running as it ships; pin the thread pool; and
+    every reins stage does first (reins.entry.stage_main), the peer running as it ships; pin the thread pool; and
     make the block clock. Returns (side, spec, out path, clock)."""
     side, spec, out = worker_args(argv)
     if side == "ours":
-        from reins.cli import flush_denormals
+        from reins.entry import flush_denormals
 
         flush_denormals()
     pin_threads(spec["threads"])

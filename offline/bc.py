@@ -14,10 +14,11 @@ from typing import ClassVar, Literal
 import torch
 
 from offline.trainer import OFFLINE_ACTORS, OfflineConfig, run_offline
-from online.nets import build_actor
 from pgcore.offline_losses import awr_loss
-from reins.cli import stage_main
 from reins.config import check
+from reins.entry import stage_main
+from rl.agent import Agent
+from rl.nets import build_actor
 
 PRESETS: dict[str, dict] = {
     # CORL BC baseline (from memory, not re-read): deterministic actor, MSE, lr 3e-4, obs normalisation, 1M steps.
@@ -42,29 +43,22 @@ class Config(OfflineConfig):
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")
 
 
-class BC:
+class BC(Agent):
     def __init__(self, cfg: Config, obs_dim: int, act_dim: int, device: torch.device):
+        super().__init__()
         self.actor_spec = {"kind": OFFLINE_ACTORS[cfg.actor], "obs_dim": obs_dim, "act_dim": act_dim,
                            "hidden": list(cfg.hidden)}
         if cfg.actor == "tanh_gaussian":  # CQL's parametrisation
             self.actor_spec.update(log_std="clamp", log_std_min=-20.0, log_std_max=2.0, log_std_offset=-1.0)
-        self.actor = build_actor(self.actor_spec).to(device)
-        self.opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr, foreach=True)
+        actor = build_actor(self.actor_spec).to(device)
+        self.register(actor=actor, opt=torch.optim.Adam(actor.parameters(), lr=cfg.lr, foreach=True))
 
     def update(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         logp = self.actor.log_prob(b["observations"], b["actions"])
         loss = awr_loss(logp, torch.zeros_like(logp), beta=0.0)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        self.optimize(self.opt, loss)
         return {"loss/actor": loss.detach()}
 
-    def state_dict(self) -> dict:
-        return {"actor": self.actor.state_dict(), "opt": self.opt.state_dict()}
-
-    def load_state_dict(self, s: dict) -> None:
-        self.actor.load_state_dict(s["actor"])
-        self.opt.load_state_dict(s["opt"])
 
 
 def train(cfg: Config) -> dict:

@@ -161,7 +161,7 @@ class OnlineRunSource:
         self._medium_step: int | None = None
 
     def _load(self, path: Path):
-        from online.policy_io import load_policy
+        from rl.policy_io import load_policy
 
         return load_policy(path)
 

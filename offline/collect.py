@@ -29,11 +29,11 @@ import numpy as np
 from offline.behaviour import Episode, OnlineRunSource, ScriptedPendulumSource, UniformPolicy
 from offline.data import datasets_root
 from online.common import segment_seeds
-from online.envs import gym_make
-from reins.cli import stage_main
 from reins.config import RunArgs, check
+from reins.entry import stage_main
 from reins.errors import ConfigError, DataError
 from reins.runio import RunDir
+from rl.envs import gym_make
 
 TIERS = ("random", "medium", "expert", "medium-replay", "medium-expert")
 
@@ -136,18 +136,10 @@ def rollout(policy, env_id: str, *, min_steps: int = 0, n_episodes: int = 0, n_e
                                  for j, i in enumerate(live)])
             for j, i in enumerate(live):
                 a = np.asarray(acts[j])
-                o, r, term, trunc, _ = envs[i].step(a)
-                c = cur[i]
-                c["obs"].append(o)
-                c["act"].append(a)
-                c["rew"].append(float(r))
-                c["term"].append(bool(term))
-                c["trunc"].append(bool(trunc) and not term)
-                obs[i] = o
-                if term or trunc:
-                    done.append(Episode(np.asarray(c["obs"], np.float32), np.asarray(c["act"], np.float32),
-                                        np.asarray(c["rew"]), np.asarray(c["term"]), np.asarray(c["trunc"]),
-                                        seed=c["seed"]))
+                obs[i], r, term, trunc, _ = envs[i].step(a)
+                finished = _record_step(cur[i], obs[i], a, r, term, trunc)
+                if finished is not None:
+                    done.append(finished)
                     cur[i] = None
                     if not n_episodes or started < n_episodes:
                         start(i)
@@ -158,6 +150,19 @@ def rollout(policy, env_id: str, *, min_steps: int = 0, n_episodes: int = 0, n_e
     finally:
         for e in envs:
             e.close()
+
+
+def _record_step(c: dict, o, a: np.ndarray, r, term, trunc) -> Episode | None:
+    """Append one env step to the episode being recorded in `c`; the finished Episode when it ended."""
+    c["obs"].append(o)
+    c["act"].append(a)
+    c["rew"].append(float(r))
+    c["term"].append(bool(term))
+    c["trunc"].append(bool(trunc) and not term)
+    if not (term or trunc):
+        return None
+    return Episode(np.asarray(c["obs"], np.float32), np.asarray(c["act"], np.float32), np.asarray(c["rew"]),
+                   np.asarray(c["term"]), np.asarray(c["trunc"]), seed=c["seed"])
 
 
 def mean_return(policy, env_id: str, n: int, seed: int, n_envs: int, deterministic: bool = True) -> float:
@@ -225,7 +230,7 @@ def seed_replay_episodes(episodes: list[Episode], seeding: ReplaySeeding) -> lis
     """Replay `episodes` (from `replay_episodes`, which records each one's env and first step) with the seeds
     that are known: an episode that begins at a segment start gets its env's segment seed, checked by resetting
     a fresh env with it; others keep None."""
-    from online.envs import make_env as make_online_env
+    from rl.envs import make_env as make_online_env
 
     segment_of = {g: s for s, g in enumerate(seeding.segment_steps)}
     top = max((ep.env_index for ep in episodes), default=-1)
@@ -350,9 +355,8 @@ def _namespace_files(staging: Path, ds_id: str) -> list[Path]:
 
 # ------------------------------------------------------------------------------------------- the stage
 def _source(cfg: Config):
+    """The behaviour source `_check_source` has accepted (an online one trained first from its recipe)."""
     if cfg.behaviour == "scripted":
-        if not cfg.env_id.startswith("Pendulum"):
-            raise DataError(f"behaviour=scripted has a controller for Pendulum only, not {cfg.env_id}")
         return ScriptedPendulumSource()
     if cfg.behaviour_recipe:
         from online import stage as online_stage
@@ -421,10 +425,10 @@ def _remove_stale_staging(root: Path) -> None:
             pass  # alive, owned by someone else
 
 
-def train(cfg: Config) -> dict:
+def _tier_ids(cfg: Config) -> dict[str, str]:
+    """tier -> the Minari id it is written as; a prefix that makes no valid id is refused."""
     from minari.dataset.minari_dataset import parse_dataset_id
 
-    root = datasets_root()
     ids = {t: dataset_id(cfg, t) for t in cfg.tiers}
     for i in ids.values():
         try:
@@ -432,11 +436,11 @@ def train(cfg: Config) -> dict:
         except ValueError:
             raise ConfigError(f"dataset_prefix: '{i}' is not a valid Minari id ((namespace/)name-vN; each "
                               "namespace part needs 2+ characters)") from None
-    done_file = Path(cfg.output_dir) / "metrics.json"
-    if done_file.is_file() and all((root / i).exists() for i in ids.values()):
-        done = RunDir(cfg.output_dir, cfg, quiet=cfg.quiet).completed_metrics()
-        if done is not None:  # this run already wrote these datasets
-            return done
+    return ids
+
+
+def _check_inputs(cfg: Config, root: Path, ids: dict[str, str]):
+    """Everything checked before the run dir exists; returns the env's action space."""
     if not cfg.overwrite:
         taken = [i for i in ids.values() if (root / i).exists()]
         if taken:
@@ -447,24 +451,16 @@ def train(cfg: Config) -> dict:
     probe.close()
     _check_behaviour_env(cfg)
     _check_source(cfg)
-    run = RunDir(cfg.output_dir, cfg, quiet=cfg.quiet)
-    src = _source(cfg)
-    sd = cfg.seed * 1_000_003  # episode seeds: sd + offset per tier, + k per episode
-    n_ref = cfg.ref_episodes
+    return space
 
-    expert = src.expert()
-    ref_min = mean_return(UniformPolicy(space.low, space.high), cfg.env_id, n_ref, sd + 900_000, cfg.n_envs)
-    ref_max = mean_return(expert, cfg.env_id, n_ref, sd + 800_000, cfg.n_envs)
-    refs = (ref_min, ref_max)
-    metrics: dict = {"ref/min_score": ref_min, "ref/max_score": ref_max}
-    run.log(0, dict(metrics))
-    threshold = ref_min + cfg.medium_fraction * (ref_max - ref_min)
 
+def _collect_tiers(cfg: Config, src, space, expert, threshold: float, sd: int,
+                   metrics: dict) -> tuple[dict[str, list[Episode]], dict]:
+    """Every tier's episodes, and how an online run seeded the envs behind its replay (medium-replay only)."""
     episodes: dict[str, list[Episode]] = {}
-    replay_meta: dict = {}  # how an online run seeded the envs behind its replay (medium-replay only)
-    need_medium = {"medium", "medium-expert", "medium-replay"} & set(cfg.tiers)
+    replay_meta: dict = {}
     medium = None
-    if need_medium:
+    if {"medium", "medium-expert", "medium-replay"} & set(cfg.tiers):
         n_probe = min(cfg.ref_episodes, 20)
         medium, info = src.medium(threshold, lambda pol: mean_return(pol, cfg.env_id, n_probe, sd + 700_000,
                                                                      cfg.n_envs, deterministic=not cfg.stochastic))
@@ -486,7 +482,13 @@ def train(cfg: Config) -> dict:
             raise DataError("medium-replay: no replay transitions up to the medium policy")
     if "medium-expert" in cfg.tiers:
         episodes["medium-expert"] = episodes["medium"] + episodes["expert"]
+    return episodes, replay_meta
 
+
+def _write_tiers(cfg: Config, run: RunDir, root: Path, ids: dict[str, str], episodes: dict[str, list[Episode]],
+                 src, refs: tuple[float, float], replay_meta: dict, metrics: dict) -> None:
+    """Write every tier into a staging directory, then publish them all into the datasets root at once."""
+    ref_min, ref_max = refs
     root.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(root)
     staging = Path(tempfile.mkdtemp(prefix=f".reins-staging-{os.getpid()}-", dir=root))
@@ -506,6 +508,29 @@ def train(cfg: Config) -> dict:
         publish(staging, root, list(ids.values()), cfg.overwrite)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def train(cfg: Config) -> dict:
+    root = datasets_root()
+    ids = _tier_ids(cfg)
+    done_file = Path(cfg.output_dir) / "metrics.json"
+    if done_file.is_file() and all((root / i).exists() for i in ids.values()):
+        done = RunDir(cfg.output_dir, cfg, quiet=cfg.quiet).completed_metrics()
+        if done is not None:  # this run already wrote these datasets
+            return done
+    space = _check_inputs(cfg, root, ids)
+    run = RunDir(cfg.output_dir, cfg, quiet=cfg.quiet)
+    src = _source(cfg)
+    sd = cfg.seed * 1_000_003  # episode seeds: sd + offset per tier, + k per episode
+    expert = src.expert()
+    ref_min = mean_return(UniformPolicy(space.low, space.high), cfg.env_id, cfg.ref_episodes, sd + 900_000,
+                          cfg.n_envs)
+    ref_max = mean_return(expert, cfg.env_id, cfg.ref_episodes, sd + 800_000, cfg.n_envs)
+    metrics: dict = {"ref/min_score": ref_min, "ref/max_score": ref_max}
+    run.log(0, dict(metrics))
+    threshold = ref_min + cfg.medium_fraction * (ref_max - ref_min)
+    episodes, replay_meta = _collect_tiers(cfg, src, space, expert, threshold, sd, metrics)
+    _write_tiers(cfg, run, root, ids, episodes, src, (ref_min, ref_max), replay_meta, metrics)
     metrics["datasets"] = ", ".join(ids[t] for t in cfg.tiers)
     return run.finish(metrics)
 

@@ -34,7 +34,7 @@ from typing import Literal
 import numpy as np
 
 from offline.data import Transitions, datasets_root, load_transitions
-from reins.cli import stage_main
+from reins.entry import stage_main
 from reins.config import check
 from reins.errors import DataError
 

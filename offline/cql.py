@@ -29,12 +29,13 @@ import torch
 import torch.nn.functional as F
 
 from offline.trainer import OfflineConfig, run_offline
-from online.nets import EnsembleQ, build_actor, small_last_init_
 from pgcore.distributions import TanhGaussian
 from pgcore.offline_losses import cql_alpha_loss, cql_regularizer
 from pgcore.policy_losses import polyak_update, sac_actor_loss, sac_q_target, sac_temperature_loss
-from reins.cli import stage_main
 from reins.config import check
+from reins.entry import stage_main
+from rl.agent import Agent
+from rl.nets import EnsembleQ, build_actor, small_last_init_
 
 PRESETS: dict[str, dict] = {
     # Original CQL (aviralkumar2907/CQL, README for gym): 3x256 nets, policy lr 1e-4, min_q_weight 5 (or 10),
@@ -138,25 +139,26 @@ def max_backup(q_next: torch.Tensor, logp: torch.Tensor) -> tuple[torch.Tensor, 
     return best_q.gather(0, e).squeeze(0), logp.gather(-1, j.unsqueeze(-1)).squeeze(-1)
 
 
-class CQL:
+class CQL(Agent):
     def __init__(self, cfg: Config, obs_dim: int, act_dim: int, device: torch.device):
+        super().__init__()
         self.cfg, self.act_dim, self.device = cfg, act_dim, device
         self.actor_spec = {"kind": "tanh_gaussian", "obs_dim": obs_dim, "act_dim": act_dim,
                            "hidden": list(cfg.hidden), "log_std": "clamp", "log_std_min": -20.0, "log_std_max": 2.0,
                            "log_std_offset": cfg.log_std_offset}
-        self.actor = build_actor(self.actor_spec).to(device)
+        actor = build_actor(self.actor_spec).to(device)
         if cfg.actor_last_gain is not None:
-            small_last_init_(self.actor.net, cfg.actor_last_gain)
-        self.critic = EnsembleQ(2, obs_dim, act_dim, cfg.q_hidden, ortho=cfg.orthogonal_init).to(device)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.log_alpha = torch.tensor(math.log(cfg.alpha), device=device, requires_grad=True)
-        self.log_alpha_prime = torch.tensor(cfg.cql_log_alpha_prime_init, device=device, requires_grad=True)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.policy_lr, foreach=True)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.qf_lr, foreach=True)
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr or cfg.policy_lr)
-        self.alpha_prime_opt = torch.optim.Adam([self.log_alpha_prime], lr=cfg.cql_alpha_prime_lr)
+            small_last_init_(actor.net, cfg.actor_last_gain)
+        critic = EnsembleQ(2, obs_dim, act_dim, cfg.q_hidden, ortho=cfg.orthogonal_init).to(device)
+        log_alpha = torch.tensor(math.log(cfg.alpha), device=device, requires_grad=True)
+        log_alpha_prime = torch.tensor(cfg.cql_log_alpha_prime_init, device=device, requires_grad=True)
+        self.register(actor=actor, critic=critic, critic_target=copy.deepcopy(critic).requires_grad_(False),
+                      log_alpha=log_alpha, log_alpha_prime=log_alpha_prime,
+                      actor_opt=torch.optim.Adam(actor.parameters(), lr=cfg.policy_lr, foreach=True),
+                      critic_opt=torch.optim.Adam(critic.parameters(), lr=cfg.qf_lr, foreach=True),
+                      alpha_opt=torch.optim.Adam([log_alpha], lr=cfg.alpha_lr or cfg.policy_lr),
+                      alpha_prime_opt=torch.optim.Adam([log_alpha_prime], lr=cfg.cql_alpha_prime_lr), steps=0)
         self.target_entropy = -float(act_dim) if cfg.target_entropy is None else cfg.target_entropy
-        self.steps = 0
 
     @staticmethod
     def _draws(d: TanhGaussian, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,52 +167,64 @@ class CQL:
         return TanhGaussian(d.mean.unsqueeze(1).expand(-1, n, -1), d.log_std.unsqueeze(1).expand(-1, n, -1)).rsample()
 
     def update(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        cfg = self.cfg
-        obs, act, rew, next_obs, term = b["observations"], b["actions"], b["rewards"], b["next_observations"], \
-            b["terminals"]
-        bsz, n = obs.shape[0], cfg.cql_n_actions
-
-        # 1-2. temperature and actor (stepped before the critics, as in CORL)
+        obs, act = b["observations"], b["actions"]
         new_a, logp = self.actor.dist(obs).rsample()
-        if cfg.auto_alpha:
-            alpha_loss = sac_temperature_loss(self.log_alpha, logp, self.target_entropy)
-            self.alpha_opt.zero_grad(set_to_none=True)
-            alpha_loss.backward()
-            self.alpha_opt.step()
-        alpha = self.log_alpha.detach().exp()
-        if self.steps < cfg.bc_steps:
+        alpha = self.temperature_step(logp)                        # 1 (the actor and alpha step before the
+        pi_loss = self.actor_step(obs, act, new_a, logp, alpha)    # 2  critics, as in CORL)
+        with torch.no_grad():
+            d_next = self.actor.dist(b["next_observations"])  # shared by the TD target and the pi(.|s') proposals
+            y = self.td_target(b, d_next, alpha)               # 3
+        q = self.critic(obs, act)  # [2, B]
+        td_loss = F.mse_loss(q[0], y) + F.mse_loss(q[1], y)
+        gaps = self.conservative_gaps(obs, q, d_next)
+        cql_loss, alpha_prime = self.conservative_loss(gaps)
+        self.optimize(self.critic_opt, td_loss + cql_loss)
+        polyak_update(self.critic_target.parameters(), self.critic.parameters(), self.cfg.tau)  # 4
+        self.steps += 1
+        return {"loss/actor": pi_loss.detach(), "loss/td": td_loss.detach(), "loss/cql": cql_loss.detach(),
+                "train/cql_gap": gaps.detach().mean(), "train/alpha": alpha, "train/alpha_prime": alpha_prime.detach(),
+                "train/q_mean": q.detach().mean(), "train/entropy": -logp.detach().mean()}
+
+    def temperature_step(self, logp: torch.Tensor) -> torch.Tensor:
+        """1. L_alpha towards target_entropy (when auto_alpha); returns alpha after the step, detached."""
+        if self.cfg.auto_alpha:
+            self.optimize(self.alpha_opt, sac_temperature_loss(self.log_alpha, logp, self.target_entropy))
+        return self.log_alpha.detach().exp()
+
+    def actor_step(self, obs, act, new_a, logp, alpha) -> torch.Tensor:
+        """2. The SAC actor loss on min_e Q_e, or the BC warm-up loss during the first bc_steps updates."""
+        if self.steps < self.cfg.bc_steps:
             pi_loss = (alpha * logp - self.actor.log_prob(obs, act)).mean()
         else:
             self.critic.requires_grad_(False)  # only d loss / d action flows back: no critic weight grads
             pi_loss = sac_actor_loss(logp, self.critic(obs, new_a).min(dim=0).values, alpha)
             self.critic.requires_grad_(True)
-        self.actor_opt.zero_grad(set_to_none=True)
-        pi_loss.backward()
-        self.actor_opt.step()
+        self.optimize(self.actor_opt, pi_loss)
+        return pi_loss
 
-        # 3. critics: TD target
-        with torch.no_grad():
-            d_next = self.actor.dist(next_obs)  # shared by the TD target and the pi(.|s') proposals
-            if cfg.cql_max_target_backup:
-                a2, logp2 = self._draws(d_next, n)
-                q_next = self.critic_target(next_obs.unsqueeze(1).expand(-1, n, -1), a2)  # [2, B, n]
-                next_q, next_logp = max_backup(q_next, logp2)
-            else:
-                a2, next_logp = d_next.rsample()
-                next_q = self.critic_target(next_obs, a2).min(dim=0).values
-            y = sac_q_target(rew, next_q, next_logp, alpha=alpha if cfg.backup_entropy else 0.0, gamma=cfg.gamma,
-                             terminated=term)
-        q = self.critic(obs, act)  # [2, B]
-        td_loss = F.mse_loss(q[0], y) + F.mse_loss(q[1], y)
+    def td_target(self, b: dict[str, torch.Tensor], d_next: TanhGaussian, alpha: torch.Tensor) -> torch.Tensor:
+        """3. y from the target critics at a' ~ pi(.|s') (the max over N proposals with max_target_backup)."""
+        cfg, next_obs = self.cfg, b["next_observations"]
+        if cfg.cql_max_target_backup:
+            n = cfg.cql_n_actions
+            a2, logp2 = self._draws(d_next, n)
+            q_next = self.critic_target(next_obs.unsqueeze(1).expand(-1, n, -1), a2)  # [2, B, n]
+            next_q, next_logp = max_backup(q_next, logp2)
+        else:
+            a2, next_logp = d_next.rsample()
+            next_q = self.critic_target(next_obs, a2).min(dim=0).values
+        return sac_q_target(b["rewards"], next_q, next_logp, alpha=alpha if cfg.backup_entropy else 0.0,
+                            gamma=cfg.gamma, terminated=b["terminals"])
 
-        # 3. critics: conservative term
-        rand_a = torch.rand(bsz, n, self.act_dim, device=obs.device, dtype=obs.dtype) * 2 - 1
+    def conservative_gaps(self, obs: torch.Tensor, q: torch.Tensor, d_next: TanhGaussian) -> torch.Tensor:
+        """3. Each critic's gap: T logsumexp over proposed actions (uniform, pi(.|s), pi(.|s')) minus Q(s, a)."""
+        cfg, n, temp = self.cfg, self.cfg.cql_n_actions, self.cfg.cql_temp
+        rand_a = torch.rand(obs.shape[0], n, self.act_dim, device=obs.device, dtype=obs.dtype) * 2 - 1
         with torch.no_grad():
             cur_a, cur_logp = self._draws(self.actor.dist(obs), n)  # the actor as just updated
             nxt_a, nxt_logp = self._draws(d_next, n)
         obs_rep = obs.unsqueeze(1).expand(-1, 3 * n, -1)  # one critic call for all 3N proposals
         q_rand, q_cur, q_nxt = self.critic(obs_rep, torch.cat([rand_a, cur_a, nxt_a], dim=1)).split(n, dim=-1)
-        temp = cfg.cql_temp
         if cfg.cql_importance_sample:
             q_cat = torch.cat([q_rand, q_nxt, q_cur], dim=-1)
             log_dens = torch.cat([torch.full_like(cur_logp, -self.act_dim * math.log(2.0)), nxt_logp, cur_logp],
@@ -220,44 +234,20 @@ class CQL:
         else:
             q_cat = torch.cat([q_rand, q.unsqueeze(-1), q_nxt, q_cur], dim=-1)
             gaps = torch.stack([temp * cql_regularizer(q_cat[e] / temp, q[e] / temp) for e in range(2)])
-        gaps = gaps.clamp(cfg.cql_clip_diff_min, cfg.cql_clip_diff_max)
-        if cfg.cql_lagrange:
-            alpha_prime = self.log_alpha_prime.exp().clamp(0.0, 1e6)
-            cql_loss = (alpha_prime.detach() * cfg.cql_alpha * (gaps - cfg.cql_target_action_gap)).sum()
-            # the multiplier of the scaled gap cql_alpha * (gap - gap0), as in CORL and the original code
-            ap_loss = cfg.cql_alpha * cql_alpha_loss(self.log_alpha_prime, gaps, cfg.cql_target_action_gap)
-            self.alpha_prime_opt.zero_grad(set_to_none=True)
-            ap_loss.backward()
-            self.alpha_prime_opt.step()
-        else:
-            alpha_prime = torch.ones((), device=obs.device)
-            cql_loss = cfg.cql_alpha * gaps.sum()
-        q_loss = td_loss + cql_loss
-        self.critic_opt.zero_grad(set_to_none=True)
-        q_loss.backward()
-        self.critic_opt.step()
+        return gaps.clamp(cfg.cql_clip_diff_min, cfg.cql_clip_diff_max)
 
-        # 4. target critics
-        polyak_update(self.critic_target.parameters(), self.critic.parameters(), cfg.tau)
-        self.steps += 1
-        return {"loss/actor": pi_loss.detach(), "loss/td": td_loss.detach(), "loss/cql": cql_loss.detach(),
-                "train/cql_gap": gaps.detach().mean(), "train/alpha": alpha, "train/alpha_prime": alpha_prime.detach(),
-                "train/q_mean": q.detach().mean(), "train/entropy": -logp.detach().mean()}
-
-    def state_dict(self) -> dict:
-        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
-                "critic_target": self.critic_target.state_dict(), "log_alpha": self.log_alpha.detach().clone(),
-                "log_alpha_prime": self.log_alpha_prime.detach().clone(), "actor_opt": self.actor_opt.state_dict(),
-                "critic_opt": self.critic_opt.state_dict(), "alpha_opt": self.alpha_opt.state_dict(),
-                "alpha_prime_opt": self.alpha_prime_opt.state_dict(), "steps": self.steps}
-
-    def load_state_dict(self, s: dict) -> None:
-        for name in ("actor", "critic", "critic_target", "actor_opt", "critic_opt", "alpha_opt", "alpha_prime_opt"):
-            getattr(self, name).load_state_dict(s[name])
-        with torch.no_grad():
-            self.log_alpha.copy_(s["log_alpha"])
-            self.log_alpha_prime.copy_(s["log_alpha_prime"])
-        self.steps = int(s["steps"])
+    def conservative_loss(self, gaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """3. alpha' * cql_alpha * sum_e gap_e (fixed alpha' = 1), or with the Lagrange multiplier: its step on
+        the gap minus target_gap first; returns (the critics' conservative loss, alpha')."""
+        cfg = self.cfg
+        if not cfg.cql_lagrange:
+            return cfg.cql_alpha * gaps.sum(), torch.ones((), device=gaps.device)
+        alpha_prime = self.log_alpha_prime.exp().clamp(0.0, 1e6)
+        cql_loss = (alpha_prime.detach() * cfg.cql_alpha * (gaps - cfg.cql_target_action_gap)).sum()
+        # the multiplier of the scaled gap cql_alpha * (gap - gap0), as in CORL and the original code
+        self.optimize(self.alpha_prime_opt,
+                      cfg.cql_alpha * cql_alpha_loss(self.log_alpha_prime, gaps, cfg.cql_target_action_gap))
+        return cql_loss, alpha_prime
 
 
 def train(cfg: Config) -> dict:

@@ -1,7 +1,7 @@
 """Checks of the evaluation env against the data, D4RL-style normalised scores, and multi-seed aggregation.
 
 - `check_env_fits(env, tr)`: the evaluation env exists and its spaces fit the dataset (episodes themselves are run
-  by `online.envs.evaluate`, shared with the online agents).
+  by `rl.envs.evaluate`, shared with the online agents).
 - `normalized_score(R, ref_min, ref_max) = 100 (R - ref_min) / (ref_max - ref_min)` (D4RL convention; the same
   as `minari.get_normalized_score` x 100).
 - `aggregate(scores)`: mean, std, IQM (the 25%-trimmed mean, Agarwal et al. 2021), a percentile-bootstrap
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from online.envs import gym_make
 from reins.errors import DataError
+from rl.envs import gym_make
 
 
 def check_env_fits(env, tr) -> None:

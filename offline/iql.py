@@ -23,11 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from offline.trainer import OFFLINE_ACTORS, OfflineConfig, run_offline
-from online.nets import EnsembleQ, ValueNet, build_actor, orthogonal_init_
 from pgcore.offline_losses import awr_loss, expectile_loss
 from pgcore.policy_losses import polyak_update, td_target
-from reins.cli import stage_main
 from reins.config import check
+from reins.entry import stage_main
+from rl.agent import Agent
+from rl.nets import EnsembleQ, ValueNet, build_actor, orthogonal_init_
 
 # Published settings; each comment names the upstream source. Values are applied to fields left at their defaults.
 PRESETS: dict[str, dict] = {
@@ -94,31 +95,33 @@ class Config(OfflineConfig):
             check(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
 
 
-class IQL:
+class IQL(Agent):
     def __init__(self, cfg: Config, obs_dim: int, act_dim: int, device: torch.device):
+        super().__init__()
         self.cfg = cfg
         self.actor_spec = {"kind": OFFLINE_ACTORS[cfg.actor], "obs_dim": obs_dim, "act_dim": act_dim,
                            "hidden": list(cfg.hidden), "dropout": cfg.actor_dropout}
         if cfg.actor == "gaussian":
             self.actor_spec["log_std_min"] = cfg.log_std_min
-            if cfg.log_std_param != "clamp":  # policy files of the default stay as they were
+            if cfg.log_std_param != "clamp":  # policy files of the default keep no log_std_param key
                 self.actor_spec["log_std_param"] = cfg.log_std_param
-        self.actor = build_actor(self.actor_spec).to(device)
+        actor = build_actor(self.actor_spec).to(device)
         # ikostrikov/implicit_q_learning's default_init: orthogonal with scale sqrt(2) on every Dense layer,
         # output layers included, for the actor, the critics and the value net alike.
         gain = math.sqrt(2.0)
         if cfg.orthogonal_init:
-            orthogonal_init_(self.actor.net, gain)
-        self.critic = EnsembleQ(cfg.n_critics, obs_dim, act_dim, cfg.hidden, ortho=cfg.orthogonal_init,
-                                out_gain=gain).to(device)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.value = ValueNet(obs_dim, cfg.hidden, layer_norm=cfg.value_layer_norm, ortho=cfg.orthogonal_init,
-                              out_gain=gain).to(device)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, foreach=True)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, foreach=True)
-        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=cfg.value_lr, foreach=True)
-        self.actor_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.actor_opt, cfg.max_steps) \
-            if cfg.actor_cosine else None
+            orthogonal_init_(actor.net, gain)
+        critic = EnsembleQ(cfg.n_critics, obs_dim, act_dim, cfg.hidden, ortho=cfg.orthogonal_init,
+                           out_gain=gain).to(device)
+        value = ValueNet(obs_dim, cfg.hidden, layer_norm=cfg.value_layer_norm, ortho=cfg.orthogonal_init,
+                         out_gain=gain).to(device)
+        self.register(actor=actor, critic=critic, critic_target=copy.deepcopy(critic).requires_grad_(False),
+                      value=value, actor_opt=torch.optim.Adam(actor.parameters(), lr=cfg.actor_lr, foreach=True),
+                      critic_opt=torch.optim.Adam(critic.parameters(), lr=cfg.critic_lr, foreach=True),
+                      value_opt=torch.optim.Adam(value.parameters(), lr=cfg.value_lr, foreach=True))
+        self.register_scheduler("actor_sched", self.actor_opt,
+                                torch.optim.lr_scheduler.CosineAnnealingLR(self.actor_opt, cfg.max_steps)
+                                if cfg.actor_cosine else None)
 
     def update(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         cfg = self.cfg
@@ -131,16 +134,12 @@ class IQL:
         v = self.value(obs)
         adv = target_q - v
         v_loss = expectile_loss(adv, cfg.expectile)
-        self.value_opt.zero_grad(set_to_none=True)
-        v_loss.backward()
-        self.value_opt.step()
+        self.optimize(self.value_opt, v_loss)
 
         y = td_target(rew, next_v, gamma=cfg.gamma, terminated=term)
         q = self.critic(obs, act)
         q_loss = sum(F.mse_loss(q[e], y) for e in range(q.shape[0]))
-        self.critic_opt.zero_grad(set_to_none=True)
-        q_loss.backward()
-        self.critic_opt.step()
+        self.optimize(self.critic_opt, q_loss)
         polyak_update(self.critic_target.parameters(), self.critic.parameters(), cfg.tau)
 
         if cfg.advantage_v == "after":  # the advantage with V after its step (one more forward pass)
@@ -148,29 +147,11 @@ class IQL:
                 adv = target_q - self.value(obs)
         logp = self.actor.log_prob(obs, act)
         pi_loss = awr_loss(logp, adv.detach(), cfg.beta, cfg.max_weight)
-        self.actor_opt.zero_grad(set_to_none=True)
-        pi_loss.backward()
-        self.actor_opt.step()
-        if self.actor_sched is not None:
-            self.actor_sched.step()
+        self.optimize(self.actor_opt, pi_loss)
         return {"loss/value": v_loss.detach(), "loss/q": q_loss.detach(), "loss/actor": pi_loss.detach(),
                 "train/q_mean": q.detach().mean(), "train/v_mean": v.detach().mean(),
                 "train/adv_mean": adv.detach().mean()}
 
-    def state_dict(self) -> dict:
-        s = {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
-             "critic_target": self.critic_target.state_dict(), "value": self.value.state_dict(),
-             "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
-             "value_opt": self.value_opt.state_dict()}
-        if self.actor_sched is not None:
-            s["actor_sched"] = self.actor_sched.state_dict()
-        return s
-
-    def load_state_dict(self, s: dict) -> None:
-        for name in ("actor", "critic", "critic_target", "value", "actor_opt", "critic_opt", "value_opt"):
-            getattr(self, name).load_state_dict(s[name])
-        if self.actor_sched is not None:
-            self.actor_sched.load_state_dict(s["actor_sched"])
 
 
 def train(cfg: Config) -> dict:

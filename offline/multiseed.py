@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from offline.evaluate import aggregate_runs
-from reins.cli import flush_denormals
 from reins.config import load_config, parse_overrides
+from reins.entry import flush_denormals
 from reins.errors import ConfigError, ReinsError
 from reins.runio import atomic_write_text
 

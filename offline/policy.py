@@ -1,8 +1,8 @@
 """The policy file an offline stage writes (`policy.pt`, `policy_best.pt`), in reins' one policy format.
 
-`policy_state` fills `online.policy_io`'s "reins-policy-v2" dict: the actor (an `online.nets` spec), the dataset's
+`policy_state` fills `rl.policy_io`'s "reins-policy-v2" dict: the actor (an `rl.nets` spec), the dataset's
 observation normalisation (fixed mean/std) and action box, and `unit_actions` (the actor acts in [-1, 1], mapped
-affinely onto the box). `online.policy_io.load_policy(path).act(obs)` then takes raw environment observations
+affinely onto the box). `rl.policy_io.load_policy(path).act(obs)` then takes raw environment observations
 [N, obs_dim] and returns actions in the environment's action box, as for an online policy.
 """
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from offline.data import Normalization
-from online.policy_io import policy_dict
 from reins.runio import atomic_torch_save
+from rl.policy_io import policy_dict
 
 
 def policy_state(actor: torch.nn.Module, spec: dict, norm: Normalization, *, env_id: str | None,

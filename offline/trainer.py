@@ -1,14 +1,14 @@
 """The loop every offline stage shares: data in, updates, periodic evaluation, checkpoints, policy out.
 
-An algorithm (IQL, CQL, BC) is an object with `actor`, `actor_spec`, `update(batch) -> {name: scalar tensor}`,
-`state_dict()` / `load_state_dict()`. `run_offline(cfg, build, name)` does the rest under the stage contract:
+An algorithm (IQL, CQL, BC) is an `rl.agent.Agent` with `actor`, `actor_spec` and
+`update(batch) -> {name: scalar tensor}`. `run_offline(cfg, build, name)` does the rest under the stage contract:
 the dataset is loaded and validated before anything is written; config.yaml, log.jsonl, metrics.json and
 checkpoints/checkpoint.pt go to cfg.output_dir; a re-run resumes from the checkpoint (models, optimisers,
 schedulers, the sampler's generator, global RNG, step, evaluation history) and ends with the same result as an
 uninterrupted run; a non-finite loss stops the run before the bad step is checkpointed.
 
 Artifacts: policy.pt (the last actor) and policy_best.pt (the actor at the best evaluation), both in reins'
-one policy format (offline.policy), loadable with online.policy_io.load_policy.
+one policy format (offline.policy), loadable with rl.policy_io.load_policy.
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ import torch
 from offline.data import DeviceBuffer, Normalization, load_transitions, pick_device, reference_scores
 from offline.evaluate import adopt_env_action_box, check_env_fits, normalized_score
 from offline.policy import policy_state, save_policy
-from online.envs import evaluate
-from online.policy_io import Policy
 from reins.config import RunArgs, check
 from reins.errors import DataError
 from reins.runio import FiniteGuard, RunDir, get_rng_state, seed_everything, set_rng_state
+from rl.envs import evaluate
+from rl.policy_io import Policy
 
-# The `actor` option of iql and bc -> the online.nets actor kind. IQL's "gaussian" has a tanh mean and is not
-# squashed (online.nets.TanhMeanGaussianActor), unlike the on-policy agents' unsquashed "gaussian".
+# The `actor` option of iql and bc -> the rl.nets actor kind. IQL's "gaussian" has a tanh mean and is not
+# squashed (rl.nets.TanhMeanGaussianActor), unlike the on-policy agents' unsquashed "gaussian".
 OFFLINE_ACTORS = {"gaussian": "tanh_mean_gaussian", "deterministic": "deterministic", "tanh_gaussian": "tanh_gaussian"}
 
 
@@ -104,9 +104,20 @@ def _eval_env(cfg: OfflineConfig, tr) -> Any:
     return None
 
 
-def run_offline(cfg: OfflineConfig, build, algo_name: str) -> dict:
-    """Train `build(cfg, obs_dim, act_dim, device)` on cfg.dataset under the stage contract."""
-    # validation happens before anything is written
+@dataclass
+class OfflineInputs:
+    """What a run reads, checked before anything is written: the transitions, the reference scores, the
+    evaluation env, the device and the normalisation fitted on the data."""
+
+    tr: Any
+    refs: tuple[float, float] | None
+    env: Any
+    device: torch.device
+    norm: Normalization
+    evaluating: bool  # an env to evaluate in and eval_episodes > 0
+
+
+def load_inputs(cfg: OfflineConfig, algo_name: str) -> OfflineInputs:
     tr = load_transitions(cfg.dataset, obs_columns=cfg.obs_columns, action_columns=cfg.action_columns)
     if tr.discrete:
         raise DataError(f"{tr.dataset_id}: Discrete({tr.n_actions}) actions; {algo_name} trains on continuous "
@@ -124,84 +135,115 @@ def run_offline(cfg: OfflineConfig, build, algo_name: str) -> dict:
         print(f"{algo_name}: {tr.dataset_id} names no environment and eval_env is not set: evaluation off (no eval/ "
               "metrics or policy_best.pt; policy.pt is the last actor); set eval_env=<gymnasium id> to evaluate",
               file=sys.stderr, flush=True)
+    return OfflineInputs(tr, refs, env, device, norm, evaluating)
+
+
+def run_offline(cfg: OfflineConfig, build, algo_name: str) -> dict:
+    """Train `build(cfg, obs_dim, act_dim, device)` on cfg.dataset under the stage contract."""
+    inputs = load_inputs(cfg, algo_name)  # validation happens before anything is written
     run = RunDir(cfg.output_dir, cfg, quiet=cfg.quiet)  # after every input is validated: bad input writes nothing
     done = run.completed_metrics()
     if done is not None:
         return done
+    return OfflineLoop(cfg, inputs, build, algo_name, run).train()
 
-    if cfg.torch_threads > 0:
-        torch.set_num_threads(cfg.torch_threads)
-    seed_everything(cfg.seed)
-    buf = DeviceBuffer(norm.apply(tr), device)
-    sampler = torch.Generator(device=device).manual_seed(cfg.seed)
-    algo = build(cfg, tr.obs_dim, tr.act_dim, device)
 
-    step, evals, acc, acc_n = 0, [], {}, 0
-    state = run.load_checkpoint()
-    if state is not None:
-        algo.load_state_dict(state["algo"])
-        sampler.set_state(state["sampler"].cpu())  # generator states are CPU byte tensors, also for CUDA
+class OfflineLoop:
+    """One offline run's training state (the algorithm, the sampler, step, evaluation history, the metrics
+    accumulated since the last log row) and the steps of its loop: update, log, evaluate, checkpoint."""
+
+    def __init__(self, cfg: OfflineConfig, inputs: OfflineInputs, build, algo_name: str, run: RunDir):
+        self.cfg, self.inputs, self.algo_name, self.run = cfg, inputs, algo_name, run
+        if cfg.torch_threads > 0:
+            torch.set_num_threads(cfg.torch_threads)
+        seed_everything(cfg.seed)
+        self.buf = DeviceBuffer(inputs.norm.apply(inputs.tr), inputs.device)
+        self.sampler = torch.Generator(device=inputs.device).manual_seed(cfg.seed)
+        self.algo = build(cfg, inputs.tr.obs_dim, inputs.tr.act_dim, inputs.device)
+        self.step, self.evals, self.acc, self.acc_n = 0, [], {}, 0
+        # Every metric's first non-finite step, kept on the device so that no step syncs with the host; checked
+        # before every log, evaluation and checkpoint, so a NaN is reported with its exact step and nothing
+        # computed after it is saved.
+        self.guard = FiniteGuard()
+        self.score_key = "eval/normalized_score" if inputs.refs is not None else "eval/return_mean"
+
+    def resume(self) -> None:
+        state = self.run.load_checkpoint()
+        if state is None:
+            return
+        self.algo.load_state_dict(state["algo"])
+        self.sampler.set_state(state["sampler"].cpu())  # generator states are CPU byte tensors, also for CUDA
         set_rng_state(state["rng"])
-        step, evals = int(state["step"]), list(state["evals"])
-        acc = {k: v.to(device) for k, v in state["acc"].items()}
-        acc_n = int(state["acc_n"])
-        run.truncate_log(step)
+        self.step, self.evals = int(state["step"]), list(state["evals"])
+        self.acc = {k: v.to(self.inputs.device) for k, v in state["acc"].items()}
+        self.acc_n = int(state["acc_n"])
+        self.run.truncate_log(self.step)
 
-    def policy_file_state() -> dict:
-        return policy_state(algo.actor, algo.actor_spec, norm, env_id=getattr(env, "id", env),
-                            dataset_id=tr.dataset_id, algo=algo_name)
+    def train(self) -> dict:
+        cfg = self.cfg
+        self.resume()
+        start, start_step = time.perf_counter(), self.step
+        bar = self.run.progress(cfg.max_steps, initial=self.step, desc=self.algo_name)
+        while self.step < cfg.max_steps:
+            self.update()
+            bar.update(1)
+            row = self.log_row() if self.step % cfg.log_every == 0 or self.step == cfg.max_steps else {}
+            if self.inputs.evaluating and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps):
+                ev = self.evaluate()
+                row.update(ev)
+                bar.set_postfix({self.score_key.split("/")[-1]: round(ev[self.score_key], 2)})
+            if row:
+                self.run.log(self.step, row)
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
+                self.checkpoint()
+        bar.close()
+        elapsed = time.perf_counter() - start
+        save_policy(self.run.path / "policy.pt", self.policy_file_state())
+        metrics = _final_metrics(self.inputs.tr, self.inputs.refs, self.evals, self.step, cfg.eval_last_k)
+        if self.step > start_step:
+            metrics["time/updates_per_s"] = (self.step - start_step) / max(elapsed, 1e-9)
+        return self.run.finish(metrics)
 
-    def do_eval() -> dict:
-        pol = Policy(policy_file_state(), device)  # the very policy that policy.pt holds
-        returns, _ = evaluate(pol.act, env, cfg.eval_episodes, seed=1_000_000 + 1000 * cfg.seed)
-        row = {"eval/return_mean": float(returns.mean()), "eval/return_std": float(returns.std())}
-        if refs is not None:
-            row["eval/normalized_score"] = float(normalized_score(returns, *refs).mean())
+    def update(self) -> None:
+        info = self.algo.update(self.buf.sample(self.cfg.batch_size, self.sampler))
+        self.step += 1
+        self.guard.record(self.step, info)
+        for k, v in info.items():
+            self.acc[k] = self.acc.get(k, 0.0) + v.detach()
+        self.acc_n += 1
+
+    def log_row(self) -> dict:
+        """The means of the metrics accumulated since the last row (then reset)."""
+        self.guard.check()
+        row = {k: float(v) / self.acc_n for k, v in self.acc.items()}
+        self.acc, self.acc_n = {}, 0
         return row
 
-    start, start_step = time.perf_counter(), step
-    bar = run.progress(cfg.max_steps, initial=step, desc=algo_name)
-    # Every metric's first non-finite step, kept on the device so that no step syncs with the host; checked
-    # before every log, evaluation and checkpoint, so a NaN is reported with its exact step and nothing computed
-    # after it is saved.
-    guard = FiniteGuard()
+    def policy_file_state(self) -> dict:
+        env = self.inputs.env
+        return policy_state(self.algo.actor, self.algo.actor_spec, self.inputs.norm, env_id=getattr(env, "id", env),
+                            dataset_id=self.inputs.tr.dataset_id, algo=self.algo_name)
 
-    while step < cfg.max_steps:
-        info = algo.update(buf.sample(cfg.batch_size, sampler))
-        step += 1
-        guard.record(step, info)
-        for k, v in info.items():
-            acc[k] = acc.get(k, 0.0) + v.detach()
-        acc_n += 1
-        bar.update(1)
-        row = {}
-        if step % cfg.log_every == 0 or step == cfg.max_steps:
-            guard.check()
-            row.update({k: float(v) / acc_n for k, v in acc.items()})
-            acc, acc_n = {}, 0
-        if evaluating and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-            guard.check()
-            ev = do_eval()
-            key = "eval/normalized_score" if refs is not None else "eval/return_mean"
-            if not evals or ev[key] > max(e[key] for e in evals):
-                save_policy(run.path / "policy_best.pt", policy_file_state())
-            evals.append({"step": step, **ev})
-            row.update(ev)
-            bar.set_postfix({key.split("/")[-1]: round(ev[key], 2)})
-        if row:
-            run.log(step, row)
-        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-            guard.check()
-            run.save_checkpoint({"algo": algo.state_dict(), "sampler": sampler.get_state(), "rng": get_rng_state(),
-                                 "step": step, "evals": evals, "acc": {k: v for k, v in acc.items()},
-                                 "acc_n": acc_n})
-    bar.close()
-    elapsed = time.perf_counter() - start
-    save_policy(run.path / "policy.pt", policy_file_state())
-    metrics = _final_metrics(tr, refs, evals, step, cfg.eval_last_k)
-    if step > start_step:
-        metrics["time/updates_per_s"] = (step - start_step) / max(elapsed, 1e-9)
-    return run.finish(metrics)
+    def evaluate(self) -> dict:
+        """Evaluation episodes of the very policy that policy.pt holds; policy_best.pt keeps the best one."""
+        self.guard.check()
+        cfg, refs = self.cfg, self.inputs.refs
+        pol = Policy(self.policy_file_state(), self.inputs.device)
+        returns, _ = evaluate(pol.act, self.inputs.env, cfg.eval_episodes, seed=1_000_000 + 1000 * cfg.seed)
+        ev = {"eval/return_mean": float(returns.mean()), "eval/return_std": float(returns.std())}
+        if refs is not None:
+            ev["eval/normalized_score"] = float(normalized_score(returns, *refs).mean())
+        key = self.score_key
+        if not self.evals or ev[key] > max(e[key] for e in self.evals):
+            save_policy(self.run.path / "policy_best.pt", self.policy_file_state())
+        self.evals.append({"step": self.step, **ev})
+        return ev
+
+    def checkpoint(self) -> None:
+        self.guard.check()
+        self.run.save_checkpoint({"algo": self.algo.state_dict(), "sampler": self.sampler.get_state(),
+                                  "rng": get_rng_state(), "step": self.step, "evals": self.evals,
+                                  "acc": dict(self.acc), "acc_n": self.acc_n})
 
 
 def _final_metrics(tr, refs, evals: list[dict], step: int, last_k: int = 3) -> dict:

@@ -4,8 +4,6 @@
 
 Modules: `stage` (Config/train/main, `algo:` picks the agent), one module per algorithm (`reinforce`, `a2c`,
 `ppo`, `trpo` (also NPG), `td3` (also DDPG), `sac`, `dqn`), the shared loops `onpolicy` / `offpolicy`, the run
-harness `common` (envs, evaluation, checkpoints at segment boundaries), `envs` (creation, space checks,
-running normalisation, `evaluate`), `buffer` (replay), `nets` (every actor and critic, offline/'s too) and
-`policy_io` (the one `policy.pt` format, written by online and offline stages alike and loaded to act with
-`load_policy(path).act(obs)`).
+harness `common` (envs, evaluation, checkpoints at segment boundaries) and `buffer` (replay). Networks, env
+making, evaluation and the policy file they write come from `rl` (shared with offline/).
 """

@@ -41,9 +41,9 @@ class A2C(ActorCriticAgent):
         super().__init__(cfg, spec, gen, total_steps=total_steps)
         params = [*self.actor.parameters(), *self.critic.parameters()]
         if cfg.optimizer == "rmsprop":
-            self.optimizer = torch.optim.RMSprop(params, lr=cfg.lr, alpha=0.99, eps=1e-5)
+            self.register(optimizer=torch.optim.RMSprop(params, lr=cfg.lr, alpha=0.99, eps=1e-5))
         else:
-            self.optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=1e-5)
+            self.register(optimizer=torch.optim.Adam(params, lr=cfg.lr, eps=1e-5))
 
     def update(self, b: dict, *, step: int, progress: float) -> dict:
         cfg = self.cfg
@@ -58,17 +58,6 @@ class A2C(ActorCriticAgent):
         vl, _ = value_loss(self.critic(obs), self.flat(ret))
         ent = entropy_bonus(entropy)
         loss = pl + cfg.vf_coef * vl - cfg.ent_coef * ent
-        self.optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([*self.actor.parameters(), *self.critic.parameters()], cfg.max_grad_norm)
-        self.optimizer.step()
+        self.optimize(self.optimizer, loss, clip_grad_norm=cfg.max_grad_norm)
         return {"loss/policy": pl.item(), "loss/value": vl.item(), "policy/entropy": ent.item()}
 
-    def state_dict(self) -> dict:
-        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
-                "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, s: dict) -> None:
-        self.actor.load_state_dict(s["actor"])
-        self.critic.load_state_dict(s["critic"])
-        self.optimizer.load_state_dict(s["optimizer"])

@@ -21,16 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from online.envs import (
-    EnvSpec,
-    ObsNormalizer,
-    RewardScaler,
-    check_algo_spaces,
-    evaluate,
-    final_observations,
-    make_vector_env,
-)
-from online.policy_io import Policy, policy_dict
 from reins.errors import ConfigError
 from reins.runio import (
     FiniteGuard,
@@ -41,6 +31,16 @@ from reins.runio import (
     get_rng_state,
     set_rng_state,
 )
+from rl.envs import (
+    EnvSpec,
+    ObsNormalizer,
+    RewardScaler,
+    check_algo_spaces,
+    evaluate,
+    final_observations,
+    make_vector_env,
+)
+from rl.policy_io import Policy, policy_dict
 
 RECENT_EPISODES = 20
 

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from online.nets import build_actor
 from online.offpolicy import OffPolicyConfig
 from pgcore.policy_losses import double_dqn_target, dqn_target, epsilon_greedy_probs, polyak_update, value_loss
 from reins.config import check
+from rl.agent import Agent
+from rl.nets import build_actor
 
 
 @dataclass
@@ -50,16 +51,16 @@ class DQNConfig(OffPolicyConfig):
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")
 
 
-class DQN:
+class DQN(Agent):
     def __init__(self, cfg: DQNConfig, spec, gen: torch.Generator, *, total_steps: int):
+        super().__init__()
         self.cfg, self.spec, self.gen = cfg, spec, gen
         self.total_steps = total_steps  # the run's length in env steps: horizon of the epsilon schedule
         self.arch = {"kind": "q", "obs_dim": spec.obs_dim, "act_dim": spec.act_dim, "hidden": list(cfg.hidden),
                      "activation": "relu"}
-        self.q = build_actor(self.arch)
-        self.q_target = copy.deepcopy(self.q).requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=cfg.lr)
-        self.n_updates = 0
+        q = build_actor(self.arch)
+        self.register(q=q, q_target=copy.deepcopy(q).requires_grad_(False),
+                      optimizer=torch.optim.Adam(q.parameters(), lr=cfg.lr), n_updates=0)
         self.epsilon = cfg.epsilon_start
 
     def epsilon_at(self, step: int) -> float:
@@ -85,10 +86,7 @@ class DQN:
                 y = dqn_target(batch["rewards"], next_q_target, gamma=cfg.gamma, terminated=batch["terminated"])
         q = self.q(obs).gather(-1, batch["actions"].long().unsqueeze(-1)).squeeze(-1)
         loss, _ = value_loss(q, y)
-        self.optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.q.parameters(), cfg.max_grad_norm)
-        self.optimizer.step()
+        self.optimize(self.optimizer, loss, clip_grad_norm=cfg.max_grad_norm)
         self.n_updates += 1
         if self.n_updates % cfg.target_update_every == 0:
             polyak_update(self.q_target, self.q, cfg.tau)
@@ -97,12 +95,3 @@ class DQN:
     def export(self) -> dict:
         return {"actor": self.q, "arch": self.arch, "explore": {"epsilon": float(self.cfg.epsilon_end)}}
 
-    def state_dict(self) -> dict:
-        return {"q": self.q.state_dict(), "q_target": self.q_target.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "n_updates": self.n_updates}
-
-    def load_state_dict(self, s: dict) -> None:
-        self.q.load_state_dict(s["q"])
-        self.q_target.load_state_dict(s["q_target"])
-        self.optimizer.load_state_dict(s["optimizer"])
-        self.n_updates = int(s["n_updates"])

@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from online.envs import EnvSpec
-from online.nets import ValueNet, build_actor
 from pgcore.distributions import TanhGaussian, diag_gaussian_log_prob, entropy_from_logits, token_logprobs
 from pgcore.kl import categorical_kl, gaussian_kl
 from reins.config import check
+from rl.agent import Agent
+from rl.envs import EnvSpec
+from rl.nets import ValueNet, build_actor
 
 
 @dataclass
@@ -57,10 +58,11 @@ class OnPolicyConfig:
         check(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
 
 
-class ActorCriticAgent:
+class ActorCriticAgent(Agent):
     """Actor (categorical / Gaussian) + critic V(s), with the distribution math delegated to pgcore."""
 
     def __init__(self, cfg: OnPolicyConfig, spec: EnvSpec, gen: torch.Generator, *, total_steps: int):
+        super().__init__()
         self.cfg, self.spec, self.gen = cfg, spec, gen
         self.total_steps = total_steps  # the run's length in env steps (the constructor every agent shares)
         self.arch = {"kind": "categorical" if spec.discrete else "gaussian", "obs_dim": spec.obs_dim,
@@ -68,8 +70,8 @@ class ActorCriticAgent:
                      "ortho": True}
         if not spec.discrete:
             self.arch["init_log_std"] = cfg.init_log_std
-        self.actor = build_actor(self.arch)
-        self.critic = ValueNet(spec.obs_dim, list(cfg.hidden), cfg.activation, ortho=True)
+        self.register(actor=build_actor(self.arch),
+                      critic=ValueNet(spec.obs_dim, list(cfg.hidden), cfg.activation, ortho=True))
 
     # distribution helpers: params are (logits,) or (mean, log_std)
     def dist_params(self, obs: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -52,9 +52,8 @@ class PPOConfig(OnPolicyConfig):
 class PPO(ActorCriticAgent):
     def __init__(self, cfg: PPOConfig, spec, gen, *, total_steps: int):
         super().__init__(cfg, spec, gen, total_steps=total_steps)
-        self.optimizer = torch.optim.Adam([*self.actor.parameters(), *self.critic.parameters()], lr=cfg.lr,
-                                          eps=1e-5)
-        self.beta = float(cfg.kl_beta)
+        self.register(optimizer=torch.optim.Adam([*self.actor.parameters(), *self.critic.parameters()], lr=cfg.lr,
+                                                 eps=1e-5), beta=float(cfg.kl_beta))
 
     def update(self, b: dict, *, step: int, progress: float) -> dict:
         cfg = self.cfg
@@ -64,7 +63,6 @@ class PPO(ActorCriticAgent):
         obs, actions, old_logp = self.flat(b["obs"]), self.flat(b["actions"]), self.flat(b["logp"])
         old_values, adv, ret = self.flat(b["values"]), self.flat(adv), self.flat(ret)
         old_params = tuple(self.flat(p) for p in b["params"])
-        params_list = [*self.actor.parameters(), *self.critic.parameters()]
         stats: dict[str, float] = {}
         for _ in range(cfg.update_epochs):
             for idx in minibatches(len(obs), cfg.num_minibatches, self.gen):
@@ -80,10 +78,7 @@ class PPO(ActorCriticAgent):
                                        clip_eps=cfg.clip_eps if cfg.clip_value else None)
                 ent = entropy_bonus(entropy)
                 loss = pl + cfg.vf_coef * vl - cfg.ent_coef * ent
-                self.optimizer.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params_list, cfg.max_grad_norm)
-                self.optimizer.step()
+                self.optimize(self.optimizer, loss, clip_grad_norm=cfg.max_grad_norm)
             stats = {"loss/policy": pl.item(), "loss/value": vl.item(), "policy/entropy": ent.item(),
                      **{f"policy/{k}": float(v) for k, v in pinfo.items()}}
             if cfg.loss == "clip" and cfg.target_kl is not None and stats["policy/approxkl"] > cfg.target_kl:
@@ -97,12 +92,3 @@ class PPO(ActorCriticAgent):
             stats["policy/kl_beta"] = self.beta
         return stats
 
-    def state_dict(self) -> dict:
-        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "beta": self.beta}
-
-    def load_state_dict(self, s: dict) -> None:
-        self.actor.load_state_dict(s["actor"])
-        self.critic.load_state_dict(s["critic"])
-        self.optimizer.load_state_dict(s["optimizer"])
-        self.beta = float(s["beta"])

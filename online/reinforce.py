@@ -33,8 +33,8 @@ class ReinforceConfig(OnPolicyConfig):
 class Reinforce(ActorCriticAgent):
     def __init__(self, cfg: ReinforceConfig, spec, gen, *, total_steps: int):
         super().__init__(cfg, spec, gen, total_steps=total_steps)
-        self.pi_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
-        self.vf_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
+        self.register(pi_opt=torch.optim.Adam(self.actor.parameters(), lr=cfg.lr),
+                      vf_opt=torch.optim.Adam(self.critic.parameters(), lr=cfg.lr))
 
     def update(self, b: dict, *, step: int, progress: float) -> dict:
         cfg = self.cfg
@@ -48,24 +48,9 @@ class Reinforce(ActorCriticAgent):
             weights = whiten(weights)
         logp, _ = self.log_prob_entropy(self.dist_params(obs), actions)
         pl = reinforce_loss(logp, weights)
-        self.pi_opt.zero_grad()
-        pl.backward()
-        torch.nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.max_grad_norm)
-        self.pi_opt.step()
+        self.optimize(self.pi_opt, pl, clip_grad_norm=cfg.max_grad_norm)
         for _ in range(cfg.vf_iters):
             vl, _ = value_loss(self.critic(obs), ret)
-            self.vf_opt.zero_grad()
-            (cfg.vf_coef * vl).backward()
-            torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
-            self.vf_opt.step()
+            self.optimize(self.vf_opt, cfg.vf_coef * vl, clip_grad_norm=cfg.max_grad_norm)
         return {"loss/policy": pl.item(), "loss/value": vl.item(), "returns/mean": float(ret.mean())}
 
-    def state_dict(self) -> dict:
-        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
-                "pi_opt": self.pi_opt.state_dict(), "vf_opt": self.vf_opt.state_dict()}
-
-    def load_state_dict(self, s: dict) -> None:
-        self.actor.load_state_dict(s["actor"])
-        self.critic.load_state_dict(s["critic"])
-        self.pi_opt.load_state_dict(s["pi_opt"])
-        self.vf_opt.load_state_dict(s["vf_opt"])

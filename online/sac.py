@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from online.nets import EnsembleQ, build_actor
 from online.offpolicy import OffPolicyConfig
 from pgcore.distributions import TanhGaussian, scale_action, unscale_action
 from pgcore.policy_losses import (
@@ -29,6 +28,8 @@ from pgcore.policy_losses import (
     value_loss,
 )
 from reins.config import check
+from rl.agent import Agent
+from rl.nets import EnsembleQ, build_actor
 
 
 @dataclass
@@ -48,21 +49,22 @@ class SACConfig(OffPolicyConfig):
         check(self.policy_freq >= 1, f"policy_freq must be >= 1, got {self.policy_freq}")
 
 
-class SAC:
+class SAC(Agent):
     def __init__(self, cfg: SACConfig, spec, gen: torch.Generator, *, total_steps: int):
+        super().__init__()
         self.cfg, self.spec, self.gen = cfg, spec, gen
         self.total_steps = total_steps  # the run's length in env steps (the constructor every agent shares)
         self.arch = {"kind": "tanh_gaussian", "obs_dim": spec.obs_dim, "act_dim": spec.act_dim,
                      "hidden": list(cfg.hidden), "activation": "relu"}
-        self.actor = build_actor(self.arch)
-        self.critic = EnsembleQ(2, spec.obs_dim, spec.act_dim, list(cfg.hidden))
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.log_alpha = torch.tensor(float(np.log(cfg.alpha)), requires_grad=True)
+        actor = build_actor(self.arch)
+        critic = EnsembleQ(2, spec.obs_dim, spec.act_dim, list(cfg.hidden))
+        log_alpha = torch.tensor(float(np.log(cfg.alpha)), requires_grad=True)
+        self.register(actor=actor, critic=critic, critic_target=copy.deepcopy(critic).requires_grad_(False),
+                      log_alpha=log_alpha,
+                      actor_opt=torch.optim.Adam(actor.parameters(), lr=cfg.actor_lr, fused=True),
+                      critic_opt=torch.optim.Adam(critic.parameters(), lr=cfg.critic_lr, fused=True),
+                      alpha_opt=torch.optim.Adam([log_alpha], lr=cfg.alpha_lr, fused=True), n_updates=0)
         self.target_entropy = (-float(spec.act_dim) if cfg.target_entropy is None else cfg.target_entropy)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, fused=True)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, fused=True)
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr, fused=True)
-        self.n_updates = 0
         self.low = torch.as_tensor(spec.act_low, dtype=torch.float32)
         self.high = torch.as_tensor(spec.act_high, dtype=torch.float32)
 
@@ -87,9 +89,7 @@ class SAC:
                              gamma=cfg.gamma, terminated=batch["terminated"])
         q1, q2 = self.critic(obs, act)
         critic_loss = value_loss(q1, y)[0] + value_loss(q2, y)[0]
-        self.critic_opt.zero_grad()
-        critic_loss.backward()
-        self.critic_opt.step()
+        self.optimize(self.critic_opt, critic_loss)
         self.n_updates += 1
         info = {"loss/critic": critic_loss.detach(), "q/mean": q1.detach().mean()}
         if self.n_updates % cfg.policy_freq == 0:
@@ -98,35 +98,14 @@ class SAC:
             q_pi = clipped_double_q(*self.critic(obs, a))
             self.critic.requires_grad_(True)
             actor_loss = sac_actor_loss(logp, q_pi, alpha)
-            self.actor_opt.zero_grad()
-            actor_loss.backward()
-            self.actor_opt.step()
+            self.optimize(self.actor_opt, actor_loss)
             info.update({"loss/actor": actor_loss.detach(), "policy/entropy": -logp.detach().mean()})
             if cfg.autotune:
                 alpha_loss = sac_temperature_loss(self.log_alpha, logp.detach(), self.target_entropy)
-                self.alpha_opt.zero_grad()
-                alpha_loss.backward()
-                self.alpha_opt.step()
+                self.optimize(self.alpha_opt, alpha_loss)
         polyak_update(self.critic_target, self.critic, cfg.tau)
         info["alpha"] = alpha
         return info
 
     def export(self) -> dict:
         return {"actor": self.actor, "arch": self.arch}
-
-    def state_dict(self) -> dict:
-        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
-                "critic_target": self.critic_target.state_dict(), "log_alpha": self.log_alpha.detach().clone(),
-                "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
-                "alpha_opt": self.alpha_opt.state_dict(), "n_updates": self.n_updates}
-
-    def load_state_dict(self, s: dict) -> None:
-        self.actor.load_state_dict(s["actor"])
-        self.critic.load_state_dict(s["critic"])
-        self.critic_target.load_state_dict(s["critic_target"])
-        with torch.no_grad():
-            self.log_alpha.copy_(s["log_alpha"])
-        self.actor_opt.load_state_dict(s["actor_opt"])
-        self.critic_opt.load_state_dict(s["critic_opt"])
-        self.alpha_opt.load_state_dict(s["alpha_opt"])
-        self.n_updates = int(s["n_updates"])

@@ -1,5 +1,5 @@
 """`reins online`: train one online agent on a gymnasium env (stage contract: config.yaml, log.jsonl,
-metrics.json, checkpoints/checkpoint.pt, and the artifact `policy.pt` in the `online.policy_io` format).
+metrics.json, checkpoints/checkpoint.pt, and the artifact `policy.pt` in the `rl.policy_io` format).
 
     reins online --config recipes/online/ppo-cartpole.yaml [key=value ...]
 
@@ -27,8 +27,8 @@ from online.reinforce import Reinforce, ReinforceConfig
 from online.sac import SAC, SACConfig
 from online.td3 import TD3, DDPGConfig, TD3Config
 from online.trpo import TRPO, NPGConfig, TRPOConfig
-from reins.cli import stage_main
 from reins.config import RunArgs, check
+from reins.entry import stage_main
 from reins.errors import ConfigError
 from reins.runio import seed_everything
 
@@ -103,9 +103,8 @@ class Config(RunArgs):
     def run_config_view(self, d: dict) -> dict:
         """What identifies this run (reins.runio's hook for config.yaml and the resume guard): every shared key
         and the section of the selected agent, `self.algo`; the other agents' sections do not affect the run.
-
-        Applied to a config.yaml written before this hook (every section) it drops the other sections too, so
-        such a run still resumes; a saved run of another algo still differs in `algo`.
+        Applied to a saved config.yaml that holds every section, it drops the others too; a saved run of another
+        algo still differs in `algo`.
         """
         return {k: v for k, v in d.items() if k not in AGENTS or k == self.algo}
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from online.nets import EnsembleQ, build_actor
 from online.offpolicy import OffPolicyConfig
 from pgcore.distributions import scale_action, unscale_action
 from pgcore.policy_losses import (
@@ -27,6 +26,8 @@ from pgcore.policy_losses import (
     value_loss,
 )
 from reins.config import check
+from rl.agent import Agent
+from rl.nets import EnsembleQ, build_actor
 
 
 @dataclass
@@ -55,19 +56,20 @@ class DDPGConfig(TD3Config):
     target_noise: float = field(default=0.0, metadata={"help": "DDPG: no target policy smoothing"})
 
 
-class TD3:
+class TD3(Agent):
     def __init__(self, cfg: TD3Config, spec, gen: torch.Generator, *, total_steps: int):
+        super().__init__()
         self.cfg, self.spec, self.gen = cfg, spec, gen
         self.total_steps = total_steps  # the run's length in env steps (the constructor every agent shares)
         self.arch = {"kind": "deterministic", "obs_dim": spec.obs_dim, "act_dim": spec.act_dim,
                      "hidden": list(cfg.hidden), "activation": "relu"}
-        self.actor = build_actor(self.arch)
-        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
-        self.critic = EnsembleQ(2 if cfg.twin else 1, spec.obs_dim, spec.act_dim, list(cfg.hidden))
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, fused=True)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, fused=True)
-        self.n_updates = 0
+        actor = build_actor(self.arch)
+        actor_target = copy.deepcopy(actor).requires_grad_(False)
+        critic = EnsembleQ(2 if cfg.twin else 1, spec.obs_dim, spec.act_dim, list(cfg.hidden))
+        self.register(actor=actor, actor_target=actor_target, critic=critic,
+                      critic_target=copy.deepcopy(critic).requires_grad_(False),
+                      actor_opt=torch.optim.Adam(actor.parameters(), lr=cfg.actor_lr, fused=True),
+                      critic_opt=torch.optim.Adam(critic.parameters(), lr=cfg.critic_lr, fused=True), n_updates=0)
         self.low = torch.as_tensor(spec.act_low, dtype=torch.float32)
         self.high = torch.as_tensor(spec.act_high, dtype=torch.float32)
 
@@ -93,18 +95,14 @@ class TD3:
                           terminated=batch["terminated"])
         q = self.critic(obs, act)
         critic_loss = sum(value_loss(q[i], y)[0] for i in range(q.shape[0]))
-        self.critic_opt.zero_grad()
-        critic_loss.backward()
-        self.critic_opt.step()
+        self.optimize(self.critic_opt, critic_loss)
         self.n_updates += 1
         info = {"loss/critic": critic_loss.detach(), "q/mean": q[0].detach().mean()}
         if self.n_updates % cfg.policy_delay == 0:
             self.critic.requires_grad_(False)
             actor_loss = dpg_actor_loss(self.critic(obs, self.actor(obs))[0])
             self.critic.requires_grad_(True)
-            self.actor_opt.zero_grad()
-            actor_loss.backward()
-            self.actor_opt.step()
+            self.optimize(self.actor_opt, actor_loss)
             polyak_update(self.critic_target, self.critic, cfg.tau)
             polyak_update(self.actor_target, self.actor, cfg.tau)
             info["loss/actor"] = actor_loss.detach()
@@ -113,13 +111,3 @@ class TD3:
     def export(self) -> dict:
         return {"actor": self.actor, "arch": self.arch, "explore": {"noise_std": self.cfg.exploration_noise}}
 
-    def state_dict(self) -> dict:
-        return {"actor": self.actor.state_dict(), "actor_target": self.actor_target.state_dict(),
-                "critic": self.critic.state_dict(), "critic_target": self.critic_target.state_dict(),
-                "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
-                "n_updates": self.n_updates}
-
-    def load_state_dict(self, s: dict) -> None:
-        for k in ("actor", "actor_target", "critic", "critic_target", "actor_opt", "critic_opt"):
-            getattr(self, k).load_state_dict(s[k])
-        self.n_updates = int(s["n_updates"])

@@ -57,7 +57,7 @@ class TRPO(ActorCriticAgent):
     def __init__(self, cfg: TRPOConfig, spec, gen, *, total_steps: int):
         super().__init__(cfg, spec, gen, total_steps=total_steps)
         self.line_search = cfg.line_search
-        self.vf_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.vf_lr)
+        self.register(vf_opt=torch.optim.Adam(self.critic.parameters(), lr=cfg.vf_lr))
 
     def update(self, b: dict, *, step: int, progress: float) -> dict:
         cfg = self.cfg
@@ -90,16 +90,6 @@ class TRPO(ActorCriticAgent):
         for _ in range(cfg.vf_iters):
             for idx in minibatches(len(obs), cfg.vf_minibatches, self.gen):
                 vl, _ = value_loss(self.critic(obs[idx]), ret[idx])
-                self.vf_opt.zero_grad()
-                vl.backward()
-                self.vf_opt.step()
+                self.optimize(self.vf_opt, vl)
         return {"loss/value": vl.item(), **{f"policy/{k}": float(v) for k, v in info.items()}}
 
-    def state_dict(self) -> dict:
-        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
-                "vf_opt": self.vf_opt.state_dict()}
-
-    def load_state_dict(self, s: dict) -> None:
-        self.actor.load_state_dict(s["actor"])
-        self.critic.load_state_dict(s["critic"])
-        self.vf_opt.load_state_dict(s["vf_opt"])

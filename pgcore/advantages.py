@@ -124,8 +124,10 @@ def gae(rewards, values, *, gamma, lam, next_values=None, terminated=None, trunc
     token is terminal). On truncation the caller passes V(final observation) in ``next_values`` so the step
     bootstraps while the recursion is cut; on termination the next value is ignored.
 
-    Value targets ``returns = A + V`` (the lambda-return; Schulman et al. 2016 §5). Masked positions get advantage 0
-    and return 0. Loops over T only; batch rows are vectorised.
+    Value targets ``returns = A + V``: the lambda-return (Sutton & Barto 2018 §12.1) with V as its bootstrap.
+    Schulman et al. 2016 §5 regress V on Monte-Carlo returns instead; this target is the one PPO
+    implementations use. Masked positions get advantage 0 and return 0. Loops over T only; batch rows are
+    vectorised.
     """
     r = rewards
     v = values.to(r.dtype)

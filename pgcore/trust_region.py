@@ -111,8 +111,8 @@ def fisher_vector_product(
 
     Pearlmutter 1994 / Schulman et al. 2015, App. C: f_k = d/dtheta_k ((dKL/dtheta)^T v); F = Hessian of the
     mean KL(pi_old || pi_theta) at theta = theta_old. ``kl`` must be a scalar built from ``params`` with pi_old
-    detached; its graph is retained so the product can be called repeatedly. Damping (Tikhonov, F + damping I):
-    Schulman et al. 2015, App. C / Martens 2010.
+    detached; its graph is retained so the product can be called repeatedly. Damping (Tikhonov, F + damping I;
+    Martens 2010) is not in Schulman et al. 2015: it and its default come from reference implementations.
     """
     return _fvp_closure(kl, list(params), damping)(v)
 
@@ -147,8 +147,9 @@ def backtracking_line_search(
     ``max_backtracks + 1`` evaluations) and returns the FIRST x_j whose ``evaluate(x_j) -> (improvement, kl)``
     has improvement > 0, kl <= max_kl and, when ``expected_improve`` (the linear model's improvement of the
     full step) is given, improvement > accept_ratio * backtrack_coef^j * expected_improve: the smallest
-    non-negative j, the full step first. The expected-improvement ratio test follows Schulman et al. 2015
-    (rllab/baselines use 0.1).
+    non-negative j, the full step first. Schulman et al. 2015 App. C give the backtracking and the KL check but
+    no acceptance ratio: the expected-improvement test and its value (0.1 in rllab/baselines) come from
+    reference implementations.
 
     Returns ``(accepted, x_new, info)``; when no j is accepted ``x_new`` is ``x0`` and ``accepted`` is False.
     info (python floats): step_frac, backtracks, improvement, kl, expected_improve (nan when not given).
@@ -215,8 +216,9 @@ def trpo_step(
     ``kl_fn()`` the mean KL(pi_old || pi_theta) with pi_old detached, both evaluated at the current ``params``.
     Direction x = (F + damping I)^-1 g by ``cg_iters`` CG iterations of double-backprop Fisher-vector products
     (Pearlmutter 1994), full step sqrt(2 delta / g^T x) x, then the backtracking line search on the true
-    surrogate and KL (first accepted j >= 0; parameters are restored when every j is rejected). CG iterations
-    and damping defaults: Schulman et al. 2015, App. C.
+    surrogate and KL (first accepted j >= 0; parameters are restored when every j is rejected). CG iterations:
+    Schulman et al. 2015, App. C (10); the damping default is not from the paper but from reference
+    implementations.
 
     Returns info (python floats): surrogate_before, improvement, expected_improve, kl, step_frac, backtracks,
     accepted (1.0/0.0), grad_norm, step_norm.

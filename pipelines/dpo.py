@@ -59,8 +59,8 @@ from pipelines.scoring import (
     shared_prompt_on,
 )
 from pipelines.trainer import TrainArgs, Trainer
-from reins.cli import stage_main
 from reins.config import RunArgs, check
+from reins.entry import stage_main
 from reins.runio import atomic_torch_save, safe_torch_load
 
 

@@ -6,7 +6,7 @@
   `transformers` loads the result and `pipeline("text-generation")` runs it; without `--merge` an adapter
   stays an adapter (its base recorded by absolute path), loadable with `peft`.
 - Online/offline policy runs (`policy.pt`): `policy.safetensors` + `policy.json` and a README.md whose
-  15-line example acts in the gymnasium env with numpy alone (online.portable).
+  15-line example acts in the gymnasium env with numpy alone (rl.portable).
 
 Nothing is written until the run has been checked; the export is assembled in a temporary directory beside
 `--out` and renamed into place, so a failed export leaves no partial directory.
@@ -120,15 +120,15 @@ def export_lm(run_dir: Path, tmp: Path, config: dict, metrics: dict, *, merge: b
 
 # ----------------------------------------------------------------------------------------- policies
 def export_policy_file(path: Path, tmp: Path) -> str:
-    from online import portable
     from reins.runio import safe_torch_load
+    from rl import portable
 
     state = safe_torch_load(path)
     fmt = state.get("format") if isinstance(state, dict) else None
     try:
-        from online.policy_io import FORMAT, OFFLINE_V1, ONLINE_V1, Policy, export_portable
+        from rl.policy_io import FORMAT, Policy, export_portable
 
-        if fmt in (FORMAT, ONLINE_V1, OFFLINE_V1):  # earlier versions' files are upgraded on load
+        if fmt == FORMAT:
             spec = export_portable(Policy(state), tmp)
         else:
             raise DataError(f"{path}: not a reins policy file (format {fmt!r})")
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     from pipelines.common import quiet_libraries
-    from reins.cli import flush_denormals
+    from reins.entry import flush_denormals
 
     flush_denormals()
     quiet_libraries(args.quiet)

@@ -24,8 +24,8 @@ import torch
 
 from pipelines.common import quiet_libraries
 from pipelines.models import SMOLLM2, ensure_pad_token, model_cache_dir, save_model
-from reins.cli import stage_main
 from reins.config import check
+from reins.entry import stage_main
 from reins.errors import DataError
 from reins.runio import METRICS_FILE, RunDir
 

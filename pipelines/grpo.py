@@ -68,8 +68,8 @@ from pipelines.sampling import (
 )
 from pipelines.scoring import to_device
 from pipelines.trainer import adamw, drop_trainer_only_keys, lr_lambda
-from reins.cli import stage_main
 from reins.config import RunArgs, check
+from reins.entry import stage_main
 from reins.errors import ConfigError, NonFiniteError, ReinsError
 from reins.runio import check_finite, get_rng_state
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from reins.config import check
-from reins.errors import DataError
+from reins.errors import DataError, first_line
 
 TINY = "tiny"
 SMOLLM2 = "smollm2-135m-instruct"
@@ -248,7 +248,7 @@ def load_tokenizer(args: ModelArgs):
         with _hf_errors_only():
             tok = AutoTokenizer.from_pretrained(src, trust_remote_code=args.trust_remote_code)
     except (OSError, ValueError) as e:
-        raise DataError(f"cannot load tokenizer '{src}': {_first_line(e)}") from None
+        raise DataError(f"cannot load tokenizer '{src}': {first_line(e) or type(e).__name__}") from None
     if not getattr(tok, "chat_template", None) and _is_tiny_tokenizer(tok):
         _attach_tiny_template(tok)  # a tiny model saved without its (untrained) template: usable for chat data
     return ensure_pad_token(tok)
@@ -338,12 +338,7 @@ def _from_pretrained(cls, name: str, args: ModelArgs, **extra):
     except (OSError, ValueError, RuntimeError) as e:
         # ValueError: e.g. a repo that needs its own code while trust_remote_code is off; RuntimeError: weights
         # whose shapes do not match the config (a corrupt or hand-edited checkpoint).
-        raise DataError(f"cannot load model '{name}': {_first_line(e)}") from None
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+        raise DataError(f"cannot load model '{name}': {first_line(e) or type(e).__name__}") from None
 
 
 def _finish(model, tok, args: ModelArgs, *, seed: int, task_type: str, trainable: bool = True):

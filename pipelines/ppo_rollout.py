@@ -14,7 +14,8 @@ stopped (this settles trl#3750, where TRL added it to the pad after EOS), else t
 Score transforms, in this order: batch standardisation (`score_norm`), minus `missing_eos_penalty` for
 responses without EOS (TRL), clipping to +-`score_clip`.
 Advantages: pgcore.advantages.gae over the response tokens (terminal after the last token), then whitened
-(pgcore.advantages.whiten); `returns = A + V` are the value targets (Schulman et al. 2016 §5).
+(pgcore.advantages.whiten); `returns = A + V`, the lambda-return (Sutton & Barto 2018 §12.1), are the value
+targets (GAE's own §5 regresses V on Monte-Carlo returns).
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ from pipelines.common import quiet_libraries
 from pipelines.data import BUILTIN, BUILTIN_CHAT, encode_prompt, load_records, normalise_prompts, split_off
 from pipelines.generation import GenerationArgs, generate
 from pipelines.models import ModelArgs, load_causal_lm, load_tokenizer
-from reins.cli import stage_main
 from reins.config import RunArgs, check
+from reins.entry import stage_main
 from reins.errors import DataError
 from reins.runio import METRICS_FILE, RunDir, seed_everything
 

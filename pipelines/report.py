@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from reins.config import to_dict
-from reins.runio import LOG_FILE, atomic_write_text
+from reins.runio import LOG_FILE, atomic_write_text, format_value
 
 # Headline metrics, in the order the summary tables show them.
 LM_KEYS = ("eval/gold_reward", "eval/kl_to_ref", "eval/win_rate_vs_ref", "eval/reward_model_score")
@@ -20,12 +20,6 @@ OFFLINE_KEYS = ("eval/normalized_score", "eval/normalized_score_best", "eval/ret
 VR_KEYS = ("init/accuracy", "eval/accuracy", "init/reward", "eval/reward")   # grpo: accuracy on builtin:arithmetic
 CURVE_KEYS = ("loss", "loss/policy", "eval/gold_reward", "eval/normalized_score", "eval/return_mean",
               "rewards/margins", "objective/rlhf_reward", "reward", "eval/accuracy", "train/episode_return")
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return "" if v is None else str(v)
 
 
 def _read_log(out: Path) -> list[dict]:
@@ -126,7 +120,7 @@ def write_report(recipe: dict, stages: list, results: dict[str, dict]) -> Path:
     for s in stages:
         m = results.get(s.name) or {}
         if any(k in m for k in LM_KEYS):
-            lm_rows.append([s.name] + [_fmt(m.get(k)) for k in LM_KEYS])
+            lm_rows.append([s.name] + [format_value(m.get(k)) for k in LM_KEYS])
             if isinstance(m.get("eval/kl_to_ref"), (int, float)) and isinstance(m.get("eval/gold_reward"),
                                                                                  (int, float)):
                 kl_points.append((s.name, m["eval/kl_to_ref"], m["eval/gold_reward"]))
@@ -134,12 +128,12 @@ def write_report(recipe: dict, stages: list, results: dict[str, dict]) -> Path:
                 if isinstance(ref, (int, float)) and not any(p[0] == "reference" for p in kl_points):
                     kl_points.append(("reference", 0.0, ref))  # the policy the KL is measured to
         if s.stage == "grpo" and any(k in m for k in VR_KEYS):
-            vr_rows.append([s.name] + [_fmt(m.get(k)) for k in VR_KEYS])
+            vr_rows.append([s.name] + [format_value(m.get(k)) for k in VR_KEYS])
         if s.stage == "reward" and any(k in m for k in RM_KEYS):
-            rm_rows.append([s.name] + [_fmt(m.get(k)) for k in RM_KEYS])
+            rm_rows.append([s.name] + [format_value(m.get(k)) for k in RM_KEYS])
         if any(k in m for k in OFFLINE_KEYS):
             ds = to_dict(s.config).get("dataset", "")
-            off_rows.append([s.name, str(ds)] + [_fmt(m.get(k)) for k in OFFLINE_KEYS])
+            off_rows.append([s.name, str(ds)] + [format_value(m.get(k)) for k in OFFLINE_KEYS])
             if isinstance(m.get("eval/normalized_score"), (int, float)):
                 bars.append((s.name, m["eval/normalized_score"]))
     if lm_rows:
@@ -185,7 +179,7 @@ def write_report(recipe: dict, stages: list, results: dict[str, dict]) -> Path:
         if not m:
             continue
         lines += [f"### {s.name}", ""]
-        lines += _table([[k, _fmt(v)] for k, v in sorted(m.items()) if not isinstance(v, (list, dict))],
+        lines += _table([[k, format_value(v)] for k, v in sorted(m.items()) if not isinstance(v, (list, dict))],
                         ["metric", "value"])
         lines.append("")
     path = out_dir / "report.md"

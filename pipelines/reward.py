@@ -29,8 +29,8 @@ from pipelines.data import (
 from pipelines.models import ModelArgs, count_parameters, load_reward_model, load_tokenizer
 from pipelines.scoring import pair_batch, pair_reward_scores, reward_scores, shared_prompt_on
 from pipelines.trainer import TrainArgs, Trainer
-from reins.cli import stage_main
 from reins.config import RunArgs, check
+from reins.entry import stage_main
 from reins.errors import DataError
 
 

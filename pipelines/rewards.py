@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from reins.errors import ConfigError, DataError, NonFiniteError, ReinsError
+from reins.errors import ConfigError, DataError, NonFiniteError, ReinsError, first_line
 
 _CALLABLE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 FORMS = ("builtin:arithmetic", "builtin:arithmetic_format", "builtin:gold", "a reward model directory",
@@ -63,7 +63,7 @@ def _user_callable(spec: str) -> RewardFunction:
         mod = importlib.import_module(module)
     except Exception as e:  # noqa: BLE001 - any import failure is a bad spec
         raise ConfigError(f"reward_funcs: cannot import module {module!r} of {spec!r}: "
-                          f"{type(e).__name__}: {_first_line(e)}") from None
+                          f"{type(e).__name__}: {first_line(e)}") from None
     fn = getattr(mod, attr, None)
     if not callable(fn):
         raise ConfigError(f"reward_funcs: {spec!r}: module {module!r} has no callable {attr!r}")
@@ -108,11 +108,6 @@ def resolve_reward_funcs(specs: list[str], cfg, tok) -> list[RewardFunction]:
     return out
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else ""
-
-
 def call_reward(f: RewardFunction, prompts: list, texts: list[str], samples=None) -> list[float]:
     """`f`'s rewards for the completions, checked: one finite number per completion, else a one-line error."""
     where = f"reward function {f.name!r} ({f.spec})"
@@ -121,7 +116,7 @@ def call_reward(f: RewardFunction, prompts: list, texts: list[str], samples=None
     except ReinsError:
         raise
     except Exception as e:  # noqa: BLE001 - user code: report it as one line naming the function
-        raise DataError(f"{where} raised {type(e).__name__}: {_first_line(e)}") from None
+        raise DataError(f"{where} raised {type(e).__name__}: {first_line(e)}") from None
     if isinstance(out, torch.Tensor):
         out = out.detach().cpu().reshape(-1).tolist()
     try:

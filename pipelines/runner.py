@@ -33,8 +33,8 @@ from typing import Any
 
 import yaml
 
-from reins.cli import STAGES, flush_denormals, report_interrupt, sigterm_raises
 from reins.config import from_dict, parse_overrides, read_yaml, set_dotted, to_dict
+from reins.entry import STAGES, flush_denormals, report_interrupt, sigterm_raises
 from reins.errors import ConfigError, DataError, ReinsError
 from reins.runio import CONFIG_FILE, METRICS_FILE, check_run_dir, config_changes, describe_os_error, reset_progress
 

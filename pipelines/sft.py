@@ -37,9 +37,9 @@ from pipelines.sft_data import (
     tokenize_assistant_turns,
 )
 from pipelines.trainer import TrainArgs, Trainer, example_length
-from reins.cli import stage_main
 from reins.config import RunArgs, check
 from reins.errors import DataError
+from reins.entry import stage_main
 
 
 @dataclass

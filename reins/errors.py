@@ -19,3 +19,10 @@ class NonFiniteError(ReinsError):
     """A NaN/inf appeared in a loss, reward, logit or observation; the last good checkpoint is kept."""
 
     exit_code = 3
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message ("" when it has none): what a one-line error quotes of a
+    library's multi-line message."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ""

@@ -440,7 +440,7 @@ class RunDir:
             self._tb.flush()
         if not self.quiet and not sys.stderr.isatty():
             # No progress bar when not on a terminal: a plain line per logged step instead.
-            shown = " ".join(f"{k}={_fmt(v)}" for k, v in list(row.items())[1:8])
+            shown = " ".join(f"{k}={format_value(v)}" for k, v in list(row.items())[1:8])
             print(f"[step {step}] {shown}", file=sys.stderr, flush=True)
 
     def truncate_log(self, after_step: int) -> None:
@@ -520,5 +520,8 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+def format_value(v: Any) -> str:
+    """A metric as a log line or a report table shows it: floats to 4 significant digits, None as blank."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)

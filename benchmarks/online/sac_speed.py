@@ -26,9 +26,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from online.buffer import ReplayBuffer  # noqa: E402
-from online.envs import make_vector_env  # noqa: E402
 from online.offpolicy import random_actions  # noqa: E402
 from online.sac import SAC, SACConfig  # noqa: E402
+from rl.envs import make_vector_env  # noqa: E402
 
 
 def reins_setup(env_id, hidden, batch, fill, seed, compile_nets=False):
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     ap.add_argument("--keep-denormals", action="store_true", help="do not flush subnormal floats (reins does)")
     args = ap.parse_args(argv)
     if not args.keep_denormals:
-        from reins.cli import flush_denormals
+        from reins.entry import flush_denormals
 
         flush_denormals()
     torch.set_num_threads(args.threads)

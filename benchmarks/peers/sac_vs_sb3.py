@@ -58,8 +58,8 @@ def _ours(spec: dict, clock: BlockClock):
     import torch
 
     from online.buffer import ReplayBuffer
-    from online.envs import EnvSpec
     from online.sac import SAC, SACConfig
+    from rl.envs import EnvSpec
 
     d = np.load(spec["data"])
     od, ad, bound = spec["obs_dim"], spec["act_dim"], spec["bound"]

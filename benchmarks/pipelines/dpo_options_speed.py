@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     from pipelines.reward import builtin_pairs
     from pipelines.scoring import Reference
     from pipelines.trainer import Trainer, example_length, make_accelerator
-    from reins.cli import flush_denormals
+    from reins.entry import flush_denormals
 
     flush_denormals()
     torch.set_num_threads(args.threads)

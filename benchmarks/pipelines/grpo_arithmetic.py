@@ -32,7 +32,7 @@ def run_seed(out: Path, seed: int, steps: int | None = None) -> dict[str, float]
     import importlib
 
     from pipelines.runner import load_recipe, plan
-    from reins.cli import STAGES
+    from reins.entry import STAGES
 
     recipe = load_recipe(RECIPE, {"output_dir": str(out / f"seed{seed}"), **{
         f"{s}.seed": seed for s in ("sft", "grpo", "rloo")}, **{f"{s}.quiet": True for s in ("sft", "grpo", "rloo")},

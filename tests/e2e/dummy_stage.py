@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from reins.cli import stage_main
+from reins.entry import stage_main
 from reins.runio import RunDir, get_rng_state, seed_everything, set_rng_state
 
 

@@ -70,8 +70,8 @@ def resolved_config_yaml(stage: str, argv: list[str]) -> str | None:
     """The config.yaml a run of `reins <stage> <argv>` would write, or None when the config does not resolve."""
     import importlib
 
-    from reins.cli import STAGES
     from reins.config import dump_yaml, load_config, parse_overrides, to_dict
+    from reins.entry import STAGES
     from reins.errors import ReinsError
 
     path, rest, quiet = None, [], False

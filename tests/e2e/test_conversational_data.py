@@ -3,9 +3,7 @@
 Each case is a data file a user could plausibly hand to a stage: a message role the chat template does not know,
 a file that switches between the string and the message-list format part-way, a file that is not UTF-8. Each
 must end in one line `reins <stage>: error: ...` naming the file, the row (or byte offset) and the field, a
-non-zero exit, and an earlier run's output directory byte-identical afterwards. On the code before this test
-most role and mixed-format files trained (exit 0), the others failed later with an error naming no row, a string
-prompt with message completions escaped as a TypeError and the non-UTF-8 files as UnicodeDecodeError.
+non-zero exit, and an earlier run's output directory byte-identical afterwards.
 """
 
 from __future__ import annotations

@@ -110,9 +110,9 @@ def test_export_refuses_bad_input_before_writing(lm_runs, tmp_path, capfd):
 
 # ----------------------------------------------------------------------------------------- policies
 def _online_policy(tmp_path, env_id, kind):
-    from online.envs import make_env
-    from online.nets import build_actor
-    from online.policy_io import load_policy, save_policy
+    from rl.envs import make_env
+    from rl.nets import build_actor
+    from rl.policy_io import load_policy, save_policy
 
     torch.manual_seed(0)
     _, spec = make_env(env_id)
@@ -129,7 +129,7 @@ def _offline_state(kind):
     from offline.data import Normalization
     from offline.policy import policy_state
     from offline.trainer import OFFLINE_ACTORS
-    from online.nets import build_actor
+    from rl.nets import build_actor
 
     torch.manual_seed(0)
     spec = {"kind": OFFLINE_ACTORS[kind], "obs_dim": 3, "act_dim": 1, "hidden": [16, 16]}
@@ -145,7 +145,7 @@ def _offline_state(kind):
 
 
 def _offline_policy(kind):
-    from online.policy_io import Policy
+    from rl.policy_io import Policy
 
     return Policy(_offline_state(kind))
 
@@ -157,8 +157,8 @@ def _offline_policy(kind):
 def test_portable_policy_acts_like_the_reins_policy(tmp_path, source, kind):
     from safetensors.numpy import load_file
 
-    from online.policy_io import export_portable
-    from online.portable import act_portable
+    from rl.policy_io import export_portable
+    from rl.portable import act_portable
 
     if source == "online":
         env_id = "CartPole-v1" if kind in ("categorical", "q") else "Pendulum-v1"
@@ -190,8 +190,8 @@ def test_readme_example_acts_in_gymnasium_without_reins(tmp_path, capfd):
     """The README's example, verbatim, on an exported offline policy: the return it prints equals reins' own
     evaluation of that policy on the same seed."""
     from offline.policy import save_policy
-    from online.policy_io import Policy
-    from online.portable import EXAMPLE
+    from rl.policy_io import Policy
+    from rl.portable import EXAMPLE
 
     example = _readme_example()
     assert example == EXAMPLE and len(example.strip().splitlines()) <= 15
@@ -216,9 +216,9 @@ def test_readme_example_acts_in_gymnasium_without_reins(tmp_path, capfd):
 
 def test_policy_of_a_discrete_observation_env_is_refused(tmp_path, capfd):
     """FrozenLake's observations arrive one-hot in reins; the portable spec has no such step, so no export."""
-    from online.envs import make_env
-    from online.nets import build_actor
-    from online.policy_io import save_policy
+    from rl.envs import make_env
+    from rl.nets import build_actor
+    from rl.policy_io import save_policy
 
     _, spec = make_env("FrozenLake-v1")
     arch = {"kind": "categorical", "obs_dim": spec.obs_dim, "act_dim": spec.act_dim, "hidden": [8],

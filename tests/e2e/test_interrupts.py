@@ -6,9 +6,8 @@ Real processes get real signals: SIGINT (what Ctrl-C sends) mid-training of an o
 final evaluation. Each must end with exactly
 one stderr line `<prog>: interrupted at step N; rerun the same command to resume` (N the step it had reached),
 exit code 128 + the signal (130, 143), and the same command run again must end with the metrics.json of a run
-that was never interrupted (computed in-process here on one thread, as the subprocesses run). On the code
-before this test, SIGTERM killed the process with no message (exit -15), `reins run` printed a traceback on
-Ctrl-C, and a resume after the last checkpoint lost the LM stages' `train/*` metrics.
+that was never interrupted (computed in-process here on one thread, as the subprocesses run), the LM stages'
+`train/*` metrics included.
 """
 
 from __future__ import annotations

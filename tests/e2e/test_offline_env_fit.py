@@ -4,8 +4,7 @@ Each case is a Minari dataset or an `eval_env` that does not fit together: obser
 width than the env's, declared action bounds that differ from the env's, an env of another kind (Discrete
 actions), an unknown env id and an env whose package is not installed. Each must end in one line
 `reins <stage>: error: ...` naming the dataset and both sides, exit 2, and nothing written to a fresh
-output_dir. On the code before this test they trained (and checkpointed) first, then crashed with a traceback
-or reported the env only at the first evaluation.
+output_dir: no training or checkpoint before the check, no traceback, no report only at the first evaluation.
 """
 
 from __future__ import annotations

@@ -94,8 +94,8 @@ def test_malicious_policy_given_to_collect_is_refused(workdir, capfd, torch_zip)
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("torch_zip", [False, True], ids=["raw-pickle", "torch-zip"])
 def test_policy_loaders_refuse_pickles(tmp_path, torch_zip):
-    from online.policy_io import load_policy
     from reins.errors import DataError
+    from rl.policy_io import load_policy
 
     marker = tmp_path / "PWNED"
     path = write_malicious_pickle(tmp_path / "policy.pt", marker, torch_zip=torch_zip)
@@ -110,7 +110,7 @@ LM_STAGES = ["sft", "reward", "dpo", "ppo", "grpo", "preferences", "fetch-model"
 
 def test_trust_remote_code_is_off_by_default():
     """No LM config turns custom model code on by default, and no loader passes trust_remote_code=True."""
-    from reins.cli import STAGES
+    from reins.entry import STAGES
 
     for name in LM_STAGES:
         cfg_cls = importlib.import_module(STAGES[name][0]).Config

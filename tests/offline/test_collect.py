@@ -213,9 +213,9 @@ def test_replay_continuity_break_splits():
 
 
 def test_online_run_source(tmp_path):
-    from online.envs import EnvSpec
-    from online.nets import build_actor
-    from online.policy_io import save_policy
+    from rl.envs import EnvSpec
+    from rl.nets import build_actor
+    from rl.policy_io import save_policy
 
     spec = EnvSpec("Pendulum-v1", 3, -np.ones(3) * 8, np.ones(3) * 8, False, 1, np.array([-2.0]), np.array([2.0]))
     run = tmp_path / "online"

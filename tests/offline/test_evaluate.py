@@ -1,4 +1,4 @@
-"""Evaluation episodes (online.envs.evaluate), normalised scores and multi-seed aggregation (offline/evaluate.py)."""
+"""Evaluation episodes (rl.envs.evaluate), normalised scores and multi-seed aggregation (offline/evaluate.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from offline.evaluate import aggregate, aggregate_runs, bootstrap_ci, iqm, normalized_score
-from online.envs import evaluate
 from reins.errors import DataError
+from rl.envs import evaluate
 
 
 def test_batched_evaluation_equals_sequential_rollouts():

@@ -13,8 +13,8 @@ from offline.cql import CQL
 from offline.cql import Config as CQLConfig
 from offline.iql import IQL
 from offline.iql import Config as IQLConfig
-from online.nets import EnsembleQ
 from reins.config import apply_preset
+from rl.nets import EnsembleQ
 
 OBS, ACT, B = 3, 2, 32
 

@@ -12,10 +12,10 @@ import torch
 from offline import bc, cql, iql
 from offline.behaviour import PendulumSwingUp, UniformPolicy
 from offline.collect import rollout
-from online.envs import evaluate
-from online.policy_io import load_policy
 from reins.errors import ConfigError, DataError, NonFiniteError
 from reins.runio import safe_torch_load
+from rl.envs import evaluate
+from rl.policy_io import load_policy
 
 TINY = dict(hidden=[16, 16], batch_size=32, max_steps=24, eval_every=12, eval_episodes=2, log_every=4,
             checkpoint_every=8, torch_threads=1, quiet=True)
@@ -173,7 +173,7 @@ def test_build_returns_the_given_keys_and_leaves_no_hidden_attribute():
 
 def test_preset_never_overrides_a_value_the_recipe_gives(tmp_path):
     """A recipe or command-line value equal to the dataclass default still wins over the preset (max_steps=100000,
-    the default, under a preset of 1M used to become 1M); keys the recipe leaves out take the preset's value."""
+    the default, under a preset of 1M stays 100000); keys the recipe leaves out take the preset's value."""
     from reins.config import load_config
 
     recipe = tmp_path / "r.yaml"

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from online.envs import EnvSpec
 from online.stage import AGENTS, Config
+from rl.envs import EnvSpec
 
 
 def _spec(discrete: bool) -> EnvSpec:

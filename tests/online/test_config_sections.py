@@ -59,7 +59,7 @@ def test_other_agent_default_change_resumes(tmp_path, monkeypatch):
 
 
 def test_run_saved_with_every_section_resumes(tmp_path):
-    """A config.yaml written before this change (every agent's section) resumes when only others differ."""
+    """A saved config.yaml holding every agent's section resumes when only the other agents' sections differ."""
     old = to_dict(_cfg(tmp_path, algo="ppo"))
     old["sac"]["alpha"] = 0.7            # saved with an older sac / dqn default
     old["dqn"]["gamma"] = 0.5

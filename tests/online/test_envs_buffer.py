@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from online.buffer import ReplayBuffer
-from online.envs import (
+from online.stage import Config, train
+from reins.config import from_dict
+from reins.errors import ConfigError, DataError
+from rl.envs import (
     RunningMeanStd,
     final_observations,
     flat_observations,
@@ -14,9 +17,6 @@ from online.envs import (
     make_vector_env,
     spec_from_spaces,
 )
-from online.stage import Config, train
-from reins.config import from_dict
-from reins.errors import ConfigError, DataError
 
 
 def _cfg(tmp_path, **kw):

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from online.envs import make_env
-from online.nets import build_actor
-from online.policy_io import load_policy, save_policy
 from reins.errors import DataError
+from rl.envs import make_env
+from rl.nets import build_actor
+from rl.policy_io import load_policy, save_policy
 
 
 def _spec_arch(env_id, kind):
@@ -78,23 +78,13 @@ def test_load_policy_rejects_other_files(tmp_path):
         load_policy(tmp_path / "missing.pt")
 
 
-# ------------------------------------------------------------------------ files of earlier versions
-def _offline_v1(kind, actor, norm):
-    """A policy.pt as offline stages wrote it before the one format ("reins-offline-policy-v1")."""
-    old_kind = {"tanh_mean_gaussian": "gaussian"}.get(kind, kind)
-    spec = {"kind": old_kind, "obs_dim": 3, "act_dim": 1, "hidden": [16]}
-    if kind == "tanh_gaussian":
-        spec["log_std_offset"] = -1.0  # as CQL wrote it; min/max were the defaults then
-    return {"format": "reins-offline-policy-v1", "algo": "x", "spec": spec, "env_id": "Pendulum-v1",
-            "dataset_id": "d/x-v0", "state_dict": {k: v.clone() for k, v in actor.state_dict().items()},
-            "normalization": norm.state_dict()}
-
-
+# ------------------------------------------------------------------------ offline policy files
 @pytest.mark.parametrize("kind", ["tanh_mean_gaussian", "deterministic", "tanh_gaussian"])
-def test_offline_v1_file_loads_and_acts_as_written(tmp_path, kind):
-    """An old offline policy.pt loads with load_policy and acts as offline policies did then: normalised obs in
-    float32, actor.act in [-1, 1], affinely onto the box (the oracle is written out here)."""
+def test_offline_policy_file_acts_on_the_box(tmp_path, kind):
+    """An offline stage's policy.pt (offline.policy) acts as written out here: normalised obs in float32,
+    actor.act in [-1, 1], affinely onto the box."""
     from offline.data import Normalization
+    from offline.policy import policy_state, save_policy
 
     torch.manual_seed(0)
     arch = {"kind": kind, "obs_dim": 3, "act_dim": 1, "hidden": [16]}
@@ -106,8 +96,9 @@ def test_offline_v1_file_loads_and_acts_as_written(tmp_path, kind):
             p.mul_(3.0)
     norm = Normalization(np.array([0.1, -0.2, 0.3], np.float32), np.array([0.5, 1.5, 2.0], np.float32),
                          np.array([-2.0], np.float32), np.array([2.0], np.float32))
-    torch.save(_offline_v1(kind, actor, norm), tmp_path / "old.pt")
-    pol = load_policy(tmp_path / "old.pt")
+    save_policy(tmp_path / "p.pt", policy_state(actor, arch, norm, env_id="Pendulum-v1", dataset_id="d/x-v0",
+                                                algo="x"))
+    pol = load_policy(tmp_path / "p.pt")
     assert pol.env_id == "Pendulum-v1" and pol.meta["dataset_id"] == "d/x-v0"
     obs = (np.random.default_rng(0).normal(size=(32, 3)) * 3).astype(np.float32)
     with torch.no_grad():
@@ -117,30 +108,3 @@ def test_offline_v1_file_loads_and_acts_as_written(tmp_path, kind):
     got = pol.act(obs)
     np.testing.assert_array_equal(got, expected)
     assert np.ptp(got) > 1.0
-
-
-def test_online_v1_files_load(tmp_path):
-    """v1 online files: a SAC actor whose MLP was called `trunk`, a categorical arch with an init_log_std."""
-    torch.manual_seed(0)
-    spec, arch = _spec_arch("Pendulum-v1", "tanh_gaussian")
-    actor = build_actor(arch)
-    old = {"format": "reins-policy-v1", "algo": "sac", "env_id": "Pendulum-v1", "arch": arch,
-           "state_dict": {k.replace("net.", "trunk."): v for k, v in actor.state_dict().items()},
-           "observation_space": spec.observation_space_dict(), "action_space": spec.action_space_dict(),
-           "obs_norm": None, "explore": {}, "meta": {}}
-    assert any(k.startswith("trunk.") for k in old["state_dict"])
-    torch.save(old, tmp_path / "sac.pt")
-    obs = np.random.default_rng(0).normal(size=(8, spec.obs_dim))
-    with torch.no_grad():
-        mean, _ = actor(torch.as_tensor(obs, dtype=torch.float32))
-    expected = np.clip(-2.0 + (np.tanh(mean.double().numpy()) + 1.0) * 2.0, -2.0, 2.0).astype(np.float32)
-    np.testing.assert_allclose(load_policy(tmp_path / "sac.pt").act(obs), expected, rtol=0, atol=1e-6)
-
-    spec, arch = _spec_arch("CartPole-v1", "categorical")
-    actor = build_actor(arch)
-    torch.save({**old, "algo": "ppo", "env_id": "CartPole-v1", "arch": {**arch, "init_log_std": 0.0},
-                "state_dict": actor.state_dict(), "action_space": spec.action_space_dict()}, tmp_path / "ppo.pt")
-    obs = np.random.default_rng(1).normal(size=(16, spec.obs_dim))
-    with torch.no_grad():
-        greedy = actor(torch.as_tensor(obs, dtype=torch.float32)).argmax(-1).numpy()
-    np.testing.assert_array_equal(load_policy(tmp_path / "ppo.pt").act(obs), greedy)

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from online.envs import check_algo_spaces, make_env
 from online.stage import AGENTS, Config
 from reins.config import load_config
+from rl.envs import check_algo_spaces, make_env
 
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes" / "online").glob("*.yaml"))
 REQUIRED = {("reinforce", "CartPole-v1"), ("a2c", "CartPole-v1"), ("ppo", "CartPole-v1"), ("npg", "CartPole-v1"),

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from online.policy_io import load_policy
 from online.stage import Config, train
 from reins.config import from_dict
 from reins.errors import NonFiniteError
 from reins.runio import RunDir
+from rl.policy_io import load_policy
 
 
 class Injected(RuntimeError):
@@ -225,26 +225,3 @@ def test_annealed_value_learning_rate_decays_from_vf_lr(tmp_path, algo):
     ck = torch.load(tmp_path / algo / "checkpoints" / "checkpoint.pt", weights_only=True)
     # 4 updates of 128 steps; the last one runs on the rollout that starts at step 384 of 512
     assert ck["agent"]["vf_opt"]["param_groups"][0]["lr"] == pytest.approx(0.002 * (1 - 384 / 512))
-
-
-def test_checkpoint_of_the_old_critic_layout_is_refused_in_one_line(tmp_path, monkeypatch):
-    """A SAC checkpoint written before the twin critic became online.nets.EnsembleQ (weights.N / biases.N, and its
-    Adam state in that order) cannot resume: a DataError saying so, not a shape error deep in the optimiser."""
-    from reins.errors import DataError
-
-    kw = dict(algo="sac", env_id="Pendulum-v1", total_steps=400, checkpoint_every=200, eval_every=0,
-              sac={"hidden": [16], "learning_starts": 100, "batch_size": 16})
-    _crash_after_checkpoints(monkeypatch, 1)
-    with pytest.raises(Injected):
-        train(_cfg(tmp_path / "r", **kw))
-    monkeypatch.undo()
-    path = tmp_path / "r" / "checkpoints" / "checkpoint.pt"
-    state = torch.load(path, weights_only=True)
-    for key in ("critic", "critic_target"):
-        sd = state["agent"][key]
-        state["agent"][key] = {k.replace("layers.", "weights." if k.endswith("weight") else "biases.")
-                               .rsplit(".", 1)[0]: v for k, v in sd.items()}
-        assert set(state["agent"][key]) == {"weights.0", "weights.1", "biases.0", "biases.1"}
-    torch.save(state, path)
-    with pytest.raises(DataError, match="earlier reins version"):
-        train(_cfg(tmp_path / "r", **kw))

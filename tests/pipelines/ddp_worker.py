@@ -13,8 +13,8 @@ import torch
 
 from pipelines import dpo
 from pipelines.trainer import Trainer
-from reins.cli import shutdown_distributed
 from reins.config import from_dict
+from reins.entry import shutdown_distributed
 
 
 def main() -> None:

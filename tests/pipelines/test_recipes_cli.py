@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from pipelines import fetch_model
-from reins.cli import STAGES
 from reins.config import load_config
+from reins.entry import STAGES
 from reins.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[2]

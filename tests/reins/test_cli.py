@@ -4,7 +4,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from reins.cli import main, stage_main
+from reins.cli import main
+from reins.entry import stage_main
 from reins.errors import DataError
 
 
@@ -94,7 +95,7 @@ def test_stage_help_prints_every_key_with_its_type_default_and_help(capsys):
     import dataclasses
     import importlib
 
-    from reins.cli import STAGES
+    from reins.entry import STAGES
 
     checked = 0
     for name, (module, _) in STAGES.items():

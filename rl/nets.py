@@ -27,7 +27,6 @@ import torch
 from torch import nn
 
 from pgcore.distributions import TanhGaussian, diag_gaussian_log_prob
-from reins.errors import DataError
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
@@ -149,13 +148,6 @@ class TanhGaussianActor(nn.Module):
         self.log_std_mode = log_std
         self.log_std_min, self.log_std_max, self.offset = float(log_std_min), float(log_std_max), log_std_offset
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Policy files and checkpoints written before the online and offline actors were merged call the MLP
-        # `trunk`; it is the same network.
-        for key in [k for k in state_dict if k.startswith(prefix + "trunk.")]:
-            state_dict[prefix + "net." + key[len(prefix + "trunk."):]] = state_dict.pop(key)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, raw = self.net(obs).chunk(2, dim=-1)
         if self.log_std_mode == "squash":
@@ -262,15 +254,6 @@ class EnsembleQ(nn.Module):
                 for e in range(n):
                     nn.init.orthogonal_(layer.weight.data[e].T, out_gain if last else math.sqrt(2.0))
                 nn.init.zeros_(layer.bias)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        if any(k.startswith(prefix + "weights.") for k in state_dict):
-            # Online SAC/TD3 checkpoints written before the online and offline critics were merged hold the
-            # weights as weights.N / biases.N, and their optimiser state in that order: they cannot resume here.
-            raise DataError("this checkpoint's critic was written by an earlier reins version (weights.N/biases.N "
-                            "layout) and cannot be resumed; start the run in a new output_dir (its policy.pt files "
-                            "still load)")
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         x = torch.cat([obs, act], dim=-1)

@@ -2,7 +2,7 @@
 a `Policy` that acts on numpy batches (`load_policy(path).act(obs, deterministic, rng)`).
 
 File format "reins-policy-v2" (a plain dict; loadable with `torch.load(weights_only=True)`):
-    format, algo, env_id, arch (an `online.nets` actor spec), state_dict (actor tensors),
+    format, algo, env_id, arch (an `rl.nets` actor spec), state_dict (actor tensors),
     observation_space {type, low, high} | None, action_space {type: "box", low, high} | {type: "discrete", n},
     obs_norm: None | {mean, var, clip, eps} (online running statistics: clip((obs - mean) / sqrt(var + eps))) |
               {mean, std} (offline: fixed dataset statistics, (obs - mean) / std in their float32),
@@ -11,8 +11,7 @@ File format "reins-policy-v2" (a plain dict; loadable with `torch.load(weights_o
     explore {noise_std | epsilon} (behaviour noise for act(..., deterministic=False) of deterministic /
     value-based online actors), meta (plain extras, e.g. step, eval_return, dataset_id).
 
-Files of earlier versions still load: "reins-policy-v1" (online) and "reins-offline-policy-v1" (offline) are
-converted on load (`upgrade`). `offline/` uses `load_policy(path).act(...)` to generate behaviour data.
+`offline/` uses `load_policy(path).act(...)` to generate behaviour data.
 """
 
 from __future__ import annotations
@@ -24,14 +23,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from online.envs import EnvSpec
-from online.nets import build_actor
 from pgcore.distributions import scale_action
 from reins.errors import DataError
 from reins.runio import atomic_torch_save, safe_torch_load
+from rl.envs import EnvSpec
+from rl.nets import build_actor
 
 FORMAT = "reins-policy-v2"
-ONLINE_V1, OFFLINE_V1 = "reins-policy-v1", "reins-offline-policy-v1"
 
 
 def policy_dict(*, actor: nn.Module, arch: dict, algo: str, spec: EnvSpec | None = None, env_id: str = "",
@@ -63,34 +61,11 @@ def save_policy(path: str | Path, **kwargs) -> None:
     atomic_torch_save(policy_dict(**kwargs), path)
 
 
-def upgrade(data: dict) -> dict:
-    """A policy file of an earlier version as a "reins-policy-v2" dict (the same actor, acting the same way)."""
-    fmt = data.get("format")
-    if fmt == ONLINE_V1:
-        arch = dict(data["arch"])
-        if arch.get("kind") == "categorical":
-            arch.pop("init_log_std", None)  # v1 stored it for every on-policy actor; only Gaussians have one
-        return {**data, "format": FORMAT, "arch": arch, "unit_actions": False}
-    if fmt == OFFLINE_V1:
-        arch, norm = dict(data["spec"]), data["normalization"]
-        if arch["kind"] == "gaussian":  # IQL's tanh-mean Gaussian was "gaussian" in v1 offline files
-            arch["kind"] = "tanh_mean_gaussian"
-        elif arch["kind"] == "tanh_gaussian":  # the v1 offline defaults, which v1 files did not store
-            arch = {"log_std": "clamp", "log_std_min": -20.0, "log_std_max": 2.0, "log_std_offset": -1.0, **arch}
-        return {"format": FORMAT, "algo": data.get("algo", ""), "env_id": data.get("env_id", ""), "arch": arch,
-                "state_dict": data["state_dict"], "observation_space": None,
-                "action_space": {"type": "box", "low": norm["action_low"], "high": norm["action_high"]},
-                "obs_norm": {"mean": norm["obs_mean"], "std": norm["obs_std"]}, "unit_actions": True,
-                "explore": {}, "meta": {"dataset_id": data.get("dataset_id", "")}}
-    return data
-
-
 class Policy:
     """A loaded actor. `act(obs [N, obs_dim]) -> actions` valid for `env.step` (Box-clipped / int)."""
 
     def __init__(self, data: dict, device: str | torch.device = "cpu"):
         self.source_format = data.get("format")
-        data = upgrade(data)
         self.data = data
         self.env_id: str = data["env_id"]
         self.algo: str = data["algo"]
@@ -135,7 +110,8 @@ class Policy:
         x = self.normalize(obs)
         if self.unit_actions:
             u = self.actor.act(x, deterministic=deterministic).float().cpu().numpy()
-            return (self.low + (u + 1.0) * 0.5 * (self.high - self.low)).astype(np.float32)
+            u = torch.from_numpy(u.astype(np.result_type(u, self.low)))  # the box's dtype when it is wider
+            return scale_action(u, self.low, self.high).numpy().astype(np.float32)
         kind = self.arch["kind"]
         n = x.shape[0]
         if kind in ("categorical", "q"):
@@ -172,9 +148,9 @@ class Policy:
 
 
 def load_policy(path: str | Path, device: str | torch.device = "cpu") -> Policy:
-    """Load a policy file (this version's or an earlier one's); DataError if it is missing or not one."""
+    """Load a policy file; DataError if it is missing or not one."""
     data = safe_torch_load(path)
-    if not isinstance(data, dict) or data.get("format") not in (FORMAT, ONLINE_V1, OFFLINE_V1):
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise DataError(f"{path}: not a reins policy file (expected format {FORMAT})")
     try:
         return Policy(data, device)
@@ -183,10 +159,10 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu") -> Policy:
 
 
 def export_portable(policy: Policy, out_dir: str | Path) -> dict:
-    """Write `policy` as online.portable's policy.safetensors + policy.json (numpy-only loading); returns the
+    """Write `policy` as rl.portable's policy.safetensors + policy.json (numpy-only loading); returns the
     spec. Only 1-D Box observations: the spec applies no flattening or one-hot encoding of other spaces (an
     offline dataset's observations are such a Box)."""
-    from online import portable
+    from rl import portable
 
     if not policy.unit_actions:
         _require_box_observations(policy.env_id)
