@@ -250,3 +250,23 @@ def test_conversational_unpaired_file_trains(tmp_path):
     log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     first = next(r for r in log if "data/train_examples" in r)
     assert first["data/train_desirable"] == 16 and first["data/train_undesirable"] == 16
+
+
+def test_kto_reference_point_is_averaged_over_processes_in_training_only(tok):
+    policy = small_model(tok, seed=0, dtype="float64")
+    ref_model = freeze(small_model(tok, seed=1, dtype="float64"))
+    exs = _feedback(tok)
+    cfg = kto.Config(output_dir="unused", beta=0.3)
+    seen = []
+
+    def other_process_at_plus_one(t):  # as acc.reduce(mean) with a second process whose estimate is t + 1
+        seen.append(t.item())
+        return t + 0.5
+
+    loss_fn = kto.make_loss_fn(tok.pad_token_id, cfg, Reference(ref_model), reduce_mean=other_process_at_plus_one)
+    _, stats = loss_fn(policy.train(), exs, 4.0)
+    _, _, kl_mean = _hand_kto(policy, ref_model, exs, 0.3, 1.0, 1.0)
+    assert seen == [pytest.approx(kl_mean, rel=1e-9)]  # the unclamped per-process mean goes to the reduction
+    assert stats["kl"][1].item() / 4 == pytest.approx(max(0.0, kl_mean + 0.5), rel=1e-9)
+    _, stats = loss_fn(policy.eval(), exs, 4.0)  # held-out evaluation runs on one process: no collective
+    assert len(seen) == 1 and stats["kl"][1].item() / 4 == pytest.approx(max(0.0, kl_mean), rel=1e-9, abs=1e-12)
