@@ -30,7 +30,8 @@ from reins.errors import ConfigError, DataError, ReinsError
 from reins.runio import CONFIG_FILE, METRICS_FILE
 
 # A key only that stage's config has: config.yaml does not name its stage.
-STAGE_KEYS = (("packing", "sft"), ("desirable_weight", "kto"), ("loss_type", "dpo"), ("kl_coef", "ppo"), ("center_coef", "reward"))
+STAGE_KEYS = (("packing", "sft"), ("desirable_weight", "kto"), ("loss_type", "dpo"), ("kl_coef", "ppo"),
+              ("center_coef", "reward"))
 
 
 def run_stage(config: dict, where: Path) -> str:

@@ -17,8 +17,9 @@ The reference is a frozen copy of the initial policy, `ref_model`, or under LoRA
 `shuffle=false`, as TRL's precomputation needs sequential sampling) and caches the result on disk.
 Metrics use TRL's names: loss, kl, rewards/chosen, rewards/rejected (beta r averaged over the desirable /
 undesirable examples), logps/chosen, logps/rejected, logits/chosen, logits/rejected (token means), entropy,
-num_tokens, grad_norm; held-out examples give eval/... of the same (and eval/rewards/margins); the shared
-generation evaluation adds eval/gold_reward, eval/kl_to_ref, eval/win_rate_vs_ref.
+num_tokens, grad_norm (a step without desirable, or undesirable, examples reports 0 for that class's means);
+held-out examples give eval/... of the same (and eval/rewards/margins); the shared generation evaluation adds
+eval/gold_reward, eval/kl_to_ref, eval/win_rate_vs_ref.
 Artifact: `output_dir/model` (the full model, or the adapter under LoRA).
 """
 

@@ -196,8 +196,8 @@ def train(cfg: Config) -> dict:
     if cfg.format == "unpaired":
         return run.finish(_write_unpaired(state, cfg, run.path / "data"))
     counts = _write_splits(state["rows"], ["prompt", "chosen", "rejected", "chosen_score", "rejected_score"],
-                  run.path / "data", "no preference pairs were kept (all prompts skipped); lower min_margin or "
-                                     "sample more")
+                           run.path / "data",
+                           "no preference pairs were kept (all prompts skipped); lower min_margin or sample more")
     margins = [r["chosen_score"] - r["rejected_score"] for r in state["rows"]]
     metrics = {"pairs/train": counts["train"], "pairs/test": counts["test"],
                "pairs/skipped": state["skipped"], "samples/gold_mean": sum(state["scores"]) / len(state["scores"]),

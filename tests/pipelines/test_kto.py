@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+import yaml
 
 from pipelines import dpo, kto
 from pipelines.data import encode_completion, encode_prompt
@@ -21,7 +22,7 @@ from reins.config import from_dict
 from reins.errors import ConfigError, DataError
 from reins.runio import RunDir
 from tests.pipelines.helpers import small_model, small_tok, stage_overrides, write_jsonl
-from tests.pipelines.test_losses import PAIRS, _examples, _logsig, hand_logp
+from tests.pipelines.test_losses import _examples, _logsig, hand_logp
 
 FEEDBACK = [("I stayed at the Harbour Inn last week and", " the room was spotless. I loved it.", True),
             ("We ate at Luigi's and", " the pasta was bland and the waiter was rude.", False),
@@ -184,6 +185,10 @@ def test_kto_resume_equals_uninterrupted(tmp_path, monkeypatch):
     for k in full:
         assert resumed[k] == pytest.approx(full[k], rel=1e-6, abs=1e-9), k
     assert full["train/kl"] >= 0.0 and "eval/rewards/margins" in full
+    # `reins export` tells a kto run from a dpo one by its config keys
+    from pipelines.export import run_stage
+
+    assert run_stage(yaml.safe_load((tmp_path / "a" / "run" / "config.yaml").read_text()), tmp_path) == "kto"
 
 
 def test_kto_learns_to_prefer_the_desirable_completions(tmp_path):
