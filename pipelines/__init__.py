@@ -1,10 +1,12 @@
 """pipelines: language-model stages (sft, reward, dpo, ppo) on transformers/datasets/accelerate, and the runner.
 
-Stages (each `train(cfg) -> metrics` + `main`): sft.py, preferences.py, reward.py, dpo.py, fetch_model.py, ppo.py.
+Stages (each `train(cfg) -> metrics` + `main`): sft.py, preferences.py, reward.py, dpo.py, kto.py, fetch_model.py,
+ppo.py.
 Shared pieces they are built from:
     task.py        the built-in "sentiment" task: seeded review corpus, prompts, VADER gold judge
     models.py      tokenizer/model loading: path, Hub id, `tiny`, `smollm2-135m-instruct`; LoRA, dtype, checkpointing
     data.py        TRL-format loading, validation (DataError naming file/row/field), exact prompt/completion ids
+    unpaired.py    TRL's unpaired (KTO) format: validation, unpairing of preference pairs, tokenisation
     scoring.py     padded batches, sequence log-probs, reward-model scores, the reference policy
     generation.py  seeded batched sampling truncated after EOS
     evaluation.py  eval/gold_reward, eval/kl_to_ref, eval/win_rate_vs_ref, eval/reward_model_score

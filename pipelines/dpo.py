@@ -1,8 +1,11 @@
 """`reins dpo`: direct preference optimisation from a (SFT) policy and preference pairs.
 
 Loss: pgcore.preference_losses.dpo_loss on sequence log-probs (sum over completion tokens) of the policy and
-the reference, loss_type in {sigmoid, robust, ipo, hinge}, beta, label_smoothing, reference_free (Rafailov
-et al. 2023, eq. 7; variants in pgcore). Chosen and rejected go through ONE concatenated
+the reference, loss_type in {sigmoid, robust, ipo, hinge, simpo}, beta, label_smoothing, reference_free (Rafailov
+et al. 2023, eq. 7; variants in pgcore). `simpo` (Meng et al. 2024) compares length-averaged log-probs with the
+margin `simpo_gamma` and loads no reference model at all (no eval/kl_to_ref then). `rpo_alpha` adds alpha times
+the chosen completions' NLL (TRL's token mean over the micro-batch's chosen tokens; Pang et al. 2024), logged as
+nll_loss. Chosen and rejected go through ONE concatenated
 forward; by default (`shared_prompt`) that forward holds each pair as one row [prompt | chosen | rejected] with a
 4-D attention mask, so the prompt is processed once and padding mostly disappears (log-probs equal the two-row
 layout's to rounding; see pipelines.scoring.shared_prompt_batch). The reference is a frozen copy of the initial
@@ -24,13 +27,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from pgcore.preference_losses import dpo_loss
+from pgcore.preference_losses import chosen_nll_loss, dpo_loss
 from pipelines.common import eval_prompts, lm_evaluate_fn, open_run, start_lm_stage, train_and_finish
 from pipelines.data import (
     BUILTIN,
@@ -71,8 +75,15 @@ class Config(TrainArgs, DataArgs, ModelArgs, RunArgs):
                                               "checkpoints, artifacts)"})
     beta: float = field(default=0.1,
                         metadata={"help": "inverse temperature of the implicit reward beta * log(pi / pi_ref)"})
-    loss_type: Literal["sigmoid", "robust", "ipo", "hinge"] = field(
-        default="sigmoid", metadata={"help": "sigmoid (DPO), robust (label noise), ipo (squared), hinge (SLiC)"})
+    loss_type: Literal["sigmoid", "robust", "ipo", "hinge", "simpo"] = field(
+        default="sigmoid", metadata={"help": "sigmoid (DPO), robust (label noise), ipo (squared), hinge (SLiC), "
+                                             "simpo (length-averaged, no reference model; the SimPO paper uses "
+                                             "beta 2 to 2.5, TRL's CPO keeps 0.1)"})
+    simpo_gamma: float = field(default=0.5,
+                               metadata={"help": "simpo: the target reward margin gamma (TRL CPOConfig default)"})
+    rpo_alpha: float | None = field(default=None,
+                                    metadata={"help": "weight of the NLL of the chosen completions added to the "
+                                                      "loss (RPO; None: off)"})
     label_smoothing: float = field(default=0.0,
                                    metadata={"help": "assumed share of flipped labels (sigmoid / robust losses)"})
     reference_free: bool = field(default=False,
@@ -100,6 +111,17 @@ class Config(TrainArgs, DataArgs, ModelArgs, RunArgs):
         self.validate_train()
         check(self.beta > 0, f"beta must be > 0, got {self.beta}")
         check(0 <= self.label_smoothing < 0.5, f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        check(self.rpo_alpha is None or (math.isfinite(self.rpo_alpha) and self.rpo_alpha >= 0),
+              f"rpo_alpha must be >= 0 (or None), got {self.rpo_alpha}")
+        check(math.isfinite(self.simpo_gamma), f"simpo_gamma must be finite, got {self.simpo_gamma}")
+        if self.loss_type == "simpo":
+            for key in ("ref_model", "precompute_ref_logps", "reference_free"):
+                check(not getattr(self, key), f"{key} has no effect with loss_type=simpo (it uses no reference "
+                                              f"model); leave it unset")
+
+    @property
+    def uses_reference(self) -> bool:
+        return self.loss_type != "simpo"
 
 
 def make_loss_fn(pad_id: int, cfg: Config, reference: Reference | None):
@@ -111,7 +133,7 @@ def make_loss_fn(pad_id: int, cfg: Config, reference: Reference | None):
         # one forward for all 2n completions: one row per pair, or [chosen rows; rejected rows]
         r = pair_logps(model, b, with_entropy=True) if "segments" in b else sequence_logps(model, b, with_entropy=True)
         pc, pr = r["logps"][:n], r["logps"][n:]
-        if cfg.reference_free:
+        if cfg.reference_free or not cfg.uses_reference:
             rc = rr = torch.zeros_like(pc)
         elif "ref_chosen_logps" in examples[0]:
             rc = torch.tensor([e["ref_chosen_logps"] for e in examples], dtype=pc.dtype, device=pc.device)
@@ -122,7 +144,11 @@ def make_loss_fn(pad_id: int, cfg: Config, reference: Reference | None):
         losses, chosen_r, rejected_r = dpo_loss(
             pc, pr, rc, rr, beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
             reference_free=cfg.reference_free, chosen_lengths=r["n_tokens"][:n],
-            rejected_lengths=r["n_tokens"][n:])
+            rejected_lengths=r["n_tokens"][n:], simpo_gamma=cfg.simpo_gamma)
+        nll = None
+        if cfg.rpo_alpha:  # a batch-level term: each pair carries its share, so its mean adds alpha * nll
+            nll = chosen_nll_loss(pc, r["n_tokens"][:n])
+            losses = losses + cfg.rpo_alpha * nll
         # TRL's token-level metrics: means over every completion token of the batch (chosen and rejected)
         nt = r["n_tokens"]
         lg_sum = r["logits_mean"] * nt  # the sum over a sequence's completion tokens of its mean logit
@@ -135,6 +161,8 @@ def make_loss_fn(pad_id: int, cfg: Config, reference: Reference | None):
                  "logits/rejected": ("mean", lg_sum[n:].sum(), nt[n:].sum()),
                  "entropy": ("mean", r["entropy_sum"].sum(), nt.sum()),
                  "mean_token_accuracy": ("mean", r["correct_sum"].sum(), nt.sum())}
+        if nll is not None:
+            stats["nll_loss"] = ("mean", nll.detach() * n, n)
         return losses.sum() / denominator, stats
     return loss_fn
 
@@ -207,11 +235,13 @@ def train(cfg: Config) -> dict:
         rm_tok = load_tokenizer(rm_args)
         rm = freeze(load_reward_model(rm_args, rm_tok, require_head=True)).to(acc.device)
     policy = load_causal_lm(cfg, tok, seed=cfg.seed)
-    if cfg.lora is None and not cfg.ref_model:
+    if not cfg.uses_reference:
+        reference = None  # simpo: no second model, no reference forwards
+    elif cfg.lora is None and not cfg.ref_model:
         reference = Reference(freeze(copy.deepcopy(policy)))   # the initial policy, frozen
     else:
         reference = build_reference(cfg, policy, tok)
-    if reference.model is not None:
+    if reference is not None and reference.model is not None:
         reference.model.to(acc.device)
     run = open_run(cfg, acc, n_train=len(train_ex))  # after every input is validated: bad input writes nothing
     if cfg.precompute_ref_logps and not cfg.reference_free:
@@ -221,7 +251,7 @@ def train(cfg: Config) -> dict:
                 attach_ref_logps(exs, reference, tok.pad_token_id, cache, batch_size=cfg.eval.batch_size,
                                  is_main=acc.is_main_process, wait=acc.wait_for_everyone)
     train_ref = reference
-    if cfg.torch_compile and reference.model is not None and not cfg.precompute_ref_logps:
+    if cfg.torch_compile and reference is not None and reference.model is not None and not cfg.precompute_ref_logps:
         train_ref = Reference(torch.compile(reference.model, dynamic=True))  # the loss's reference forwards
     loss_fn = make_loss_fn(tok.pad_token_id, cfg, train_ref)
     trainer = Trainer(run, cfg, acc, policy, train_ex, loss_fn, seed=cfg.seed, tokens_fn=pair_input_tokens)

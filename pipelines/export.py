@@ -30,14 +30,15 @@ from reins.errors import ConfigError, DataError, ReinsError
 from reins.runio import CONFIG_FILE, METRICS_FILE
 
 # A key only that stage's config has: config.yaml does not name its stage.
-STAGE_KEYS = (("packing", "sft"), ("loss_type", "dpo"), ("kl_coef", "ppo"), ("center_coef", "reward"))
+STAGE_KEYS = (("packing", "sft"), ("desirable_weight", "kto"), ("loss_type", "dpo"), ("kl_coef", "ppo"),
+              ("center_coef", "reward"))
 
 
 def run_stage(config: dict, where: Path) -> str:
     for key, stage in STAGE_KEYS:
         if key in config:
             return stage
-    raise DataError(f"{where / CONFIG_FILE}: not the config of an sft, reward, dpo or ppo run")
+    raise DataError(f"{where / CONFIG_FILE}: not the config of an sft, reward, dpo, kto or ppo run")
 
 
 def _read_run(run_dir: Path) -> tuple[dict, dict]:

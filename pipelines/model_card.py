@@ -15,6 +15,7 @@ STAGES = {
     "sft": "supervised fine-tuning: negative log-likelihood of the completion tokens",
     "reward": "Bradley-Terry reward model: a sequence classifier with one score per text",
     "dpo": "direct preference optimisation (Rafailov et al. 2023) against a frozen reference",
+    "kto": "Kahneman-Tversky optimisation (Ethayarajh et al. 2024) on unpaired feedback against a frozen reference",
     "ppo": "RLHF: KL-penalised PPO (Ouyang et al. 2022) against a reward model",
     "ppo-value": "the value model (critic) of a PPO run",
 }
@@ -47,6 +48,8 @@ def _data(stage: str, config: dict) -> str:
         return f"prompts from `{data}`; scores from the reward model `{config.get('reward_model', '?')}`"
     if stage in ("dpo", "reward"):
         return f"preference pairs from `{data}`"
+    if stage == "kto":
+        return f"unpaired feedback (desirable / undesirable completions) from `{data}`"
     return f"`{data}`"
 
 

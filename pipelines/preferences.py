@@ -6,11 +6,17 @@ Labelling (per prompt, over its `num_samples` scored completions):
 - "bradley_terry": two distinct completions drawn at random; the first is chosen with probability
   sigma((s_1 - s_2) / bt_temperature), the Bradley-Terry model (Bradley & Terry 1952) with the gold score as reward,
   so labels are noisy in proportion to how close the scores are.
+- "threshold" (`format: unpaired` only): every distinct non-empty completion is a row, desirable when its gold
+  score is >= `desirable_threshold`: binary feedback on all samples, as KTO's thumbs-up/down data; the classes
+  are as balanced as the policy's samples are (weight the rarer one with kto's desirable/undesirable_weight).
 Pairs whose completions are identical text are skipped. Output: a `datasets` DatasetDict with splits
 train/test (an empty test split is left out) and columns prompt, chosen, rejected, chosen_score, rejected_score
 (conversational prompts get chosen/rejected as one assistant message each), saved to `output_dir/data`
-(give that path as `data:` to the reward and dpo stages). Resumable: prompts are processed in seeded chunks and
-the rows made so far are checkpointed.
+(give that path as `data:` to the reward and dpo stages). `format: unpaired` writes TRL's unpaired (KTO) format
+instead, columns prompt, completion, label (bool), score: with max_margin / bradley_terry each pair becomes a
+desirable row (chosen) and an undesirable row (rejected), as TRL's `unpair_preference_dataset` turns the same
+pairs into KTO data; with threshold, one row per sample as above (give the path as `data:` to kto).
+Resumable: prompts are processed in seeded chunks and the rows made so far are checkpointed.
 """
 
 from __future__ import annotations
@@ -47,9 +53,16 @@ class Config(ModelArgs, RunArgs):
     num_test_prompts: int = field(default=200,
                                   metadata={"help": "builtin: held-out items; a file: split off its prompts"})
     num_samples: int = field(default=4, metadata={"help": "completions sampled per prompt"})
-    labeling: Literal["max_margin", "bradley_terry"] = field(
+    labeling: Literal["max_margin", "bradley_terry", "threshold"] = field(
         default="max_margin",
-        metadata={"help": "max_margin (best vs worst by the judge) or bradley_terry (sampled label)"})
+        metadata={"help": "max_margin (best vs worst by the judge), bradley_terry (sampled label), or threshold "
+                          "(format=unpaired: every sample, desirable when its score >= desirable_threshold)"})
+    format: Literal["paired", "unpaired"] = field(
+        default="paired", metadata={"help": "paired (prompt/chosen/rejected: reward, dpo) or unpaired "
+                                            "(prompt/completion/label: kto)"})
+    desirable_threshold: float = field(default=0.0,
+                                       metadata={"help": "labeling=threshold: the gold score from which a sample "
+                                                         "is desirable"})
     min_margin: float = field(default=0.1, metadata={"help": "drop pairs whose judge scores differ by less"})
     bt_temperature: float = field(default=0.1, metadata={"help": "temperature of the Bradley-Terry label sampling"})
     judge: str = field(default="sentiment", metadata={"help": "the gold judge that scores completions (sentiment)"})
@@ -63,6 +76,10 @@ class Config(ModelArgs, RunArgs):
         check(self.min_margin >= 0, "min_margin must be >= 0")
         check(self.bt_temperature > 0, "bt_temperature must be > 0")
         check(self.chunk_size >= 1, "chunk_size must be >= 1")
+        check(self.labeling != "threshold" or self.format == "unpaired",
+              "labeling=threshold labels single samples: it needs format=unpaired")
+        check(math.isfinite(self.desirable_threshold),
+              f"desirable_threshold must be finite, got {self.desirable_threshold}")
 
 
 def label_pair(texts: list[str], scores: list[float], cfg: Config, rng: random.Random) -> tuple[int, int] | None:
@@ -85,6 +102,17 @@ def label_pair(texts: list[str], scores: list[float], cfg: Config, rng: random.R
     z = (scores[i] - scores[j]) / cfg.bt_temperature
     p_i = 1.0 / (1.0 + math.exp(-z)) if z > -50 else 0.0
     return (i, j) if rng.random() < p_i else (j, i)
+
+
+def threshold_rows(split: str, prompt, texts: list[str], scores: list[float], threshold: float) -> list[dict]:
+    """One unpaired row per distinct non-empty completion of a prompt, desirable when its score >= threshold."""
+    rows, seen = [], set()
+    for t, s in zip(texts, scores):
+        if t.strip() and t not in seen:
+            seen.add(t)
+            rows.append({"split": split, "prompt": prompt, "completion": _as_reply(prompt, t), "label": s >= threshold,
+                         "score": s})
+    return rows
 
 
 def _as_reply(prompt, text: str):
@@ -147,6 +175,11 @@ def train(cfg: Config) -> dict:
             texts = s.texts[k * cfg.num_samples:(k + 1) * cfg.num_samples]
             sc = scores[k * cfg.num_samples:(k + 1) * cfg.num_samples]
             state["scores"].extend(sc)
+            if cfg.labeling == "threshold":
+                rows = threshold_rows(split, prompt, texts, sc, cfg.desirable_threshold)
+                state["rows"] += rows
+                state["skipped"] += not rows
+                continue
             pair = label_pair(texts, sc, cfg, rng)
             if pair is None:
                 state["skipped"] += 1
@@ -160,23 +193,51 @@ def train(cfg: Config) -> dict:
         run.log(c + 1, {"pairs": len(state["rows"]), "skipped": state["skipped"]})
         bar.update(1)
     bar.close()
-    import datasets
-
-    cols = ["prompt", "chosen", "rejected", "chosen_score", "rejected_score"]
-    splits = {}
-    for split in ("train", "test"):
-        rows = [r for r in state["rows"] if r["split"] == split]
-        splits[split] = datasets.Dataset.from_list([{k: r[k] for k in cols} for r in rows])
-    if len(splits["train"]) == 0:
-        raise DataError("no preference pairs were kept (all prompts skipped); lower min_margin or sample more")
-    # An empty split is left out: `datasets` saves it without a data file and then cannot load the directory.
-    datasets.DatasetDict({k: v for k, v in splits.items() if len(v)}).save_to_disk(str(run.path / "data"))
+    if cfg.format == "unpaired":
+        return run.finish(_write_unpaired(state, cfg, run.path / "data"))
+    counts = _write_splits(state["rows"], ["prompt", "chosen", "rejected", "chosen_score", "rejected_score"],
+                           run.path / "data",
+                           "no preference pairs were kept (all prompts skipped); lower min_margin or sample more")
     margins = [r["chosen_score"] - r["rejected_score"] for r in state["rows"]]
-    metrics = {"pairs/train": len(splits["train"]), "pairs/test": len(splits["test"]),
+    metrics = {"pairs/train": counts["train"], "pairs/test": counts["test"],
                "pairs/skipped": state["skipped"], "samples/gold_mean": sum(state["scores"]) / len(state["scores"]),
                "pairs/margin_mean": sum(margins) / max(1, len(margins)),
                "pairs/chosen_score_mean": sum(r["chosen_score"] for r in state["rows"]) / max(1, len(margins))}
     return run.finish(metrics)
+
+
+def _write_splits(rows: list[dict], cols: list[str], path: Path, empty: str) -> dict[str, int]:
+    """The rows as a DatasetDict (train/test) at `path`; returns the row count of each split."""
+    import datasets
+
+    splits = {split: datasets.Dataset.from_list([{k: r[k] for k in cols} for r in rows if r["split"] == split])
+              for split in ("train", "test")}
+    if len(splits["train"]) == 0:
+        raise DataError(empty)
+    # An empty split is left out: `datasets` saves it without a data file and then cannot load the directory.
+    datasets.DatasetDict({k: v for k, v in splits.items() if len(v)}).save_to_disk(str(path))
+    return {k: len(v) for k, v in splits.items()}
+
+
+def _write_unpaired(state: dict, cfg: Config, path: Path) -> dict:
+    """TRL's unpaired (KTO) format from the checkpointed rows; the final metrics."""
+    from pipelines.unpaired import unpair
+
+    rows = state["rows"]
+    if cfg.labeling != "threshold":  # the pairs, unpaired as TRL does (chosen desirable, rejected undesirable)
+        rows = []
+        for split in ("train", "test"):
+            pairs = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"], "split": split,
+                      "scores": (r["chosen_score"], r["rejected_score"])} for r in state["rows"] if r["split"] == split]
+            for row in unpair(pairs):
+                row["score"] = row["scores"][0 if row["label"] else 1]
+                rows.append(row)
+    counts = _write_splits(rows, ["prompt", "completion", "label", "score"], path,
+                           "no unpaired rows were kept (all prompts skipped); lower min_margin or sample more")
+    desirable = sum(r["label"] for r in rows)
+    return {"rows/train": counts["train"], "rows/test": counts["test"], "rows/desirable": desirable,
+            "rows/undesirable": len(rows) - desirable, "prompts/skipped": state["skipped"],
+            "samples/gold_mean": sum(state["scores"]) / len(state["scores"])}
 
 
 def main(argv=None) -> int:

@@ -103,6 +103,24 @@ def _dpo_negative_beta(d, out):
     return ["beta=-0.5", f"output_dir={out}", *TINY_TRAIN], ["beta", "-0.5"]
 
 
+def _kto_label_not_bool(d, out):
+    good = {"prompt": "The hotel was", "completion": " lovely.", "label": True}
+    f = write_jsonl(d / "feedback.jsonl", [good, {**good, "label": "yes"}])
+    return [f"data={f}", f"output_dir={out}", *TINY_TRAIN], ["feedback.jsonl", "row 1", "'label' must be true or false"]
+
+
+def _kto_zero_weight(d, out):
+    return ["undesirable_weight=0", f"output_dir={out}", *TINY_TRAIN], ["undesirable_weight must be > 0"]
+
+
+def _kto_micro_batch_of_one(d, out):
+    return [f"output_dir={out}", *TINY_TRAIN, "batch_size=2", "grad_accum=2"], ["1 example(s) per micro-batch"]
+
+
+def _dpo_simpo_with_ref_model(d, out):
+    return ["loss_type=simpo", "ref_model=x", f"output_dir={out}", *TINY_TRAIN], ["ref_model has no effect"]
+
+
 def _sft_unknown_key(d, out):
     return ["learning_rat=0.1", f"output_dir={out}", *TINY_TRAIN], ["unknown key 'learning_rat'", "learning_rate"]
 
@@ -190,6 +208,10 @@ CASES = {
     "reward-wrong-type": ("reward", _reward_wrong_type),
     "reward-nan-margin": ("reward", _reward_nan_margin),
     "dpo-negative-beta": ("dpo", _dpo_negative_beta),
+    "kto-label-not-bool": ("kto", _kto_label_not_bool),
+    "kto-zero-weight": ("kto", _kto_zero_weight),
+    "kto-micro-batch-of-one": ("kto", _kto_micro_batch_of_one),
+    "dpo-simpo-with-ref-model": ("dpo", _dpo_simpo_with_ref_model),
     "sft-unknown-config-key": ("sft", _sft_unknown_key),
     "dpo-wrong-config-type": ("dpo", _dpo_wrong_config_type),
     "sft-unknown-hub-model": ("sft", _sft_unknown_hub_model),

@@ -8,7 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pgcore.preference_losses import bradley_terry_loss, dpo_loss, implicit_reward
+from pgcore.preference_losses import (
+    bradley_terry_loss,
+    chosen_nll_loss,
+    dpo_loss,
+    implicit_reward,
+    kto_loss,
+    kto_reference_point,
+)
 
 DT = torch.float64
 
@@ -222,3 +229,70 @@ def test_bradley_terry_margin_centering_and_info():
     # Ties count as wrong answers.
     _, info = bradley_terry_loss(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 0.0]))
     assert float(info["accuracy"]) == 0.5
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def test_simpo_hand_computed():
+    # chosen: log pi = -6 over 4 tokens (mean -1.5); rejected: -9 over 3 tokens (mean -3).
+    pc, pr = torch.tensor([-6.0], dtype=DT, requires_grad=True), torch.tensor([-9.0], dtype=DT)
+    lens = dict(chosen_lengths=torch.tensor([4]), rejected_lengths=torch.tensor([3]))
+    junk_ref = torch.tensor([123.0], dtype=DT)  # SimPO has no reference: whatever is passed is ignored
+    losses, ch, rj = dpo_loss(pc, pr, junk_ref, -junk_ref, beta=2.0, loss_type="simpo", simpo_gamma=0.5, **lens)
+    # z = beta (mean_c - mean_r) - gamma = 2 * 1.5 - 0.5 = 2.5; loss = -log sigma(z) = log(1 + e^{-z})
+    assert float(losses[0].detach()) == pytest.approx(softplus(-2.5), abs=1e-14)
+    assert float(ch[0]) == pytest.approx(-3.0, abs=1e-14) and float(rj[0]) == pytest.approx(-6.0, abs=1e-14)
+    (g,) = torch.autograd.grad(losses.sum(), pc)  # d/d log pi(y_w) = -sigma(-z) * beta / |y_w|
+    assert float(g) == pytest.approx(-(1 - sigmoid(2.5)) * 2.0 / 4, abs=1e-14)
+    smooth = dpo_loss(pc, pr, junk_ref, junk_ref, beta=2.0, loss_type="simpo", simpo_gamma=0.5,
+                      label_smoothing=0.1, **lens)[0]
+    assert float(smooth[0]) == pytest.approx(0.9 * softplus(-2.5) + 0.1 * softplus(2.5), abs=1e-14)
+    # gamma = 0 and equal lengths: the sigmoid loss on log-prob differences scaled by beta / |y|
+    same = dict(chosen_lengths=torch.tensor([2]), rejected_lengths=torch.tensor([2]))
+    zero = dpo_loss(pc, pr, junk_ref, junk_ref, beta=2.0, loss_type="simpo", simpo_gamma=0.0, **same)[0]
+    assert float(zero[0]) == pytest.approx(softplus(-3.0), abs=1e-14)
+    with pytest.raises(ValueError, match="simpo"):
+        dpo_loss(pc, pr, junk_ref, junk_ref, beta=2.0, loss_type="simpo")
+
+
+def test_chosen_nll_is_the_token_mean_over_the_batch():
+    logps = torch.tensor([-6.0, -2.0], dtype=DT, requires_grad=True)
+    nll = chosen_nll_loss(logps, torch.tensor([4, 1]))
+    assert float(nll) == pytest.approx(8.0 / 5.0, abs=1e-14)  # (6 + 2) / (4 + 1), not (6/4 + 2/1) / 2
+    (g,) = torch.autograd.grad(nll, logps)
+    assert g.tolist() == pytest.approx([-0.2, -0.2], abs=1e-14)
+
+
+def test_kto_reference_point_mean_detached_clamped():
+    pol = torch.tensor([-6.0, -7.0, -5.0], dtype=DT, requires_grad=True)
+    ref = torch.tensor([-6.3, -7.9, -4.9], dtype=DT)
+    z0 = kto_reference_point(pol, ref)
+    assert float(z0) == pytest.approx((0.3 + 0.9 - 0.1) / 3, abs=1e-14) and not z0.requires_grad
+    assert float(kto_reference_point(ref, pol.detach())) == 0.0  # a negative estimate is clamped at 0
+    # across processes: the mean of the per-process means, then the clamp (this process 11/30, the other -0.2)
+    other = torch.tensor(-0.2, dtype=DT)
+    z0 = kto_reference_point(pol, ref, reduce_mean=lambda t: (t + other) / 2)
+    assert float(z0) == pytest.approx((1.1 / 3 - 0.2) / 2, abs=1e-14)
+    assert float(kto_reference_point(pol, ref, reduce_mean=lambda t: (t - 2.0) / 2)) == 0.0
+
+
+def test_kto_loss_hand_computed():
+    beta, z0 = 0.5, 1.1 / 3
+    pol = torch.tensor([-3.0, -5.0, -4.0], dtype=DT, requires_grad=True)
+    ref = torch.tensor([-4.0, -4.0, -4.5], dtype=DT)  # log-ratios 1, -1, 0.5
+    label = torch.tensor([True, False, True])
+    losses, rewards = kto_loss(pol, ref, label, torch.tensor(z0, dtype=DT), beta=beta, desirable_weight=1.0,
+                               undesirable_weight=1.5)
+    want = [1 - sigmoid(0.5 * (1 - z0)), 1.5 * (1 - sigmoid(0.5 * (z0 + 1))), 1 - sigmoid(0.5 * (0.5 - z0))]
+    assert losses.tolist() == pytest.approx(want, abs=1e-14)
+    assert rewards.tolist() == pytest.approx([0.5, -0.5, 0.25], abs=1e-14) and not rewards.requires_grad
+    # d/dr of lambda (1 - sigma(beta (r - z0))) = -lambda beta s (1 - s); undesirable: +lambda beta s (1 - s)
+    (g,) = torch.autograd.grad(losses.sum(), pol)
+    s0, s1, s2 = sigmoid(0.5 * (1 - z0)), sigmoid(0.5 * (z0 + 1)), sigmoid(0.5 * (0.5 - z0))
+    assert g.tolist() == pytest.approx([-0.5 * s0 * (1 - s0), 1.5 * 0.5 * s1 * (1 - s1), -0.5 * s2 * (1 - s2)],
+                                       abs=1e-14)
+    # policy == reference and z0 = 0: every example costs lambda_y / 2
+    flat, _ = kto_loss(ref, ref, label, 0.0, beta=beta, desirable_weight=2.0, undesirable_weight=3.0)
+    assert flat.tolist() == pytest.approx([1.0, 1.5, 1.0], abs=1e-14)

@@ -91,3 +91,43 @@ def test_chat_prompts_give_conversational_pairs_the_dpo_data_loader_takes(tmp_pa
         assert p["prompt"][0]["role"] == "user" and "Continue this short review" in p["prompt"][0]["content"]
         assert [c["role"] for c in p["chosen"] + p["rejected"]] == ["assistant", "assistant"]
         assert p["chosen"][0]["content"] != p["rejected"][0]["content"]
+
+
+def test_unpaired_format_is_trls_unpairing_of_the_same_pairs(tmp_path):
+    import datasets
+
+    from pipelines.data import load_records
+    from pipelines.unpaired import normalise_unpaired
+
+    paired = preferences.train(_cfg(tmp_path / "p"))
+    unpaired = preferences.train(_cfg(tmp_path / "u", format="unpaired"))
+    for split in ("train", "test"):
+        pairs = datasets.load_from_disk(str(tmp_path / "p" / "run" / "data"))[split].to_list()
+        rows = datasets.load_from_disk(str(tmp_path / "u" / "run" / "data"))[split].to_list()
+        want = ([{"prompt": p["prompt"], "completion": p["chosen"], "label": True, "score": p["chosen_score"]}
+                 for p in pairs] + [{"prompt": p["prompt"], "completion": p["rejected"], "label": False,
+                                     "score": p["rejected_score"]} for p in pairs])
+        assert rows == want
+    assert unpaired["rows/train"] == 2 * paired["pairs/train"] and unpaired["rows/desirable"] == unpaired[
+        "rows/undesirable"]
+    rows, where = load_records(str(tmp_path / "u" / "run" / "data"), "train")
+    assert len(normalise_unpaired(rows, where)) == unpaired["rows/train"]  # what `reins kto` reads
+
+
+def test_threshold_labels_every_sample_by_its_score(tmp_path):
+    import datasets
+
+    from reins.errors import ConfigError
+
+    m = preferences.train(_cfg(tmp_path, format="unpaired", labeling="threshold", desirable_threshold=0.05))
+    data = datasets.load_from_disk(str(tmp_path / "run" / "data"))
+    rows = data["train"].to_list() + data["test"].to_list()
+    assert rows and all(r["label"] == (r["score"] >= 0.05) for r in rows)
+    assert all(r["completion"].strip() for r in rows)
+    per_prompt = {}
+    for r in rows:
+        per_prompt.setdefault(r["prompt"], []).append(r["completion"])
+    assert all(len(c) == len(set(c)) <= 3 for c in per_prompt.values())  # distinct samples, num_samples at most
+    assert m["rows/desirable"] + m["rows/undesirable"] == len(rows) > 8  # more than one row per prompt
+    with pytest.raises(ConfigError, match="needs format=unpaired"):
+        _cfg(tmp_path, labeling="threshold")
