@@ -163,7 +163,7 @@ def stage_main(config_cls: type, train: Callable[[Any], dict], argv: list[str] |
                stage: str | None = None) -> int:
     """Shared `main` of a stage: parse --config/--quiet/overrides, run, print metrics, map errors to exits."""
     from reins.config import load_config, parse_overrides
-    from reins.runio import check_output_dir, describe_os_error
+    from reins.runio import check_output_dir, describe_os_error, held_run_locks, lock_run_dir
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
@@ -195,13 +195,14 @@ def stage_main(config_cls: type, train: Callable[[Any], dict], argv: list[str] |
         i += 1
     flush_denormals()
     try:
-        with sigterm_raises():
+        with sigterm_raises(), held_run_locks():  # the run dir's one-writer lock lasts the whole command
             overrides = parse_overrides(rest)
             if quiet:
                 overrides["quiet"] = True
             cfg = load_config(config_cls, config_path, overrides, stage=stage)
             if getattr(cfg, "output_dir", None):
                 check_output_dir(cfg.output_dir)  # a file or an unwritable place: refused before any work
+                lock_run_dir(cfg.output_dir, create=False)  # a run in progress there, too (RunDir takes it anew)
             from reins.runio import reset_progress
 
             reset_progress()
