@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from offline.data import DeviceBuffer, Normalization, load_transitions, pick_device, reference_scores
-from offline.evaluate import check_env_fits, normalized_score
+from offline.evaluate import check_env_fits, dataset_eval_env, normalized_score
 from offline.policy import policy_state, save_policy
 from online.envs import evaluate
 from online.policy_io import Policy
@@ -63,6 +63,10 @@ class OfflineConfig(RunArgs):
     eval_every: int = field(default=5000, metadata={"help": "gradient updates between evaluations"})
     eval_episodes: int = field(default=10, metadata={"help": "episodes per evaluation (0: no evaluation)"})
     eval_env: str = field(default="", metadata={"help": "env id to evaluate in; default: the dataset's eval env"})
+    trust_dataset_env: bool = field(
+        default=False, metadata={"help": "make the evaluation env from the dataset's recorded env spec even where "
+                                         "it differs from gymnasium's registered one: runs the code the dataset "
+                                         "names (entry point, wrappers); off: the registered env by id"})
     normalize_score: bool = field(default=True,
                                   metadata={"help": "report eval/normalized_score; needs reference scores"})
     ref_min_score: float | None = field(default=None,
@@ -85,7 +89,9 @@ def _eval_env(cfg: OfflineConfig, tr) -> Any:
     if cfg.eval_env:
         return cfg.eval_env
     if tr.eval_env_spec is not None:
-        return tr.eval_env_spec
+        if cfg.eval_episodes == 0:  # no env is made: the recorded id only names the policy's env
+            return getattr(tr.eval_env_spec, "id", None)
+        return dataset_eval_env(tr.eval_env_spec, tr.dataset_id, trust=cfg.trust_dataset_env)
     if cfg.eval_episodes > 0:
         raise DataError(f"{tr.dataset_id}: the dataset names no environment; set eval_env=<gymnasium id> "
                         "or eval_episodes=0")

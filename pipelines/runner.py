@@ -218,7 +218,7 @@ def run_recipe(path: str | Path, overrides: dict[str, Any] | None = None, *, dry
     root = Path(recipe["output_dir"])
     root.mkdir(parents=True, exist_ok=True)
     # One `reins run` of a recipe at a time (report.md), held until this returns; each stage locks its own dir.
-    root_lock = lock_run_dir(root)  # noqa: F841
+    _root_lock = lock_run_dir(root)
     results: dict[str, dict] = {}
     first = stages.index(selected[0])
     for i, s in enumerate(stages):

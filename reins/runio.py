@@ -432,13 +432,14 @@ def is_main_rank() -> bool:
     return os.environ.get("RANK", "0") in ("", "0")
 
 
-def lock_run_dir(path: str | Path, *, create: bool = True) -> _DirLock | None:
+def lock_run_dir(path: str | Path, *, create: bool = True, shared: bool = False) -> _DirLock | None:
     """Take the one-writer lock of run directory `path` (an advisory `flock` on its lock file) for as long as
     the returned handle lives, or, inside `held_run_locks()`, until that block ends. Taking a lock this
     process already holds returns the same handle. Another process holding it: ConfigError naming its pid.
 
-    `create=False` only checks a lock file that already exists (writes nothing). Non-main ranks of a
-    multi-process launch share their rank 0's lock and take none (None)."""
+    `create=False` only checks a lock file that already exists. `shared`: a reader's lock (`reins export`),
+    which other readers may hold too but no writer. Non-main ranks of a multi-process launch share their rank
+    0's lock and take none (None)."""
     if not is_main_rank():
         return None
     key = os.path.realpath(path)
@@ -452,7 +453,7 @@ def lock_run_dir(path: str | Path, *, create: bool = True) -> _DirLock | None:
                 raise
             return None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _lock_holder(fd)
             os.close(fd)
