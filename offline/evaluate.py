@@ -19,7 +19,6 @@ import numpy as np
 from online.envs import gym_make
 from reins.errors import ConfigError, DataError
 
-
 # The parts of a recorded env spec that decide which code runs: they must equal the registered spec's.
 _CODE_FIELDS = ("entry_point", "kwargs", "additional_wrappers", "vector_entry_point")
 

@@ -6,7 +6,7 @@ A recipe:
     output_dir: runs/quickstart
     stages:
       - name: sft                     # unique name; default output_dir is <output_dir>/<name>
-        stage: sft                    # a stage from `reins --help` (or a dotted module path)
+        stage: sft                    # a stage from `reins --help` (or plugin:<your.module>)
         steps: 200                    # the stage's own config keys
       - name: dpo
         stage: dpo
@@ -33,11 +33,11 @@ from typing import Any
 
 import yaml
 
+from reins import runio
 from reins.cli import STAGES, flush_denormals, report_interrupt, sigterm_raises
 from reins.config import from_dict, parse_overrides, read_yaml, set_dotted, to_dict
 from reins.errors import ConfigError, DataError, ReinsError
-from reins.runio import (CONFIG_FILE, METRICS_FILE, check_run_dir, config_changes, describe_os_error, held_run_locks,
-                         lock_run_dir, reset_progress)
+from reins.runio import CONFIG_FILE, METRICS_FILE, check_run_dir, config_changes, describe_os_error, reset_progress
 
 _REF = re.compile(r"\$\{([A-Za-z0-9_\-]+)\.([A-Za-z0-9_.]+)\}")
 RECIPE_KEYS = ("name", "output_dir", "stages", "report", "quiet")
@@ -218,7 +218,7 @@ def run_recipe(path: str | Path, overrides: dict[str, Any] | None = None, *, dry
     root = Path(recipe["output_dir"])
     root.mkdir(parents=True, exist_ok=True)
     # One `reins run` of a recipe at a time (report.md), held until this returns; each stage locks its own dir.
-    _root_lock = lock_run_dir(root)
+    _root_lock = runio.lock_run_dir(root)
     results: dict[str, dict] = {}
     first = stages.index(selected[0])
     for i, s in enumerate(stages):
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     flush_denormals()
     _running["stage"] = None
     try:
-        with sigterm_raises(), held_run_locks():
+        with sigterm_raises(), runio.held_run_locks():
             overrides = parse_overrides(args.overrides)
             if args.quiet:
                 overrides["quiet"] = True

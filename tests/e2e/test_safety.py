@@ -323,12 +323,12 @@ def test_a_missing_path_under_a_local_directory_is_not_a_hub_id(workdir, capfd, 
 
 # ----------------------------------------------------------------------------------------- floors
 def test_dependency_floors_exclude_published_bypasses():
-    import tomllib
     from importlib.metadata import version
 
     from packaging.requirements import Requirement
     from packaging.version import Version
 
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     deps = {Requirement(d).name: Requirement(d) for d in
             tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
     fixed = {"torch": "2.10.0", "transformers": "5.5.0", "jinja2": "3.1.6"}
