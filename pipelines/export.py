@@ -143,11 +143,11 @@ def export(run_dir: str | Path, out: str | Path, *, merge: bool = False) -> str:
     run_dir, out = Path(run_dir), Path(out)
     _check_out(out)
     _lock = None
-    if run_dir.is_dir():
-        try:  # no stage writes the run while it is read (other exports may read it too)
-            _lock = lock_run_dir(run_dir, shared=True)
-        except PermissionError:
-            pass  # a read-only run directory: nothing can write it either
+    try:  # no stage writes the run while it is read (other exports may read it too); a directory without a
+        # lock file was never written under one, and is read without creating one there
+        _lock = lock_run_dir(run_dir, create=False, shared=True)
+    except (PermissionError, NotADirectoryError):
+        pass  # a read-only run directory (nothing writes it either), or not a directory (refused below)
     policy = run_dir / "policy.pt"
     if policy.is_file():
         if merge:

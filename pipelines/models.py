@@ -156,7 +156,7 @@ def resolve_model(name: str) -> str:
                             "relative path is read from the working directory; write the base's absolute path)")
         return path
     if _looks_local(name):
-        raise DataError(f"model path {name}: no such directory")
+        raise DataError(f"model path {name} does not exist (no such directory; a local path is never a Hub id)")
     return name  # a Hub id; from_pretrained reports if it cannot be reached (offline)
 
 
@@ -335,7 +335,7 @@ def _hub_kwargs(args: ModelArgs, name: str) -> dict[str, Any]:
     """trust_remote_code (announced once per model) and `revision` (for `args.model` itself when a Hub id)."""
     if args.trust_remote_code and name not in _TRUST_WARNED and is_main_rank():
         _TRUST_WARNED.add(name)
-        print(f"reins: warning: trust_remote_code=true: the Python code shipped with model '{name}' (if any) "
+        print(f"reins: warning: trust_remote_code is on: the Python code shipped with model '{name}' (if any) "
               "runs in this process", file=sys.stderr, flush=True)
     kw: dict[str, Any] = {"trust_remote_code": args.trust_remote_code}
     if getattr(args, "revision", None) and name == args.model and not _looks_local(name):

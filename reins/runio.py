@@ -147,8 +147,8 @@ def fsync_dir(path: str | Path) -> None:
 def deferred_signals():
     """Within the block, SIGINT and SIGTERM are held back and delivered when it ends, so a Ctrl-C that lands in
     the middle of a checkpoint write interrupts the run after the write, as "interrupted at step N", instead
-    of inside torch's zip writer (a traceback). Only the main thread handles signals; elsewhere, and in a
-    nested block, this does nothing."""
+    of inside torch's zip writer (a traceback); a second Ctrl-C interrupts at once. Only the main thread handles
+    signals; elsewhere, and in a nested block, this does nothing."""
     if threading.current_thread() is not threading.main_thread() or _deferring["on"]:
         yield
         return
@@ -156,8 +156,13 @@ def deferred_signals():
     if any(signal.getsignal(sig) is None for sig in (signal.SIGINT, signal.SIGTERM)):
         yield  # a handler installed outside Python could not be put back
         return
-    old = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum))
-           for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def hold(signum, frame):
+        if signum == signal.SIGINT and signum in pending:
+            raise KeyboardInterrupt  # a second Ctrl-C: the user would rather lose this write than wait for it
+        pending.append(signum)
+
+    old = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
     _deferring["on"] = True
     try:
         yield

@@ -272,7 +272,7 @@ def test_trust_remote_code_names_each_model_once(tmp_path, capfd, monkeypatch):
         load_causal_lm(args, load_tokenizer(args))
     err = [x for x in capfd.readouterr().err.splitlines() if "trust_remote_code" in x]
     assert len(err) == 2 and all(f"'{d}'" in line for d, line in zip(dirs, err)), err
-    assert all(line.startswith("reins: warning: trust_remote_code=true") for line in err)
+    assert all(line.startswith("reins: warning: trust_remote_code is on") for line in err)
 
 
 def test_revision_pins_the_hub_model_only(monkeypatch):
@@ -309,7 +309,7 @@ def test_a_missing_path_under_a_local_directory_is_not_a_hub_id(workdir, capfd, 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     code, err = run_cli(["sft", "model=outputs/sft", f"output_dir={workdir / 'o'}", *TINY_TRAIN[6:], "--quiet"],
                         capfd)
-    assert code == 2 and len(err) == 1 and "model path outputs/sft: no such directory" in err[0], err
+    assert code == 2 and len(err) == 1 and "model path outputs/sft does not exist (no such directory" in err[0], err
     with pytest.raises(Exception, match="data file not found: outputs/prefs"):
         load_records("outputs/prefs", "train")
     assert attempts == []
