@@ -425,7 +425,8 @@ class _DirLock:
                 del _locks[self.key]
 
     def __del__(self):
-        self.release()
+        with contextlib.suppress(Exception):  # at interpreter exit the kernel drops the lock anyway
+            self.release()
 
 
 _locks: weakref.WeakValueDictionary[str, _DirLock] = weakref.WeakValueDictionary()
