@@ -202,7 +202,7 @@ def stage_main(config_cls: type, train: Callable[[Any], dict], argv: list[str] |
             cfg = load_config(config_cls, config_path, overrides, stage=stage)
             if getattr(cfg, "output_dir", None):
                 check_output_dir(cfg.output_dir)  # a file or an unwritable place: refused before any work
-                lock_run_dir(cfg.output_dir, create=False)  # a run in progress there, too (RunDir takes it anew)
+                lock_run_dir(cfg.output_dir, create=False)  # a run in progress there, too (RunDir holds on to it)
             from reins.runio import reset_progress
 
             reset_progress()
