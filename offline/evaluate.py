@@ -10,14 +10,66 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
 
 import numpy as np
 
-from reins.errors import DataError
+from reins.errors import ConfigError, DataError
 from rl.envs import gym_make
+
+# The parts of a recorded env spec that decide which code runs: they must equal the registered spec's.
+_CODE_FIELDS = ("entry_point", "kwargs", "additional_wrappers", "vector_entry_point")
+
+
+def dataset_eval_env(spec, dataset: str, *, trust: bool = False):
+    """The evaluation env of a dataset's recorded gymnasium EnvSpec, made from gymnasium's registry by id.
+
+    A dataset is a file people download, and a spec names code (an entry point, its kwargs, wrappers) that
+    `gymnasium.make(spec)` imports and calls. Unless `trust` (trust_dataset_env=true), the recorded spec must
+    name a registered env id and equal the registered spec in entry point, kwargs and wrappers; then the
+    registry's own spec is returned (with the recorded time limit, a number). Anything else is one ConfigError,
+    raised before any of it is imported."""
+    import gymnasium as gym
+
+    if trust:
+        return spec
+    env_id = getattr(spec, "id", None)
+    hint = "set eval_env=<a gymnasium id> to evaluate elsewhere, or trust_dataset_env=true to run the code it names"
+    registered = gym.registry.get(env_id) if isinstance(env_id, str) else None
+    if registered is None:
+        raise ConfigError(f"{dataset}: the dataset's env spec names env '{env_id}', which is not registered in "
+                          f"gymnasium here; reins makes evaluation envs from the registry only: {hint}")
+    for name in _CODE_FIELDS:
+        recorded, own = getattr(spec, name, None), getattr(registered, name, None)
+        if _plain(recorded) != _plain(own):
+            raise ConfigError(f"{dataset}: the dataset's env spec for '{env_id}' differs from gymnasium's "
+                              f"registered one in {name} ({_short(recorded)} vs {_short(own)}): {hint}")
+    steps = getattr(spec, "max_episode_steps", None)
+    if steps is not None and not (isinstance(steps, int) and steps > 0):
+        raise ConfigError(f"{dataset}: the dataset's env spec has max_episode_steps={steps!r}; expected a "
+                          "positive integer")
+    return dataclasses.replace(registered, max_episode_steps=steps)
+
+
+def _plain(x):
+    """A comparable form of a spec field (a WrapperSpec, a callable entry point, tuples vs lists)."""
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return _plain(dataclasses.asdict(x))
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if callable(x):
+        return f"{getattr(x, '__module__', '?')}:{getattr(x, '__qualname__', repr(x))}"
+    return x
+
+
+def _short(x) -> str:
+    text = json.dumps(_plain(x), default=repr)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def check_env_fits(env, tr) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from offline.data import DeviceBuffer, Normalization, load_transitions, pick_device, reference_scores
-from offline.evaluate import adopt_env_action_box, check_env_fits, normalized_score
+from offline.evaluate import adopt_env_action_box, check_env_fits, dataset_eval_env, normalized_score
 from offline.policy import policy_state, save_policy
 from reins.config import RunArgs, check
 from reins.errors import DataError
@@ -77,6 +77,10 @@ class OfflineConfig(RunArgs):
     eval_last_k: int = field(default=3,
                              metadata={"help": "eval/normalized_score_last{K} (and return_mean_last{K}): the mean of "
                                                "the last K evaluations, steadier than the last one alone"})
+    trust_dataset_env: bool = field(
+        default=False, metadata={"help": "make the evaluation env from the dataset's recorded env spec even where "
+                                         "it differs from gymnasium's registered one: runs the code the dataset "
+                                         "names (entry point, wrappers); off: the registered env by id"})
     normalize_score: bool = field(default=True,
                                   metadata={"help": "report eval/normalized_score; needs reference scores"})
     ref_min_score: float | None = field(default=None,
@@ -100,7 +104,9 @@ def _eval_env(cfg: OfflineConfig, tr) -> Any:
     if cfg.eval_env:
         return cfg.eval_env
     if tr.eval_env_spec is not None:
-        return tr.eval_env_spec
+        if cfg.eval_episodes == 0:  # no env is made: the recorded id only names the policy's env
+            return getattr(tr.eval_env_spec, "id", None)
+        return dataset_eval_env(tr.eval_env_spec, tr.dataset_id, trust=cfg.trust_dataset_env)
     return None
 
 

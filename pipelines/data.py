@@ -132,12 +132,13 @@ def load_records(source: str, split: str, *, required: bool = True) -> tuple[lis
         elif split != "train" and not required:
             return None
         return ds.to_list(), f"{p}[{split}]"
-    if source.startswith((".", "/", "~")) or source.endswith((".json", ".jsonl", ".parquet")):
+    if source.startswith((".", "/", "~")) or source.endswith((".json", ".jsonl", ".parquet")) or (
+            "/" in source and Path(source.split("/", 1)[0]).is_dir()):  # under a local directory: not a Hub id
         raise DataError(f"data file not found: {source}")
     import datasets
 
-    try:
-        ds = datasets.load_dataset(source, split=split)
+    try:  # a Hub dataset's own loading script never runs (datasets 4 dropped them; 3.x asks for this flag)
+        ds = datasets.load_dataset(source, split=split, trust_remote_code=False)
     except ValueError as e:
         if not required and "split" in str(e).lower():
             return None

@@ -207,7 +207,7 @@ def attach_ref_logps(examples: list[dict], reference: Reference, pad_id: int, ca
 def build_reference(cfg: Config, policy, tok) -> Reference:
     if cfg.ref_model:
         ref_args = copy.copy(cfg)
-        ref_args.model, ref_args.lora = cfg.ref_model, None
+        ref_args.model, ref_args.lora, ref_args.revision = cfg.ref_model, None, None
         return Reference(freeze(load_causal_lm(ref_args, tok, seed=cfg.seed, trainable=False)))
     if cfg.lora is not None:
         return Reference(adapter_host=policy)

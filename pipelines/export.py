@@ -21,13 +21,12 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import yaml
 
 from reins.errors import ConfigError, DataError, ReinsError
-from reins.runio import CONFIG_FILE, METRICS_FILE
+from reins.runio import CONFIG_FILE, METRICS_FILE, fsync_dir, held_run_locks, lock_run_dir, make_temp_dir
 
 # A key only that stage's config has: config.yaml does not name its stage.
 STAGE_KEYS = (("packing", "sft"), ("desirable_weight", "kto"), ("loss_type", "dpo"), ("kl_coef", "ppo"),
@@ -144,6 +143,12 @@ def export(run_dir: str | Path, out: str | Path, *, merge: bool = False) -> str:
     """Export `run_dir`'s artifact into the new directory `out`; returns what was exported."""
     run_dir, out = Path(run_dir), Path(out)
     _check_out(out)
+    _lock = None
+    try:  # no stage writes the run while it is read (other exports may read it too); a directory without a
+        # lock file was never written under one, and is read without creating one there
+        _lock = lock_run_dir(run_dir, create=False, shared=True)
+    except (PermissionError, NotADirectoryError):
+        pass  # a read-only run directory (nothing writes it either), or not a directory (refused below)
     policy = run_dir / "policy.pt"
     if policy.is_file():
         if merge:
@@ -157,12 +162,17 @@ def export(run_dir: str | Path, out: str | Path, *, merge: bool = False) -> str:
             raise DataError(f"{run_dir}: nothing to export (no model/ of an LM stage, no policy.pt)")
         build = lambda tmp: export_lm(run_dir, tmp, config, metrics, merge=merge)  # noqa: E731
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".export", dir=out.parent))
+    tmp = make_temp_dir(out.parent, prefix=f".{out.name}.", suffix=".export")
     try:
         what = build(tmp)
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        os.replace(tmp, out)
+        try:
+            if out.exists():
+                out.rmdir()  # empty (checked above)
+            os.replace(tmp, out)
+        except OSError:  # another export wrote `out` meanwhile
+            raise DataError(f"--out {out} was written by another process during this export; choose a new "
+                            "one") from None
+        fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -182,10 +192,16 @@ def main(argv: list[str] | None = None) -> int:
     flush_denormals()
     quiet_libraries(args.quiet)
     try:
-        what = export(args.run_dir, args.out, merge=args.merge)
+        with held_run_locks():
+            what = export(args.run_dir, args.out, merge=args.merge)
     except ReinsError as e:
         print(f"reins export: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # a full disk, a permission: the user's to fix
+        from reins.runio import describe_os_error
+
+        print(f"reins export: error: {describe_os_error(e)}", file=sys.stderr)
+        return DataError.exit_code
     if not args.quiet:
         print(f"exported {what}: {args.out}")
     return 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -23,6 +24,7 @@ import torch
 
 from reins.config import check
 from reins.errors import DataError, first_line
+from reins.runio import is_main_rank
 
 TINY = "tiny"
 SMOLLM2 = "smollm2-135m-instruct"
@@ -86,11 +88,18 @@ class ModelArgs:
     tiny: TinySpec = field(default_factory=TinySpec,
                            metadata={"help": "architecture of the locally built model when model=tiny"})
     trust_remote_code: bool = field(default=False,
-                                    metadata={"help": "run a model repo's own Python code: only if a recipe says so"})
+                                    metadata={"help": "run the Python code a model repo ships (custom model or "
+                                                      "tokenizer classes) of every model this stage loads; each is "
+                                                      "named in a warning. Only for repos you trust"})
+    revision: str | None = field(default=None,
+                                 metadata={"help": "Hub revision (branch, tag or commit hash) of `model`, as TRL's "
+                                                   "model_revision; pin a commit to load exactly what you checked"})
 
     def validate_model(self):
         check(self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         check(bool(self.model), "model must name a path, a Hub id, 'tiny' or 'smollm2-135m-instruct'")
+        check(self.revision is None or (self.model not in _NOT_PATHS and not _looks_local(self.model)),
+              f"revision applies to a Hub id; model {self.model!r} is not one")
 
     def run_config_view(self, d: dict) -> dict:
         """config.yaml records local model paths as absolute paths (reins.runio's hook, applied to the saved
@@ -107,7 +116,11 @@ _NOT_PATHS = frozenset({TINY, SMOLLM2, "auto", "reward", "policy", "shared", "",
 
 
 def _looks_local(name: str) -> bool:
-    return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
+    """A path, not a Hub id: it exists, is written as a path (`./x`, `/x`, `~/x`, `a/b/c`), or its first
+    component is a local directory (`outputs/sft` beside an `outputs/`: a run not written yet, not a Hub repo)."""
+    if Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        return True
+    return "/" in name and Path(name.split("/", 1)[0]).is_dir()
 
 
 def absolute_model_path(name: str) -> str:
@@ -142,8 +155,8 @@ def resolve_model(name: str) -> str:
             raise DataError(f"{path}/adapter_config.json: base_model_name_or_path {base} does not exist (a "
                             "relative path is read from the working directory; write the base's absolute path)")
         return path
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise DataError(f"model path {name} does not exist")
+    if _looks_local(name):
+        raise DataError(f"model path {name} does not exist (no such directory; a local path is never a Hub id)")
     return name  # a Hub id; from_pretrained reports if it cannot be reached (offline)
 
 
@@ -246,7 +259,7 @@ def load_tokenizer(args: ModelArgs):
             return build_tiny_tokenizer(args.tiny.vocab_size)
     try:
         with _hf_errors_only():
-            tok = AutoTokenizer.from_pretrained(src, trust_remote_code=args.trust_remote_code)
+            tok = AutoTokenizer.from_pretrained(src, **_hub_kwargs(args, src))
     except (OSError, ValueError) as e:
         raise DataError(f"cannot load tokenizer '{src}': {first_line(e) or type(e).__name__}") from None
     if not getattr(tok, "chat_template", None) and _is_tiny_tokenizer(tok):
@@ -311,11 +324,26 @@ def tiny_config(spec: TinySpec, tok):
                        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
 
 
-def _pretrained_kwargs(args: ModelArgs) -> dict[str, Any]:
-    kw: dict[str, Any] = {"dtype": DTYPES[args.dtype], "trust_remote_code": args.trust_remote_code}
+def _pretrained_kwargs(args: ModelArgs, name: str) -> dict[str, Any]:
+    kw: dict[str, Any] = {"dtype": DTYPES[args.dtype], **_hub_kwargs(args, name)}
     if args.attn_implementation:
         kw["attn_implementation"] = args.attn_implementation
     return kw
+
+
+def _hub_kwargs(args: ModelArgs, name: str) -> dict[str, Any]:
+    """trust_remote_code (announced once per model) and `revision` (for `args.model` itself when a Hub id)."""
+    if args.trust_remote_code and name not in _TRUST_WARNED and is_main_rank():
+        _TRUST_WARNED.add(name)
+        print(f"reins: warning: trust_remote_code is on: the Python code shipped with model '{name}' (if any) "
+              "runs in this process", file=sys.stderr, flush=True)
+    kw: dict[str, Any] = {"trust_remote_code": args.trust_remote_code}
+    if getattr(args, "revision", None) and name == args.model and not _looks_local(name):
+        kw["revision"] = args.revision
+    return kw
+
+
+_TRUST_WARNED: set[str] = set()  # models announced in this process
 
 
 @contextlib.contextmanager
@@ -334,7 +362,7 @@ def _hf_errors_only():
 def _from_pretrained(cls, name: str, args: ModelArgs, **extra):
     try:
         with _hf_errors_only():
-            return cls.from_pretrained(name, **_pretrained_kwargs(args), **extra)
+            return cls.from_pretrained(name, **_pretrained_kwargs(args, name), **extra)
     except (OSError, ValueError, RuntimeError) as e:
         # ValueError: e.g. a repo that needs its own code while trust_remote_code is off; RuntimeError: weights
         # whose shapes do not match the config (a corrupt or hand-edited checkpoint).

@@ -113,6 +113,8 @@ def _args_for(cfg: ModelArgs, model: str, *, trainable: bool) -> ModelArgs:
     """The config's model options for another model; frozen models get neither LoRA nor checkpointing."""
     a = copy.copy(cfg)
     a.model = model
+    if model != cfg.model:
+        a.revision = None  # `revision` pins the policy's model only
     if not trainable:
         a.lora, a.gradient_checkpointing = None, False
     return a

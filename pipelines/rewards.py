@@ -8,7 +8,10 @@
   PPO scores it (pipelines.ppo_rollout.score_responses: at the EOS of a stopped completion, re-tokenised when
   its tokenizer differs from the policy's);
 - `module:function`: any importable Python callable `(prompts, completions) -> list[float]`, one float per
-  completion (`prompts[i]` is the prompt of `completions[i]`, a string or chat messages).
+  completion (`prompts[i]` is the prompt of `completions[i]`, a string or chat messages). This imports and
+  runs the user's code (like `trust_remote_code` for models): a recipe naming one runs whatever that module
+  does. The module is looked up with the current directory first on `sys.path`, the same under `reins grpo`
+  and `python -m pipelines.grpo` (as `python -m` does, and TRL users' scripts expect).
 The reward of a completion is the `reward_weights`-weighted sum. Every function's output is checked on every
 call: a function that raises, returns something that is not one number per completion, or returns NaN/inf is a
 one-line error naming it (ReinsError; NonFiniteError for NaN/inf).
@@ -18,7 +21,9 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +65,7 @@ def _builtin(spec: str) -> RewardFunction:
 def _user_callable(spec: str) -> RewardFunction:
     module, attr = spec.split(":", 1)
     try:
+        _cwd_first_on_path()
         mod = importlib.import_module(module)
     except Exception as e:  # noqa: BLE001 - any import failure is a bad spec
         raise ConfigError(f"reward_funcs: cannot import module {module!r} of {spec!r}: "
@@ -68,6 +74,15 @@ def _user_callable(spec: str) -> RewardFunction:
     if not callable(fn):
         raise ConfigError(f"reward_funcs: {spec!r}: module {module!r} has no callable {attr!r}")
     return RewardFunction(attr, spec, lambda p, t, s: fn(p, t))
+
+
+def _cwd_first_on_path() -> None:
+    """Put the current directory first on sys.path, where `python -m` puts it; the `reins` console script puts
+    its own bin/ there instead, so the same `module:function` would be found by one and not the other."""
+    cwd = os.getcwd()
+    if sys.path[:1] not in ([cwd], [""]):
+        sys.path.insert(0, cwd)
+        importlib.invalidate_caches()
 
 
 def _reward_model(spec: str, cfg, tok) -> RewardFunction:

@@ -6,7 +6,7 @@ A recipe:
     output_dir: runs/quickstart
     stages:
       - name: sft                     # unique name; default output_dir is <output_dir>/<name>
-        stage: sft                    # a stage from `reins --help` (or a dotted module path)
+        stage: sft                    # a stage from `reins --help` (or plugin:<your.module>)
         steps: 200                    # the stage's own config keys
       - name: dpo
         stage: dpo
@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from reins import runio
 from reins.config import from_dict, parse_overrides, read_yaml, set_dotted, to_dict
 from reins.entry import STAGES, flush_denormals, report_interrupt, sigterm_raises
 from reins.errors import ConfigError, DataError, ReinsError
@@ -40,6 +41,7 @@ from reins.runio import CONFIG_FILE, METRICS_FILE, check_run_dir, config_changes
 
 _REF = re.compile(r"\$\{([A-Za-z0-9_\-]+)\.([A-Za-z0-9_.]+)\}")
 RECIPE_KEYS = ("name", "output_dir", "stages", "report", "quiet")
+COMMANDS = ("run", "export")  # entries of `reins --help` that are not stages a recipe runs
 
 
 @dataclasses.dataclass
@@ -51,13 +53,31 @@ class PlannedStage:
     cached: bool
 
 
+# A stage of a recipe is one of reins' own (`reins --help`), or, explicitly, `plugin:<dotted.module>`: a
+# module of the user's exposing `Config` and `train` (like reward functions' `module:function`, this runs the
+# user's code; it is imported only when the recipe runs, never by --dry-run).
+PLUGIN = "plugin:"
+_MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*")
+
+
+def _check_stage(stage: Any, where: str) -> None:
+    """Refuse a stage that is neither a known stage nor an explicit plugin, without importing anything."""
+    if not isinstance(stage, str) or not stage:
+        raise ConfigError(f"{where}: missing 'stage:'")
+    if stage.startswith(PLUGIN):
+        if not _MODULE.fullmatch(stage[len(PLUGIN):]):
+            raise ConfigError(f"{where}: '{stage}': a plugin stage is plugin:<dotted.module.path>")
+        return
+    if stage not in STAGES or stage in COMMANDS:
+        known = ", ".join(s for s in STAGES if s not in COMMANDS)
+        raise ConfigError(f"{where}: unknown stage '{stage}' (known: {known}; a module of your own: "
+                          f"plugin:<module>)")
+
+
 def _stage_module(stage: str, where: str):
-    if stage in STAGES:
-        module_name = STAGES[stage][0]
-    elif "." in stage:
-        module_name = stage
-    else:
-        raise ConfigError(f"{where}: unknown stage '{stage}' (known: {', '.join(s for s in STAGES if s != 'run')})")
+    _check_stage(stage, where)
+    module_name = stage[len(PLUGIN):] if stage.startswith(PLUGIN) else STAGES[stage][0]
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
@@ -104,6 +124,10 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> di
     if not isinstance(stages, list) or not stages or not all(isinstance(s, dict) for s in stages):
         raise ConfigError(f"{path}: 'stages' must be a non-empty list of mappings")
     names = [s.get("name") or s.get("stage") for s in stages]
+    for i, n in enumerate(names):  # a name is a directory under output_dir and part of report file names
+        if not isinstance(n, str) or not _NAME.fullmatch(n):
+            raise ConfigError(f"{path}: stage {i + 1}: name {n!r} must be letters, digits, '_' and '-' (it names "
+                              "the stage's directory under output_dir; give a plugin stage a name)")
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise ConfigError(f"{path}: duplicate stage name '{sorted(dup)[0]}'")
@@ -124,21 +148,28 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> di
     return data
 
 
-def plan(recipe: dict, *, where: str = "recipe") -> list[PlannedStage]:
-    """Resolve every stage's config in order (references, defaults) and decide which are cached."""
+def plan(recipe: dict, *, where: str = "recipe", dry_run: bool = False) -> list[PlannedStage]:
+    """Resolve every stage's config in order (references, defaults) and decide which are cached.
+
+    Every stage name is checked before any stage module is imported; with `dry_run` a plugin stage is not
+    imported at all (its config stays the recipe's mapping, with `output_dir` filled in)."""
+    for spec in recipe["stages"]:
+        _check_stage(spec.get("stage"), f"{where}: stage '{spec['name']}'")
     scope: dict[str, dict] = {"run": {"output_dir": recipe["output_dir"], "name": recipe["name"]}}
     planned = []
     for spec in recipe["stages"]:
         spec = dict(spec)
         name = spec.pop("name")
-        stage = spec.pop("stage", None)
+        stage = spec.pop("stage")
         at = f"{where}: stage '{name}'"
-        if not stage:
-            raise ConfigError(f"{at}: missing 'stage:'")
-        module = _stage_module(stage, at)
         spec.setdefault("output_dir", f"{recipe['output_dir']}/{name}")
         if recipe.get("quiet"):
             spec.setdefault("quiet", True)
+        if dry_run and stage.startswith(PLUGIN) and stage[len(PLUGIN):] not in sys.modules:
+            scope[name] = _resolve(spec, scope, at)
+            planned.append(PlannedStage(name, stage, None, scope[name], False))
+            continue
+        module = _stage_module(stage, at)
         spec = _resolve(spec, scope, at)
         cfg = from_dict(module.Config, spec, where=at)
         resolved = to_dict(cfg)
@@ -166,7 +197,7 @@ _running: dict[str, str | None] = {"stage": None}  # the stage `run_recipe` is i
 def run_recipe(path: str | Path, overrides: dict[str, Any] | None = None, *, dry_run: bool = False,
                only: str | None = None, start: str | None = None, report: bool | None = None) -> dict:
     recipe = load_recipe(path, overrides)
-    stages = plan(recipe, where=str(path))
+    stages = plan(recipe, where=str(path), dry_run=dry_run)
     names = [s.name for s in stages]
     for flag, value in (("--only", only), ("--from", start)):
         if value is not None and value not in names:
@@ -177,11 +208,17 @@ def run_recipe(path: str | Path, overrides: dict[str, Any] | None = None, *, dry
     if dry_run:
         for s in stages:
             state = "cached" if s.cached else ("run" if s in selected else "skip (not selected)")
-            print(f"{s.name:<16} {s.stage:<12} {state:<20} {to_dict(s.config)['output_dir']}")
+            state = "plugin, not imported" if s.module is None else state
+            out = s.config["output_dir"] if isinstance(s.config, dict) else to_dict(s.config)["output_dir"]
+            print(f"{s.name:<16} {s.stage:<12} {state:<20} {out}")
         return {}
     for s in selected:  # every stage's output dir is usable, before the first stage starts any work
         if not s.cached:
             check_run_dir(to_dict(s.config)["output_dir"], s.config)
+    root = Path(recipe["output_dir"])
+    root.mkdir(parents=True, exist_ok=True)
+    # One `reins run` of a recipe at a time (report.md), held until this returns; each stage locks its own dir.
+    _root_lock = runio.lock_run_dir(root)
     results: dict[str, dict] = {}
     first = stages.index(selected[0])
     for i, s in enumerate(stages):
@@ -244,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     flush_denormals()
     _running["stage"] = None
     try:
-        with sigterm_raises():
+        with sigterm_raises(), runio.held_run_locks():
             overrides = parse_overrides(args.overrides)
             if args.quiet:
                 overrides["quiet"] = True

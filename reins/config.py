@@ -40,6 +40,9 @@ class RunArgs:
                                     metadata={"help": "no progress bar, step lines or final metrics on the terminal"})
     report_to: str = dataclasses.field(default="jsonl",
                                        metadata={"help": "none | jsonl | tensorboard (log.jsonl is always written)"})
+    overwrite_output_dir: bool = dataclasses.field(
+        default=False, metadata={"help": "write into an output_dir that holds other files or a different run's "
+                                         "config (its metrics.json, log.jsonl and checkpoints/ are deleted)"})
 
 T = TypeVar("T")
 

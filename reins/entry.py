@@ -167,7 +167,7 @@ def stage_main(config_cls: type, train: Callable[[Any], dict], argv: list[str] |
                stage: str | None = None) -> int:
     """Shared `main` of a stage: parse --config/--quiet/overrides, run, print metrics, map errors to exits."""
     from reins.config import load_config, parse_overrides
-    from reins.runio import check_output_dir, describe_os_error
+    from reins.runio import check_output_dir, describe_os_error, held_run_locks, lock_run_dir
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
@@ -175,7 +175,7 @@ def stage_main(config_cls: type, train: Callable[[Any], dict], argv: list[str] |
         return 0
     flush_denormals()
     try:
-        with sigterm_raises():
+        with sigterm_raises(), held_run_locks():  # the run dir's one-writer lock lasts the whole command
             config_path, quiet, rest = split_stage_argv(argv)
             overrides = parse_overrides(rest)
             if quiet:
@@ -183,6 +183,7 @@ def stage_main(config_cls: type, train: Callable[[Any], dict], argv: list[str] |
             cfg = load_config(config_cls, config_path, overrides, stage=stage)
             if getattr(cfg, "output_dir", None):
                 check_output_dir(cfg.output_dir)  # a file or an unwritable place: refused before any work
+                lock_run_dir(cfg.output_dir, create=False)  # a run in progress there, too (RunDir holds on to it)
             from reins.runio import reset_progress
 
             reset_progress()

@@ -15,13 +15,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import math
 import os
 import random
+import shutil
+import signal
 import sys
 import tempfile
+import threading
+import time
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +42,10 @@ METRICS_FILE = "metrics.json"
 LOG_FILE = "log.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_FILE = "checkpoint.pt"
+LOCK_FILE = ".reins.lock"
 
 # Config keys that do not change what a run computes, so a resume with a different value is allowed.
-NON_SEMANTIC_KEYS = frozenset({"quiet", "log_every", "report_to", "progress"})
+NON_SEMANTIC_KEYS = frozenset({"quiet", "log_every", "report_to", "progress", "overwrite_output_dir"})
 REPORT_TO = ("none", "jsonl", "tensorboard")
 
 # The count of the latest progress bar (the step a stage is at), for the one-line "interrupted at step N".
@@ -80,26 +87,94 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 @contextlib.contextmanager
 def _atomic_file(path: str | Path):
-    """A binary file that replaces `path` (write to a temp name in its directory, fsync, rename) when the block
-    ends without an error, and is removed otherwise. An OSError names `path`, not the temp name."""
+    """A binary file that replaces `path` (write to a temp name in its directory, fsync, rename, fsync the
+    directory) when the block ends without an error, and is removed otherwise. The file gets the mode a plain
+    `open` would (the user's umask; mkstemp's own is 0600). Ctrl-C and SIGTERM wait until the write is done
+    (`deferred_signals`). An OSError names `path`, not the temp name."""
     path = Path(path)
     tmp = None
+    with deferred_signals():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.fchmod(fd, 0o666 & ~current_umask())
+            with os.fdopen(fd, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            fsync_dir(path.parent)
+        except OSError as e:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+        except BaseException:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and setting it back: there is no plain getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_temp_dir(parent: str | Path, prefix: str, suffix: str = "") -> Path:
+    """`tempfile.mkdtemp` in `parent`, with the mode a plain `mkdir` would give (mkdtemp's own is 0700), for a
+    directory that is renamed into place as a result the user reads."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
+    os.chmod(tmp, 0o777 & ~current_umask())
+    return tmp
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Flush a directory's entries (a rename into it) to disk, so a crash after the rename cannot undo it."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
-    except BaseException:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # a platform or file system without directory handles: the rename itself stands
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems (e.g. certain network mounts) refuse fsync on a directory
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def deferred_signals():
+    """Within the block, SIGINT and SIGTERM are held back and delivered when it ends, so a Ctrl-C that lands in
+    the middle of a checkpoint write interrupts the run after the write, as "interrupted at step N", instead
+    of inside torch's zip writer (a traceback); a second Ctrl-C interrupts at once. Only the main thread handles
+    signals; elsewhere, and in a nested block, this does nothing."""
+    if threading.current_thread() is not threading.main_thread() or _deferring["on"]:
+        yield
+        return
+    pending: list[int] = []
+    if any(signal.getsignal(sig) is None for sig in (signal.SIGINT, signal.SIGTERM)):
+        yield  # a handler installed outside Python could not be put back
+        return
+
+    def hold(signum, frame):
+        if signum == signal.SIGINT and signum in pending:
+            raise KeyboardInterrupt  # a second Ctrl-C: the user would rather lose this write than wait for it
+        pending.append(signum)
+
+    old = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _deferring["on"] = True
+    try:
+        yield
+    finally:
+        _deferring["on"] = False
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(pending):
+            signal.raise_signal(sig)  # the restored handler runs now: KeyboardInterrupt / Terminated
+
+
+_deferring = {"on": False}
 
 
 def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
@@ -286,31 +361,138 @@ def check_output_dir(output_dir: str | Path) -> None:
         raise DataError(f"output_dir {p}: {q} is not writable (permission denied or a read-only file system)")
 
 
-def check_run_dir(output_dir: str | Path, config: Any) -> None:
+def check_run_dir(output_dir: str | Path, config: Any) -> list[str] | None:
     """Everything `RunDir(output_dir, config)` refuses, checked without writing anything: an output_dir that
-    cannot hold a run, one holding a different run's config, an unknown `report_to`."""
+    cannot hold a run, one holding a different run's config or files that are not a run of this stage (unless
+    the config sets `overwrite_output_dir`), an unknown `report_to`.
+
+    Returns what an allowed overwrite takes over (the differing keys, or ["no config.yaml"] for a foreign
+    directory), None for an empty directory or this same run."""
     check_output_dir(output_dir)
     path = Path(output_dir)
-    cfg_path = path / CONFIG_FILE
-    if cfg_path.is_file():
-        import yaml
-
-        try:
-            old = yaml.safe_load(cfg_path.read_text()) or {}
-        except (yaml.YAMLError, UnicodeDecodeError):
-            old = None
-        except OSError as e:
-            raise os_error(e, "cannot read the earlier run's config", cfg_path) from None
-        if not isinstance(old, dict):
-            raise ConfigError(f"{cfg_path}: unreadable config of an earlier run; choose another output_dir")
-        diff = config_changes(old, config)
-        if diff:
-            raise ConfigError(
-                f"output_dir {path} holds a different run's config (differs in: {', '.join(diff[:5])});"
-                " choose another output_dir or delete that one")
+    overwrite = bool(run_config(config).get("overwrite_output_dir", getattr(config, "overwrite_output_dir", False)))
+    taken = _other_contents(path, config)
+    if taken and not overwrite:
+        if taken == ["no config.yaml"]:
+            raise ConfigError(f"output_dir {path} is not empty and holds no {CONFIG_FILE} of a reins run; choose "
+                              "another output_dir, or set overwrite_output_dir=true to write into it anyway")
+        raise ConfigError(
+            f"output_dir {path} holds a different run's config (differs in: {', '.join(taken[:5])});"
+            " choose another output_dir or delete that one (or set overwrite_output_dir=true)")
     report_to = run_config(config).get("report_to", "jsonl")
     if report_to not in REPORT_TO:
         raise ConfigError(f"report_to must be one of {', '.join(REPORT_TO)}, got {report_to!r}")
+    return taken
+
+
+def _other_contents(path: Path, config: Any) -> list[str] | None:
+    """Why `path` is not this run's directory: the keys another run's config.yaml differs in, or
+    ["no config.yaml"] for a non-empty directory without one (its lock file aside); None if it is empty,
+    missing or this same run."""
+    cfg_path = path / CONFIG_FILE
+    if not cfg_path.is_file():
+        try:
+            foreign = path.is_dir() and any(p.name != LOCK_FILE for p in path.iterdir())
+        except OSError as e:
+            raise os_error(e, "cannot read output_dir", path) from None
+        return ["no config.yaml"] if foreign else None
+    import yaml
+
+    try:
+        old = yaml.safe_load(cfg_path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError):
+        old = None
+    except OSError as e:
+        raise os_error(e, "cannot read the earlier run's config", cfg_path) from None
+    if not isinstance(old, dict):
+        raise ConfigError(f"{cfg_path}: unreadable config of an earlier run; choose another output_dir")
+    return config_changes(old, config) or None
+
+
+# ----------------------------------------------------------------------------------------- one writer
+class _DirLock:
+    """An open lock file holding an exclusive flock; the kernel drops the lock when the file is closed, also
+    when the process is killed, so a stale lock file never blocks a later run."""
+
+    def __init__(self, fd: int, key: str):
+        self.fd, self.key = fd, key
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+            if _locks.get(self.key) is self:
+                del _locks[self.key]
+
+    def __del__(self):
+        with contextlib.suppress(Exception):  # at interpreter exit the kernel drops the lock anyway
+            self.release()
+
+
+_locks: weakref.WeakValueDictionary[str, _DirLock] = weakref.WeakValueDictionary()
+_lock_scopes: list[list[_DirLock]] = []
+
+
+def is_main_rank() -> bool:
+    """Whether this is the process that owns a run directory (rank 0 of a multi-process launch)."""
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
+def lock_run_dir(path: str | Path, *, create: bool = True, shared: bool = False) -> _DirLock | None:
+    """Take the one-writer lock of run directory `path` (an advisory `flock` on its lock file) for as long as
+    the returned handle lives, or, inside `held_run_locks()`, until that block ends. Taking a lock this
+    process already holds returns the same handle. Another process holding it: ConfigError naming its pid.
+
+    `create=False` only checks a lock file that already exists. `shared`: a reader's lock (`reins export`),
+    which other readers may hold too but no writer. Non-main ranks of a multi-process launch share their rank
+    0's lock and take none (None)."""
+    if not is_main_rank():
+        return None
+    key = os.path.realpath(path)
+    lock = _locks.get(key)
+    if lock is None:
+        lock_path = Path(path) / LOCK_FILE
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0), 0o666)
+        except FileNotFoundError:
+            if create:
+                raise
+            return None
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise ConfigError(f"output_dir {path} is in use by another reins process (pid {holder}); wait for it "
+                              "to end or choose another output_dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        lock = _locks[key] = _DirLock(fd, key)
+    if _lock_scopes and lock not in _lock_scopes[-1]:
+        _lock_scopes[-1].append(lock)
+    return lock
+
+
+def _lock_holder(fd: int) -> str:
+    # The holder writes its pid right after taking the lock: give a holder that just took it a moment.
+    for _ in range(5):
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if text:
+            return text
+        time.sleep(0.02)
+    return "unknown"
+
+
+@contextlib.contextmanager
+def held_run_locks():
+    """Keep every run-directory lock taken within the block until it ends: a command's whole life (a stage
+    lets go of its RunDir before the command has printed its result; `reins run` goes through several)."""
+    _lock_scopes.append([])
+    try:
+        yield
+    finally:
+        for lock in _lock_scopes.pop():
+            lock.release()
 
 
 def _semantic(cfg_dict: dict) -> dict:
@@ -386,9 +568,21 @@ class RunDir:
             self._tb_factory = lambda: SummaryWriter(log_dir=str(self.path / "tensorboard"))
         try:
             self.path.mkdir(parents=True, exist_ok=True)
+            self._lock = lock_run_dir(self.path)
+            if self._lock is not None and _other_contents(self.path, config):  # overwrite_output_dir: a new run
+                self._clear_earlier_run()
             atomic_write_text(self.path / CONFIG_FILE, dump_yaml(self.config))
         except OSError as e:
             raise os_error(e, "cannot write the run directory", self.path) from None
+
+    def _clear_earlier_run(self) -> None:
+        """Remove what would make the earlier run's files look like this run's: its completion mark, log,
+        checkpoint and TensorBoard events (other files stay, and artifacts of this run overwrite theirs)."""
+        for name in (METRICS_FILE, LOG_FILE, CONFIG_FILE):
+            (self.path / name).unlink(missing_ok=True)
+        for name in (CHECKPOINT_DIR, "tensorboard"):
+            if (self.path / name).is_dir():
+                shutil.rmtree(self.path / name)
 
     # paths
     @property

@@ -72,7 +72,7 @@ CASES = {
                              "eval_env=NoSuchEnv-v0", "normalize_score=false"],
         ["cannot make evaluation env 'NoSuchEnv-v0'"]),
     "cql-dataset-env-not-installed": (
-        "cql", lambda root: [f"dataset={_env_not_installed(root)}"],
+        "cql", lambda root: [f"dataset={_env_not_installed(root)}", "trust_dataset_env=true"],
         ["cannot make evaluation env 'ReinsPlugin/Pendulum-v0'", "reins_plugin_not_installed"]),
 }
 

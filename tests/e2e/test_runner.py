@@ -13,10 +13,10 @@ name: t
 output_dir: {out}
 stages:
   - name: a
-    stage: tests.e2e.dummy_stage
+    stage: plugin:tests.e2e.dummy_stage
     steps: 10
   - name: b
-    stage: tests.e2e.dummy_stage
+    stage: plugin:tests.e2e.dummy_stage
     input_file: ${{a.output_dir}}/value.txt
     scale: 0.5
 """
@@ -83,8 +83,8 @@ def test_dry_run_only_from(recipe, tmp_path, capsys):
 
 @pytest.mark.parametrize("body, msg", [
     ("stages:\n  - name: a\n    stage: nope\n", "unknown stage 'nope'"),
-    ("stages:\n  - name: a\n    stage: tests.e2e.dummy_stage\n    bogus: 1\n", "unknown key 'bogus'"),
-    ("stages:\n  - name: a\n    stage: tests.e2e.dummy_stage\n    input_file: ${zz.output_dir}\n",
+    ("stages:\n  - name: a\n    stage: plugin:tests.e2e.dummy_stage\n    bogus: 1\n", "unknown key 'bogus'"),
+    ("stages:\n  - name: a\n    stage: plugin:tests.e2e.dummy_stage\n    input_file: ${zz.output_dir}\n",
      "names no earlier stage"),
     ("stages: []\n", "non-empty list"),
     ("stagez: []\n", "needs a 'stages:' list"),
