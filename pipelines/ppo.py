@@ -370,7 +370,7 @@ def _check_inputs(cfg: Config, acc) -> tuple:
 
 def setup(cfg: Config, acc) -> Session:
     """Load and validate the inputs, open the run dir, build the models and optimiser, resume from a checkpoint."""
-    tok, prompts, prompt_ids, dropped, total = _check_inputs(cfg, acc)
+    tok, prompts, prompt_ids, dropped, total, _columns = _check_inputs(cfg, acc)
     reward_model, rm_tok, same_tok = load_reward(cfg, tok)
     ac, reference = build_models(cfg, tok, same_tok=same_tok, reward_path=resolve_reward_dir(cfg.reward_model))
     eprompts = eval_prompts(cfg.eval_prompts, cfg.eval.num_prompts) if acc.is_main_process else []
