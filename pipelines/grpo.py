@@ -55,6 +55,7 @@ from pipelines.ppo_rollout import lm_logits, response_logits, rollout_batch
 from pipelines.prompts import ARITHMETIC, builtin_prompts, param_sync_gap, prompt_rows
 from pipelines.rewards import (
     RewardFunction,
+    agree,
     check_columns,
     column_lists,
     probe,
@@ -182,16 +183,6 @@ class Config(SamplingArgs, ModelArgs, RunArgs):
 
 
 # ----------------------------------------------------------------------------------------- rollout
-def _agree(error: ReinsError | None, reduce) -> None:
-    """Raise on every process when any process hit an error (a rank raising alone would leave the others
-    waiting in the next collective)."""
-    n = reduce(torch.tensor([1.0 if error is not None else 0.0], dtype=torch.float64))
-    if error is not None:
-        raise error
-    if n.item() > 0:
-        raise ReinsError("a reward function failed on another process (its message is in that process's output)")
-
-
 def _logps(model, batch: dict, T: float, bs: int, device) -> torch.Tensor:
     """Response-token log-probs [B, R] (0 off the mask) in chunks of `bs`, no gradient."""
     out = []
@@ -227,7 +218,7 @@ def rollout(cfg: Config, policy, reference, funcs: list[RewardFunction], tok, pr
         rewards = weighted_rewards(per_fn, cfg.weights, funcs, s.texts)
     except ReinsError as e:
         err = e
-    _agree(err, reduce)
+    agree(err, reduce)
     overlong = None
     if cfg.overlong_buffer_len is not None:
         overlong = soft_overlong_penalty([len(c) for c in s.completion_ids], cfg.generation.max_new_tokens,

@@ -242,6 +242,16 @@ def reward_stats(col: torch.Tensor) -> tuple[float, float] | None:
     return v.mean().item(), (v.std().item() if len(v) > 1 else 0.0)
 
 
+def agree(error: ReinsError | None, reduce) -> None:
+    """Raise on every process when any process hit an error (a rank raising alone would leave the others
+    waiting in the next collective); `reduce(t)` sums a float64 tensor over processes."""
+    n = reduce(torch.tensor([1.0 if error is not None else 0.0], dtype=torch.float64))
+    if error is not None:
+        raise error
+    if n.item() > 0:
+        raise ReinsError("a reward function failed on another process (its message is in that process's output)")
+
+
 def probe(funcs: list[RewardFunction], prompts: list, columns: dict | None = None) -> None:
     """Call every non-model reward function once on (prompts, empty completions), so a function that raises,
     returns the wrong number of values or NaN fails before the run writes anything."""

@@ -228,3 +228,26 @@ def test_grpo_names_a_missing_column_before_writing(tmp_path, word_data):
                                                   reward_funcs=["tests.pipelines.grpo_rewards:needs_solution"],
                                                   reward_weights=None)))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_ppo_reward_functions_get_the_columns_and_add_to_the_score(tmp_path, word_data):
+    from pipelines import ppo
+    from tests.pipelines import test_ppo_stage as tp
+
+    train, _, rows = word_data
+    tags = {r["prompt"]: r["tag"] for r in rows}
+    base = {"data": train, "max_prompt_length": 80, "max_steps": 1, "eval_prompts": "none", "batch_size": 8,
+            "missing_eos_penalty": None}
+    # reward functions alone (no reward model; the value model starts from the policy)
+    m = ppo.train(from_dict(ppo.Config, tp.toy_cfg(tmp_path / "funcs", reward_model="", **base,
+                                                   reward_funcs=["tests.pipelines.grpo_rewards:aligned"])))
+    assert len(grpo_rewards.SEEN) == 2 + 8 and all(tags[p] == t for p, _, t, _ in grpo_rewards.SEEN)
+    assert m["train/objective/raw_scores"] == 1.0 and m["train/rewards/aligned/mean"] == 1.0
+    # beside the reward model: its score plus 0.5 x aligned (= 1 on every row)
+    rm = ppo.train(from_dict(ppo.Config, tp.toy_cfg(tmp_path / "rm", **base)))
+    both = ppo.train(from_dict(ppo.Config, tp.toy_cfg(tmp_path / "both", **base, reward_weights=[0.5],
+                                                      reward_funcs=["tests.pipelines.grpo_rewards:aligned"])))
+    assert both["train/objective/raw_scores"] == pytest.approx(rm["train/objective/raw_scores"] + 0.5, abs=1e-6)
+    with pytest.raises(ConfigError, match="reward_model or reward_funcs"):
+        ppo.train(from_dict(ppo.Config, tp.toy_cfg(tmp_path / "none", reward_model="", **base)))
