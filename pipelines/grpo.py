@@ -5,15 +5,17 @@ One iteration ("update", the unit of `max_steps`, `save_every`, `eval_every`):
    completed `num_generations` times by the policy (KV-cached sampling, truncated after the first EOS;
    pipelines.generation), laid out as PPO's rollouts (pipelines.ppo_rollout.rollout_batch);
 2. rewards: every `reward_funcs` entry scores every completion (pipelines.rewards: verifiable rewards such as
-   `builtin:arithmetic`, the gold judge, reward models, user `module:function` callables), checked and summed
-   with `reward_weights`;
+   `builtin:arithmetic`, the gold judge, reward models, user `module:function` callables with TRL's signature,
+   fed each prompt's other dataset columns), checked and summed with `reward_weights` (None rewards left out);
+   plus DAPO's soft overlong penalty (`overlong_buffer_len`, pgcore.advantages.soft_overlong_penalty);
 3. advantages: one per completion from its group of `num_generations` (pgcore.advantages.group_advantages):
    `advantage: grpo` r - mean (divided by the group std, the batch std or nothing: `scale_rewards`, Dr. GRPO)
    or `rloo` r - mean of the others; computed over the global batch (all processes);
 4. update: `num_iterations` passes over `num_minibatches` shuffled minibatches, each split into `grad_accum`
    micro-batches; loss = pgcore.policy_losses.grpo_loss: the clipped surrogate (`epsilon`, `epsilon_high`:
-   DAPO clip-higher) plus `beta` x k3 KL to the reference, aggregated by `loss_type` (token | sequence |
-   dr_grpo), with the minibatch's counts in every micro-batch. With one pass and one minibatch the old
+   DAPO clip-higher; on token ratios or GSPO's sequence ratio, `importance_sampling_level`) plus `beta` x k3 KL
+   to the reference, aggregated by `loss_type` (token | sequence | dr_grpo), with the minibatch's counts in
+   every micro-batch; `mask_truncated_completions` leaves completions without EOS out of it. With one pass and one minibatch the old
    log-probs are the current ones, detached: the ratio is exactly 1. `beta: 0` loads no reference model.
 Metrics use TRL's GRPOTrainer names (reward, reward_std, frac_reward_zero_std, rewards/<name>/mean|std, kl,
 entropy, clip_ratio/low_mean|high_mean|region_mean, completions/mean_length|min_length|max_length|clipped_ratio|

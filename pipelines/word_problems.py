@@ -34,7 +34,7 @@ TEMPLATES = {   # name -> (problem text, answer)
     "loss": ("{n} had {a} {x} and gave {b} away. How many {x} does {n} have left?", lambda a, b: a - b),
     "pool": ("A box holds {a} {x} and a bag holds {b} {x}. How many {x} are there in all?", lambda a, b: a + b),
 }
-INSTRUCTION = "Solve the problem. End with the final answer as a number after '####', like '#### 12'."
+INSTRUCTION = "Solve the problem. Write the final answer as a number after '####' on the last line."
 _NUMBER = r"(-?\d[\d,]*(?:\.\d+)?)"
 _HASH = re.compile(r"####\s*" + _NUMBER)
 _BOXED = re.compile(r"\\boxed\{\s*" + _NUMBER + r"\s*\}")
