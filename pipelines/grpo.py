@@ -15,8 +15,9 @@ One iteration ("update", the unit of `max_steps`, `save_every`, `eval_every`):
    micro-batches; loss = pgcore.policy_losses.grpo_loss: the clipped surrogate (`epsilon`, `epsilon_high`:
    DAPO clip-higher; on token ratios or GSPO's sequence ratio, `importance_sampling_level`) plus `beta` x k3 KL
    to the reference, aggregated by `loss_type` (token | sequence | dr_grpo), with the minibatch's counts in
-   every micro-batch; `mask_truncated_completions` leaves completions without EOS out of it. With one pass and one minibatch the old
-   log-probs are the current ones, detached: the ratio is exactly 1. `beta: 0` loads no reference model.
+   every micro-batch; `mask_truncated_completions` leaves completions without EOS out of it. With one pass and
+   one minibatch the old log-probs are the current ones, detached: the ratio is exactly 1. `beta: 0` loads no
+   reference model.
 Metrics use TRL's GRPOTrainer names (reward, reward_std, frac_reward_zero_std, rewards/<name>/mean|std, kl,
 entropy, clip_ratio/low_mean|high_mean|region_mean, completions/mean_length|min_length|max_length|clipped_ratio|
 mean_terminated_length, num_tokens, loss, grad_norm) plus an evaluation on held-out prompts every `eval_every`

@@ -1,4 +1,4 @@
-"""Reward functions of the grpo stage: verifiable rewards, the gold judge, reward models and user callables.
+"""Reward functions of the grpo and ppo stages: verifiable rewards, the gold judge, reward models and user callables.
 
 `reward_funcs` entries:
 - `builtin:arithmetic` (exact match of the parsed answer) and `builtin:arithmetic_format` (a bare integer),
@@ -231,7 +231,7 @@ def weighted_rewards(per_fn: torch.Tensor, weights: list[float], funcs: list[Rew
         raise DataError(f"completion {i} ({texts[i][:60]!r}) has no applicable reward: every reward function "
                         f"({', '.join(f.name for f in funcs)}) returned None for it")
     w = torch.tensor(weights, dtype=torch.float64)
-    return torch.where(applicable, per_fn * w, torch.zeros((), dtype=torch.float64)).sum(-1)
+    return torch.where(applicable, per_fn, torch.zeros((), dtype=torch.float64)) @ w
 
 
 def reward_stats(col: torch.Tensor) -> tuple[float, float] | None:
