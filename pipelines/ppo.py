@@ -169,10 +169,8 @@ class Config(SamplingArgs, ModelArgs, RunArgs):
         check(self.missing_eos_penalty is None or self.missing_eos_penalty >= 0, "missing_eos_penalty must be >= 0")
         check(self.score_clip is None or self.score_clip > 0, "score_clip must be > 0")
         check(self.max_prompt_length >= 1, "max_prompt_length must be >= 1")
-        check(bool(self.reward_model) or bool(self.reward_funcs), "reward_model or reward_funcs must give a reward")
         check(self.reward_weights is None or len(self.reward_weights) == len(self.reward_funcs),
               f"reward_weights has {len(self.reward_weights or [])} entries for {len(self.reward_funcs)} reward_funcs")
-        check(bool(self.reward_model) or self.value_model != "reward", "value_model=reward needs a reward_model")
 
     def run_config_view(self, d: dict) -> dict:
         """ModelArgs' view without the Trainer-only keys a config.yaml saved before OptimArgs holds."""
@@ -423,6 +421,9 @@ def _check_inputs(cfg: Config, acc) -> tuple:
     if local * world != cfg.batch_size or local % (cfg.num_minibatches * cfg.grad_accum):
         raise ConfigError(f"batch_size={cfg.batch_size} must be a multiple of num_processes ({world}) x "
                           f"num_minibatches ({cfg.num_minibatches}) x grad_accum ({cfg.grad_accum})")
+    if not cfg.reward_model and (not cfg.reward_funcs or cfg.value_model == "reward"):
+        raise ConfigError("reward_model must name a reward stage output dir or a sequence-classification model "
+                          "(it may be empty only with reward_funcs and a value_model other than reward)")
     tok = load_tokenizer(cfg)
     check_tokenizer(tok, cfg.model, "responses")
     prompts, prompt_ids, dropped, total, columns = load_stage_prompts(cfg, tok)
