@@ -18,7 +18,8 @@ import torch
 
 from ._util import masked_mean, masked_var
 
-__all__ = ["discounted_returns", "reward_to_go", "n_step_returns", "gae", "whiten", "group_advantages"]
+__all__ = ["discounted_returns", "reward_to_go", "n_step_returns", "gae", "whiten", "group_advantages",
+           "soft_overlong_penalty"]
 
 
 def _as(x, like: torch.Tensor) -> torch.Tensor | None:
@@ -226,3 +227,20 @@ def group_advantages(rewards, group_size: int, *, kind: str = "grpo", scale: str
         adv = adv / (rewards.std() + eps)
     flat = (r == r[:, :1]).all(-1, keepdim=True)
     return torch.where(flat, torch.zeros((), dtype=adv.dtype, device=adv.device), adv).reshape(-1)
+
+
+def soft_overlong_penalty(lengths, max_length: int, buffer_len: int, penalty: float = 1.0) -> torch.Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, §3.4 "Overlong Reward Shaping"), added to the reward.
+
+    With ``L_max = max_length`` (the generation budget) and ``L_cache = buffer_len``, a completion of ``|y|``
+    tokens gets ``0`` while ``|y| <= L_max - L_cache``, then ``-penalty * (|y| - (L_max - L_cache)) / L_cache``,
+    linear in how far it has entered the last ``L_cache`` tokens (``-penalty`` at ``|y| = L_max``), and
+    ``-penalty`` beyond ``L_max``. ``penalty = 1`` is the paper's scale (verl's ``penalty_factor``).
+    ``lengths`` ``[N]`` count completion tokens (EOS included); returned as float64.
+    """
+    if not 1 <= buffer_len <= max_length:
+        raise ValueError(f"soft_overlong_penalty: need 1 <= buffer_len <= max_length, got {buffer_len}, "
+                         f"{max_length}")
+    n = torch.as_tensor(lengths, dtype=torch.float64)
+    over = (n - (max_length - buffer_len)).clamp(0.0, float(buffer_len))
+    return -float(penalty) * over / buffer_len

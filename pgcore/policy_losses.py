@@ -21,6 +21,8 @@ __all__ = [
     "value_loss",
     "entropy_bonus",
     "clipped_surrogate",
+    "importance_log_ratio",
+    "mask_truncated_completions",
     "aggregate_token_loss",
     "grpo_loss",
     "sac_q_target",
@@ -144,20 +146,58 @@ def entropy_bonus(entropy, mask=None) -> torch.Tensor:
     return masked_mean(entropy, mask)
 
 
-def clipped_surrogate(logp, old_logp, advantages, eps_low, eps_high=None):
+IS_LEVELS = ("token", "sequence")
+
+
+def importance_log_ratio(logp, old_logp, mask=None, level: str = "token") -> torch.Tensor:
+    """The log importance ratio ``log r`` of each token, ``[B, T]``, at token or sequence level.
+
+    - ``"token"``: ``log r_{i,t} = log pi(o_{i,t}|.) - log pi_old(o_{i,t}|.)`` (PPO, GRPO);
+    - ``"sequence"``: every token of completion i gets ``log s_i = (1/|o_i|) sum_t (log pi - log pi_old)``, the
+      log of the length-normalised sequence likelihood ratio ``s_i = (pi(o_i|q) / pi_old(o_i|q))^(1/|o_i|)`` of
+      GSPO (Zheng et al. 2025, "Group Sequence Policy Optimization", §4.1): one clip decision per completion.
+      ``mask`` gives ``|o_i|`` (tokens where it is non-zero; entries off the mask are ignored even when NaN).
+    ``old_logp`` is a constant; the gradient flows into ``logp``.
+    """
+    if level not in IS_LEVELS:
+        raise ValueError(f"importance_log_ratio: unknown level {level!r} (expected 'token' or 'sequence')")
+    lr = logp - _detach(old_logp)
+    if level == "token":
+        return lr
+    valid = _valid(lr, mask)
+    zero = torch.zeros((), dtype=lr.dtype, device=lr.device)
+    seq = torch.where(valid, lr, zero).sum(-1, keepdim=True) / valid.sum(-1, keepdim=True).clamp_min(1)
+    return seq.expand_as(lr)
+
+
+def mask_truncated_completions(mask, terminated) -> torch.Tensor:
+    """``mask [B, T]`` with the rows of completions that did not terminate zeroed: ``mask * terminated[:, None]``.
+
+    A completion cut at the generation budget (no EOS) has no outcome a reward can judge fairly; leaving it out
+    of the loss (DAPO, Yu et al. 2025, §3.4, "overlong filtering"; TRL's ``mask_truncated_completions``) keeps
+    the policy from being pushed by the rewards of unfinished answers. Its tokens also leave the token counts of
+    the loss aggregation; its reward still counts in its group's baseline.
+    """
+    m = torch.as_tensor(mask)
+    keep = torch.as_tensor(terminated, device=m.device).to(m.dtype)
+    return m * keep.reshape(-1, *([1] * (m.dim() - 1)))
+
+
+def clipped_surrogate(logp, old_logp, advantages, eps_low, eps_high=None, *, mask=None, level: str = "token"):
     """Per-token clipped surrogate loss ``-min(r A, clip(r, 1 - eps_low, 1 + eps_high) A)``, unreduced.
 
-    The PPO-clip term (Schulman et al. 2017, eq. 7; ``ppo_clip_loss`` with ``eps_high = eps_low``) with DAPO's decoupled
-    bounds (Yu et al. 2025, DAPO, §3.1 "Clip-Higher": a larger ``eps_high`` leaves low-probability tokens
-    room to grow). ``r = exp(logp - old_logp)``; ``advantages`` broadcast against ``logp`` (``[B, 1]`` gives each
-    completion one outcome advantage for all its tokens, as in GRPO). ``old_logp`` and ``advantages`` are
-    constants. Returns ``(loss [..], info)``, ``info`` holding boolean tensors of where the clipped term is the
-    active one (zero gradient): ``low`` (``r < 1 - eps_low`` and ``A < 0``), ``high`` (``r > 1 + eps_high`` and
-    ``A > 0``), and the ``ratio``.
+    The PPO-clip term (Schulman et al. 2017, eq. 7; ``ppo_clip_loss`` with ``eps_high = eps_low``) with DAPO's
+    decoupled bounds (Yu et al. 2025, DAPO, §3.1 "Clip-Higher": a larger ``eps_high`` leaves low-probability
+    tokens room to grow). ``r = exp(importance_log_ratio(logp, old_logp, mask, level))``: the token ratio, or
+    GSPO's sequence ratio (``level="sequence"``, which needs ``mask``) given to every token of its completion.
+    ``advantages`` broadcast against ``logp`` (``[B, 1]`` gives each completion one outcome advantage for all its
+    tokens, as in GRPO). ``old_logp`` and ``advantages`` are constants. Returns ``(loss [..], info)``, ``info``
+    holding boolean tensors of where the clipped term is the active one (zero gradient): ``low``
+    (``r < 1 - eps_low`` and ``A < 0``), ``high`` (``r > 1 + eps_high`` and ``A > 0``), and the ``ratio``.
     """
     eps_high = eps_low if eps_high is None else eps_high
-    old_logp, adv = _detach(old_logp), _detach(advantages)
-    ratio = torch.exp(logp - old_logp)
+    adv = _detach(advantages)
+    ratio = torch.exp(importance_log_ratio(logp, old_logp, mask, level))
     surr = ratio * adv
     surr_clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
     loss = -torch.minimum(surr, surr_clipped)
@@ -207,7 +247,7 @@ def aggregate_token_loss(per_token, mask, mode: str = "token", *, max_length: in
 
 def grpo_loss(logp, old_logp, advantages, mask, *, eps_low: float, eps_high: float | None = None,
               beta: float = 0.0, ref_logp=None, aggregation: str = "token", max_length: int | None = None,
-              num_sequences=None, num_tokens=None):
+              num_sequences=None, num_tokens=None, importance_sampling_level: str = "token"):
     """The GRPO objective, negated (Shao et al. 2024, DeepSeekMath, eq. 3), as a loss to minimise.
 
     Per token ``l_{i,t} = -min(r A_i, clip(r, 1 - eps_low, 1 + eps_high) A_i) + beta * k3_{i,t}`` with
@@ -216,13 +256,16 @@ def grpo_loss(logp, old_logp, advantages, mask, *, eps_low: float, eps_high: flo
     ``pgcore.advantages.group_advantages``); with ``old_logp = logp.detach()`` (one gradient step per rollout)
     the ratio is exactly 1 and the loss is REINFORCE with the group baseline (plus the KL term). RLOO
     (Ahmadian et al. 2024) is the same loss with leave-one-out advantages. ``beta = 0`` needs no ``ref_logp``.
+    ``importance_sampling_level="sequence"`` is GSPO (Zheng et al. 2025): the clipped surrogate on the sequence
+    ratio (``importance_log_ratio``); with ``aggregation="sequence"`` it is GSPO's objective (a mean over completions).
     Returns ``(loss, info)``: ``kl`` (token mean of k3, 0 when beta = 0), ``clip_low`` / ``clip_high`` /
     ``clip_region`` (token fractions where the clip is active), ``ratio_mean``, ``ratio_max``.
     """
     adv = _detach(advantages)
     if adv.dim() == logp.dim() - 1:
         adv = adv.unsqueeze(-1)
-    per_token, c = clipped_surrogate(logp, old_logp, adv, eps_low, eps_high)
+    per_token, c = clipped_surrogate(logp, old_logp, adv, eps_low, eps_high, mask=mask,
+                                     level=importance_sampling_level)
     kl = None
     if beta != 0:
         if ref_logp is None:

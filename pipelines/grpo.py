@@ -5,16 +5,19 @@ One iteration ("update", the unit of `max_steps`, `save_every`, `eval_every`):
    completed `num_generations` times by the policy (KV-cached sampling, truncated after the first EOS;
    pipelines.generation), laid out as PPO's rollouts (pipelines.ppo_rollout.rollout_batch);
 2. rewards: every `reward_funcs` entry scores every completion (pipelines.rewards: verifiable rewards such as
-   `builtin:arithmetic`, the gold judge, reward models, user `module:function` callables), checked and summed
-   with `reward_weights`;
+   `builtin:arithmetic`, the gold judge, reward models, user `module:function` callables with TRL's signature,
+   fed each prompt's other dataset columns), checked and summed with `reward_weights` (None rewards left out);
+   plus DAPO's soft overlong penalty (`overlong_buffer_len`, pgcore.advantages.soft_overlong_penalty);
 3. advantages: one per completion from its group of `num_generations` (pgcore.advantages.group_advantages):
    `advantage: grpo` r - mean (divided by the group std, the batch std or nothing: `scale_rewards`, Dr. GRPO)
    or `rloo` r - mean of the others; computed over the global batch (all processes);
 4. update: `num_iterations` passes over `num_minibatches` shuffled minibatches, each split into `grad_accum`
    micro-batches; loss = pgcore.policy_losses.grpo_loss: the clipped surrogate (`epsilon`, `epsilon_high`:
-   DAPO clip-higher) plus `beta` x k3 KL to the reference, aggregated by `loss_type` (token | sequence |
-   dr_grpo), with the minibatch's counts in every micro-batch. With one pass and one minibatch the old
-   log-probs are the current ones, detached: the ratio is exactly 1. `beta: 0` loads no reference model.
+   DAPO clip-higher; on token ratios or GSPO's sequence ratio, `importance_sampling_level`) plus `beta` x k3 KL
+   to the reference, aggregated by `loss_type` (token | sequence | dr_grpo), with the minibatch's counts in
+   every micro-batch; `mask_truncated_completions` leaves completions without EOS out of it. With one pass and
+   one minibatch the old log-probs are the current ones, detached: the ratio is exactly 1. `beta: 0` loads no
+   reference model.
 Metrics use TRL's GRPOTrainer names (reward, reward_std, frac_reward_zero_std, rewards/<name>/mean|std, kl,
 entropy, clip_ratio/low_mean|high_mean|region_mean, completions/mean_length|min_length|max_length|clipped_ratio|
 mean_terminated_length, num_tokens, loss, grad_norm) plus an evaluation on held-out prompts every `eval_every`
@@ -27,15 +30,16 @@ losses or gradients stop it (NonFiniteError) before anything is checkpointed. Ar
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
-from pgcore.advantages import group_advantages
+from pgcore.advantages import group_advantages, soft_overlong_penalty
 from pgcore.distributions import entropy_from_logits, token_logprobs
-from pgcore.policy_losses import grpo_loss
+from pgcore.policy_losses import grpo_loss, mask_truncated_completions
 from pipelines.common import broadcast_metrics, open_run
 from pipelines.data import BUILTIN, BUILTIN_CHAT
 from pipelines.evaluation import EvalArgs, PolicyEvaluator
@@ -51,8 +55,18 @@ from pipelines.models import (
 )
 from pipelines.ppo_models import build_policy
 from pipelines.ppo_rollout import lm_logits, response_logits, rollout_batch
-from pipelines.prompts import ARITHMETIC, builtin_prompts, param_sync_gap
-from pipelines.rewards import RewardFunction, probe, resolve_reward_funcs, reward_matrix
+from pipelines.prompts import ARITHMETIC, builtin_prompts, param_sync_gap, prompt_rows
+from pipelines.rewards import (
+    RewardFunction,
+    agree,
+    check_columns,
+    column_lists,
+    probe,
+    resolve_reward_funcs,
+    reward_matrix,
+    reward_stats,
+    weighted_rewards,
+)
 from pipelines.sampling import (
     SamplingArgs,
     check_tokenizer,
@@ -94,10 +108,19 @@ class Config(SamplingArgs, ModelArgs, RunArgs):
     num_generations: int = field(default=8, metadata={"help": "completions per prompt (the group)"})
     # rewards
     reward_funcs: list[str] = field(default_factory=lambda: ["builtin:arithmetic", "builtin:arithmetic_format"],
-                                    metadata={"help": "reward functions summed into each completion's reward "
-                                                      "(builtin:... names)"})
+                                    metadata={"help": "reward functions summed into each completion's reward: "
+                                                      "builtin:... names, reward model dirs, module:function "
+                                                      "callables f(prompts, completions, completion_ids, "
+                                                      "**columns) -> list[float | None]"})
     reward_weights: list[float] | None = field(default=None,
-                                               metadata={"help": "weight of each reward function (default: 1 each)"})
+                                               metadata={"help": "weight of each reward function (default: 1 each); "
+                                                                 "a None reward is left out of the sum"})
+    overlong_buffer_len: int | None = field(
+        default=None, metadata={"help": "DAPO soft overlong penalty: a completion longer than generation."
+                                        "max_new_tokens - overlong_buffer_len tokens loses overlong_penalty x "
+                                        "(excess / overlong_buffer_len) reward (None: off)"})
+    overlong_penalty: float = field(default=1.0,
+                                    metadata={"help": "the soft overlong penalty at max_new_tokens (DAPO: 1)"})
     # advantages and loss
     advantage: Literal["grpo", "rloo"] = field(default="grpo",
                                                metadata={"help": "grpo (group mean baseline) or rloo (leave-one-out "
@@ -113,6 +136,12 @@ class Config(SamplingArgs, ModelArgs, RunArgs):
     loss_type: Literal["token", "sequence", "dr_grpo"] = field(
         default="token",
         metadata={"help": "token (mean over all tokens), sequence (per completion), dr_grpo (fixed length)"})
+    importance_sampling_level: Literal["token", "sequence"] = field(
+        default="token", metadata={"help": "token: per-token ratios (GRPO); sequence: GSPO's ratio, exp of the "
+                                           "completion's mean token log-ratio, clipped per completion"})
+    mask_truncated_completions: bool = field(
+        default=False, metadata={"help": "leave completions cut at max_new_tokens (no EOS) out of the loss (their "
+                                         "rewards still count in the group baseline)"})
     # evaluation (every eval_every iterations, and before the first and after the last)
     eval_prompts: str | None = field(default=AUTO,
                                      metadata={"help": "auto: the built-in task's held-out prompts; a file; none"})
@@ -137,6 +166,11 @@ class Config(SamplingArgs, ModelArgs, RunArgs):
         check(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
         check(self.max_prompt_length >= 1 and self.max_operand >= 1, "max_prompt_length and max_operand must be >= 1")
         check(self.ref_model is None or self.beta > 0, "ref_model is only used with beta > 0")
+        check(self.overlong_buffer_len is None or 1 <= self.overlong_buffer_len <= self.generation.max_new_tokens,
+              f"overlong_buffer_len must be in [1, generation.max_new_tokens={self.generation.max_new_tokens}], "
+              f"got {self.overlong_buffer_len}")
+        check(self.overlong_penalty > 0 and math.isfinite(self.overlong_penalty),
+              f"overlong_penalty must be a finite number > 0, got {self.overlong_penalty}")
 
     def run_config_view(self, d: dict) -> dict:
         """ModelArgs' view without the Trainer-only keys a config.yaml saved before OptimArgs holds."""
@@ -152,16 +186,6 @@ class Config(SamplingArgs, ModelArgs, RunArgs):
 
 
 # ----------------------------------------------------------------------------------------- rollout
-def _agree(error: ReinsError | None, reduce) -> None:
-    """Raise on every process when any process hit an error (a rank raising alone would leave the others
-    waiting in the next collective)."""
-    n = reduce(torch.tensor([1.0 if error is not None else 0.0], dtype=torch.float64))
-    if error is not None:
-        raise error
-    if n.item() > 0:
-        raise ReinsError("a reward function failed on another process (its message is in that process's output)")
-
-
 def _logps(model, batch: dict, T: float, bs: int, device) -> torch.Tensor:
     """Response-token log-probs [B, R] (0 off the mask) in chunks of `bs`, no gradient."""
     out = []
@@ -174,8 +198,10 @@ def _logps(model, batch: dict, T: float, bs: int, device) -> torch.Tensor:
 
 @torch.no_grad()
 def rollout(cfg: Config, policy, reference, funcs: list[RewardFunction], tok, prompts: list,
-            prompt_ids: list[list[int]], *, seed: int, acc) -> tuple[dict, dict, float]:
-    """Sample, score and compute advantages of one iteration's groups on this process.
+            prompt_ids: list[list[int]], *, seed: int, acc,
+            columns: list[dict] | None = None) -> tuple[dict, dict, float]:
+    """Sample, score and compute advantages of one iteration's groups on this process; `columns` are each
+    prompt's other dataset columns (passed to the reward functions, repeated for each completion).
 
     Returns (tensors for the update, metrics over all processes, seconds spent sampling).
     """
@@ -184,17 +210,23 @@ def rollout(cfg: Config, policy, reference, funcs: list[RewardFunction], tok, pr
     gather = (lambda t: acc.gather(t.to(acc.device)).cpu()) if world > 1 else (lambda t: t)
     rep_prompts = [p for p in prompts for _ in range(G)]
     rep_ids = [p for p in prompt_ids for _ in range(G)]
+    rep_cols = column_lists([c for c in (columns or [{}] * len(prompts)) for _ in range(G)])
     t0 = time.perf_counter()
     s = generate(policy, tok, rep_ids, cfg.generation, seed=seed)
     gen_seconds = time.perf_counter() - t0
     err, per_fn = None, torch.zeros(len(rep_ids), len(funcs), dtype=torch.float64)
+    rewards = torch.zeros(len(rep_ids), dtype=torch.float64)
     try:
-        per_fn = reward_matrix(funcs, rep_prompts, s.texts, s)
+        per_fn = reward_matrix(funcs, rep_prompts, s.texts, s, rep_cols)
+        rewards = weighted_rewards(per_fn, cfg.weights, funcs, s.texts)
     except ReinsError as e:
         err = e
-    _agree(err, reduce)
-    w = torch.tensor(cfg.weights, dtype=torch.float64)
-    rewards = per_fn @ w
+    agree(err, reduce)
+    overlong = None
+    if cfg.overlong_buffer_len is not None:
+        overlong = soft_overlong_penalty([len(c) for c in s.completion_ids], cfg.generation.max_new_tokens,
+                                         cfg.overlong_buffer_len, cfg.overlong_penalty)
+        rewards = rewards + overlong
     everyone = gather(rewards)            # whole groups per process, in process order
     n = len(rep_ids)
     adv = group_advantages(everyone, G, kind=cfg.advantage, scale=cfg.scale)[acc.process_index * n:][:n]
@@ -216,7 +248,13 @@ def rollout(cfg: Config, policy, reference, funcs: list[RewardFunction], tok, pr
         bad += int((~torch.isfinite(data["ref_logps"])).sum())
     if reduce(torch.tensor([float(bad)], dtype=torch.float64)).item() > 0:
         raise NonFiniteError("non-finite log-probs in the rollout; stopping (the last good checkpoint is kept)")
-    return data, _rollout_metrics(cfg, funcs, per_fn, everyone, s, gather), gen_seconds
+    if cfg.mask_truncated_completions:   # after the log-probs: only the loss (and its token counts) drops them
+        data["response_mask"] = mask_truncated_completions(data["response_mask"],
+                                                           torch.tensor(s.finished, device=device))
+    m = _rollout_metrics(cfg, funcs, per_fn, everyone, s, gather)
+    if overlong is not None:
+        m["rewards/overlong_penalty/mean"] = gather(overlong).mean().item()
+    return data, m, gen_seconds
 
 
 def _rollout_metrics(cfg: Config, funcs, per_fn: torch.Tensor, everyone: torch.Tensor, s, gather) -> dict:
@@ -227,8 +265,9 @@ def _rollout_metrics(cfg: Config, funcs, per_fn: torch.Tensor, everyone: torch.T
          "frac_reward_zero_std": (groups == groups[:, :1]).all(-1).double().mean().item()}
     cols = gather(per_fn)
     for j, f in enumerate(funcs):
-        m[f"rewards/{f.name}/mean"] = cols[:, j].mean().item()
-        m[f"rewards/{f.name}/std"] = cols[:, j].std().item() if cols.shape[0] > 1 else 0.0
+        st = reward_stats(cols[:, j])   # over the completions it applied to (None: to none of them)
+        if st is not None:
+            m[f"rewards/{f.name}/mean"], m[f"rewards/{f.name}/std"] = st
     lengths = gather(torch.tensor([len(c) for c in s.completion_ids], dtype=torch.float64))
     done = gather(torch.tensor(s.finished, dtype=torch.float64)) > 0.5   # (gloo gathers no bool tensors)
     m["completions/mean_length"] = lengths.mean().item()
@@ -266,7 +305,8 @@ def grpo_update(cfg: Config, model, optimizer, accelerator, data: dict, *, gener
                     loss, info = grpo_loss(logp, old, d["advantages"], m, eps_low=cfg.epsilon,
                                            eps_high=cfg.epsilon_high, beta=cfg.beta, ref_logp=d.get("ref_logps"),
                                            aggregation=cfg.loss_type, max_length=cfg.generation.max_new_tokens,
-                                           num_sequences=mb, num_tokens=n_tok)
+                                           num_sequences=mb, num_tokens=n_tok,
+                                           importance_sampling_level=cfg.importance_sampling_level)
                     # times grad_accum undoes accelerate's division: the micro losses already sum to the minibatch's
                     accelerator.backward(loss * cfg.grad_accum)
                 with torch.no_grad():
@@ -299,10 +339,12 @@ class GroupEvaluator:
     reward function: eval/reward (weighted sum), eval/rewards/<name>, eval/accuracy (builtin:arithmetic), and
     for the sentiment task the shared gold-judge evaluation (pipelines.evaluation)."""
 
-    def __init__(self, cfg: Config, tok, prompts: list, funcs, reference, sentiment: bool):
+    def __init__(self, cfg: Config, tok, prompts: list, funcs, reference, sentiment: bool,
+                 columns: list[dict] | None = None):
         from pipelines.data import encode_prompt
 
         self.cfg, self.tok, self.funcs, self.prompts = cfg, tok, funcs, prompts[: cfg.eval.num_prompts]
+        self.columns = column_lists((columns or [{}] * len(prompts))[: cfg.eval.num_prompts])
         self.ids = [encode_prompt(tok, p) for p in self.prompts]
         e = cfg.eval
         self.gen = GenerationArgs(max_new_tokens=e.max_new_tokens, temperature=e.temperature, batch_size=e.batch_size)
@@ -311,13 +353,15 @@ class GroupEvaluator:
     @torch.no_grad()
     def __call__(self, policy) -> tuple[dict, list[dict]]:
         s = generate(policy, self.tok, self.ids, self.gen, seed=self.cfg.eval.seed)
-        mat = reward_matrix(self.funcs, self.prompts, s.texts, s)
-        total = mat @ torch.tensor(self.cfg.weights, dtype=torch.float64)
+        mat = reward_matrix(self.funcs, self.prompts, s.texts, s, self.columns)
+        total = weighted_rewards(mat, self.cfg.weights, self.funcs, s.texts)
         m = {"eval/reward": total.mean().item()}
         for j, f in enumerate(self.funcs):
-            m[f"eval/rewards/{f.name}"] = mat[:, j].mean().item()
-            if f.spec == "builtin:arithmetic":
-                m["eval/accuracy"] = m[f"eval/rewards/{f.name}"]
+            st = reward_stats(mat[:, j])
+            if st is not None:
+                m[f"eval/rewards/{f.name}"] = st[0]
+            if f.spec == "builtin:arithmetic" and st is not None:
+                m["eval/accuracy"] = st[0]
         m["eval/completion_length"] = sum(map(len, s.completion_ids)) / len(s.completion_ids)
         if self.gold is not None:
             gm, _ = self.gold(policy)
@@ -328,22 +372,22 @@ class GroupEvaluator:
         return m, samples
 
 
-def eval_prompt_set(cfg: Config) -> tuple[list, str | None]:
-    """(prompts, their source) of `eval_prompts`: auto = the training data's built-in held-out prompts (none for
-    a file), none, a built-in task or a prompt file; built-in prompts with seed 0, as every stage's evaluation."""
+def eval_prompt_set(cfg: Config, tok=None) -> tuple[list, list[dict], str | None]:
+    """(prompts, their other dataset columns, their source) of `eval_prompts`: auto = the training data's
+    built-in held-out prompts (none for a file), none, a built-in task or a prompt file / dataset (its `test`
+    split); built-in prompts with seed 0, as every stage's evaluation."""
     src = cfg.eval_prompts
     if src == AUTO:
         src = cfg.data
         if builtin_prompts(src, 1, seed=0, split="eval") is None:
-            return [], None
+            return [], [], None
     if src in (None, "", "none"):
-        return [], None
+        return [], [], None
     got = builtin_prompts(src, cfg.eval.num_prompts, seed=0, split="eval", max_operand=cfg.max_operand)
     if got is not None:
-        return got, src
-    from pipelines.common import eval_prompts
-
-    return eval_prompts(src, cfg.eval.num_prompts), src
+        return got, [{} for _ in got], src
+    prompts, columns, _ = prompt_rows(src, "test", tok)
+    return prompts[: cfg.eval.num_prompts], columns[: cfg.eval.num_prompts], src
 
 
 # ----------------------------------------------------------------------------------------- stage
@@ -373,6 +417,7 @@ class Session:
     init: dict = field(default_factory=dict)
     evaluator: GroupEvaluator | None = None
     bar: Any = None  # the progress bar (main process)
+    columns: list[dict] = field(default_factory=list)   # each prompt's other dataset columns
 
     def evaluate(self, at: int) -> dict:
         """The held-out evaluation of the policy (main process only), logged at step `at` with samples."""
@@ -394,7 +439,7 @@ def train(cfg: Config) -> dict:
 
 def _check_inputs(cfg: Config, acc) -> tuple:
     """Every input validated before anything is written: (tokenizer, prompts, their ids, dropped, iterations,
-    reward functions, evaluation prompts, their source)."""
+    reward functions, evaluation prompts, their source, the prompts' and the evaluation prompts' columns)."""
     world = acc.num_processes
     local = cfg.batch_size // world
     rows = local * cfg.num_generations
@@ -404,17 +449,20 @@ def _check_inputs(cfg: Config, acc) -> tuple:
                           f"num_minibatches ({cfg.num_minibatches}) x grad_accum ({cfg.grad_accum})")
     tok = load_tokenizer(cfg)
     check_tokenizer(tok, cfg.model, "completions")
-    prompts, prompt_ids, dropped, total = load_stage_prompts(cfg, tok, max_operand=cfg.max_operand)
+    prompts, prompt_ids, dropped, total, columns = load_stage_prompts(cfg, tok, max_operand=cfg.max_operand)
     funcs = resolve_reward_funcs(cfg.reward_funcs, cfg, tok)
-    probe(funcs, prompts[:2])
-    eprompts, esource = eval_prompt_set(cfg) if acc.is_main_process else ([], None)
-    return tok, prompts, prompt_ids, dropped, total, funcs, eprompts, esource
+    check_columns(funcs, list(column_lists(columns)), cfg.data)
+    probe(funcs, prompts[:2], column_lists(columns[:2]))
+    eprompts, ecolumns, esource = eval_prompt_set(cfg, tok) if acc.is_main_process else ([], [], None)
+    if eprompts:
+        check_columns(funcs, list(column_lists(ecolumns)), f"eval_prompts {esource}")
+    return tok, prompts, prompt_ids, dropped, total, funcs, eprompts, esource, columns, ecolumns
 
 
 def setup(cfg: Config, acc) -> Session:
     """Validate the inputs, open the run dir, build the policy (and reference) and optimiser, resume from a
     checkpoint, log the initial evaluation."""
-    tok, prompts, prompt_ids, dropped, total, funcs, eprompts, esource = _check_inputs(cfg, acc)
+    tok, prompts, prompt_ids, dropped, total, funcs, eprompts, esource, columns, ecolumns = _check_inputs(cfg, acc)
     run = open_run(cfg, acc)   # after validation: bad input writes nothing
     policy, reference = build_policy(cfg, tok, with_reference=cfg.beta > 0)
     for m in (policy, *(f.model for f in funcs), reference.model if reference is not None else None):
@@ -431,10 +479,10 @@ def setup(cfg: Config, acc) -> Session:
     model, optimizer = acc.prepare(policy, optimizer)
     if acc.is_main_process:
         run.truncate_log(step)
-    evaluator = GroupEvaluator(cfg, tok, eprompts, funcs, reference,
-                               sentiment=esource in (BUILTIN, BUILTIN_CHAT)) if eprompts else None
+    evaluator = GroupEvaluator(cfg, tok, eprompts, funcs, reference, sentiment=esource in (BUILTIN, BUILTIN_CHAT),
+                               columns=ecolumns) if eprompts else None
     s = Session(cfg, acc, run, tok, acc.unwrap_model(model), model, reference, funcs, optimizer, scheduler, prompts,
-                prompt_ids, total, step, num_tokens, last, init, evaluator)
+                prompt_ids, total, step, num_tokens, last, init, evaluator, columns=columns)
     if step == 0 and acc.is_main_process:
         total_p, trainable = count_parameters(policy)
         run.log(0, {"model/parameters": total_p, "model/trainable": trainable, "data/prompts": len(prompts),
@@ -453,7 +501,8 @@ def iteration(s: Session) -> dict:
     mine = local_prompt_indices(cfg, len(s.prompts), s.step, acc)
     t0 = time.perf_counter()
     data, m, gen_s = rollout(cfg, s.policy, s.reference, s.funcs, s.tok, [s.prompts[i] for i in mine],
-                             [s.prompt_ids[i] for i in mine], seed=rollout_seed(cfg.seed, s.step, rank), acc=acc)
+                             [s.prompt_ids[i] for i in mine], seed=rollout_seed(cfg.seed, s.step, rank), acc=acc,
+                             columns=[s.columns[i] for i in mine])
     t1 = time.perf_counter()
     m.update(grpo_update(cfg, s.model, s.optimizer, acc, data, generator=update_generator(cfg.seed, s.step, rank)))
     t2 = time.perf_counter()

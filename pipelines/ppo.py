@@ -5,6 +5,9 @@ One iteration ("update", the unit of `max_steps`, `save_every`, `eval_every`):
    completed by the policy (KV-cached sampling, `generation.temperature/top_p/max_new_tokens`, truncated
    after the first EOS, pad != EOS); log-probs of policy and reference are recomputed with logits / temperature;
    values from the value model; reward-model scores (re-tokenised when the RM's tokenizer differs);
+   plus, with `reward_funcs`, the weighted sum of reward functions (pipelines.rewards: TRL's signature, each
+   prompt's other dataset columns passed as keywords; None = not applicable), added to the score (or the
+   whole score without a reward model);
 2. rewards: per-token KL penalty plus the transformed score on the last token (pipelines/ppo_rollout.py);
    the KL coefficient is fixed, proportional (target, horizon) or halve/double (Schulman et al. 2017 §4);
 3. advantages: GAE over response tokens (gamma, lam), whitened (pgcore.advantages);
@@ -56,6 +59,15 @@ from pipelines.ppo_rollout import (
     transform_scores,
 )
 from pipelines.prompts import param_sync_gap
+from pipelines.rewards import (
+    agree,
+    check_columns,
+    column_lists,
+    probe,
+    resolve_reward_funcs,
+    reward_matrix,
+    weighted_rewards,
+)
 from pipelines.sampling import (
     SamplingArgs,
     check_tokenizer,
@@ -73,7 +85,7 @@ from pipelines.scoring import to_device
 from pipelines.trainer import adamw, drop_trainer_only_keys, lr_lambda
 from reins.config import RunArgs, check
 from reins.entry import stage_main
-from reins.errors import ConfigError, NonFiniteError
+from reins.errors import ConfigError, NonFiniteError, ReinsError
 from reins.runio import check_finite, get_rng_state
 
 
@@ -84,7 +96,14 @@ class Config(SamplingArgs, ModelArgs, RunArgs):
                                               "checkpoints, artifacts)"})
     # models (`model` is the SFT policy)
     reward_model: str = field(default="",
-                              metadata={"help": "reward stage output dir, or any sequence-classification model dir"})
+                              metadata={"help": "reward stage output dir, or any sequence-classification model dir "
+                                                "(may be empty with reward_funcs)"})
+    reward_funcs: list[str] = field(default_factory=list,
+                                    metadata={"help": "reward functions (as grpo's: builtin:..., module:function "
+                                                      "f(prompts, completions, completion_ids, **columns)) whose "
+                                                      "weighted sum is added to the reward-model score"})
+    reward_weights: list[float] | None = field(default=None,
+                                               metadata={"help": "weight of each reward function (default: 1 each)"})
     value_model: str = field(default="auto", metadata={"help": "auto | reward | policy | shared | PATH"})
     ref_model: str | None = field(default=None,
                                   metadata={"help": "default: the initial policy (frozen copy / adapter disabled)"})
@@ -150,10 +169,16 @@ class Config(SamplingArgs, ModelArgs, RunArgs):
         check(self.missing_eos_penalty is None or self.missing_eos_penalty >= 0, "missing_eos_penalty must be >= 0")
         check(self.score_clip is None or self.score_clip > 0, "score_clip must be > 0")
         check(self.max_prompt_length >= 1, "max_prompt_length must be >= 1")
+        check(self.reward_weights is None or len(self.reward_weights) == len(self.reward_funcs),
+              f"reward_weights has {len(self.reward_weights or [])} entries for {len(self.reward_funcs)} reward_funcs")
 
     def run_config_view(self, d: dict) -> dict:
         """ModelArgs' view without the Trainer-only keys a config.yaml saved before OptimArgs holds."""
         return drop_trainer_only_keys(super().run_config_view(d))
+
+    @property
+    def weights(self) -> list[float]:
+        return list(self.reward_weights) if self.reward_weights is not None else [1.0] * len(self.reward_funcs)
 
 
 # ----------------------------------------------------------------------------------------- rollout
@@ -174,12 +199,14 @@ class Models:
     reward_model: Any
     rm_tok: Any
     same_tok: bool
+    funcs: list = field(default_factory=list)   # reward functions (pipelines.rewards), summed into the score
 
 
 @torch.no_grad()
 def rollout(cfg: Config, models: Models, prompts: list, prompt_ids: list[list[int]], *, kl_coef: float, seed: int,
-            reduce) -> tuple[dict, dict, float]:
-    """Sample, score and shape one iteration's rollouts on this process. `reduce(t)` sums over processes.
+            reduce, columns: list[dict] | None = None) -> tuple[dict, dict, float]:
+    """Sample, score and shape one iteration's rollouts on this process. `reduce(t)` sums over processes;
+    `columns` are each prompt's other dataset columns (for the reward functions).
 
     Returns (tensors for the update, metrics, seconds spent sampling).
     """
@@ -191,9 +218,8 @@ def rollout(cfg: Config, models: Models, prompts: list, prompt_ids: list[list[in
     device = next(ac.parameters()).device
     mask = batch["response_mask"].to(device)
     logps, ref_logps, values, ent = _score_tokens(cfg, models, batch, device)
-    raw = score_responses(models.reward_model, models.rm_tok, prompts, prompt_ids, s.completion_ids, s.texts,
-                          s.finished, same_tokenizer=models.same_tok, pad_id=tok.pad_token_id
-                          ).to(device=device, dtype=logps.dtype)
+    raw, fn_metrics = _raw_scores(cfg, models, prompts, prompt_ids, s, columns, reduce)
+    raw = raw.to(device=device, dtype=logps.dtype)
     finished = torch.tensor(s.finished, device=device)
     N, mean, std = _global_score_stats(raw, (raw, logps, ref_logps, values), len(prompt_ids), reduce)
     scores = transform_scores(raw, finished, missing_eos_penalty=cfg.missing_eos_penalty,
@@ -214,7 +240,37 @@ def rollout(cfg: Config, models: Models, prompts: list, prompt_ids: list[list[in
     m = {k: (v / N).item() for k, v in zip(names, stats)}
     m["objective/rlhf_reward"] = m["objective/scores"] + m["objective/non_score_reward"]
     m["rollout/tokens"] = int(stats[-1].item())
+    m.update(fn_metrics)
     return data, m, gen_seconds
+
+
+def _raw_scores(cfg: Config, models: Models, prompts: list, prompt_ids: list[list[int]], s, columns,
+                reduce) -> tuple[torch.Tensor, dict]:
+    """Each response's score before the transforms: the reward model's, plus the weighted reward functions'
+    (TRL's nan-sum of the applicable ones), and the functions' rewards/<name>/mean (all processes)."""
+    n = len(prompt_ids)
+    raw = torch.zeros(n, dtype=torch.float64)
+    if models.reward_model is not None:
+        raw += score_responses(models.reward_model, models.rm_tok, prompts, prompt_ids, s.completion_ids, s.texts,
+                               s.finished, same_tokenizer=models.same_tok,
+                               pad_id=models.tok.pad_token_id).double()
+    if not models.funcs:
+        return raw, {}
+    device = next(models.ac.parameters()).device
+    reduce_cpu = lambda t: reduce(t.to(device)).cpu()  # noqa: E731 - collectives need the accelerator's device
+    err, per_fn = None, torch.full((n, len(models.funcs)), float("nan"), dtype=torch.float64)
+    try:
+        per_fn = reward_matrix(models.funcs, prompts, s.texts, s, column_lists(columns or [{}] * n))
+        raw += weighted_rewards(per_fn, cfg.weights, models.funcs, s.texts)
+    except ReinsError as e:
+        err = e
+    agree(err, reduce_cpu)
+    ok = ~torch.isnan(per_fn)
+    sums = reduce_cpu(torch.cat([torch.where(ok, per_fn, torch.zeros((), dtype=torch.float64)).sum(0),
+                             ok.double().sum(0)]))
+    k = len(models.funcs)
+    return raw, {f"rewards/{f.name}/mean": (sums[j] / sums[k + j]).item()
+                 for j, f in enumerate(models.funcs) if sums[k + j] > 0}
 
 
 def _score_tokens(cfg: Config, models: Models, batch: dict, device) -> tuple[torch.Tensor, ...]:
@@ -338,6 +394,7 @@ class Session:
     last: dict = field(default_factory=dict)
     evaluator: PolicyEvaluator | None = None
     bar: Any = None  # the progress bar (main process)
+    columns: list[dict] = field(default_factory=list)   # each prompt's other dataset columns
 
     def evaluate(self, at: int) -> dict:
         """The shared generation eval of the policy (main process only), logged at step `at` with samples."""
@@ -357,25 +414,33 @@ def train(cfg: Config) -> dict:
 
 
 def _check_inputs(cfg: Config, acc) -> tuple:
-    """Every input validated before anything is written: (tokenizer, prompts, their ids, dropped, iterations)."""
+    """Every input validated before anything is written: (tokenizer, prompts, their ids, dropped, iterations,
+    the prompts' other columns, the reward functions)."""
     world = acc.num_processes
     local = cfg.batch_size // world
     if local * world != cfg.batch_size or local % (cfg.num_minibatches * cfg.grad_accum):
         raise ConfigError(f"batch_size={cfg.batch_size} must be a multiple of num_processes ({world}) x "
                           f"num_minibatches ({cfg.num_minibatches}) x grad_accum ({cfg.grad_accum})")
+    if not cfg.reward_model and (not cfg.reward_funcs or cfg.value_model == "reward"):
+        raise ConfigError("reward_model must name a reward stage output dir or a sequence-classification model "
+                          "(it may be empty only with reward_funcs and a value_model other than reward)")
     tok = load_tokenizer(cfg)
     check_tokenizer(tok, cfg.model, "responses")
-    return (tok, *load_stage_prompts(cfg, tok))
+    prompts, prompt_ids, dropped, total, columns = load_stage_prompts(cfg, tok)
+    funcs = resolve_reward_funcs(cfg.reward_funcs, cfg, tok)
+    check_columns(funcs, list(column_lists(columns)), cfg.data)
+    probe(funcs, prompts[:2], column_lists(columns[:2]))
+    return tok, prompts, prompt_ids, dropped, total, columns, funcs
 
 
 def setup(cfg: Config, acc) -> Session:
     """Load and validate the inputs, open the run dir, build the models and optimiser, resume from a checkpoint."""
-    tok, prompts, prompt_ids, dropped, total = _check_inputs(cfg, acc)
-    reward_model, rm_tok, same_tok = load_reward(cfg, tok)
+    tok, prompts, prompt_ids, dropped, total, columns, funcs = _check_inputs(cfg, acc)
+    reward_model, rm_tok, same_tok = load_reward(cfg, tok) if cfg.reward_model else (None, None, False)
     ac, reference = build_models(cfg, tok, same_tok=same_tok, reward_path=resolve_reward_dir(cfg.reward_model))
     eprompts = eval_prompts(cfg.eval_prompts, cfg.eval.num_prompts) if acc.is_main_process else []
     run = open_run(cfg, acc)  # after every input is validated: bad input writes nothing
-    for m in (ac, reward_model, reference.model):
+    for m in (ac, reward_model, reference.model, *(f.model for f in funcs)):
         if m is not None:
             m.to(acc.device)
     optimizer = _optimizer(cfg, ac)
@@ -389,10 +454,11 @@ def setup(cfg: Config, acc) -> Session:
     model, optimizer = acc.prepare(ac, optimizer)
     if acc.is_main_process:
         run.truncate_log(step)
-    models = Models(tok, acc.unwrap_model(model), model, reference, reward_model, rm_tok, same_tok)
+    models = Models(tok, acc.unwrap_model(model), model, reference, reward_model, rm_tok, same_tok, funcs)
     evaluator = PolicyEvaluator(tok, eprompts, reference, cfg.eval, reward_model=reward_model,
                                 rm_tok=rm_tok) if eprompts else None
-    s = Session(cfg, acc, run, models, optimizer, scheduler, kl, prompts, prompt_ids, total, step, last, evaluator)
+    s = Session(cfg, acc, run, models, optimizer, scheduler, kl, prompts, prompt_ids, total, step, last, evaluator,
+                columns=columns)
     if step == 0 and acc.is_main_process:
         total_p, trainable = count_parameters(ac)
         run.log(0, {"model/parameters": total_p, "model/trainable": trainable, "data/prompts": len(prompts),
@@ -413,7 +479,8 @@ def iteration(s: Session) -> dict:
     t0 = time.perf_counter()
     coef = s.kl.value
     data, m, gen_s = rollout(cfg, s.models, [s.prompts[i] for i in mine], [s.prompt_ids[i] for i in mine],
-                             kl_coef=coef, seed=rollout_seed(cfg.seed, s.step, rank), reduce=reduce)
+                             kl_coef=coef, seed=rollout_seed(cfg.seed, s.step, rank), reduce=reduce,
+                             columns=[s.columns[i] for i in mine])
     t1 = time.perf_counter()
     m.update(ppo_update(cfg, s.models.model, s.optimizer, acc, data,
                         generator=update_generator(cfg.seed, s.step, rank)))

@@ -33,27 +33,41 @@ def builtin_prompts(source: str, n: int, *, seed: int, split: str, max_operand: 
     return None
 
 
+def prompt_rows(source: str, split: str, tok=None) -> tuple[list, list[dict], str]:
+    """(prompts, each prompt's other columns, where) of a prompt-only file / dataset `split`: the columns a
+    reward function may read (all but those TRL does not pass, pipelines.rewards.NOT_PASSED)."""
+    from pipelines.rewards import NOT_PASSED
+
+    rows, where = load_records(source, split)
+    prompts = normalise_prompts(rows, where, roles=chat_roles(tok))
+    keys = list(dict.fromkeys(k for r in rows for k in r if k not in NOT_PASSED))
+    return prompts, [{k: r.get(k) for k in keys} for r in rows], where
+
+
 def load_prompts(source: str, tok, *, split: str = "train", builtin_size: int, seed: int,
                  max_train_samples: int | None, max_prompt_length: int,
-                 max_operand: int = 99) -> tuple[list, list[list[int]], int]:
-    """(prompts, their token ids, number dropped as longer than max_prompt_length) from a built-in task
-    (builtin:sentiment(-chat), builtin:arithmetic(-chat)) or a prompt-only file / dataset."""
+                 max_operand: int = 99) -> tuple[list, list[list[int]], int, list[dict]]:
+    """(prompts, their token ids, number dropped as longer than max_prompt_length, each kept prompt's other
+    columns) from a built-in task (builtin:sentiment(-chat), builtin:arithmetic(-chat); no columns) or a
+    prompt-only file / dataset."""
     prompts = builtin_prompts(source, builtin_size, seed=seed, split="train", max_operand=max_operand)
     if prompts is None:
-        rows, where = load_records(source, split)
-        prompts = normalise_prompts(rows, where, roles=chat_roles(tok))
+        prompts, columns, _ = prompt_rows(source, split, tok)
+    else:
+        columns = [{} for _ in prompts]
     if max_train_samples is not None:
-        prompts = prompts[: max_train_samples]
+        prompts, columns = prompts[: max_train_samples], columns[: max_train_samples]
     note_chat_use(tok, prompts)
-    kept, ids = [], []
-    for p in prompts:
+    kept, ids, cols = [], [], []
+    for p, c in zip(prompts, columns):
         e = encode_prompt(tok, p, limit=max_prompt_length)  # a huge prompt is not tokenised in full
         if 0 < len(e) <= max_prompt_length:
             kept.append(p)
             ids.append(e)
+            cols.append(c)
     if not kept:
         raise DataError(f"{source}: no prompt of at most max_prompt_length={max_prompt_length} tokens")
-    return kept, ids, len(prompts) - len(kept)
+    return kept, ids, len(prompts) - len(kept), cols
 
 
 def iteration_prompts(n_prompts: int, batch_size: int, step: int, seed: int) -> list[int]:

@@ -41,17 +41,18 @@ def check_tokenizer(tok, model: str, what: str) -> None:
                           f"{what} end)")
 
 
-def load_stage_prompts(cfg: SamplingArgs, tok, **kw) -> tuple[list, list[list[int]], int, int]:
-    """(prompts, their token ids, number dropped, iterations) of `cfg.data`; `kw` goes to prompts.load_prompts.
-    Raises ConfigError when `batch_size` exceeds the prompts."""
-    prompts, ids, dropped = load_prompts(cfg.data, tok, split=cfg.train_split, builtin_size=cfg.builtin_size,
-                                         seed=cfg.seed, max_train_samples=cfg.max_train_samples,
-                                         max_prompt_length=cfg.max_prompt_length, **kw)
+def load_stage_prompts(cfg: SamplingArgs, tok, **kw) -> tuple[list, list[list[int]], int, int, list[dict]]:
+    """(prompts, their token ids, number dropped, iterations, each prompt's other dataset columns) of `cfg.data`;
+    `kw` goes to prompts.load_prompts. Raises ConfigError when `batch_size` exceeds the prompts."""
+    prompts, ids, dropped, columns = load_prompts(cfg.data, tok, split=cfg.train_split,
+                                                  builtin_size=cfg.builtin_size, seed=cfg.seed,
+                                                  max_train_samples=cfg.max_train_samples,
+                                                  max_prompt_length=cfg.max_prompt_length, **kw)
     if len(prompts) < cfg.batch_size:
         raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {len(prompts)} prompts")
     per_epoch = len(prompts) // cfg.batch_size
     total = cfg.max_steps or max(1, math.ceil(cfg.num_epochs * per_epoch))
-    return prompts, ids, dropped, total
+    return prompts, ids, dropped, total, columns
 
 
 # ----------------------------------------------------------------------------------------- iteration

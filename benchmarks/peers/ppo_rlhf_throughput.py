@@ -83,7 +83,7 @@ def _ours(spec: dict, clock: BlockClock) -> dict:
                      learning_rate=3e-6, cpu=spec["device"] == "cpu", seed=spec["seed"])
     acc = make_accelerator(cfg)
     tok = load_tokenizer(cfg)
-    prompts, prompt_ids, _, _ = load_stage_prompts(cfg, tok)
+    prompts, prompt_ids, *_ = load_stage_prompts(cfg, tok)
     rm, rm_tok, same = load_reward(cfg, tok)
     ac, reference = build_models(cfg, tok, same_tok=same, reward_path=spec["reward_dir"])
     ac.to(acc.device)

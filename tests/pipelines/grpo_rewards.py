@@ -40,3 +40,24 @@ def returns_nan(prompts, completions):
 
 def not_numbers(prompts, completions):
     return ["good" for _ in completions]
+
+
+# TRL-style functions reading a dataset column (the tests' prompt files have `answer` and `tag` columns).
+ANSWERS: dict = {}   # prompt -> the answer its file row holds; set by the tests
+SEEN: list = []      # (prompt, answer, tag, completion_ids) of every completion scored by `aligned`
+
+
+def aligned(prompts, completions, completion_ids, answer, **kwargs):
+    """1.0 where the `answer` keyword is the answer of the completion's own prompt (columns aligned), else 0.0."""
+    SEEN.extend(zip(prompts, answer, kwargs["tag"], completion_ids))
+    return [1.0 if ANSWERS.get(str(p)) == a else 0.0 for p, a in zip(prompts, answer)]
+
+
+def even_only(completions, answer, **kwargs):
+    """2.0 for a row whose answer is even, None (not applicable) for an odd one."""
+    return [2.0 if int(a) % 2 == 0 else None for a in answer]
+
+
+def needs_solution(completions, solution):
+    """Requires a `solution` column the prompt files do not have."""
+    return [0.0 for _ in completions]

@@ -161,7 +161,7 @@ def test_two_process_accelerate_launch_keeps_ranks_in_sync(tmp_path):
     ("raises", r"reward function 'raises' \(tests.pipelines.grpo_rewards:raises\) raised KeyError: 'answer'"),
     ("wrong_length", r"reward function 'wrong_length' .* returned 3 values for 2 completions"),
     ("returns_nan", r"reward function 'returns_nan' .* returned nan for completion 0"),
-    ("not_numbers", r"reward function 'not_numbers' .* must return one number per completion"),
+    ("not_numbers", r"reward function 'not_numbers' .* must return one number \(or None\) per completion"),
     ("missing", r"module 'tests.pipelines.grpo_rewards' has no callable 'missing'"),
 ])
 def test_bad_reward_function_is_a_one_line_error_before_anything_is_written(tmp_path, capsys, func, message):
