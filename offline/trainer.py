@@ -25,7 +25,7 @@ from offline.policy import policy_state, save_policy
 from online.envs import evaluate
 from online.policy_io import Policy
 from reins.config import RunArgs, check
-from reins.errors import DataError
+from reins.errors import DataError, ReinsError
 from reins.runio import FiniteGuard, RunDir, get_rng_state, seed_everything, set_rng_state
 
 # The `actor` option of iql and bc -> the online.nets actor kind. IQL's "gaussian" has a tanh mean and is not
@@ -79,6 +79,16 @@ class OfflineConfig(RunArgs):
         check(self.torch_threads >= 0, f"torch_threads must be >= 0, got {self.torch_threads}")
         check(self.eval_episodes >= 0, f"eval_episodes must be >= 0, got {self.eval_episodes}")
         check(all(h >= 1 for h in self.hidden) and len(self.hidden) >= 1, f"hidden must be positive: {self.hidden}")
+
+    def input_paths(self) -> dict[str, str]:
+        """The dataset's directory when `dataset` is a Minari id: reins.runio fingerprints it, so a checkpoint or
+        finished run is not reused on other data."""
+        from offline.data import resolve_dataset_path
+
+        try:
+            return {"dataset": str(resolve_dataset_path(self.dataset))}
+        except ReinsError:
+            return {}
 
 
 def _eval_env(cfg: OfflineConfig, tr) -> Any:
