@@ -126,7 +126,6 @@ def train_and_finish(trainer, run: RunDir, accelerator, tok, evaluate, *, eval_e
     (and the model card, which shows the final metrics)."""
     from pipelines.model_card import write_model_card
     from pipelines.models import chat_template_trained, save_model
-
     from pipelines.sharded import model_state_dict, sharding
 
     # A sharded model's forward is a collective: every process evaluates (the same examples), the main one logs.

@@ -15,10 +15,11 @@ A recipe:
 Overrides: `output_dir=...` for the recipe, `<stage name>.<key>=value` for a stage.
 A stage whose `config.yaml` matches its resolved config, whose `metrics.json` exists and whose inputs are unchanged
 is skipped (cached); otherwise it runs, and a stage killed earlier resumes from its own last checkpoint. Inputs
-are the local files its config names, fingerprinted by content (`inputs.json` in its run dir, reins.fingerprint),
-and an earlier stage's output it reads: a stage whose data file was edited, or whose upstream stage runs again,
-is rerun from scratch (its old run dir is cleared), and so is everything that depends on it. `--dry-run` prints the plan,
-`--only NAME` runs one stage, `--from NAME` starts at a stage (earlier ones must be complete).
+are the local files its config names, fingerprinted by content (`identity.json` in its run dir,
+reins.fingerprint), and an earlier stage's output it reads: a stage whose data file was edited, or whose upstream
+stage runs again, is rerun from scratch (its old run dir is cleared), and so is everything that depends on it.
+`--dry-run` prints the plan, `--only NAME` runs one stage, `--from NAME` starts at a stage (earlier ones must be
+complete).
 At the end `report.md` is written into the recipe's output_dir from the stages' metrics.json/log.jsonl.
 """
 
@@ -40,8 +41,17 @@ import yaml
 from reins.cli import STAGES, flush_denormals, report_interrupt, sigterm_raises
 from reins.config import from_dict, parse_overrides, read_yaml, set_dotted, to_dict
 from reins.errors import ConfigError, DataError, ReinsError
-from reins.runio import (CONFIG_FILE, METRICS_FILE, check_run_dir, config_changes, describe_os_error, input_changes,
-                         recorded_inputs, reset_progress, run_inputs)
+from reins.runio import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    check_run_dir,
+    config_changes,
+    describe_os_error,
+    input_changes,
+    recorded_inputs,
+    reset_progress,
+    run_inputs,
+)
 
 _REF = re.compile(r"\$\{([A-Za-z0-9_\-]+)\.([A-Za-z0-9_.]+)\}")
 RECIPE_KEYS = ("name", "output_dir", "stages", "report", "quiet")

@@ -37,8 +37,10 @@ METRICS_FILE = "metrics.json"
 LOG_FILE = "log.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_FILE = "checkpoint.pt"
-INPUTS_FILE = "inputs.json"  # the fingerprints of the run's inputs (reins.fingerprint), written with config.yaml
-IDENTITY_KEY = "run_identity"  # in every checkpoint: the semantic config and the inputs it was made from
+# What run made a directory and its checkpoint: the semantic config and the fingerprints of its inputs
+# (reins.fingerprint), in identity.json beside config.yaml and under IDENTITY_KEY in every checkpoint.
+IDENTITY_FILE = "identity.json"
+IDENTITY_KEY = "run_identity"
 
 # Config keys that do not change what a run computes, so a resume with a different value is allowed.
 NON_SEMANTIC_KEYS = frozenset({"quiet", "log_every", "report_to", "progress"})
@@ -413,13 +415,19 @@ def input_changes(recorded: dict[str, str], inputs: dict[str, str]) -> list[str]
     return [f"input {k}" for k in sorted(set(recorded) | set(inputs)) if recorded.get(k) != inputs.get(k)]
 
 
-def recorded_inputs(output_dir: str | Path) -> dict[str, str] | None:
-    """The input fingerprints a run directory recorded (None: none recorded, e.g. a run of an older version)."""
+def recorded_identity(output_dir: str | Path) -> dict | None:
+    """The identity a run directory recorded (None: none recorded, e.g. a run of an older version)."""
     try:
-        data = json.loads((Path(output_dir) / INPUTS_FILE).read_text())
+        data = json.loads((Path(output_dir) / IDENTITY_FILE).read_text())
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
+    return data if isinstance(data, dict) and isinstance(data.get("inputs"), dict) else None
+
+
+def recorded_inputs(output_dir: str | Path) -> dict[str, str] | None:
+    """The input fingerprints a run directory recorded (None: none recorded)."""
+    ident = recorded_identity(output_dir)
+    return dict(ident["inputs"]) if ident is not None else None
 
 
 def _checkpoint_identity(path: Path) -> dict | None:
@@ -440,15 +448,15 @@ def check_run_identity(output_dir: str | Path, config: Any, inputs: dict[str, st
     changed data file, or a checkpoint whose config differs (config.yaml may have been deleted or edited)."""
     path = Path(output_dir)
     ckpt = path / CHECKPOINT_DIR / CHECKPOINT_FILE
-    recorded = recorded_inputs(path)
+    recorded = recorded_identity(path) if (path / METRICS_FILE).is_file() else None
     if recorded is None and not ckpt.is_file():
         return
     inputs = run_inputs(config) if inputs is None else inputs
-    if recorded is not None and (path / METRICS_FILE).is_file():
-        diff = input_changes(recorded, inputs)
+    if recorded is not None:
+        diff = identity_changes(recorded, config, inputs)
         if diff:
-            raise ConfigError(f"output_dir {path} holds a run made from other inputs (changed: "
-                              f"{', '.join(diff[:5])}); choose another output_dir or delete that one")
+            raise ConfigError(f"output_dir {path} holds a finished run of another config or other inputs (differs "
+                              f"in: {', '.join(diff[:5])}); choose another output_dir or delete that one")
     ident = _checkpoint_identity(ckpt) if ckpt.is_file() else None
     if ident is not None:
         diff = identity_changes(ident, config, inputs)
@@ -478,7 +486,7 @@ class RunDir:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.path / CONFIG_FILE, dump_yaml(self.config))
-            atomic_write_text(self.path / INPUTS_FILE, json.dumps(self.inputs, indent=2, sort_keys=True) + "\n")
+            atomic_write_text(self.path / IDENTITY_FILE, json.dumps(self.identity, indent=2, sort_keys=True) + "\n")
         except OSError as e:
             raise os_error(e, "cannot write the run directory", self.path) from None
 

@@ -83,11 +83,17 @@ def test_a_completed_run_on_edited_data_is_not_reused(tmp_path, data, capsys):
     assert sft.main(["--config", str(config)]) == 0
     before = _snapshot(tmp_path / "run")
     assert sft.main(["--config", str(config)]) == 0  # unchanged: the finished run's metrics, no retraining
+    (tmp_path / "run" / "config.yaml").unlink()
+    before = _snapshot(tmp_path / "run")
+    capsys.readouterr()
+    assert sft.main(["--config", str(config), "learning_rate=0.5"]) == 2  # not another run's metrics
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "learning_rate" in err[0] and "finished run" in err[0], err
     data.write_text(data.read_text() + json.dumps({"prompt": "new ", "completion": "row"}) + "\n")
     capsys.readouterr()
     assert sft.main(["--config", str(config)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "input data" in err[0] and "other inputs" in err[0], err
+    assert len(err) == 1 and "input data" in err[0] and "another config or other inputs" in err[0], err
     assert _snapshot(tmp_path / "run") == before
 
 

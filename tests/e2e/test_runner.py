@@ -141,6 +141,6 @@ def test_edited_input_reruns_its_stage_and_what_depends_on_it(tmp_path, capsys):
     assert second["a"]["total"] == pytest.approx(first["a"]["total"] + 100.0)
     assert second["b"]["total"] == pytest.approx(first["b"]["total"] + 100.0)
     assert second["c"] == first["c"] and (out / "c" / "metrics.json").stat().st_mtime_ns == stamps["c"]
-    assert json.loads((out / "a" / "inputs.json").read_text()) != {}
+    assert json.loads((out / "a" / "identity.json").read_text())["inputs"] != {}
     assert run_recipe(recipe) == second  # and now everything is cached again
     assert all(calls(out / n) == 1 for n in "abc")

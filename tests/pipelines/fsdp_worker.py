@@ -56,6 +56,8 @@ def main() -> None:
         raise Stop  # on every process, as a kill of the whole job would
 
     def train_and_dump(self, *a, **k):
+        if self.acc.is_main_process:
+            (Path(cfg.output_dir).parent / "resumed_from.json").write_text(json.dumps(self.resumed_from))
         out = train(self, *a, **k)
         sd = self.acc.get_state_dict(self.unwrapped)  # every process: a collective
         if self.acc.is_main_process:

@@ -52,6 +52,7 @@ def test_fsdp2_on_two_cpu_ranks_saves_full_state_and_resumes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     types = json.loads((tmp_path / "two" / "param_types.json").read_text())
     assert set(types.values()) == {"DTensor"}  # the model really was sharded
+    assert json.loads((tmp_path / "two" / "resumed_from.json").read_text()) == 2  # from the step-2 checkpoint
 
     # The same global batch (8) in one process: 2 accumulation micro-batches instead of 2 ranks.
     one = stage_overrides(tmp_path / "one", grad_accum=2, **keys)
