@@ -1,7 +1,7 @@
 """Sharded runs (issue 22, "Sharded runs save one shard"): under FSDP2 on 2 CPU processes (gloo) every process
 takes part in gathering the checkpoint and the final model, which hold the full parameters; a resume loads them
 (and the full optimizer state) back into the shards and ends where a single-process run of the same global batch
-ends. What is not verified (ZeRO-3, FSDP with generation or LoRA) is refused in one line."""
+ends (sft), and dpo's sharded run equals its single-process run. What is not verified (ZeRO-3, FSDP with generation or LoRA) is refused in one line."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines import sft
+from pipelines import dpo, sft
 from pipelines.models import load_causal_lm, load_tokenizer
 from pipelines.sharded import check_launch
 from reins.config import from_dict
@@ -41,12 +41,14 @@ def _params(path: Path, cfg) -> dict[str, torch.Tensor]:
 def test_fsdp2_on_two_cpu_ranks_saves_full_state_and_resumes(tmp_path):
     keys = {"max_steps": 4, "save_every": 2, "learning_rate": 3e-3, "max_eval_samples": 4, "eval_every": 2}
     two = stage_overrides(tmp_path / "two", grad_accum=1, **keys)
+    dpo_keys = {"max_steps": 2, "save_every": 2, "learning_rate": 3e-3, "max_eval_samples": 4}
+    two_dpo = stage_overrides(tmp_path / "two_dpo", grad_accum=1, **dpo_keys)
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(ROOT / "recipes" / "accelerate" / "cpu-2proc.yaml"), "--num_processes", "2",
            "--main_process_port", str(free_port()), str(ROOT / "tests" / "pipelines" / "fsdp_worker.py"),
-           json.dumps(two)]
+           json.dumps(two), json.dumps(two_dpo)]
     # Before the fix the main process evaluated and saved alone, waiting forever on a gather: a timeout.
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -78,6 +80,15 @@ def test_fsdp2_on_two_cpu_ranks_saves_full_state_and_resumes(tmp_path):
         torch.testing.assert_close(p2[n], p1[n], atol=1e-5, rtol=0)
     gathered = torch.load(tmp_path / "two" / "fsdp_final.pt")
     torch.testing.assert_close(p2["model.embed_tokens.weight"], gathered["model.embed_tokens.weight"])
+
+    # dpo (a frozen reference beside the sharded policy) gives the single-process run's losses and model too.
+    one_dpo = stage_overrides(tmp_path / "one_dpo", grad_accum=2, **dpo_keys)
+    dpo.train(from_dict(dpo.Config, one_dpo))
+    a, b = _losses(tmp_path / "two_dpo" / "run"), _losses(tmp_path / "one_dpo" / "run")
+    assert sorted(a) == sorted(b) == [1, 2] and all(a[s] == pytest.approx(b[s], abs=1e-4) for s in a)
+    p2, p1 = (_params(tmp_path / d / "run" / "model", one) for d in ("two_dpo", "one_dpo"))
+    for n in p1:
+        torch.testing.assert_close(p2[n], p1[n], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("kind,stage,kw,match", [
