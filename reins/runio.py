@@ -387,10 +387,16 @@ def run_inputs(config: Any) -> dict[str, str]:
     return found
 
 
+def _computed(cfg_dict: dict) -> dict:
+    # What a run computes: the semantic keys without output_dir, so that the same run in two directories (or a
+    # moved one) has the same identity and bit-identical checkpoints.
+    return {k: v for k, v in _semantic(cfg_dict).items() if k != "output_dir"}
+
+
 def run_identity(config: Any, inputs: dict[str, str]) -> dict:
-    """What a checkpoint stores to say which run it belongs to: the semantic config (as JSON text, so loading it
-    needs nothing beyond weights_only) and the inputs' fingerprints."""
-    return {"config": json.dumps(_semantic(run_config(config)), sort_keys=True, default=str),
+    """What a checkpoint stores to say which run it belongs to: the semantic config but output_dir (as JSON text,
+    so loading it needs nothing beyond weights_only) and the inputs' fingerprints."""
+    return {"config": json.dumps(_computed(run_config(config)), sort_keys=True, default=str),
             "inputs": dict(inputs)}
 
 
@@ -407,7 +413,7 @@ def identity_changes(saved: dict, config: Any, inputs: dict[str, str]) -> list[s
             old = _with_defaults(old, _json_norm(_view(config, to_dict(type(config)()))))
         except TypeError:
             pass
-    keys = _diff_keys(_semantic(old), _json_norm(_semantic(run_config(config))))
+    keys = _diff_keys(_computed(old), _json_norm(_computed(run_config(config))))
     return keys + input_changes(dict(saved.get("inputs", {})), inputs)
 
 
