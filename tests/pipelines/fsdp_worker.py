@@ -1,12 +1,11 @@
-"""Run under `accelerate launch` on 2 CPU processes: an sft run under FSDP2, stopped on every process right after
-its first checkpoint, then the same run again (a resume); then a dpo run under FSDP2. Used by test_sharded.py (not
+"""Run under `accelerate launch` on 2 CPU processes: an sft run under FSDP2, stopped on every process right after its
+first checkpoint, then the same run again (a resume); then a dpo run under FSDP2. Used by test_sharded.py (not
 collected by pytest).
 
-argv[1] is a JSON object of sft.Config keys, argv[2] one of dpo.Config keys. accelerate 1.15 turns FSDP on only for accelerator devices: on CPU
-its state stays MULTI_CPU whatever the launch config says, so this worker sets the state to FSDP (version 2,
-one unit per LlamaDecoderLayer) right after the stage makes its Accelerator, before anything is prepared; the
-model is then sharded by accelerate's own FSDP2 `prepare`, and gathered by its own `get_state_dict`.
-"""
+argv[1] is a JSON object of sft.Config keys, argv[2] one of dpo.Config keys. accelerate 1.15 turns FSDP on only for
+accelerator devices: on CPU its state stays MULTI_CPU whatever the launch config says, so this worker sets the state
+to FSDP (version 2, one unit per LlamaDecoderLayer) right after the stage makes its Accelerator, before anything is
+prepared; the model is then sharded by accelerate's own FSDP2 `prepare`, and gathered by its own `get_state_dict`."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""Sharded runs (issue 22, "Sharded runs save one shard"): under FSDP2 on 2 CPU processes (gloo) every process
-takes part in gathering the checkpoint and the final model, which hold the full parameters; a resume loads them
-(and the full optimizer state) back into the shards and ends where a single-process run of the same global batch
-ends (sft), and dpo's sharded run equals its single-process run. What is not verified (ZeRO-3, FSDP with generation or LoRA) is refused in one line."""
+"""Sharded runs (issue 22, "Sharded runs save one shard"): under FSDP2 on 2 CPU processes (gloo) every process takes
+part in gathering the checkpoint and the final model, which hold the full parameters; a resume loads them (and the
+full optimizer state) back into the shards and ends where a single-process run of the same global batch ends (sft),
+and dpo's sharded run equals its single-process run. What is not verified (ZeRO-3, FSDP with generation or LoRA) is
+refused in one line."""
 
 from __future__ import annotations
 
