@@ -25,7 +25,7 @@ from offline.data import DeviceBuffer, Normalization, load_transitions, pick_dev
 from offline.evaluate import adopt_env_action_box, check_env_fits, dataset_eval_env, normalized_score
 from offline.policy import policy_state, save_policy
 from reins.config import RunArgs, check
-from reins.errors import DataError
+from reins.errors import DataError, ReinsError
 from reins.runio import FiniteGuard, RunDir, get_rng_state, seed_everything, set_rng_state
 from rl.envs import evaluate
 from rl.policy_io import Policy
@@ -98,6 +98,16 @@ class OfflineConfig(RunArgs):
         check(self.eval_episodes >= 0, f"eval_episodes must be >= 0, got {self.eval_episodes}")
         check(self.eval_last_k >= 1, f"eval_last_k must be >= 1, got {self.eval_last_k}")
         check(all(h >= 1 for h in self.hidden) and len(self.hidden) >= 1, f"hidden must be positive: {self.hidden}")
+
+    def input_paths(self) -> dict[str, str]:
+        """The dataset's directory when `dataset` is a Minari id: reins.runio fingerprints it, so a checkpoint or
+        finished run is not reused on other data."""
+        from offline.data import resolve_dataset_path
+
+        try:
+            return {"dataset": str(resolve_dataset_path(self.dataset))}
+        except ReinsError:
+            return {}
 
 
 def _eval_env(cfg: OfflineConfig, tr) -> Any:

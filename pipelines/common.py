@@ -42,11 +42,15 @@ def open_run(cfg, accelerator, *, n_train: int | None = None) -> RunDir:
 
 def start_lm_stage(cfg):
     """Seed, quiet the libraries and make the accelerator; also return a finished run's metrics (else None)."""
+    from pipelines.sharded import check_launch, sharding
     from pipelines.trainer import make_accelerator
 
     seed_everything(cfg.seed)
     quiet_libraries(cfg.quiet)
     acc = make_accelerator(cfg)
+    stage = type(cfg).__module__.rsplit(".", 1)[-1]
+    check_launch(sharding(acc), stage, lora=getattr(cfg, "lora", None) is not None,
+                 generates=stage in ("ppo", "grpo") or getattr(cfg, "eval_prompts", None) not in (None, "", "none"))
     done = None
     if (Path(cfg.output_dir) / METRICS_FILE).is_file():
         done = open_run(cfg, acc).completed_metrics()
@@ -122,16 +126,24 @@ def train_and_finish(trainer, run: RunDir, accelerator, tok, evaluate, *, eval_e
     (and the model card, which shows the final metrics)."""
     from pipelines.model_card import write_model_card
     from pipelines.models import chat_template_trained, save_model
+    from pipelines.sharded import model_state_dict, sharding
+
+    # A sharded model's forward is a collective: every process evaluates (the same examples), the main one logs.
+    every = sharding(accelerator) is not None
 
     def on_step(step: int, metrics: dict) -> None:
-        if step < trainer.total_steps and accelerator.is_main_process:
-            run.log(step, evaluate())
+        if step < trainer.total_steps and (accelerator.is_main_process or every):
+            ev = evaluate()
+            if accelerator.is_main_process:
+                run.log(step, ev)
 
     last = trainer.train(on_step, every=eval_every) if eval_every else trainer.train()
     final = None
+    full = model_state_dict(accelerator, trainer.model)  # every process gathers under FSDP (None otherwise)
     if accelerator.is_main_process:
-        save_model(export(trainer.unwrapped), tok, run.path / "model")
-        ev = evaluate()
+        save_model(export(trainer.unwrapped), tok, run.path / "model", state_dict=full)
+    ev = evaluate() if accelerator.is_main_process or every else None
+    if accelerator.is_main_process:
         run.log(trainer.step, ev)
         metrics = {**{f"train/{k}": v for k, v in last.items()},
                    **{k: v for k, v in ev.items() if k != "eval/samples"}, "steps": trainer.step}

@@ -81,6 +81,7 @@ from pipelines.sampling import (
     update_generator,
 )
 from pipelines.scoring import to_device
+from pipelines.sharded import model_state_dict, optimizer_for_save, state_for_save
 from pipelines.trainer import adamw, drop_trainer_only_keys, lr_lambda
 from reins.config import RunArgs, check
 from reins.entry import stage_main
@@ -424,9 +425,11 @@ class Session:
         return log_evaluation(self.run, self.evaluator, self.policy, at)
 
     def save(self) -> None:
+        # Every process gathers (a collective under sharding, pipelines.sharded); the main process writes.
+        params = state_for_save(self.acc, self.model, trainable_state)
+        optim = optimizer_for_save(self.acc, self.model, self.optimizer)
         if self.acc.is_main_process:
-            self.run.save_checkpoint({"step": self.step, "model": trainable_state(self.policy),
-                                      "optimizer": self.optimizer.state_dict(),
+            self.run.save_checkpoint({"step": self.step, "model": params, "optimizer": optim,
                                       "scheduler": self.scheduler.state_dict(), "rng": get_rng_state(),
                                       "num_tokens": self.num_tokens, "last_metrics": self.last,
                                       "init_metrics": self.init})
@@ -524,9 +527,10 @@ def finish(s: Session) -> dict:
     """Save the policy, run the final evaluation, write metrics.json."""
     acc, run = s.acc, s.run
     gap = param_sync_gap(acc, s.model)
+    full = model_state_dict(acc, s.model)  # every process gathers under sharding (None otherwise)
     final = None
     if acc.is_main_process:
-        save_model(s.policy, s.tok, run.path / "model")
+        save_model(s.policy, s.tok, run.path / "model", state_dict=full)
         ev = s.evaluate(s.step)
         metrics = {**{f"train/{k}": v for k, v in s.last.items()}, **s.init, **ev, "steps": s.step,
                    "dist/world_size": acc.num_processes, "dist/param_sync_gap": gap}

@@ -498,15 +498,16 @@ def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
             params[n].copy_(v)
 
 
-def save_model(model, tok, path: str | Path) -> None:
-    """`save_pretrained` of the model (adapter only under LoRA) and of the tokenizer into `path`.
+def save_model(model, tok, path: str | Path, *, state_dict: dict | None = None) -> None:
+    """`save_pretrained` of the model (adapter only under LoRA) and of the tokenizer into `path`; `state_dict`:
+    the model's full weights gathered from a sharded model (pipelines.sharded), saved instead of its own.
 
     An adapter's base is recorded as an absolute path (or saved beside it when it has no loadable name, e.g.
     `tiny`), so `PeftModel`/`AutoPeftModelForCausalLM.from_pretrained(path)` works from any directory.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
+    model.save_pretrained(path, **({"state_dict": state_dict} if state_dict is not None else {}))
     portable_model_config(path / "config.json")
     save_tokenizer(tok, path)
     adapter_cfg = path / "adapter_config.json"

@@ -82,6 +82,7 @@ from pipelines.sampling import (
     update_generator,
 )
 from pipelines.scoring import to_device
+from pipelines.sharded import model_state_dict, optimizer_for_save, state_for_save, submodule_state
 from pipelines.trainer import adamw, drop_trainer_only_keys, lr_lambda
 from reins.config import RunArgs, check
 from reins.entry import stage_main
@@ -401,9 +402,11 @@ class Session:
         return log_evaluation(self.run, self.evaluator, self.models.ac.policy, at)
 
     def save(self) -> None:
+        # Every process gathers (a collective under sharding, pipelines.sharded); the main process writes.
+        params = state_for_save(self.acc, self.models.model, trainable_state)
+        optim = optimizer_for_save(self.acc, self.models.model, self.optimizer)
         if self.acc.is_main_process:
-            self.run.save_checkpoint({"step": self.step, "model": trainable_state(self.models.ac),
-                                      "optimizer": self.optimizer.state_dict(),
+            self.run.save_checkpoint({"step": self.step, "model": params, "optimizer": optim,
                                       "scheduler": self.scheduler.state_dict(), "kl_coef": self.kl.value,
                                       "rng": get_rng_state(), "last_metrics": self.last})
         self.acc.wait_for_everyone()
@@ -502,11 +505,13 @@ def finish(s: Session) -> dict:
     """Save the policy and value model with their model cards, run the final evaluation, write metrics.json."""
     acc, run, ac = s.acc, s.run, s.models.ac
     gap = param_sync_gap(acc, s.models.model)
+    full = model_state_dict(acc, s.models.model)  # every process gathers under sharding (None otherwise)
     final = None
     if acc.is_main_process:
-        save_model(ac.policy, s.models.tok, run.path / "model")
+        save_model(ac.policy, s.models.tok, run.path / "model", state_dict=submodule_state(full, "policy."))
         if ac.critic is not None:
-            save_model(ac.critic, s.models.tok, run.path / "value_model")
+            save_model(ac.critic, s.models.tok, run.path / "value_model",
+                       state_dict=submodule_state(full, "critic."))
         ev = s.evaluate(s.step)
         metrics = {**{f"train/{k}": v for k, v in s.last.items()}, **ev, "steps": s.step,
                    "dist/world_size": acc.num_processes, "dist/param_sync_gap": gap}

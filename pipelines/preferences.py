@@ -141,6 +141,9 @@ def _prompts(cfg: Config) -> tuple[list, list]:
 
 
 def train(cfg: Config) -> dict:
+    from pipelines.sharded import check_launch, launched_sharded
+
+    check_launch(launched_sharded(), "preferences", generates=True)
     seed_everything(cfg.seed)
     quiet_libraries(cfg.quiet)
     # Validate every input before the run dir exists: a typo must not leave a config.yaml behind that then

@@ -13,9 +13,13 @@ A recipe:
         model: ${sft.output_dir}/model   # references to earlier stages' resolved config keys
 
 Overrides: `output_dir=...` for the recipe, `<stage name>.<key>=value` for a stage.
-A stage whose `config.yaml` matches its resolved config and whose `metrics.json` exists is skipped (cached);
-otherwise it runs, and a stage killed earlier resumes from its own last checkpoint. `--dry-run` prints the plan,
-`--only NAME` runs one stage, `--from NAME` starts at a stage (earlier ones must be complete).
+A stage whose `config.yaml` matches its resolved config, whose `metrics.json` exists and whose inputs are unchanged
+is skipped (cached); otherwise it runs, and a stage killed earlier resumes from its own last checkpoint. Inputs
+are the local files its config names, fingerprinted by content (`identity.json` in its run dir,
+reins.fingerprint), and an earlier stage's output it reads: a stage whose data file was edited, or whose upstream
+stage runs again, is rerun from scratch (its old run dir is cleared), and so is everything that depends on it.
+`--dry-run` prints the plan, `--only NAME` runs one stage, `--from NAME` starts at a stage (earlier ones must be
+complete).
 At the end `report.md` is written into the recipe's output_dir from the stages' metrics.json/log.jsonl.
 """
 
@@ -26,6 +30,7 @@ import dataclasses
 import importlib
 import json
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -37,7 +42,17 @@ from reins import runio
 from reins.config import from_dict, parse_overrides, read_yaml, set_dotted, to_dict
 from reins.entry import STAGES, flush_denormals, report_interrupt, sigterm_raises
 from reins.errors import ConfigError, DataError, ReinsError
-from reins.runio import CONFIG_FILE, METRICS_FILE, check_run_dir, config_changes, describe_os_error, reset_progress
+from reins.runio import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    check_run_dir,
+    config_changes,
+    describe_os_error,
+    input_changes,
+    recorded_inputs,
+    reset_progress,
+    run_inputs,
+)
 
 _REF = re.compile(r"\$\{([A-Za-z0-9_\-]+)\.([A-Za-z0-9_.]+)\}")
 RECIPE_KEYS = ("name", "output_dir", "stages", "report", "quiet")
@@ -51,6 +66,7 @@ class PlannedStage:
     module: Any
     config: Any
     cached: bool
+    stale: str = ""  # why a run of this config in output_dir is out of date (cleared, then run again)
 
 
 # A stage of a recipe is one of reins' own (`reins --help`), or, explicitly, `plugin:<dotted.module>`: a
@@ -174,21 +190,53 @@ def plan(recipe: dict, *, where: str = "recipe", dry_run: bool = False) -> list[
         cfg = from_dict(module.Config, spec, where=at)
         resolved = to_dict(cfg)
         scope[name] = resolved
-        planned.append(PlannedStage(name, stage, module, cfg, _is_cached(cfg)))
+        upstream = [p.name for p in planned if not p.cached and _reads_output_of(resolved, p)]
+        cached, stale = _cache_state(cfg, upstream)
+        planned.append(PlannedStage(name, stage, module, cfg, cached, stale))
     return planned
 
 
-def _is_cached(config: Any) -> bool:
+def _reads_output_of(resolved: dict, earlier: PlannedStage) -> bool:
+    """Whether a stage's resolved config names a path inside an earlier stage's output_dir."""
+    root = Path(to_dict(earlier.config)["output_dir"]).resolve()
+
+    def names(x: Any) -> bool:
+        if isinstance(x, dict):
+            return any(names(v) for v in x.values())
+        if isinstance(x, list):
+            return any(names(v) for v in x)
+        if isinstance(x, str) and x and "\n" not in x:
+            p = Path(x).expanduser().resolve()
+            return p == root or root in p.parents
+        return False
+
+    return names({k: v for k, v in resolved.items() if k != "output_dir"})
+
+
+def _cache_state(config: Any, upstream: list[str]) -> tuple[bool, str]:
+    """(cached, stale): cached when output_dir holds a completed run of this config on unchanged inputs; stale
+    (the reason) when it holds a run of this config, complete or not, that an input change has made out of date."""
     out = Path(config.output_dir)
     cfg_file, metrics_file = out / CONFIG_FILE, out / METRICS_FILE
-    if not (cfg_file.is_file() and metrics_file.is_file()):
-        return False
+    if not cfg_file.is_file():
+        return False, ""
     try:
         old = yaml.safe_load(cfg_file.read_text()) or {}
+    except yaml.YAMLError:
+        return False, ""
+    if not isinstance(old, dict) or config_changes(old, config):
+        return False, ""  # another run's directory: check_run_dir refuses it, as before
+    if upstream:
+        return False, f"{', '.join(upstream)} runs again"
+    recorded = recorded_inputs(out)
+    changed = input_changes(recorded, run_inputs(config)) if recorded is not None else []
+    if changed:
+        return False, f"changed {', '.join(c.removeprefix('input ') for c in changed[:3])}"
+    try:
         json.loads(metrics_file.read_text())
-    except (yaml.YAMLError, json.JSONDecodeError):
-        return False
-    return not config_changes(old, config)
+    except (OSError, json.JSONDecodeError):
+        return False, ""
+    return True, ""
 
 
 _running: dict[str, str | None] = {"stage": None}  # the stage `run_recipe` is in, for the interrupt line
@@ -207,13 +255,14 @@ def run_recipe(path: str | Path, overrides: dict[str, Any] | None = None, *, dry
         selected = stages[names.index(start):]
     if dry_run:
         for s in stages:
-            state = "cached" if s.cached else ("run" if s in selected else "skip (not selected)")
+            state = "cached" if s.cached else ("skip (not selected)" if s not in selected else
+                                               f"rerun ({s.stale})" if s.stale else "run")
             state = "plugin, not imported" if s.module is None else state
             out = s.config["output_dir"] if isinstance(s.config, dict) else to_dict(s.config)["output_dir"]
             print(f"{s.name:<16} {s.stage:<12} {state:<20} {out}")
         return {}
     for s in selected:  # every stage's output dir is usable, before the first stage starts any work
-        if not s.cached:
+        if not s.cached and not s.stale:
             check_run_dir(to_dict(s.config)["output_dir"], s.config)
     root = Path(recipe["output_dir"])
     root.mkdir(parents=True, exist_ok=True)
@@ -234,6 +283,10 @@ def run_recipe(path: str | Path, overrides: dict[str, Any] | None = None, *, dry
             if not recipe.get("quiet"):
                 print(f"[reins run] {s.name}: cached", file=sys.stderr)
             continue
+        if s.stale:
+            if not recipe.get("quiet"):
+                print(f"[reins run] {s.name}: out of date ({s.stale}); clearing {out}", file=sys.stderr)
+            shutil.rmtree(out)  # a run of this very stage config (config.yaml matched), now out of date
         if not recipe.get("quiet"):
             print(f"[reins run] {s.name}: running stage '{s.stage}' -> {out}", file=sys.stderr)
         t0 = time.time()

@@ -8,7 +8,8 @@ global batch; the loop multiplies by world_size x grad_accum to undo DDP's and a
 gradient is exactly that of the global-batch mean however the batch is split (gradient-accumulation
 normalisation bugs: transformers PR #34191, trl#2175).
 
-Checkpoint (main process, atomic, weights-only): trainable parameters, optimizer, scheduler, RNG, step; the
+Checkpoint (gathered by every process, written by the main one; atomic, weights-only; pipelines.sharded):
+trainable parameters, optimizer, scheduler, RNG, step; the
 data position follows from the step. Metrics stay on the device between sync points (log, save and hook steps);
 there the loss and gradient norm of every step since the last one are checked, and a non-finite one raises
 NonFiniteError naming its step before anything after it is logged, evaluated or checkpointed, so the last good
@@ -26,6 +27,7 @@ from typing import Any, Literal
 import torch
 
 from pipelines.models import load_trainable_state, trainable_state
+from pipelines.sharded import load_optimizer, optimizer_for_save, sharding, state_for_save
 from reins.config import check
 from reins.errors import ConfigError
 from reins.runio import FiniteGuard, RunDir, get_rng_state, set_rng_state
@@ -208,9 +210,11 @@ class Trainer:
         self.step = 0
         self._last: dict = {}  # the metrics of the last step read (checkpointed with it)
         state = run.load_checkpoint() if run is not None else None
+        sharded = sharding(accelerator) is not None
         if state is not None:
-            load_trainable_state(model, state["model"])
-            opt.load_state_dict(state["optimizer"])
+            load_trainable_state(model, state["model"])  # whole parameters: prepare shards them
+            if not sharded:
+                opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             self.step = int(state["step"])
             self._last = dict(state.get("metrics", {}))
@@ -222,6 +226,8 @@ class Trainer:
         # The scheduler is NOT prepared: accelerate's wrapper steps it num_processes times per call, while our
         # schedule is defined per global optimizer step.
         self.model, self.optimizer = accelerator.prepare(model, opt)
+        if state is not None and sharded:  # a full optimizer state, sharded like the parameters
+            load_optimizer(accelerator, self.model, self.optimizer, state["optimizer"])
         if args.torch_compile:  # after prepare, so a DDP wrapper is compiled with its hooks (torch's advice)
             self.model = torch.compile(self.model, dynamic=True)
         self.scheduler = sched
@@ -380,9 +386,11 @@ class Trainer:
     def save(self) -> None:
         if self.run is None:
             return
+        # Every process gathers (a collective under FSDP); the main process writes.
+        params = state_for_save(self.acc, self.model, trainable_state)
+        optim = optimizer_for_save(self.acc, self.model, self.optimizer)
         if self.acc.is_main_process:
-            state: dict[str, Any] = {"step": self.step, "model": trainable_state(self.unwrapped),
-                                     "optimizer": self.optimizer.state_dict(),
+            state: dict[str, Any] = {"step": self.step, "model": params, "optimizer": optim,
                                      "scheduler": self.scheduler.state_dict(), "rng": get_rng_state(),
                                      "metrics": dict(self._last)}
             if self.extra_state is not None:

@@ -36,6 +36,7 @@ import torch
 
 from reins.config import dump_yaml, to_dict
 from reins.errors import ConfigError, DataError, NonFiniteError
+from reins.fingerprint import config_inputs, path_fingerprint
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
@@ -43,6 +44,10 @@ LOG_FILE = "log.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_FILE = "checkpoint.pt"
 LOCK_FILE = ".reins.lock"
+# What run made a directory and its checkpoint: the semantic config and the fingerprints of its inputs
+# (reins.fingerprint), in identity.json beside config.yaml and under IDENTITY_KEY in every checkpoint.
+IDENTITY_FILE = "identity.json"
+IDENTITY_KEY = "run_identity"
 
 # Config keys that do not change what a run computes, so a resume with a different value is allowed.
 NON_SEMANTIC_KEYS = frozenset({"quiet", "log_every", "report_to", "progress", "overwrite_output_dir"})
@@ -371,6 +376,8 @@ def check_run_dir(output_dir: str | Path, config: Any) -> list[str] | None:
     check_output_dir(output_dir)
     path = Path(output_dir)
     overwrite = bool(run_config(config).get("overwrite_output_dir", getattr(config, "overwrite_output_dir", False)))
+    if not overwrite:  # a checkpoint or finished run of other settings or inputs, named even without config.yaml
+        check_run_identity(path, config)
     taken = _other_contents(path, config)
     if taken and not overwrite:
         if taken == ["no config.yaml"]:
@@ -550,6 +557,103 @@ def run_config(config: Any) -> dict:
     return _view(config, to_dict(config) if not isinstance(config, dict) else dict(config))
 
 
+# ----------------------------------------------------------------------------------------- run identity
+def run_inputs(config: Any) -> dict[str, str]:
+    """{key: fingerprint} of the local files and directories the config names (reins.fingerprint), plus those a
+    config class resolves itself through an `input_paths()` hook (a dataset id that names a local directory)."""
+    d = run_config(config)
+    found = config_inputs(_semantic(d), d.get("output_dir", "."))
+    hook = getattr(config, "input_paths", None)
+    if callable(hook):
+        for key, p in hook().items():
+            found[key] = path_fingerprint(p)
+    return found
+
+
+def _computed(cfg_dict: dict) -> dict:
+    # What a run computes: the semantic keys without output_dir, so that the same run in two directories (or a
+    # moved one) has the same identity and bit-identical checkpoints.
+    return {k: v for k, v in _semantic(cfg_dict).items() if k != "output_dir"}
+
+
+def run_identity(config: Any, inputs: dict[str, str]) -> dict:
+    """What a checkpoint stores to say which run it belongs to: the semantic config but output_dir (as JSON text,
+    so loading it needs nothing beyond weights_only) and the inputs' fingerprints."""
+    return {"config": json.dumps(_computed(run_config(config)), sort_keys=True, default=str),
+            "inputs": dict(inputs)}
+
+
+def _json_norm(d: Any) -> Any:
+    return json.loads(json.dumps(d, sort_keys=True, default=str))
+
+
+def identity_changes(saved: dict, config: Any, inputs: dict[str, str]) -> list[str]:
+    """Dotted config keys and `input KEY` entries in which a checkpoint's identity differs from this run's
+    (a key the saved config lacks counts only when set away from its default, as in `config_changes`)."""
+    old = json.loads(saved.get("config", "{}"))
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        try:
+            old = _with_defaults(old, _json_norm(_view(config, to_dict(type(config)()))))
+        except TypeError:
+            pass
+    keys = _diff_keys(_computed(old), _json_norm(_computed(run_config(config))))
+    return keys + input_changes(dict(saved.get("inputs", {})), inputs)
+
+
+def input_changes(recorded: dict[str, str], inputs: dict[str, str]) -> list[str]:
+    return [f"input {k}" for k in sorted(set(recorded) | set(inputs)) if recorded.get(k) != inputs.get(k)]
+
+
+def recorded_identity(output_dir: str | Path) -> dict | None:
+    """The identity a run directory recorded (None: none recorded, e.g. a run of an older version)."""
+    try:
+        data = json.loads((Path(output_dir) / IDENTITY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("inputs"), dict) else None
+
+
+def recorded_inputs(output_dir: str | Path) -> dict[str, str] | None:
+    """The input fingerprints a run directory recorded (None: none recorded)."""
+    ident = recorded_identity(output_dir)
+    return dict(ident["inputs"]) if ident is not None else None
+
+
+def _checkpoint_identity(path: Path) -> dict | None:
+    # mmap: only the identity is read, not the tensors of a large checkpoint. A checkpoint that does not load is
+    # reported by the stage's own load_checkpoint, with its own message.
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001
+        return None
+    ident = state.get(IDENTITY_KEY) if isinstance(state, dict) else None
+    return ident if isinstance(ident, dict) else None
+
+
+def check_run_identity(output_dir: str | Path, config: Any, inputs: dict[str, str] | None = None) -> None:
+    """Refuse to resume or reuse a run directory whose recorded inputs or checkpoint belong to another run: a
+    changed data file, or a checkpoint whose config differs (config.yaml may have been deleted or edited)."""
+    path = Path(output_dir)
+    ckpt = path / CHECKPOINT_DIR / CHECKPOINT_FILE
+    recorded = recorded_identity(path) if (path / METRICS_FILE).is_file() else None
+    if recorded is None and not ckpt.is_file():
+        return
+    inputs = run_inputs(config) if inputs is None else inputs
+    if recorded is not None:
+        diff = identity_changes(recorded, config, inputs)
+        if diff:
+            raise ConfigError(f"output_dir {path} holds a finished run of another config or other inputs (differs "
+                              f"in: {', '.join(diff[:5])}); choose another output_dir or delete that one")
+    ident = _checkpoint_identity(ckpt) if ckpt.is_file() else None
+    if ident is not None:
+        diff = identity_changes(ident, config, inputs)
+        if diff:
+            raise ConfigError(f"output_dir {path}: its checkpoint belongs to a different run (differs in: "
+                              f"{', '.join(diff[:5])}); choose another output_dir or delete that one")
+
+
 class RunDir:
     """One stage's output directory. Creating it validates that it is empty or holds this same run."""
 
@@ -557,6 +661,8 @@ class RunDir:
         self.path = Path(output_dir)
         self.quiet = quiet
         self.config = run_config(config)
+        self.inputs = run_inputs(config)
+        self.identity = run_identity(config, self.inputs)
         check_run_dir(self.path, config)
         self._tb = None
         if self.config.get("report_to", "jsonl") == "tensorboard":
@@ -572,13 +678,14 @@ class RunDir:
             if self._lock is not None and _other_contents(self.path, config):  # overwrite_output_dir: a new run
                 self._clear_earlier_run()
             atomic_write_text(self.path / CONFIG_FILE, dump_yaml(self.config))
+            atomic_write_text(self.path / IDENTITY_FILE, json.dumps(self.identity, indent=2, sort_keys=True) + "\n")
         except OSError as e:
             raise os_error(e, "cannot write the run directory", self.path) from None
 
     def _clear_earlier_run(self) -> None:
         """Remove what would make the earlier run's files look like this run's: its completion mark, log,
         checkpoint and TensorBoard events (other files stay, and artifacts of this run overwrite theirs)."""
-        for name in (METRICS_FILE, LOG_FILE, CONFIG_FILE):
+        for name in (METRICS_FILE, LOG_FILE, CONFIG_FILE, IDENTITY_FILE):
             (self.path / name).unlink(missing_ok=True)
         for name in (CHECKPOINT_DIR, "tensorboard"):
             if (self.path / name).is_dir():
@@ -667,7 +774,7 @@ class RunDir:
     # checkpoints
     def save_checkpoint(self, state: dict) -> None:
         try:
-            atomic_torch_save(state, self.checkpoint_path)
+            atomic_torch_save({**state, IDENTITY_KEY: self.identity}, self.checkpoint_path)
         except OSError as e:  # a full disk: the previous checkpoint is untouched (write-to-temp + rename)
             err = os_error(e, "cannot write checkpoint", self.checkpoint_path)
             if self.checkpoint_path.is_file():
@@ -677,7 +784,10 @@ class RunDir:
     def load_checkpoint(self) -> dict | None:
         if not self.checkpoint_path.is_file():
             return None
-        return safe_torch_load(self.checkpoint_path)
+        state = safe_torch_load(self.checkpoint_path)
+        if isinstance(state, dict):
+            state.pop(IDENTITY_KEY, None)  # checked when the RunDir was opened (check_run_identity)
+        return state
 
     # progress
     def progress(self, total: int, initial: int = 0, desc: str = ""):

@@ -133,6 +133,8 @@ def test_failure_while_publishing_leaves_the_root_as_it_was(minari_root, tmp_pat
     real, calls = os.replace, []
 
     def failing(src, dst):
+        if os.path.basename(dst) == "identity.json":  # the run dir's own record (reins.runio), not a tier
+            return real(src, dst)
         calls.append(dst)
         if len(calls) == 2:
             raise OSError("rename failed")
