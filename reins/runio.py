@@ -376,9 +376,10 @@ def check_run_dir(output_dir: str | Path, config: Any) -> list[str] | None:
     check_output_dir(output_dir)
     path = Path(output_dir)
     overwrite = bool(run_config(config).get("overwrite_output_dir", getattr(config, "overwrite_output_dir", False)))
-    if not overwrite:  # a checkpoint or finished run of other settings or inputs, named even without config.yaml
-        check_run_identity(path, config)
     taken = _other_contents(path, config)
+    if not overwrite and (not taken or (taken == ["no config.yaml"] and recorded_identity(path) is not None)):
+        check_run_identity(path, config)  # a checkpoint or finished run of other settings or inputs, named
+    taken = _run_taken(path, config, explain=not overwrite)
     if taken and not overwrite:
         if taken == ["no config.yaml"]:
             raise ConfigError(f"output_dir {path} is not empty and holds no {CONFIG_FILE} of a reins run; choose "
@@ -654,6 +655,24 @@ def check_run_identity(output_dir: str | Path, config: Any, inputs: dict[str, st
                               f"{', '.join(diff[:5])}); choose another output_dir or delete that one")
 
 
+def _run_taken(path: Path, config: Any, *, explain: bool = False) -> list[str] | None:
+    """`_other_contents`, except that a directory whose config.yaml is gone but whose identity.json records this
+    very run is this run (it resumes). With `explain`, a recorded run of other settings is refused naming the keys
+    it differs in."""
+    taken = _other_contents(path, config)
+    if taken == ["no config.yaml"]:
+        recorded = recorded_identity(path)
+        if recorded is not None:
+            diff = identity_changes(recorded, config, run_inputs(config))
+            if not diff:
+                return None
+            if explain:
+                raise ConfigError(f"output_dir {path} has lost its {CONFIG_FILE} and holds a run of other settings "
+                                  f"or inputs (differs in: {', '.join(diff[:5])}); choose another output_dir or "
+                                  "delete that one (or set overwrite_output_dir=true)")
+    return taken
+
+
 class RunDir:
     """One stage's output directory. Creating it validates that it is empty or holds this same run."""
 
@@ -675,7 +694,7 @@ class RunDir:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock = lock_run_dir(self.path)
-            if self._lock is not None and _other_contents(self.path, config):  # overwrite_output_dir: a new run
+            if self._lock is not None and _run_taken(self.path, config):  # overwrite_output_dir: a new run
                 self._clear_earlier_run()
             atomic_write_text(self.path / CONFIG_FILE, dump_yaml(self.config))
             atomic_write_text(self.path / IDENTITY_FILE, json.dumps(self.identity, indent=2, sort_keys=True) + "\n")

@@ -249,7 +249,7 @@ def test_reward_module_is_found_from_the_current_directory(workdir, monkeypatch)
                         + [p for p in sys.path if p not in ("", os.getcwd(), str(workdir))])
     monkeypatch.delitem(sys.modules, "my_reward_mod_s22", raising=False)
     (fn,) = resolve_reward_funcs(["my_reward_mod_s22:score"], None, None)
-    assert fn.call(["p", "q"], ["ab", "abcd"], None) == [2.0, 4.0]
+    assert fn.call(["p", "q"], ["ab", "abcd"], None, {}) == [2.0, 4.0]
 
 
 def test_trust_remote_code_names_each_model_once(tmp_path, capfd, monkeypatch):
