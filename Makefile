@@ -6,14 +6,14 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo demo-smollm2 lint bench clean
+.PHONY: install test demo demo-smollm2 lint bench docs clean
 
 # torch is installed first and pinned: an unpinned torch resolves a multi-GB CUDA build.
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,docs]"
 	touch $@
 
 install: $(BIN)/.installed
@@ -32,6 +32,11 @@ demo-smollm2: install
 	$(BIN)/reins fetch-model smollm2-135m-instruct
 	$(BIN)/reins run recipes/smollm2-quickstart.yaml
 
+# The docs site (docs/, mkdocs.yml) into site/; config references are rendered from the stages' field metadata by
+# scripts/docs_hooks.py. No network: the theme's fonts are off and no plugin fetches.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
+
 lint: install
 	$(BIN)/ruff check .
 
@@ -39,4 +44,4 @@ bench: install
 	$(BIN)/python -m benchmarks.run_all
 
 clean:
-	rm -rf runs .pytest_cache .ruff_cache
+	rm -rf runs site .pytest_cache .ruff_cache
