@@ -2,8 +2,8 @@
 
 A page holds `<!-- config-reference: NAME -->` (one stage) or `<!-- config-reference: all -->` (every stage in
 reins.entry.STAGES, so a stage added there appears without editing the docs), `<!-- stage-table -->` (the stage
-names and one-line descriptions `reins --help` prints) or `<!-- pgcore-functions -->` (`python -m pgcore`'s
-listing). Nothing here restates a key, a description or a docstring.
+names and one-line descriptions `reins --help` prints) `<!-- pgcore-functions -->` (`python -m pgcore`'s
+listing) or `<!-- portable-example -->` (the numpy policy loop `reins export` puts in a policy's README). Nothing here restates a key, a description or a docstring.
 """
 
 from __future__ import annotations
@@ -60,4 +60,8 @@ def pgcore_functions() -> str:
 def on_page_markdown(markdown: str, page, config, files) -> str:  # noqa: ARG001 - mkdocs hook signature
     markdown = markdown.replace("<!-- stage-table -->", stage_table())
     markdown = markdown.replace("<!-- pgcore-functions -->", pgcore_functions())
+    if "<!-- portable-example -->" in markdown:
+        from rl.portable import EXAMPLE
+
+        markdown = markdown.replace("<!-- portable-example -->", "```python\n" + EXAMPLE + "```\n")
     return MARKER.sub(lambda m: render(m.group(1)), markdown)
