@@ -2,8 +2,9 @@
 
 A page holds `<!-- config-reference: NAME -->` (one stage) or `<!-- config-reference: all -->` (every stage in
 reins.entry.STAGES, so a stage added there appears without editing the docs), `<!-- stage-table -->` (the stage
-names and one-line descriptions `reins --help` prints) `<!-- pgcore-functions -->` (`python -m pgcore`'s
-listing) or `<!-- portable-example -->` (the numpy policy loop `reins export` puts in a policy's README). Nothing here restates a key, a description or a docstring.
+names and one-line descriptions `reins --help` prints), `<!-- pgcore-functions -->` (`python -m pgcore`'s
+listing) or `<!-- portable-example -->` (the numpy policy loop `reins export` puts in a policy's README).
+Nothing here restates a key, a description or a docstring.
 """
 
 from __future__ import annotations
