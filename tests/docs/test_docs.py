@@ -32,7 +32,7 @@ def _env(tmp_path: Path) -> dict:
             "NO_MKDOCS_2_WARNING": "1", "MINARI_DATASETS_PATH": str(tmp_path / "minari")}
 
 
-def _keys(cls: type, prefix: str = "") -> list[str]:
+def _keys(cls: type) -> list[str]:
     from reins.config import config_help
 
     return [line.strip().split(": ", 1)[0] for line in config_help(cls)[::2]]
