@@ -33,13 +33,16 @@ def run(tmp_path, **kw):
     return train(cfg)
 
 
+# Bounds with margin below what these seeded runs reach (seed 1, and seeds 0 and 2 as a check of how far a change of
+# rounding alone can move them; benchmarks/online/README.md, "Learning tests"): a refactor that moves a final return
+# below its bound changed the numerics, and the quality tables it touches must be re-measured.
 CARTPOLE = [
-    ("ppo", 20_000, {}, 150.0),
-    ("ppo", 15_000, {"ppo": {"loss": "kl_penalty"}}, 150.0),
-    ("a2c", 25_000, {}, 150.0),
+    ("ppo", 20_000, {}, 400.0),
+    ("ppo", 15_000, {"ppo": {"loss": "kl_penalty"}}, 350.0),
+    ("a2c", 25_000, {}, 300.0),
     ("reinforce", 25_000, {}, 100.0),
-    ("trpo", 12_000, {}, 150.0),
-    ("npg", 15_000, {}, 150.0),
+    ("trpo", 12_000, {}, 350.0),
+    ("npg", 15_000, {}, 200.0),
     ("dqn", 15_000, {"dqn": {"learning_starts": 1000, "exploration_fraction": 0.3}}, 150.0),
 ]
 
@@ -64,3 +67,17 @@ def test_pendulum_agents_improve_400_over_random(tmp_path, algo, steps, extra):
     rand = random_return("Pendulum-v1")
     assert rand < -900
     assert m["eval/return_mean"] >= rand + 400, (m, rand)
+
+
+@pytest.mark.slow
+def test_ppo_cartpole_recipe_meets_its_target(tmp_path):
+    """The recipe's own promise (mean eval return >= 475 at 100k env steps), at its seed: the check that a
+    schedule change moving PPO off its target (493 -> 455 once) can no longer pass unnoticed. ~30 s alone."""
+    from pathlib import Path
+
+    from reins.config import load_config
+
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "online" / "ppo-cartpole.yaml"
+    cfg = load_config(Config, str(recipe), {"output_dir": str(tmp_path / "run"), "quiet": True}, stage="online")
+    m = train(cfg)
+    assert m["eval/return_mean"] >= 475.0, m
