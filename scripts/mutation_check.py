@@ -62,11 +62,10 @@ MUTATIONS = [
 P = "tests/pipelines/"
 MODULES = {
     "pipelines/evaluation.py": [P + "test_stage_oracles.py", P + "test_generation_eval.py",
-                                P + "test_score_texts_eos.py", P + "test_eval_options.py"],
-    "pipelines/ppo.py": [P + "test_stage_oracles.py", P + "test_ppo.py", P + "test_ppo_options.py"],
-    "pipelines/ppo_rollout.py": [P + "test_ppo.py", P + "test_stage_oracles.py", P + "test_ppo_options.py"],
-    "pipelines/reward.py": [P + "test_stage_oracles.py", P + "test_lm_learning.py", P + "test_resume_weights.py",
-                            P + "test_reward_options.py"],
+                                P + "test_score_texts_eos.py"],
+    "pipelines/ppo.py": [P + "test_ppo_options.py", P + "test_stage_oracles.py", P + "test_ppo.py"],
+    "pipelines/ppo_rollout.py": [P + "test_ppo.py", P + "test_ppo_options.py", P + "test_stage_oracles.py"],
+    "pipelines/reward.py": [P + "test_stage_oracles.py", P + "test_lm_learning.py", P + "test_resume_weights.py"],
     "pipelines/grpo.py": [P + "test_grpo_options.py", P + "test_grpo_stage.py"],
     "offline/iql.py": ["tests/offline/test_losses.py", "tests/offline/test_options.py",
                        "tests/offline/test_stage.py"],
@@ -169,7 +168,9 @@ def random_mode(args) -> int:
             tests = [t for t in MODULES[module] if (root / t).is_file()]
             t0 = time.monotonic()
             base = _pytest(root, tests, timeout=3600)
-            budget = 3 * (time.monotonic() - t0) + 60
+            base_s = time.monotonic() - t0
+            budget = 4 * base_s + 120   # a mutant that makes the tests hang counts as killed; load is not one
+            print(f"{module}: covering tests pass in {base_s:.0f} s", flush=True)
             if base != "SURVIVED":
                 print(f"{module}: the covering tests fail without a mutant ({base}); skipped", flush=True)
                 continue
