@@ -63,14 +63,16 @@ P = "tests/pipelines/"
 MODULES = {
     "pipelines/evaluation.py": [P + "test_stage_oracles.py", P + "test_generation_eval.py",
                                 P + "test_score_texts_eos.py"],
-    "pipelines/ppo.py": [P + "test_ppo_options.py", P + "test_stage_oracles.py", P + "test_ppo.py"],
+    "pipelines/ppo.py": [P + "test_option_bounds.py", P + "test_ppo_options.py", P + "test_stage_oracles.py",
+                         P + "test_ppo.py"],
     "pipelines/ppo_rollout.py": [P + "test_ppo.py", P + "test_ppo_options.py", P + "test_stage_oracles.py"],
-    "pipelines/reward.py": [P + "test_stage_oracles.py", P + "test_lm_learning.py", P + "test_resume_weights.py"],
-    "pipelines/grpo.py": [P + "test_grpo_options.py", P + "test_grpo_stage.py"],
-    "offline/iql.py": ["tests/offline/test_losses.py", "tests/offline/test_options.py",
-                       "tests/offline/test_stage.py"],
-    "offline/cql.py": ["tests/offline/test_losses.py", "tests/offline/test_options.py",
-                       "tests/offline/test_stage.py"],
+    "pipelines/reward.py": [P + "test_option_bounds.py", P + "test_stage_oracles.py", P + "test_lm_learning.py",
+                            P + "test_resume_weights.py"],
+    "pipelines/grpo.py": [P + "test_option_bounds.py", P + "test_grpo_options.py", P + "test_grpo_stage.py"],
+    "offline/iql.py": ["tests/offline/test_option_bounds.py", "tests/offline/test_losses.py",
+                       "tests/offline/test_options.py", "tests/offline/test_stage.py"],
+    "offline/cql.py": ["tests/offline/test_option_bounds.py", "tests/offline/test_losses.py",
+                       "tests/offline/test_options.py", "tests/offline/test_stage.py"],
 }
 COPIED = ("pgcore", "reins", "online", "offline", "pipelines", "tests", "recipes", "pyproject.toml")
 
