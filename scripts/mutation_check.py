@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
+import json
 import os
 import pathlib
 import random
@@ -115,8 +116,8 @@ def _variants(node: ast.AST) -> list[ast.AST]:
     return out
 
 
-def mutants(src: str) -> list[tuple[int, str, str]]:
-    """Every single-point mutant of `src`: (line, description, mutated source)."""
+def mutants(src: str) -> list[tuple[int, int, str, str]]:
+    """Every single-point mutant of `src`: (first line, last line, description, mutated source)."""
     tree = ast.parse(src)
     skip = _skipped_spans(tree)
     lines = src.splitlines(keepends=True)
@@ -125,6 +126,7 @@ def mutants(src: str) -> list[tuple[int, str, str]]:
         starts.append(starts[-1] + len(line))
     found = []
     for node in ast.walk(tree):
+        last = getattr(node, "end_lineno", None)
         if not hasattr(node, "lineno") or any(a <= node.lineno <= b for a, b in skip):
             continue
         for new in _variants(node):
@@ -143,19 +145,53 @@ def mutants(src: str) -> list[tuple[int, str, str]]:
             except SyntaxError:
                 continue
             if mutated != src:
-                found.append((node.lineno, desc, mutated))
+                found.append((node.lineno, last, desc, mutated))
     return found
 
 
-def _pytest(root: pathlib.Path, tests: list[str], timeout: float) -> str:
+# A pytest plugin for the unmutated run: which tests execute each line of the module under test (lines run at
+# import or collection are marked "*": every test depends on them). A mutant then runs only the tests that
+# execute its lines; one on a line no test executes survives without a run.
+TRACER = """
+import json, os, sys, threading
+TARGET, OUT, current, hits = os.environ["MUTATION_TARGET"], os.environ["MUTATION_HITS"], ["*"], {}
+def _local(frame, event, arg):
+    if event == "line":
+        hits.setdefault(frame.f_lineno, set()).add(current[0])
+    return _local
+def _global(frame, event, arg):
+    if frame.f_code.co_filename == TARGET:
+        hits.setdefault(frame.f_lineno, set()).add(current[0])
+        return _local
+    return None
+sys.settrace(_global)
+threading.settrace(_global)
+def pytest_runtest_setup(item):
+    current[0] = item.nodeid
+def pytest_sessionfinish(session):
+    sys.settrace(None)
+    json.dump({str(k): sorted(v) for k, v in hits.items()}, open(OUT, "w"))
+"""
+
+
+def _pytest(root: pathlib.Path, tests: list[str], timeout: float, env_extra: dict | None = None,
+            plugin: str | None = None) -> str:
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONDONTWRITEBYTECODE": "1"}
+           "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONDONTWRITEBYTECODE": "1",
+           **(env_extra or {})}
+    extra = ["-p", plugin] if plugin else []
     try:
-        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *extra, *tests],
                            cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return "killed (timeout)"
     return "SURVIVED" if r.returncode == 0 else ("killed" if r.returncode == 1 else f"killed (exit {r.returncode})")
+
+
+def _covering(hits: dict, first: int, last: int, tests: list[str]) -> list[str]:
+    """The tests that execute any of lines first..last (all of `tests` when module-level code is involved)."""
+    ids = {t for line in range(first, last + 1) for t in hits.get(str(line), [])}
+    return tests if "*" in ids else sorted(ids)
 
 
 def random_mode(args) -> int:
@@ -166,28 +202,36 @@ def random_mode(args) -> int:
         root = pathlib.Path(tmp)
         for name in COPIED:
             (shutil.copytree if (repo / name).is_dir() else shutil.copy)(repo / name, root / name)
+        (root / "_mutation_tracer.py").write_text(TRACER)
         for module in modules:
             tests = [t for t in MODULES[module] if (root / t).is_file()]
+            hits_file = root / "hits.json"
             t0 = time.monotonic()
-            base = _pytest(root, tests, timeout=3600)
+            base = _pytest(root, tests, timeout=3600, plugin="_mutation_tracer",
+                           env_extra={"MUTATION_TARGET": str(root / module), "MUTATION_HITS": str(hits_file)})
             base_s = time.monotonic() - t0
-            budget = 4 * base_s + 120   # a mutant that makes the tests hang counts as killed; load is not one
-            print(f"{module}: covering tests pass in {base_s:.0f} s", flush=True)
             if base != "SURVIVED":
                 print(f"{module}: the covering tests fail without a mutant ({base}); skipped", flush=True)
                 continue
+            hits = json.loads(hits_file.read_text())
+            budget = 4 * base_s + 120   # a mutant that makes the tests hang counts as killed; load is not one
+            print(f"{module}: covering tests pass in {base_s:.0f} s (traced)", flush=True)
             src = (root / module).read_text()
             pool = mutants(src)
             chosen = sorted(random.Random(f"{args.seed}:{module}").sample(pool, min(args.random, len(pool))))
             killed = 0
-            for line, desc, mutated in chosen:
-                (root / module).write_text(mutated)
-                try:
-                    status = _pytest(root, tests, timeout=budget)
-                finally:
-                    (root / module).write_text(src)
+            for first, last, desc, mutated in chosen:
+                run = _covering(hits, first, last, tests)
+                if not run:
+                    status = "SURVIVED (no test runs it)"
+                else:
+                    (root / module).write_text(mutated)
+                    try:
+                        status = _pytest(root, run, timeout=budget)
+                    finally:
+                        (root / module).write_text(src)
                 killed += status.startswith("killed")
-                print(f"{status:<16} {module}:{line}: {desc}", flush=True)
+                print(f"{status:<16} {module}:{first}: {desc}  [{len(run)} tests]", flush=True)
             scores[module] = (killed, len(chosen), len(pool))
             print(f"== {module}: {killed}/{len(chosen)} killed ({killed / max(len(chosen), 1):.0%}) of "
                   f"{len(pool)} possible mutants; tests: {' '.join(tests)}", flush=True)
