@@ -42,25 +42,30 @@ def _seq_logp(model, prompt: list[int], completion: list[int], T: float) -> floa
 
 
 # ----------------------------------------------------------------------------------------- evaluation
-def test_eval_kl_and_win_rate_against_hand_values(f64):
+@pytest.mark.parametrize("temperature", [0.7, 0.0], ids=["sampled", "greedy"])
+def test_eval_kl_and_win_rate_against_hand_values(f64, temperature):
+    """Greedy evaluation (temperature 0) scores the log-probs of the untempered distribution (T = 1)."""
     tok, args = f64
+    T = temperature or 1.0
     policy, ref_model = load_causal_lm(args, tok, seed=0), freeze(load_causal_lm(args, tok, seed=5))
-    ea = EvalArgs(num_prompts=4, max_new_tokens=6, temperature=0.7, seed=11)
+    ea = EvalArgs(num_prompts=4, max_new_tokens=6, temperature=temperature, seed=11)
     ev = PolicyEvaluator(tok, PROMPTS, Reference(ref_model), ea)
     pids = [encode_prompt(tok, p) for p in PROMPTS]
-    gen = GenerationArgs(max_new_tokens=6, temperature=0.7, batch_size=ea.batch_size)
+    gen = GenerationArgs(max_new_tokens=6, temperature=temperature, batch_size=ea.batch_size)
     ours, theirs = generate(policy, tok, pids, gen, seed=11), generate(ref_model, tok, pids, gen, seed=11)
-    assert ours.texts != theirs.texts
-    # A stub judge: prompt 0 a win for the policy, 1 a tie, 2 a loss, 3 a win: win rate (1 + .5 + 0 + 1) / 4.
-    gold = {tuple(ours.texts): [1.0, 0.5, 0.0, 0.75], tuple(theirs.texts): [0.0, 0.5, 1.0, 0.25]}
-    ev.judge = lambda texts: gold[tuple(texts)]
+    if temperature > 0:
+        assert ours.texts != theirs.texts
+        # A stub judge: prompt 0 a win for the policy, 1 a tie, 2 a loss, 3 a win: win rate (1 + .5 + 0 + 1) / 4.
+        gold = {tuple(ours.texts): [1.0, 0.5, 0.0, 0.75], tuple(theirs.texts): [0.0, 0.5, 1.0, 0.25]}
+        ev.judge = lambda texts: gold[tuple(texts)]
     m, samples = ev(policy)
-    assert m["eval/win_rate_vs_ref"] == pytest.approx(0.625, abs=1e-12)
-    assert m["eval/gold_reward"] == pytest.approx(0.5625) and m["eval/ref_gold_reward"] == pytest.approx(0.4375)
-    assert [s["ref_gold"] for s in samples] == gold[tuple(theirs.texts)]
+    if temperature > 0:
+        assert m["eval/win_rate_vs_ref"] == pytest.approx(0.625, abs=1e-12)
+        assert m["eval/gold_reward"] == pytest.approx(0.5625) and m["eval/ref_gold_reward"] == pytest.approx(0.4375)
+        assert [s["ref_gold"] for s in samples] == gold[tuple(theirs.texts)]
     # KL(pi || ref) on the policy's samples: k1 = mean(log pi - log ref), k3 = mean(e^-x - 1 + x), sequence-level
-    lp = torch.tensor([_seq_logp(policy, p, c, 0.7) for p, c in zip(pids, ours.completion_ids)], dtype=torch.float64)
-    rlp = torch.tensor([_seq_logp(ref_model, p, c, 0.7) for p, c in zip(pids, ours.completion_ids)],
+    lp = torch.tensor([_seq_logp(policy, p, c, T) for p, c in zip(pids, ours.completion_ids)], dtype=torch.float64)
+    rlp = torch.tensor([_seq_logp(ref_model, p, c, T) for p, c in zip(pids, ours.completion_ids)],
                        dtype=torch.float64)
     x = lp - rlp
     assert x.abs().min() > 1e-3  # the two models really differ on every sample
