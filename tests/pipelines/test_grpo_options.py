@@ -155,3 +155,22 @@ def test_ref_model_is_the_reference_of_the_kl_term(tmp_path):
                                                "ref_model": str(tmp_path / "other")}))
     assert own["train/kl"] == pytest.approx(0.0, abs=1e-7)
     assert other["train/kl"] > 1e-3 and math.isfinite(other["train/kl"])
+
+
+@pytest.mark.parametrize("iterations,minibatches", [(1, 1), (2, 1), (1, 2)])
+def test_rollout_keeps_old_log_probs_only_for_several_steps(tmp_path, f64, iterations, minibatches):
+    """One pass, one minibatch: the update's own log-probs, detached, are the old ones (no extra forward);
+    otherwise the rollout keeps the sampling policy's log-probs for the later steps' ratios."""
+    tok, policy, _ = f64
+    cfg = _cfg(tmp_path, num_iterations=iterations, num_minibatches=minibatches,
+               reward_funcs=["tests.pipelines.grpo_rewards:length_penalty"])
+    prompts = ["The hotel was", "Our dinner was"]
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    data, _, _ = grpo.rollout(cfg, policy, None, resolve_reward_funcs(cfg.reward_funcs, cfg, tok), tok, prompts, ids,
+                              seed=5, acc=make_accelerator(cfg))
+    if iterations == minibatches == 1:
+        assert "old_logps" not in data
+    else:
+        with torch.no_grad():
+            want = _logp(policy, data) * data["response_mask"]
+        torch.testing.assert_close(data["old_logps"].double(), want, rtol=1e-9, atol=1e-12)
