@@ -81,6 +81,7 @@ def test_cql_bc_steps_warm_up_the_actor_with_behaviour_cloning_then_switch_to_sa
             else:           # SAC: alpha log pi(a~|s) - min_e Q_e(s, a~)
                 want = (0.5 * logp - before.critic(s, new_a).min(dim=0).values).mean()
         torch.testing.assert_close(info["loss/actor"], want)
+        torch.testing.assert_close(info["train/entropy"], -logp.mean())   # of the actor before its step
 
 
 @pytest.mark.parametrize("auto", [True, False])

@@ -174,3 +174,18 @@ def test_rollout_keeps_old_log_probs_only_for_several_steps(tmp_path, f64, itera
         with torch.no_grad():
             want = _logp(policy, data) * data["response_mask"]
         torch.testing.assert_close(data["old_logps"].double(), want, rtol=1e-9, atol=1e-12)
+
+
+def test_reward_metrics_of_a_two_completion_batch(tmp_path, f64):
+    """One prompt, a group of two: the reward column's std is the unbiased std of the two."""
+    tok, policy, _ = f64
+    cfg = _cfg(tmp_path, batch_size=1, reward_funcs=["tests.pipelines.grpo_rewards:length_penalty"])
+    ids = [tok("The hotel was", add_special_tokens=False)["input_ids"]]
+    _, m, _ = grpo.rollout(cfg, policy, None, resolve_reward_funcs(cfg.reward_funcs, cfg, tok), tok, ["The hotel was"],
+                           ids, seed=3, acc=make_accelerator(cfg))
+    s = generate(policy, tok, ids * 2, cfg.generation, seed=3)
+    r = torch.tensor([-0.01 * len(t) for t in s.texts], dtype=torch.float64)
+    assert r[0] != r[1]
+    assert m["rewards/length_penalty/mean"] == pytest.approx(r.mean().item(), rel=1e-12)
+    assert m["rewards/length_penalty/std"] == pytest.approx(r.std().item(), rel=1e-12)
+    assert m["reward_std"] == pytest.approx(r.std().item(), rel=1e-12) and m["frac_reward_zero_std"] == 0.0

@@ -110,7 +110,8 @@ def _hand_ppo_loss(ac, d, T, eps, eps_v, vf, ent_coef):
     entropy = -(lsm.exp() * lsm).sum(-1)
     pl, vl, ent = (surrogate * m).sum() / n, (vloss * m).sum() / n, (entropy * m).sum() / n
     clipped = ((ratio - 1).abs() > eps).double()
-    return pl + vf * vl - ent_coef * ent, {"pl": pl, "vl": vl, "ent": ent, "clipped": (clipped * m).sum() / n}
+    return pl + vf * vl - ent_coef * ent, {"pl": pl, "vl": vl, "ent": ent, "clipped": (clipped * m).sum() / n,
+                                           "vpred": (v * m).sum() / n}
 
 
 class _GradRecorder:
@@ -139,7 +140,7 @@ def actor_critic(f64):
     return tok, ActorCritic(load_causal_lm(args, tok, seed=0), critic=load_reward_model(args, tok, seed=1))
 
 
-@pytest.mark.parametrize("grad_accum", [1, 2])
+@pytest.mark.parametrize("grad_accum", [1, 2, 4])
 def test_ppo_update_loss_and_gradient_equal_the_hand_computed_objective(tmp_path, actor_critic, grad_accum):
     tok, ac0 = actor_critic
     ac = copy.deepcopy(ac0)
@@ -159,7 +160,25 @@ def test_ppo_update_loss_and_gradient_equal_the_hand_computed_objective(tmp_path
     assert stats["loss/value"] == pytest.approx(parts["vl"].item(), rel=1e-9)
     assert stats["policy/entropy"] == pytest.approx(parts["ent"].item(), rel=1e-9)
     assert stats["policy/clipfrac"] == pytest.approx(parts["clipped"].item(), rel=1e-9)
+    assert stats["val/vpred"] == pytest.approx(parts["vpred"].item(), rel=1e-9)
     assert stats["grad_norm"] == pytest.approx(torch.cat([g.reshape(-1) for g in want_grads]).norm().item(), rel=1e-9)
+
+
+def test_ppo_update_of_a_single_one_token_rollout(tmp_path, actor_critic):
+    tok, ac0 = actor_critic
+    ac = copy.deepcopy(ac0)
+    cfg = _ppo_cfg(tmp_path, batch_size=1)
+    full = _ppo_data(tok, ac, 0.7)
+    cut = full["response"].shape[1] - 1   # row 3 has a one-token response: keep its prompt and that token
+    data = {k: v[3:4, :-cut] if k in ("input_ids", "attention_mask") else v[3:4, :1] if v.dim() == 2 else v[3:4]
+            for k, v in full.items()}
+    assert data["response_mask"].sum() == 1
+    _, parts = _hand_ppo_loss(ac, data, 0.7, 0.2, 0.1, 0.3, 0.05)
+    params = [p for p in ac.parameters() if p.requires_grad]
+    stats = ppo.ppo_update(cfg, ac, _GradRecorder(params), make_accelerator(cfg), data,
+                           generator=torch.Generator().manual_seed(0))
+    for key, part in (("loss/policy", "pl"), ("loss/value", "vl"), ("policy/entropy", "ent"), ("val/vpred", "vpred")):
+        assert stats[key] == pytest.approx(parts[part].item(), rel=1e-9), key
 
 
 def test_ppo_grad_accum_one_or_two_gives_the_same_parameters(tmp_path, actor_critic):
