@@ -205,7 +205,7 @@ def random_mode(args) -> int:
             (shutil.copytree if (repo / name).is_dir() else shutil.copy)(repo / name, root / name)
         (root / "_mutation_tracer.py").write_text(TRACER)
         for module in modules:
-            tests = [t for t in MODULES[module] if (root / t).is_file()]
+            tests = [t for t in (args.tests or MODULES[module]) if (root / t).is_file()]
             hits_file = root / "hits.json"
             t0 = time.monotonic()
             base = _pytest(root, tests, timeout=3600, plugin="_mutation_tracer",
@@ -267,6 +267,7 @@ def main() -> int:
     ap.add_argument("--random", type=int, default=0, help="random mutants per module (0: the curated pgcore list)")
     ap.add_argument("--module", action="append", choices=sorted(MODULES), help="only this module (repeatable)")
     ap.add_argument("--seed", type=int, default=0, help="which random mutants are drawn")
+    ap.add_argument("--tests", nargs="+", help="covering test files instead of MODULES' (with one --module)")
     ap.add_argument("--target", type=float, default=0.8, help="least share of mutants each module must kill")
     args = ap.parse_args()
     return random_mode(args) if args.random else curated_mode()
