@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
+import pytest
 import torch
 
 from pipelines import dpo, reward
@@ -70,3 +71,19 @@ def test_dpo_held_out_reward_accuracy_rises_from_chance(tmp_path):
     assert m["eval/rewards/accuracies"] >= 0.75 and m["eval/rewards/accuracies"] >= chance + 0.2
     assert m["eval/rewards/margins"] > 0 and m["eval/loss"] < 0.6931   # log 2: the loss at the start
 
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.0])
+def test_reward_holds_out_eval_fraction_of_a_file_without_eval_split(tmp_path, fraction):
+    import json
+
+    rows = reward.builtin_pairs(40, 0, "train")
+    assert len(rows) % 4 == 0   # a quarter is a whole number of pairs
+    n_eval = int(len(rows) * fraction)
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = reward.train(_cfg(reward, tmp_path, data=str(path), eval_fraction=fraction, max_steps=1, learning_rate=1e-3))
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    counts = next(r for r in log if "data/train_pairs" in r)
+    assert (counts["data/train_pairs"], counts["data/eval_pairs"]) == (len(rows) - n_eval, n_eval)
+    assert ("eval/accuracy" in m) == (n_eval > 0)
