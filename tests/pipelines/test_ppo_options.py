@@ -136,3 +136,12 @@ def test_non_finite_scores_stop_the_rollout(tmp_path, models, monkeypatch):
     with pytest.raises(NonFiniteError, match="non-finite reward-model scores"):
         ppo.rollout(cfg, ppo.Models(tok, ac, ac, Reference(ref), rm, tok, True), PROMPTS[:2],
                     [encode_prompt(tok, p) for p in PROMPTS[:2]], kl_coef=0.1, seed=0, reduce=lambda t: t)
+
+
+def test_an_empty_response_gets_no_score():
+    from pipelines.ppo_rollout import shape_rewards
+
+    mask = torch.tensor([[1, 1, 0], [0, 0, 0]])
+    rewards, kl, _ = shape_rewards(torch.zeros(2, 3, dtype=torch.float64), torch.zeros(2, 3, dtype=torch.float64),
+                                   torch.tensor([1.5, 2.0]), mask, kl_coef=0.1)
+    assert rewards.tolist() == [[0.0, 1.5, 0.0], [0.0, 0.0, 0.0]] and kl.abs().sum() == 0
