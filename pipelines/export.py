@@ -1,6 +1,6 @@
 """`reins export RUN_DIR --out DIR [--merge]`: a finished run's artifact in a form other tools load without reins.
 
-- LM runs (sft, reward, dpo, ppo): an HF model directory (safetensors, tokenizer in the form transformers 4.x
+- LM runs (sft, reward, dpo, ppo, grpo): an HF model directory (safetensors, tokenizer in the form transformers 4.x
   and 5.x read, the chat template only where the model was trained with it, generation_config.json with the
   run's sampling settings, a model card README.md). `--merge` folds a LoRA adapter into its base, so plain
   `transformers` loads the result and `pipeline("text-generation")` runs it; without `--merge` an adapter
@@ -28,16 +28,17 @@ import yaml
 from reins.errors import ConfigError, DataError, ReinsError
 from reins.runio import CONFIG_FILE, METRICS_FILE, fsync_dir, held_run_locks, lock_run_dir, make_temp_dir
 
-# A key only that stage's config has: config.yaml does not name its stage.
-STAGE_KEYS = (("packing", "sft"), ("desirable_weight", "kto"), ("loss_type", "dpo"), ("kl_coef", "ppo"),
-              ("center_coef", "reward"))
+# A key only that stage's config has: config.yaml does not name its stage. grpo's config has a `loss_type`
+# too, so its own key is looked up before dpo's.
+STAGE_KEYS = (("packing", "sft"), ("num_generations", "grpo"), ("desirable_weight", "kto"), ("loss_type", "dpo"),
+              ("kl_coef", "ppo"), ("center_coef", "reward"))
 
 
 def run_stage(config: dict, where: Path) -> str:
     for key, stage in STAGE_KEYS:
         if key in config:
             return stage
-    raise DataError(f"{where / CONFIG_FILE}: not the config of an sft, reward, dpo, kto or ppo run")
+    raise DataError(f"{where / CONFIG_FILE}: not the config of an sft, reward, dpo, kto, ppo or grpo run")
 
 
 def _read_run(run_dir: Path) -> tuple[dict, dict]:

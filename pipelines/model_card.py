@@ -18,6 +18,7 @@ STAGES = {
     "kto": "Kahneman-Tversky optimisation (Ethayarajh et al. 2024) on unpaired feedback against a frozen reference",
     "ppo": "RLHF: KL-penalised PPO (Ouyang et al. 2022) against a reward model",
     "ppo-value": "the value model (critic) of a PPO run",
+    "grpo": "group-relative policy optimisation (GRPO, Shao et al. 2024; or RLOO) on scored completions",
 }
 # Final metrics shown first when present; the rest of eval/* follows.
 KEY_METRICS = ("eval/gold_reward", "eval/win_rate_vs_ref", "eval/kl_to_ref", "eval/reward_model_score",

@@ -4,7 +4,7 @@ written by `collect` load with minari (environments, reference scores, `minari s
 (standard and conversational; JSONL, parquet, a `datasets` directory) trains in `reins dpo`.
 
 Set REINS_TRANSFORMERS4_PYTHON to a python with transformers 4.x, torch and peft (no reins) to also check that
-release line reads the outputs (skipped otherwise)."""
+release line reads the outputs (`make t4env` builds one, .venv-t4/bin/python; CI does so); skipped otherwise."""
 
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def test_plain_transformers_and_peft_load_every_lm_output(lm_runs, tmp_path):
 
 
 @pytest.mark.skipif(not os.environ.get("REINS_TRANSFORMERS4_PYTHON"),
-                    reason="set REINS_TRANSFORMERS4_PYTHON to a python with transformers 4.x (no reins)")
+                    reason="set REINS_TRANSFORMERS4_PYTHON to a python with transformers 4.x (no reins): make t4env")
 def test_transformers4_reads_every_lm_output(lm_runs, tmp_path):
     python = os.environ["REINS_TRANSFORMERS4_PYTHON"]
     check = subprocess.run([python, "-c", "import transformers; print(transformers.__version__)"],
