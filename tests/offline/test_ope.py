@@ -183,3 +183,38 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, one_thread):
     assert {k: v for k, v in resumed.items() if k not in drop} == {k: v for k, v in full.items() if k not in drop}
     assert (tmp_path / "full" / "log.jsonl").read_text() == (tmp_path / "resumed" / "log.jsonl").read_text()
     assert json.loads((tmp_path / "resumed" / "metrics.json").read_text())["train/steps"] == 60
+
+
+def test_select_by_ope_keeps_best_fqe_checkpoint(tmp_path, one_thread):
+    """Without an env, select_by=ope logs an FQE value per evaluation point, keeps policy_best.pt at the best one,
+    and leaves the training stream as it was (policy.pt bit-identical to a select_by=env run)."""
+    from offline import bc
+    from reins.runio import safe_torch_load
+
+    data = time_indexed_npz(tmp_path / "t.npz", n_episodes=8)
+    kw = dict(dataset=str(data), hidden=[8], batch_size=16, max_steps=30, eval_every=10, log_every=10,
+              checkpoint_every=10, quiet=True, torch_threads=1, device="cpu")
+    plain = bc.Config(output_dir=str(tmp_path / "env"), **kw)
+    m_plain = bc.train(plain)
+    cfg = bc.Config(output_dir=str(tmp_path / "ope"), select_by="ope", ope_steps=40, ope_target_update_every=10, **kw)
+    cfg.validate()
+    m = bc.train(cfg)
+    assert "ope/value" not in m_plain and not (tmp_path / "env" / "policy_best.pt").exists()
+    rows = [json.loads(x) for x in (tmp_path / "ope" / "log.jsonl").read_text().splitlines()]
+    values = {r["step"]: r["ope/value"] for r in rows if "ope/value" in r}
+    assert sorted(values) == [10, 20, 30]
+    assert m["ope/best_step"] == max(values, key=values.get) and m["ope/value_best"] == max(values.values())
+    a = safe_torch_load(tmp_path / "env" / "policy.pt")["state_dict"]
+    b = safe_torch_load(tmp_path / "ope" / "policy.pt")["state_dict"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    best = safe_torch_load(tmp_path / "ope" / "policy_best.pt")["state_dict"]
+    assert (m["ope/best_step"] == 30) == all(torch.equal(best[k], b[k]) for k in b)
+    # a value is the FQE of that actor: re-running fqe_value on policy_best.pt gives the best value back
+    from rl.policy_io import load_policy
+    from offline.data import load_transitions
+
+    again = ope.fqe_value(load_policy(tmp_path / "ope" / "policy_best.pt"), load_transitions(str(data)), gamma=0.99,
+                          steps=40, target_update_every=10, hidden=[8], lr=3e-4, batch_size=16,
+                          seed=int(m["ope/best_step"]), device=torch.device("cpu"))
+    assert again == pytest.approx(m["ope/value_best"], rel=1e-6)
