@@ -322,6 +322,10 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and not argv[0].startswith("-") and "=" not in argv[0]:  # `reins ope POLICY ...`: the positional
         argv = [f"policy={argv[0]}", *argv[1:]]
+    if "-h" in argv or "--help" in argv:
+        print("reins ope POLICY --dataset D [key=value ...]: the expected discounted return of POLICY (a policy file "
+              "or run directory) estimated from dataset D alone by fitted Q evaluation, with a bootstrap CI over "
+              "episodes (offline/README.md, Off-policy evaluation)\n")
     return stage_main(Config, train, argv, prog="reins ope", stage="ope")
 
 
