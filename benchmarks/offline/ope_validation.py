@@ -36,8 +36,8 @@ POLICIES = [
     ("bc-mr-200", "bc", "medium-replay", 200, []),
     ("bc-mr-2000", "bc", "medium-replay", 2000, []),
     ("iql-mr-1000", "iql", "medium-replay", 1000, []),
-    ("iql-mr-5000", "iql", "medium-replay", 5000, []),
-    ("cql-mr-3000", "cql", "medium-replay", 3000, []),
+    ("iql-mr-3000", "iql", "medium-replay", 3000, []),
+    ("cql-mr-1500", "cql", "medium-replay", 1500, []),
 ]
 ENV = "Pendulum-v1"
 

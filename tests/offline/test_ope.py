@@ -218,3 +218,32 @@ def test_select_by_ope_keeps_best_fqe_checkpoint(tmp_path, one_thread):
                           steps=40, target_update_every=10, hidden=[8], lr=3e-4, batch_size=16,
                           seed=int(m["ope/best_step"]), device=torch.device("cpu"))
     assert again == pytest.approx(m["ope/value_best"], rel=1e-6)
+
+
+def test_select_by_ope_resumes_exactly(tmp_path, monkeypatch, one_thread):
+    """The FQE history travels in the checkpoint: a killed select_by=ope run resumes to the same best choice."""
+    from offline import bc
+
+    data = time_indexed_npz(tmp_path / "t.npz", n_episodes=8)
+    kw = dict(dataset=str(data), hidden=[8], batch_size=16, max_steps=30, eval_every=10, log_every=10,
+              checkpoint_every=10, quiet=True, torch_threads=1, device="cpu", select_by="ope", ope_steps=20,
+              ope_target_update_every=5)
+    full = bc.train(bc.Config(output_dir=str(tmp_path / "full"), **kw))
+    real, count = bc.BC.update, {"n": 0}
+
+    def update(self, b):
+        count["n"] += 1
+        if count["n"] > 25:
+            raise Interrupt()
+        return real(self, b)
+
+    monkeypatch.setattr(bc.BC, "update", update)
+    cfg = bc.Config(output_dir=str(tmp_path / "resumed"), **kw)
+    with pytest.raises(Interrupt):
+        bc.train(cfg)
+    monkeypatch.setattr(bc.BC, "update", real)
+    resumed = bc.train(cfg)
+    drop = {"time/updates_per_s"}
+    assert {k: v for k, v in resumed.items() if k not in drop} == {k: v for k, v in full.items() if k not in drop}
+    assert (tmp_path / "full" / "log.jsonl").read_text() == (tmp_path / "resumed" / "log.jsonl").read_text()
+    assert (tmp_path / "full" / "policy_best.pt").read_bytes() == (tmp_path / "resumed" / "policy_best.pt").read_bytes()
