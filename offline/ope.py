@@ -127,7 +127,8 @@ def check_policy_fits(policy: Policy, tr, name: str = "policy") -> None:
     if not tr.action_bounds_inferred and not same:
         raise DataError(f"{name}'s action box [{policy.low.tolist()}, {policy.high.tolist()}] differs from {ds}'s "
                         f"[{tr.action_low.tolist()}, {tr.action_high.tolist()}]")
-    if tr.action_bounds_inferred and (np.any(tr.actions < policy.low - 1e-6) or np.any(tr.actions > policy.high + 1e-6)):
+    outside = np.any(tr.actions < policy.low - 1e-6) or np.any(tr.actions > policy.high + 1e-6)
+    if tr.action_bounds_inferred and outside:
         raise DataError(f"{ds} has actions outside {name}'s action box [{policy.low.tolist()}, {policy.high.tolist()}]")
 
 

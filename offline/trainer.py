@@ -103,7 +103,8 @@ class OfflineConfig(RunArgs):
         check(self.eval_last_k >= 1, f"eval_last_k must be >= 1, got {self.eval_last_k}")
         check(self.select_by in ("env", "ope"), f"select_by must be env or ope, got {self.select_by!r}")
         check(self.ope_steps >= 1 and self.ope_target_update_every >= 1,
-              f"ope_steps and ope_target_update_every must be >= 1, got {self.ope_steps}, {self.ope_target_update_every}")
+              f"ope_steps and ope_target_update_every must be >= 1, got {self.ope_steps}, "
+              f"{self.ope_target_update_every}")
         check(all(h >= 1 for h in self.hidden) and len(self.hidden) >= 1, f"hidden must be positive: {self.hidden}")
 
 

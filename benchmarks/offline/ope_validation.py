@@ -125,8 +125,10 @@ def main(argv=None) -> int:
                      "abs_err_return": abs(est["ope/return_estimate"] - truth["return"])})
         print(json.dumps(rows[-1]), flush=True)
     summary = {"eval_tier": args.eval_tier, "gamma": gamma, "ope_set": ope_set, "rows": rows,
-               "spearman_value_vs_true_return": spearman([r["fqe_value"] for r in rows], [r["true_return"] for r in rows]),
-               "spearman_value_vs_true_value": spearman([r["fqe_value"] for r in rows], [r["true_value"] for r in rows]),
+               "spearman_value_vs_true_return": spearman([r["fqe_value"] for r in rows],
+                                                         [r["true_return"] for r in rows]),
+               "spearman_value_vs_true_value": spearman([r["fqe_value"] for r in rows],
+                                                        [r["true_value"] for r in rows]),
                "mean_abs_err_value": float(np.mean([r["abs_err_value"] for r in rows])),
                "mean_abs_err_return": float(np.mean([r["abs_err_return"] for r in rows]))}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

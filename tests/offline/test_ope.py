@@ -93,7 +93,8 @@ def time_indexed_npz(path, length=4, n_episodes=30, seed=0):
     obs = np.concatenate([eye[:length]] * n_episodes).astype(np.float32)
     nxt = np.concatenate([eye[1:]] * n_episodes).astype(np.float32)
     term = np.tile(np.arange(length) == length - 1, n_episodes)
-    np.savez(path, observations=obs, next_observations=nxt, actions=rng.uniform(-1, 1, (len(obs), 2)).astype(np.float32),
+    act = rng.uniform(-1, 1, (len(obs), 2)).astype(np.float32)
+    np.savez(path, observations=obs, next_observations=nxt, actions=act,
              rewards=np.ones(len(obs), np.float32), terminals=term, timeouts=np.zeros(len(obs), bool))
     return path
 
@@ -211,8 +212,8 @@ def test_select_by_ope_keeps_best_fqe_checkpoint(tmp_path, one_thread):
     best = safe_torch_load(tmp_path / "ope" / "policy_best.pt")["state_dict"]
     assert (m["ope/best_step"] == 30) == all(torch.equal(best[k], b[k]) for k in b)
     # a value is the FQE of that actor: re-running fqe_value on policy_best.pt gives the best value back
-    from rl.policy_io import load_policy
     from offline.data import load_transitions
+    from rl.policy_io import load_policy
 
     again = ope.fqe_value(load_policy(tmp_path / "ope" / "policy_best.pt"), load_transitions(str(data)), gamma=0.99,
                           steps=40, target_update_every=10, hidden=[8], lr=3e-4, batch_size=16,
