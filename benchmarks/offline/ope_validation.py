@@ -10,7 +10,7 @@
 3. Runs `reins ope` of each policy on the evaluation tier (default medium-replay).
 4. Measures the truth in the env: 50 episodes per policy, the undiscounted 200-step return and the discounted
    value sum_t gamma^t r_t over 1000 steps (gamma^1000 < 5e-5: the infinite-horizon value FQE estimates).
-5. Writes OUT/summary.json and OUT/summary.md: per policy the truth, the FQE value with its bootstrap CI, the
+5. Writes OUT/summary.json and OUT/summary.md (OUT/summary-TIER.* for another --eval-tier): per policy the truth, the FQE value with its bootstrap CI, the
    return equivalent, the absolute errors, and the Spearman rank correlations. Target (issue 24): Spearman >= 0.7.
 Every step is a resumable reins stage or a cached file: rerunning the same command resumes.
 """
@@ -106,13 +106,15 @@ def main(argv=None) -> int:
     ope_set = ["hidden=[64,64]", "max_steps=8000", "target_update_every=40", "lr=1e-3", "reward_scale=0.1",
                "torch_threads=1", *args.ope_set]
     gamma = float(next((a.split("=", 1)[1] for a in ope_set if a.startswith("gamma=")), 0.99))
+    # medium-replay (the default) keeps the plain names; another evaluation tier writes beside it
+    tag = "" if args.eval_tier == "medium-replay" else f"-{args.eval_tier}"
     rows = []
     for name, stage, tier, steps, extra in POLICIES:
         run_dir = out / "policies" / name
         run_stage(stage, ["--config", f"recipes/offline/{stage}-pendulum.yaml", f"dataset={prefix}/{tier}-v0",
                           f"output_dir={run_dir}", f"max_steps={steps}", "eval_episodes=0", *extra])
         est = run_stage("ope", [f"policy={run_dir / 'policy.pt'}", f"dataset={prefix}/{args.eval_tier}-v0",
-                                f"output_dir={out / 'ope' / name}", *ope_set])
+                                f"output_dir={out / ('ope' + tag) / name}", *ope_set])
         truth_file = out / "truth" / f"{name}.json"
         if not truth_file.is_file():
             truth_file.parent.mkdir(parents=True, exist_ok=True)
@@ -131,7 +133,7 @@ def main(argv=None) -> int:
                                                         [r["true_value"] for r in rows]),
                "mean_abs_err_value": float(np.mean([r["abs_err_value"] for r in rows])),
                "mean_abs_err_return": float(np.mean([r["abs_err_return"] for r in rows]))}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / f"summary{tag}.json").write_text(json.dumps(summary, indent=2))
     lines = ["| policy | true return (200 steps) | true value (gamma) | FQE value [95% CI] | |err| value | "
              "FQE return equiv. | |err| return |", "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -140,7 +142,7 @@ def main(argv=None) -> int:
                      f"{r['abs_err_return']:.1f} |")
     lines.append(f"\nSpearman(FQE value, true return) = {summary['spearman_value_vs_true_return']:.3f}; "
                  f"Spearman(FQE value, true value) = {summary['spearman_value_vs_true_value']:.3f}")
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    (out / f"summary{tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
