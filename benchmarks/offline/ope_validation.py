@@ -10,8 +10,9 @@
 3. Runs `reins ope` of each policy on the evaluation tier (default medium-replay).
 4. Measures the truth in the env: 50 episodes per policy, the undiscounted 200-step return and the discounted
    value sum_t gamma^t r_t over 1000 steps (gamma^1000 < 5e-5: the infinite-horizon value FQE estimates).
-5. Writes OUT/summary.json and OUT/summary.md (OUT/summary-TIER.* for another --eval-tier): per policy the truth, the FQE value with its bootstrap CI, the
-   return equivalent, the absolute errors, and the Spearman rank correlations. Target (issue 24): Spearman >= 0.7.
+5. Writes OUT/summary.json and OUT/summary.md (OUT/summary-TIER.* for another --eval-tier): per policy the
+   truth, the FQE value with its bootstrap CI, the return equivalent, the absolute errors, and the Spearman rank
+   correlations. Target (issue 24): Spearman >= 0.7.
 Every step is a resumable reins stage or a cached file: rerunning the same command resumes.
 """
 
