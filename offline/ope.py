@@ -217,8 +217,11 @@ def return_equivalent(value: float, gamma: float, horizon: float) -> float:
 
 def fqe_value(policy: Policy, tr, *, gamma: float, steps: int, target_update_every: int, hidden: list[int],
               lr: float, batch_size: int, seed: int, device: torch.device) -> float:
-    """A short FQE of `policy` on `tr` leaving torch's global RNG as it was (for checkpoint selection)."""
-    prob = build_problem(policy, tr)
+    """A short FQE of `policy` on `tr` leaving torch's global RNG as it was (for checkpoint selection). Rewards
+    are fitted divided by their root mean square (values of order 1/(1 - gamma), which a short fit with a fixed
+    learning rate reaches), and the value is returned in the data's reward units."""
+    scale = 1.0 / max(float(np.sqrt(np.mean(np.square(tr.rewards, dtype=np.float64)))), 1e-6)
+    prob = build_problem(policy, tr, reward_scale=scale)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         fqe = FQE(prob, hidden, lr, gamma, device)
@@ -230,7 +233,7 @@ def fqe_value(policy: Policy, tr, *, gamma: float, steps: int, target_update_eve
                 fqe.sync_target()
     if not torch.isfinite(loss):
         raise DataError(f"FQE of the current policy diverged (loss {float(loss)}); lower ope_lr or use select_by=env")
-    return float(fqe.initial_values(prob, device).mean())
+    return float(fqe.initial_values(prob, device).mean()) / scale
 
 
 # -------------------------------------------------------------------------------------------------- stage

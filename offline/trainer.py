@@ -91,7 +91,7 @@ class OfflineConfig(RunArgs):
                                              "(offline.ope; costs ope_steps critic updates each time), for data "
                                              "without an env; env evaluation, if any, is still logged"})
     ope_steps: int = field(default=5000, metadata={"help": "select_by=ope: FQE gradient updates per evaluation point"})
-    ope_target_update_every: int = field(default=50,
+    ope_target_update_every: int = field(default=25,
                                          metadata={"help": "select_by=ope: FQE updates per iteration (target copy)"})
 
     def validate(self) -> None:
@@ -269,15 +269,15 @@ class OfflineLoop:
                                   "acc": dict(self.acc), "acc_n": self.acc_n, "ope_evals": self.ope_evals})
 
     def ope_select(self) -> dict:
-        """select_by=ope: a short FQE (offline.ope.fqe_value on the raw rewards, this run's gamma, hidden widths and
-        batch size) of the actor policy.pt would hold; policy_best.pt keeps the highest estimated value. Global
+        """select_by=ope: a short FQE (offline.ope.fqe_value on the data's rewards, this run's gamma, hidden widths and
+        batch size, lr 1e-3) of the actor policy.pt would hold; policy_best.pt keeps the highest estimated value. Global
         RNG untouched, so the training stream is the same as with select_by=env."""
         from offline.ope import fqe_value
 
         self.guard.check()
         cfg, state = self.cfg, self.policy_file_state()
         value = fqe_value(Policy(state, self.inputs.device), self.inputs.tr, gamma=cfg.gamma, steps=cfg.ope_steps,
-                          target_update_every=cfg.ope_target_update_every, hidden=cfg.hidden, lr=3e-4,
+                          target_update_every=cfg.ope_target_update_every, hidden=cfg.hidden, lr=1e-3,
                           batch_size=cfg.batch_size, seed=cfg.seed + self.step, device=self.inputs.device)
         if not self.ope_evals or value > max(e["ope/value"] for e in self.ope_evals):
             save_policy(self.run.path / "policy_best.pt", state)

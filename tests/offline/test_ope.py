@@ -216,7 +216,7 @@ def test_select_by_ope_keeps_best_fqe_checkpoint(tmp_path, one_thread):
     from rl.policy_io import load_policy
 
     again = ope.fqe_value(load_policy(tmp_path / "ope" / "policy_best.pt"), load_transitions(str(data)), gamma=0.99,
-                          steps=40, target_update_every=10, hidden=[8], lr=3e-4, batch_size=16,
+                          steps=40, target_update_every=10, hidden=[8], lr=1e-3, batch_size=16,
                           seed=int(m["ope/best_step"]), device=torch.device("cpu"))
     assert again == pytest.approx(m["ope/value_best"], rel=1e-6)
 
