@@ -89,6 +89,14 @@ class OfflineConfig(RunArgs):
                                         metadata={"help": "override / supply the dataset's expert reference return"})
     log_every: int = field(default=1000, metadata={"help": "gradient updates between log.jsonl rows"})
     checkpoint_every: int = field(default=10_000, metadata={"help": "gradient updates between checkpoints"})
+    select_by: str = field(default="env",
+                           metadata={"help": "env | ope: what policy_best.pt is chosen by. ope: at every eval_every "
+                                             "point a short fitted Q evaluation of the current actor on the dataset "
+                                             "(offline.ope; costs ope_steps critic updates each time), for data "
+                                             "without an env; env evaluation, if any, is still logged"})
+    ope_steps: int = field(default=5000, metadata={"help": "select_by=ope: FQE gradient updates per evaluation point"})
+    ope_target_update_every: int = field(default=25,
+                                         metadata={"help": "select_by=ope: FQE updates per iteration (target copy)"})
 
     def validate(self) -> None:
         check(0.0 <= self.gamma <= 1.0, f"gamma must be in [0, 1], got {self.gamma}")
@@ -97,6 +105,10 @@ class OfflineConfig(RunArgs):
         check(self.torch_threads >= 0, f"torch_threads must be >= 0, got {self.torch_threads}")
         check(self.eval_episodes >= 0, f"eval_episodes must be >= 0, got {self.eval_episodes}")
         check(self.eval_last_k >= 1, f"eval_last_k must be >= 1, got {self.eval_last_k}")
+        check(self.select_by in ("env", "ope"), f"select_by must be env or ope, got {self.select_by!r}")
+        check(self.ope_steps >= 1 and self.ope_target_update_every >= 1,
+              f"ope_steps and ope_target_update_every must be >= 1, got {self.ope_steps}, "
+              f"{self.ope_target_update_every}")
         check(all(h >= 1 for h in self.hidden) and len(self.hidden) >= 1, f"hidden must be positive: {self.hidden}")
 
     def input_paths(self) -> dict[str, str]:
@@ -147,7 +159,10 @@ def load_inputs(cfg: OfflineConfig, algo_name: str) -> OfflineInputs:
         adopt_env_action_box(env, tr)
     norm = Normalization.fit(tr, normalize_obs=cfg.normalize_obs, iql_reward_scale=cfg.normalize_reward,
                              reward_scale=cfg.reward_scale, reward_bias=cfg.reward_bias)
-    if env is None and cfg.eval_episodes > 0:  # said even under --quiet: it changes what the run produces
+    if env is None and cfg.eval_episodes > 0 and cfg.select_by == "ope":
+        print(f"{algo_name}: {tr.dataset_id} names no environment: no env evaluation; policy_best.pt is chosen by "
+              "fitted Q evaluation (select_by=ope)", file=sys.stderr, flush=True)
+    elif env is None and cfg.eval_episodes > 0:  # said even under --quiet: it changes what the run produces
         print(f"{algo_name}: {tr.dataset_id} names no environment and eval_env is not set: evaluation off (no eval/ "
               "metrics or policy_best.pt; policy.pt is the last actor); set eval_env=<gymnasium id> to evaluate",
               file=sys.stderr, flush=True)
@@ -177,6 +192,7 @@ class OfflineLoop:
         self.sampler = torch.Generator(device=inputs.device).manual_seed(cfg.seed)
         self.algo = build(cfg, inputs.tr.obs_dim, inputs.tr.act_dim, inputs.device)
         self.step, self.evals, self.acc, self.acc_n = 0, [], {}, 0
+        self.ope_evals: list[dict] = []  # select_by=ope: {"step", "ope/value"} per evaluation point
         # Every metric's first non-finite step, kept on the device so that no step syncs with the host; checked
         # before every log, evaluation and checkpoint, so a NaN is reported with its exact step and nothing
         # computed after it is saved.
@@ -193,6 +209,7 @@ class OfflineLoop:
         self.step, self.evals = int(state["step"]), list(state["evals"])
         self.acc = {k: v.to(self.inputs.device) for k, v in state["acc"].items()}
         self.acc_n = int(state["acc_n"])
+        self.ope_evals = list(state.get("ope_evals", []))
         self.run.truncate_log(self.step)
 
     def train(self) -> dict:
@@ -208,6 +225,8 @@ class OfflineLoop:
                 ev = self.evaluate()
                 row.update(ev)
                 bar.set_postfix({self.score_key.split("/")[-1]: round(ev[self.score_key], 2)})
+            if cfg.select_by == "ope" and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps):
+                row.update(self.ope_select())
             if row:
                 self.run.log(self.step, row)
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
@@ -216,6 +235,10 @@ class OfflineLoop:
         elapsed = time.perf_counter() - start
         save_policy(self.run.path / "policy.pt", self.policy_file_state())
         metrics = _final_metrics(self.inputs.tr, self.inputs.refs, self.evals, self.step, cfg.eval_last_k)
+        if self.ope_evals:
+            best = max(self.ope_evals, key=lambda e: e["ope/value"])
+            metrics.update({"ope/value": self.ope_evals[-1]["ope/value"], "ope/value_best": best["ope/value"],
+                            "ope/best_step": best["step"]})
         if self.step > start_step:
             metrics["time/updates_per_s"] = (self.step - start_step) / max(elapsed, 1e-9)
         return self.run.finish(metrics)
@@ -250,7 +273,7 @@ class OfflineLoop:
         if refs is not None:
             ev["eval/normalized_score"] = float(normalized_score(returns, *refs).mean())
         key = self.score_key
-        if not self.evals or ev[key] > max(e[key] for e in self.evals):
+        if cfg.select_by == "env" and (not self.evals or ev[key] > max(e[key] for e in self.evals)):
             save_policy(self.run.path / "policy_best.pt", self.policy_file_state())
         self.evals.append({"step": self.step, **ev})
         return ev
@@ -259,7 +282,23 @@ class OfflineLoop:
         self.guard.check()
         self.run.save_checkpoint({"algo": self.algo.state_dict(), "sampler": self.sampler.get_state(),
                                   "rng": get_rng_state(), "step": self.step, "evals": self.evals,
-                                  "acc": dict(self.acc), "acc_n": self.acc_n})
+                                  "acc": dict(self.acc), "acc_n": self.acc_n, "ope_evals": self.ope_evals})
+
+    def ope_select(self) -> dict:
+        """select_by=ope: a short FQE (offline.ope.fqe_value on the data's rewards, this run's gamma, hidden widths and
+        batch size, lr 1e-3) of the actor policy.pt would hold; policy_best.pt keeps the highest estimated value. Global
+        RNG untouched, so the training stream is the same as with select_by=env."""
+        from offline.ope import fqe_value
+
+        self.guard.check()
+        cfg, state = self.cfg, self.policy_file_state()
+        value = fqe_value(Policy(state, self.inputs.device), self.inputs.tr, gamma=cfg.gamma, steps=cfg.ope_steps,
+                          target_update_every=cfg.ope_target_update_every, hidden=cfg.hidden, lr=1e-3,
+                          batch_size=cfg.batch_size, seed=cfg.seed + self.step, device=self.inputs.device)
+        if not self.ope_evals or value > max(e["ope/value"] for e in self.ope_evals):
+            save_policy(self.run.path / "policy_best.pt", state)
+        self.ope_evals.append({"step": self.step, "ope/value": value})
+        return {"ope/value": value}
 
 
 def _final_metrics(tr, refs, evals: list[dict], step: int, last_k: int = 3) -> dict:
