@@ -26,8 +26,7 @@ from typing import Literal
 
 import numpy as np
 
-from offline.behaviour import (Episode, OnlineRunSource, ScriptedPendulumSource, stored_actions,
-                               uniform_policy)
+from offline.behaviour import Episode, OnlineRunSource, ScriptedPendulumSource, stored_actions, uniform_policy
 from offline.data import datasets_root
 from online.common import segment_seeds
 from reins.config import RunArgs, check

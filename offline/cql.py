@@ -1,4 +1,5 @@
-"""Conservative Q-learning (CQL(H), SAC-style) on a Minari dataset: `reins cql --config FILE dataset=<id>`.
+"""Conservative Q-learning (CQL(H): SAC-style on Box actions, a Q-network on Discrete ones) on an offline
+dataset: `reins cql --config FILE dataset=<id>`.
 
 Kumar et al. 2020, CQL(H) (eq. 4: R(mu) = -KL(mu || uniform) up to a constant, the logsumexp form); the
 continuous-action estimator, importance sampling and the Lagrange variant: Kumar et al. 2020 App. F / eq. 30,
@@ -39,8 +40,7 @@ import torch.nn.functional as F
 from offline.trainer import OfflineConfig, run_offline
 from pgcore.distributions import TanhGaussian
 from pgcore.offline_losses import cql_alpha_loss, cql_regularizer, discrete_cql_gap
-from pgcore.policy_losses import (double_dqn_target, polyak_update, sac_actor_loss, sac_q_target,
-                                  sac_temperature_loss)
+from pgcore.policy_losses import double_dqn_target, polyak_update, sac_actor_loss, sac_q_target, sac_temperature_loss
 from reins.config import check
 from reins.entry import stage_main
 from rl.agent import Agent
@@ -83,9 +83,11 @@ class Config(OfflineConfig):
                             metadata={"help": "directory the run writes (config.yaml, log.jsonl, metrics.json, "
                                               "checkpoints, artifacts)"})
     q_hidden: list[int] = field(default_factory=lambda: [256, 256],
-                                metadata={"help": "hidden-layer widths of the Q critics (hidden: the actor's)"})
+                                metadata={"help": "hidden-layer widths of the Q critics (hidden: the actor's); "
+                                                  "Discrete data: of the one Q-network Q(s, .), the greedy policy"})
     policy_lr: float = field(default=3e-4, metadata={"help": "Adam learning rate of the actor"})
-    qf_lr: float = field(default=3e-4, metadata={"help": "Adam learning rate of the Q critics"})
+    qf_lr: float = field(default=3e-4,
+                         metadata={"help": "Adam learning rate of the Q critics (Discrete data: of the Q-network)"})
     alpha_lr: float = field(default=0.0, metadata={"help": "SAC temperature lr; 0 = policy_lr"})
     auto_alpha: bool = field(default=True,
                              metadata={"help": "SAC temperature tuned to target_entropy (else fixed at `alpha`)"})

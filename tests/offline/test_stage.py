@@ -1,4 +1,5 @@
-"""Stage contract of iql/cql/bc/td3bc (Box and Discrete data): resume equals an uninterrupted run, NaN stops, clear errors, presets."""
+"""Stage contract of iql/cql/bc/td3bc (Box and Discrete data): resume equals an uninterrupted run, NaN stops, clear
+errors, presets."""
 
 from __future__ import annotations
 
