@@ -3,7 +3,8 @@
 Maximum likelihood of the dataset actions, L = -E[log pi(a|s)], i.e. AWR with beta = 0 (every weight
 exp(beta A) is 1; Peng et al. 2019), computed with pgcore.awr_loss. The actors are IQL's (Gaussian, or
 deterministic where log pi = -||pi(s) - a||^2 makes it MSE regression) or CQL's tanh-Gaussian, so the
-comparison with IQL/CQL uses the same network and data pipeline.
+comparison with IQL/CQL uses the same network and data pipeline. On Discrete actions the policy is categorical
+(logits over the actions) and the loss is the cross-entropy -E[log softmax(f(s))_a]; it acts by the argmax.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ class Config(OfflineConfig):
                             metadata={"help": "directory the run writes (config.yaml, log.jsonl, metrics.json, "
                                               "checkpoints, artifacts)"})
     actor: Literal["deterministic", "gaussian", "tanh_gaussian"] = field(
-        default="deterministic", metadata={"help": "deterministic (MSE), gaussian or tanh_gaussian (likelihood)"})
+        default="deterministic", metadata={"help": "deterministic (MSE), gaussian or tanh_gaussian (likelihood); "
+                                                   "Discrete data: always categorical (cross-entropy)"})
     lr: float = field(default=3e-4, metadata={"help": "Adam learning rate"})
 
     PRESETS: ClassVar[dict] = PRESETS
@@ -60,9 +62,25 @@ class BC(Agent):
         return {"loss/actor": loss.detach()}
 
 
+class DiscreteBC(Agent):
+    """Cross-entropy of the dataset's action indices under a categorical policy (`awr_loss` with beta 0)."""
+
+    def __init__(self, cfg: Config, obs_dim: int, n_actions: int, device: torch.device):
+        super().__init__()
+        self.actor_spec = {"kind": "categorical", "obs_dim": obs_dim, "act_dim": n_actions, "hidden": list(cfg.hidden)}
+        actor = build_actor(self.actor_spec).to(device)
+        self.register(actor=actor, opt=torch.optim.Adam(actor.parameters(), lr=cfg.lr, foreach=True))
+
+    def update(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        logits = self.actor(b["observations"])
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, b["actions"].unsqueeze(-1)).squeeze(-1)
+        loss = awr_loss(logp, torch.zeros_like(logp), beta=0.0)
+        self.optimize(self.opt, loss)
+        return {"loss/actor": loss.detach(), "train/accuracy": (logits.argmax(-1) == b["actions"]).float().mean()}
+
 
 def train(cfg: Config) -> dict:
-    return run_offline(cfg, BC, "bc")
+    return run_offline(cfg, BC, "bc", discrete_build=DiscreteBC)
 
 
 def main(argv=None) -> int:

@@ -9,7 +9,9 @@
   tests and the quickstart). Medium mixes it with uniform random actions; medium-replay is a sequence of
   episodes whose random-action probability falls from 1 to the medium level, like a learner's replay buffer.
 
-Every policy is an object with `act(obs [N, d], deterministic=True, rng=None) -> actions [N, k]`.
+Every policy is an object with `act(obs [N, d], deterministic=True, rng=None) -> actions [N, k]` (int64
+indices [N] in a Discrete env: a DQN run's snapshots act epsilon-greedily, with its final epsilon, when not
+deterministic).
 """
 
 from __future__ import annotations
@@ -32,6 +34,32 @@ class UniformPolicy:
     def act(self, obs, deterministic: bool = True, rng: np.random.Generator | None = None) -> np.ndarray:
         rng = rng if rng is not None else np.random.default_rng()
         return rng.uniform(self.low, self.high, size=(len(obs), *self.low.shape)).astype(np.float32)
+
+
+class UniformDiscretePolicy:
+    """Uniformly random action indices of a Discrete(n) space (the random tier and ref_min of Discrete envs)."""
+
+    def __init__(self, n: int):
+        self.n = int(n)
+
+    def act(self, obs, deterministic: bool = True, rng: np.random.Generator | None = None) -> np.ndarray:
+        rng = rng if rng is not None else np.random.default_rng()
+        return rng.integers(0, self.n, size=len(obs)).astype(np.int64)
+
+
+def uniform_policy(space):
+    """The uniform random policy of a gymnasium Box or Discrete action space."""
+    if hasattr(space, "n"):
+        return UniformDiscretePolicy(space.n)
+    return UniformPolicy(space.low, space.high)
+
+
+def stored_actions(a: np.ndarray, n: int) -> np.ndarray:
+    """Actions as a tier stores them: int64 indices [n] for a Discrete space, float32 rows [n, k] for a Box."""
+    a = np.asarray(a)
+    if np.issubdtype(a.dtype, np.integer):
+        return a.reshape(n).astype(np.int64)
+    return a.reshape(n, -1).astype(np.float32)
 
 
 class PendulumSwingUp:
@@ -109,8 +137,8 @@ def replay_episodes(replay: dict, up_to_step: int | None = None) -> list[Episode
                 if not ended:
                     trunc[-1] = True
                 obs = np.concatenate([arr["observations"][rows], arr["next_observations"][rows[-1:]]])
-                acts = arr["actions"][rows].reshape(len(rows), -1)
-                episodes.append(Episode(obs.astype(np.float32), acts.astype(np.float32),
+                acts = stored_actions(arr["actions"][rows], len(rows))
+                episodes.append(Episode(obs.astype(np.float32), acts,
                                         arr["rewards"][rows].astype(np.float64), term, trunc,
                                         env_index=int(env), start_step=int(arr["global_step"][rows[0]])))
                 start = j + 1

@@ -26,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 
-from offline.behaviour import Episode, OnlineRunSource, ScriptedPendulumSource, UniformPolicy
+from offline.behaviour import Episode, OnlineRunSource, ScriptedPendulumSource, stored_actions, uniform_policy
 from offline.data import datasets_root
 from online.common import segment_seeds
 from reins.config import RunArgs, check
@@ -161,7 +161,8 @@ def _record_step(c: dict, o, a: np.ndarray, r, term, trunc) -> Episode | None:
     c["trunc"].append(bool(trunc) and not term)
     if not (term or trunc):
         return None
-    return Episode(np.asarray(c["obs"], np.float32), np.asarray(c["act"], np.float32), np.asarray(c["rew"]),
+    return Episode(np.asarray(c["obs"], np.float32), stored_actions(np.stack(c["act"]), len(c["act"])),
+                   np.asarray(c["rew"]),
                    np.asarray(c["term"]), np.asarray(c["trunc"]), seed=c["seed"])
 
 
@@ -467,7 +468,7 @@ def _collect_tiers(cfg: Config, src, space, expert, threshold: float, sd: int,
         metrics.update(info)
     collect_args = {"min_steps": cfg.steps_per_tier, "n_envs": cfg.n_envs, "deterministic": not cfg.stochastic}
     if "random" in cfg.tiers:
-        episodes["random"] = rollout(UniformPolicy(space.low, space.high), cfg.env_id, seed=sd, **collect_args)
+        episodes["random"] = rollout(uniform_policy(space), cfg.env_id, seed=sd, **collect_args)
     if "medium" in cfg.tiers or "medium-expert" in cfg.tiers:
         episodes["medium"] = rollout(medium, cfg.env_id, seed=sd + 100_000, **collect_args)
     if "expert" in cfg.tiers or "medium-expert" in cfg.tiers:
@@ -523,7 +524,7 @@ def train(cfg: Config) -> dict:
     src = _source(cfg)
     sd = cfg.seed * 1_000_003  # episode seeds: sd + offset per tier, + k per episode
     expert = src.expert()
-    ref_min = mean_return(UniformPolicy(space.low, space.high), cfg.env_id, cfg.ref_episodes, sd + 900_000,
+    ref_min = mean_return(uniform_policy(space), cfg.env_id, cfg.ref_episodes, sd + 900_000,
                           cfg.n_envs)
     ref_max = mean_return(expert, cfg.env_id, cfg.ref_episodes, sd + 800_000, cfg.n_envs)
     metrics: dict = {"ref/min_score": ref_min, "ref/max_score": ref_max}

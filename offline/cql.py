@@ -1,4 +1,5 @@
-"""Conservative Q-learning (CQL(H), SAC-style) on a Minari dataset: `reins cql --config FILE dataset=<id>`.
+"""Conservative Q-learning (CQL(H): SAC-style on Box actions, a Q-network on Discrete ones) on an offline
+dataset: `reins cql --config FILE dataset=<id>`.
 
 Kumar et al. 2020, CQL(H) (eq. 4: R(mu) = -KL(mu || uniform) up to a constant, the logsumexp form); the
 continuous-action estimator, importance sampling and the Lagrange variant: Kumar et al. 2020 App. F / eq. 30,
@@ -16,6 +17,14 @@ following the original code (aviralkumar2907/CQL, min_q_version=3) and CORL. Eac
        alpha' = cql_alpha fixed, or Lagrange: alpha' = clamp(exp(log alpha'), 0, 1e6) trained by
            pgcore.cql_alpha_loss on the gap minus target_gap (CORL's scaling: alpha' * cql_alpha * (gap - gap0)).
   4. Qhat <- Polyak(Qhat, Q, tau)
+
+Discrete actions (a dataset with a Discrete action space): CQL(H) on one Q-network Q(s, .) (Kumar et al. 2020's
+discrete form, as d3rlpy's DiscreteCQL), no actor. Each update:
+  L_Q = TD(Q(s, a), y) + cql_alpha * E_s[logsumexp_a Q(s, a) - Q(s, a_data)]      (pgcore.discrete_cql_gap)
+  y   = r + gamma (1 - d) Qhat(s', argmax_a' Q(s', a'))                              (pgcore.double_dqn_target)
+  TD is the Huber loss (d3rlpy) or the squared error (`td_loss`); Qhat is a copy of Q every
+  `target_update_every` updates (d3rlpy: 8000), or Polyak with tau after each update when that is 0. The policy
+  is greedy in Q (a "q" policy file: argmax_a Q(s, a)).
 """
 
 from __future__ import annotations
@@ -23,15 +32,15 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 
 from offline.trainer import OfflineConfig, run_offline
 from pgcore.distributions import TanhGaussian
-from pgcore.offline_losses import cql_alpha_loss, cql_regularizer
-from pgcore.policy_losses import polyak_update, sac_actor_loss, sac_q_target, sac_temperature_loss
+from pgcore.offline_losses import cql_alpha_loss, cql_regularizer, discrete_cql_gap
+from pgcore.policy_losses import double_dqn_target, polyak_update, sac_actor_loss, sac_q_target, sac_temperature_loss
 from reins.config import check
 from reins.entry import stage_main
 from rl.agent import Agent
@@ -62,6 +71,9 @@ PRESETS: dict[str, dict] = {
     "young-geng": dict(hidden=[256, 256], q_hidden=[256, 256], policy_lr=3e-4, qf_lr=3e-4, cql_alpha=5.0,
                        cql_lagrange=False, cql_n_actions=10, bc_steps=0, backup_entropy=False,
                        actor_last_gain=1e-2, max_steps=1_000_000),
+    # d3rlpy DiscreteCQLConfig defaults (Atari-sized; from memory of d3rlpy 2.x, not re-read): lr 6.25e-5,
+    # batch 32, alpha 1, hard target copy every 8000 updates, Huber TD loss, one Q-network.
+    "d3rlpy-discrete": dict(qf_lr=6.25e-5, batch_size=32, cql_alpha=1.0, target_update_every=8000, td_loss="huber"),
 }
 
 
@@ -71,9 +83,11 @@ class Config(OfflineConfig):
                             metadata={"help": "directory the run writes (config.yaml, log.jsonl, metrics.json, "
                                               "checkpoints, artifacts)"})
     q_hidden: list[int] = field(default_factory=lambda: [256, 256],
-                                metadata={"help": "hidden-layer widths of the Q critics (hidden: the actor's)"})
+                                metadata={"help": "hidden-layer widths of the Q critics (hidden: the actor's); "
+                                                  "Discrete data: of the one Q-network Q(s, .), the greedy policy"})
     policy_lr: float = field(default=3e-4, metadata={"help": "Adam learning rate of the actor"})
-    qf_lr: float = field(default=3e-4, metadata={"help": "Adam learning rate of the Q critics"})
+    qf_lr: float = field(default=3e-4,
+                         metadata={"help": "Adam learning rate of the Q critics (Discrete data: of the Q-network)"})
     alpha_lr: float = field(default=0.0, metadata={"help": "SAC temperature lr; 0 = policy_lr"})
     auto_alpha: bool = field(default=True,
                              metadata={"help": "SAC temperature tuned to target_entropy (else fixed at `alpha`)"})
@@ -84,6 +98,12 @@ class Config(OfflineConfig):
                                                    "backup)"})
     tau: float = field(default=0.005, metadata={"help": "Polyak rate of the target critics"})
     cql_alpha: float = field(default=5.0, metadata={"help": "weight of the conservative term (min_q_weight)"})
+    td_loss: Literal["huber", "mse"] = field(default="huber",
+                                             metadata={"help": "Discrete data: the Q-network's TD loss (d3rlpy: "
+                                                               "huber; Box data always uses the squared error)"})
+    target_update_every: int = field(default=0,
+                                     metadata={"help": "Discrete data: copy Q into its target every N updates "
+                                                       "(d3rlpy 8000); 0: Polyak with tau after every update"})
     cql_n_actions: int = field(default=10, metadata={"help": "actions per proposal (uniform, pi(.|s), pi(.|s'))"})
     cql_importance_sample: bool = field(default=True,
                                         metadata={"help": "CQL(H) with densities (min_q_version 3); false: version 2"})
@@ -118,6 +138,7 @@ class Config(OfflineConfig):
         super().validate()
         check(0.0 < self.tau <= 1.0, f"tau must be in (0, 1], got {self.tau}")
         check(self.cql_alpha >= 0, f"cql_alpha must be >= 0, got {self.cql_alpha}")
+        check(self.target_update_every >= 0, f"target_update_every must be >= 0, got {self.target_update_every}")
         check(self.cql_n_actions >= 1, f"cql_n_actions must be >= 1, got {self.cql_n_actions}")
         check(self.cql_temp > 0, f"cql_temp must be > 0, got {self.cql_temp}")
         check(self.alpha > 0, f"alpha must be > 0, got {self.alpha}")
@@ -250,8 +271,38 @@ class CQL(Agent):
         return cql_loss, alpha_prime
 
 
+class DiscreteCQL(Agent):
+    """CQL(H) for Discrete actions: a double-DQN Q-network with the exact conservative term (module docstring)."""
+
+    def __init__(self, cfg: Config, obs_dim: int, n_actions: int, device: torch.device):
+        super().__init__()
+        self.cfg = cfg
+        self.actor_spec = {"kind": "q", "obs_dim": obs_dim, "act_dim": n_actions, "hidden": list(cfg.q_hidden)}
+        q = build_actor(self.actor_spec).to(device)
+        self.register(actor=q, critic_target=copy.deepcopy(q).requires_grad_(False),
+                      critic_opt=torch.optim.Adam(q.parameters(), lr=cfg.qf_lr, foreach=True), steps=0)
+
+    def update(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        cfg, obs, next_obs = self.cfg, b["observations"], b["next_observations"]
+        with torch.no_grad():
+            y = double_dqn_target(b["rewards"], self.actor(next_obs), self.critic_target(next_obs), gamma=cfg.gamma,
+                                  terminated=b["terminals"])
+        q_all = self.actor(obs)
+        q = q_all.gather(-1, b["actions"].unsqueeze(-1)).squeeze(-1)
+        td_loss = F.smooth_l1_loss(q, y) if cfg.td_loss == "huber" else F.mse_loss(q, y)
+        gap = discrete_cql_gap(q_all, b["actions"])
+        self.optimize(self.critic_opt, td_loss + cfg.cql_alpha * gap)
+        self.steps += 1
+        if cfg.target_update_every == 0:
+            polyak_update(self.critic_target.parameters(), self.actor.parameters(), cfg.tau)
+        elif self.steps % cfg.target_update_every == 0:
+            self.critic_target.load_state_dict(self.actor.state_dict())
+        return {"loss/td": td_loss.detach(), "loss/cql": (cfg.cql_alpha * gap).detach(),
+                "train/cql_gap": gap.detach(), "train/q_mean": q.detach().mean()}
+
+
 def train(cfg: Config) -> dict:
-    return run_offline(cfg, CQL, "cql")
+    return run_offline(cfg, CQL, "cql", discrete_build=DiscreteCQL)
 
 
 def main(argv=None) -> int:

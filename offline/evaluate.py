@@ -85,7 +85,13 @@ def check_env_fits(env, tr) -> None:
     finally:
         e.close()
     name, ds = getattr(env, "id", env), tr.dataset_id
-    pairs = (("observation", obs_sp, tr.obs_dim), ("action", act_sp, tr.act_dim))
+    if tr.discrete:
+        if not isinstance(act_sp, gym.spaces.Discrete) or int(act_sp.n) != tr.n_actions:
+            raise DataError(f"{ds}: the data has Discrete({tr.n_actions}) actions but env '{name}' has the action "
+                            f"space {act_sp}; set eval_env to the env the data was recorded in")
+        pairs = (("observation", obs_sp, tr.obs_dim),)
+    else:
+        pairs = (("observation", obs_sp, tr.obs_dim), ("action", act_sp, tr.act_dim))
     for what, sp, width in pairs:  # the kind of space first: a Discrete env is not a shape mismatch
         if not isinstance(sp, gym.spaces.Box):
             raise DataError(f"{ds}: the data has {width}-wide Box {what}s but env '{name}' has a "
@@ -96,7 +102,8 @@ def check_env_fits(env, tr) -> None:
         if n != width:
             raise DataError(f"{ds}: the data's {what}s are {width}-wide but env '{name}' has {n}-wide {what}s "
                             f"(shape {tuple(sp.shape)}); set eval_env to the env the data was recorded in")
-    _check_bounds(ds, name, "action", tr.action_space, act_sp)
+    if not tr.discrete:
+        _check_bounds(ds, name, "action", tr.action_space, act_sp)
     _check_bounds(ds, name, "observation", tr.observation_space, obs_sp)
 
 

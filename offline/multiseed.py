@@ -22,7 +22,7 @@ from reins.entry import flush_denormals
 from reins.errors import ConfigError, ReinsError
 from reins.runio import atomic_write_text
 
-STAGES = {"iql": "offline.iql", "cql": "offline.cql", "bc": "offline.bc"}
+STAGES = {"iql": "offline.iql", "cql": "offline.cql", "bc": "offline.bc", "td3bc": "offline.td3bc"}
 
 
 def run_seeds(stage: str, config_path: str | None, overrides: dict, seeds: list[int]) -> dict:

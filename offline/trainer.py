@@ -145,9 +145,9 @@ class OfflineInputs:
     evaluating: bool  # an env to evaluate in and eval_episodes > 0
 
 
-def load_inputs(cfg: OfflineConfig, algo_name: str) -> OfflineInputs:
+def load_inputs(cfg: OfflineConfig, algo_name: str, discrete_ok: bool = False) -> OfflineInputs:
     tr = load_transitions(cfg.dataset, obs_columns=cfg.obs_columns, action_columns=cfg.action_columns)
-    if tr.discrete:
+    if tr.discrete and not discrete_ok:
         raise DataError(f"{tr.dataset_id}: Discrete({tr.n_actions}) actions; {algo_name} trains on continuous "
                         "(Box) actions only")
     env = _eval_env(cfg, tr)
@@ -169,9 +169,12 @@ def load_inputs(cfg: OfflineConfig, algo_name: str) -> OfflineInputs:
     return OfflineInputs(tr, refs, env, device, norm, evaluating)
 
 
-def run_offline(cfg: OfflineConfig, build, algo_name: str) -> dict:
-    """Train `build(cfg, obs_dim, act_dim, device)` on cfg.dataset under the stage contract."""
-    inputs = load_inputs(cfg, algo_name)  # validation happens before anything is written
+def run_offline(cfg: OfflineConfig, build, algo_name: str, discrete_build=None) -> dict:
+    """Train `build(cfg, obs_dim, act_dim, device)` on cfg.dataset under the stage contract; on Discrete data
+    `discrete_build(cfg, obs_dim, n_actions, device)` instead (None: such data is refused)."""
+    inputs = load_inputs(cfg, algo_name, discrete_ok=discrete_build is not None)  # before anything is written
+    if inputs.tr.discrete:
+        build = discrete_build
     run = RunDir(cfg.output_dir, cfg, quiet=cfg.quiet)  # after every input is validated: bad input writes nothing
     done = run.completed_metrics()
     if done is not None:
@@ -261,7 +264,8 @@ class OfflineLoop:
     def policy_file_state(self) -> dict:
         env = self.inputs.env
         return policy_state(self.algo.actor, self.algo.actor_spec, self.inputs.norm, env_id=getattr(env, "id", env),
-                            dataset_id=self.inputs.tr.dataset_id, algo=self.algo_name)
+                            dataset_id=self.inputs.tr.dataset_id, algo=self.algo_name,
+                            n_actions=self.inputs.tr.n_actions)
 
     def evaluate(self) -> dict:
         """Evaluation episodes of the very policy that policy.pt holds; policy_best.pt keeps the best one."""

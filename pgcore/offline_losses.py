@@ -1,6 +1,8 @@
 """Offline-RL losses: IQL's expectile regression and AWR policy extraction (Kostrikov et al. 2021, "Offline
 reinforcement learning with implicit Q-learning"), and CQL's conservative regulariser in its logsumexp form with
-a Lagrange multiplier (Kumar et al. 2020, "Conservative Q-learning for offline reinforcement learning").
+a Lagrange multiplier (Kumar et al. 2020, "Conservative Q-learning for offline reinforcement learning") and its
+exact form over Discrete actions, and TD3+BC's actor loss (Fujimoto & Gu 2021, "A minimalist approach to offline
+reinforcement learning").
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ __all__ = [
     "cql_logsumexp",
     "cql_regularizer",
     "cql_alpha_loss",
+    "discrete_cql_gap",
+    "td3bc_actor_loss",
 ]
 
 
@@ -102,3 +106,27 @@ def cql_alpha_loss(log_alpha: torch.Tensor, gap: torch.Tensor, target_gap: float
     averaged if not scalar) exceeds ``target_gap`` and shrinks otherwise.
     """
     return -log_alpha.exp() * (gap.detach().mean() - target_gap)
+
+
+def discrete_cql_gap(q_all: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """CQL(H) over Discrete actions: mean_s(logsumexp_a Q(s, a) - Q(s, a_data)).
+
+    Kumar et al. 2020, eq. 4 with the exact log-sum-exp over the |A| actions (their discrete-action variant, as
+    d3rlpy's DiscreteCQL): no sampling, no importance weights. q_all [B, A], actions [B] integer indices -> scalar;
+    multiply by alpha outside. It is >= 0 up to log |A|'s offset: logsumexp >= max >= Q(s, a_data).
+    """
+    q_data = q_all.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+    return cql_regularizer(q_all, q_data)
+
+
+def td3bc_actor_loss(q: torch.Tensor, pi_actions: torch.Tensor, data_actions: torch.Tensor,
+                     alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """TD3+BC's actor loss -lambda mean(Q(s, pi(s))) + mean((pi(s) - a)^2), lambda = alpha / mean|Q| detached.
+
+    Fujimoto & Gu 2021, eq. 3-5: pi = argmax E[lambda Q(s, pi(s)) - (pi(s) - a)^2]; lambda normalises Q's scale
+    so that alpha (2.5 in the paper) sets the RL/BC balance for any reward scale. The squared error is averaged
+    over the batch and the action dimensions (the authors' code: F.mse_loss). q [B], actions [B, A] ->
+    (loss, lambda).
+    """
+    lam = alpha / q.detach().abs().mean()
+    return -lam * q.mean() + (pi_actions - data_actions).square().mean(), lam

@@ -38,6 +38,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "iql": ("offline.iql", "implicit Q-learning on a Minari dataset"),
     "cql": ("offline.cql", "conservative Q-learning on a Minari dataset"),
     "bc": ("offline.bc", "behaviour cloning baseline on a Minari dataset"),
+    "td3bc": ("offline.td3bc", "TD3+BC: TD3 with a behaviour-cloning term on a Minari dataset"),
     "ope": ("offline.ope", "off-policy evaluation of a policy on logged data (fitted Q evaluation)"),
 }
 

@@ -54,3 +54,33 @@ def two_episodes():
     a = make_episode(obs_a, [[0.5], [-1.0], [2.0]], [1.0, 2.0, 3.0], [0, 0, 1], [0, 0, 0], seed=7)
     b = make_episode(obs_b, [[-2.0], [1.0]], [-1.0, -2.0], [0, 0], [0, 1], seed=8)
     return [a, b]
+
+
+class CartPolePD:
+    """A CartPole-v1 balancing rule (push towards where the pole is falling: theta + 0.5 theta_dot) that takes a
+    uniformly random action with probability `epsilon` (return 500 at epsilon 0, ~20 at epsilon 1)."""
+
+    def __init__(self, epsilon: float = 0.0):
+        self.epsilon = float(epsilon)
+
+    def act(self, obs, deterministic: bool = True, rng=None):
+        obs = np.asarray(obs)
+        a = (obs[:, 2] + 0.5 * obs[:, 3] + 0.05 * obs[:, 1] > 0).astype(np.int64)
+        rng = rng if rng is not None else np.random.default_rng()
+        return np.where(rng.random(len(obs)) < self.epsilon, rng.integers(0, 2, len(obs)), a).astype(np.int64)
+
+
+def write_cartpole_replay(ds_id: str, n_episodes: int, *, eps_from: float = 1.0, eps_to: float = 0.5, seed: int = 0):
+    """A CartPole-v1 Discrete dataset shaped like a learner's replay: episode k is CartPolePD with epsilon falling
+    from eps_from to eps_to, reference scores 20 (random) and 500."""
+    import minari
+
+    from offline.collect import _buffers, rollout
+
+    pols = [CartPolePD(e) for e in np.linspace(eps_from, eps_to, n_episodes)]
+    eps = rollout(None, "CartPole-v1", n_envs=4, seed=seed, deterministic=False, policies=pols)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        minari.create_dataset_from_buffers(ds_id, _buffers(eps), env="CartPole-v1", ref_min_score=20.0,
+                                           ref_max_score=500.0)
+    return ds_id, float(np.mean([e.rewards.sum() for e in eps]))

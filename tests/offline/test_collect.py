@@ -329,3 +329,40 @@ def test_finished_collection_is_reused(minari_root, tmp_path):
     cfg = _cfg(tmp_path, tiers=["random"])
     first = train(cfg)
     assert train(cfg) == first  # same run dir, datasets present: cached, no "already exists" error
+
+
+def test_discrete_tiers_from_a_dqn_run(minari_root, tmp_path, one_thread):
+    """CartPole-v1 tiers from a (tiny, untrained) DQN run: every tier has a Discrete(2) action space and int64
+    actions; random is uniform over both actions; medium-replay holds exactly the replay's actions before the
+    medium snapshot; the tiers load as Discrete transitions."""
+    import gymnasium as gym
+
+    from online import stage as online_stage
+    from reins.config import from_dict
+    from reins.runio import safe_torch_load
+
+    run = tmp_path / "dqn"
+    online_stage.train(from_dict(online_stage.Config, {
+        "output_dir": str(run), "algo": "dqn", "env_id": "CartPole-v1", "seed": 1, "total_steps": 600,
+        "eval_every": 0, "eval_episodes": 1, "save_snapshots": True, "snapshot_every": 300, "save_replay": True,
+        "quiet": True, "dqn": {"learning_starts": 10_000, "hidden": [8]}}))  # random actions, no updates
+    (run / "snapshots" / "index.json").write_text(json.dumps([{"step": 300, "eval_return": 1e9},
+                                                              {"step": 600, "eval_return": 0.0}]))
+    m = train(_cfg(tmp_path, env_id="CartPole-v1", behaviour="online", behaviour_run=str(run), ref_episodes=2,
+                   n_envs=2, steps_per_tier=300, tiers=["random", "medium", "medium-replay"],
+                   dataset_prefix="test/cartpole"))
+    assert m["medium/snapshot_step"] == 300
+    for tier in ("random", "medium", "medium-replay"):
+        ds = load_dataset(f"test/cartpole/{tier}-v0")
+        assert isinstance(ds.action_space, gym.spaces.Discrete) and ds.action_space.n == 2
+        tr = load_transitions(f"test/cartpole/{tier}-v0")
+        assert tr.discrete and tr.n_actions == 2 and tr.actions.dtype == np.int64
+        assert set(np.unique(tr.actions)) <= {0, 1}
+    random = load_transitions("test/cartpole/random-v0").actions
+    assert 0.35 < random.mean() < 0.65  # both actions, about equally often
+    replay = safe_torch_load(run / "replay.pt")
+    early = replay["global_step"].numpy() < 300
+    want = np.sort(replay["actions"].numpy()[early])
+    got = np.sort(np.concatenate([ep.actions for ep in load_dataset("test/cartpole/medium-replay-v0")
+                                  .iterate_episodes()]))
+    assert np.array_equal(got, want)

@@ -5,14 +5,18 @@ from __future__ import annotations
 import copy
 import math
 
+import pytest
 import torch
 
 from offline.bc import BC
 from offline.bc import Config as BCConfig
-from offline.cql import CQL
+from offline.cql import CQL, DiscreteCQL
 from offline.cql import Config as CQLConfig
 from offline.iql import IQL
 from offline.iql import Config as IQLConfig
+from offline.td3bc import TD3BC
+from offline.td3bc import Config as TD3BCConfig
+from pgcore.offline_losses import discrete_cql_gap, td3bc_actor_loss
 from reins.config import apply_preset
 from rl.nets import EnsembleQ
 
@@ -299,3 +303,75 @@ def test_cql_corl_preset_inits_critics_orthogonal_and_actor_last_layer_small():
     assert not _is_orthogonal(first, math.sqrt(2.0)) and first.abs().max() > 0.1
     with __import__("pytest").raises(Exception, match="actor_last_gain must be > 0"):
         CQLConfig(dataset="x", actor_last_gain=0.0).validate()
+
+
+def test_discrete_cql_gap_hand_value():
+    q = torch.tensor([[1.0, 2.0], [0.0, math.log(3.0)]], dtype=torch.float64)
+    gap = discrete_cql_gap(q, torch.tensor([0, 1]))
+    # row 1: log(e + e^2) - 1 = 1 + log(1 + e^-1); row 2: log(1 + 3) - log 3
+    want = (1.0 + math.log(1.0 + math.exp(-1.0)) + math.log(4.0 / 3.0)) / 2
+    assert gap.item() == pytest.approx(want, rel=1e-14, abs=0)
+
+
+def test_td3bc_actor_loss_hand_value():
+    q = torch.tensor([2.0, -4.0], dtype=torch.float64, requires_grad=True)
+    pi = torch.tensor([[0.5], [0.0]], dtype=torch.float64)
+    a = torch.tensor([[0.0], [-1.0]], dtype=torch.float64)
+    loss, lam = td3bc_actor_loss(q, pi, a, alpha=2.5)
+    # lambda = 2.5 / mean(|2|, |-4|) = 2.5 / 3; -lambda * mean(q) = 2.5 / 3; mean((pi - a)^2) = (0.25 + 1) / 2
+    assert lam.item() == pytest.approx(2.5 / 3, rel=1e-15)
+    assert loss.item() == pytest.approx(2.5 / 3 + 0.625, rel=1e-15)
+    loss.backward()  # lambda is a constant: dL/dq_i = -lambda / B
+    torch.testing.assert_close(q.grad, torch.full((2,), -2.5 / 6, dtype=torch.float64), rtol=1e-15, atol=0)
+
+
+def test_td3bc_update_matches_oracle(gen):
+    """One TD3+BC update in float64 (no target noise, actor every update): the critics' loss and the actor's
+    loss equal the paper's formulas evaluated on copies of the networks."""
+    torch.manual_seed(0)
+    cfg = TD3BCConfig(hidden=[16, 16], policy_noise=0.0, policy_delay=1, gamma=0.9, alpha=2.5)
+    algo = _double(TD3BC(cfg, OBS, ACT, torch.device("cpu")), ["actor", "actor_target", "critic", "critic_target"])
+    algo.last_actor_loss, algo.last_lambda = algo.last_actor_loss.double(), algo.last_lambda.double()
+    b = _batch(gen)
+    before = copy.deepcopy(algo)
+    info = algo.update(b)
+    s, a, r, s2, d = (b[k] for k in ("observations", "actions", "rewards", "next_observations", "terminals"))
+    with torch.no_grad():
+        y = r + 0.9 * (1 - d) * before.critic_target(s2, before.actor_target(s2)).min(dim=0).values
+        q = before.critic(s, a)
+        critic_loss = ((q[0] - y) ** 2).mean() + ((q[1] - y) ** 2).mean()
+        pi = before.actor(s)
+        q_pi = algo.critic(s, pi)[0]  # the actor steps on the critics as just updated (the actor step leaves them)
+        lam = 2.5 / q_pi.abs().mean()
+        actor_loss = -lam * q_pi.mean() + ((pi - a) ** 2).mean()
+    torch.testing.assert_close(info["loss/critic"], critic_loss, rtol=1e-12, atol=0)
+    torch.testing.assert_close(info["loss/actor"], actor_loss, rtol=1e-12, atol=0)
+    torch.testing.assert_close(info["train/lambda"], lam, rtol=1e-12, atol=0)
+    for p, p0 in zip(algo.actor.parameters(), before.actor.parameters()):
+        assert not torch.equal(p, p0)  # the actor really stepped
+
+
+def test_discrete_cql_update_matches_oracle(gen):
+    """One Discrete CQL update in float64: Huber TD to the double-DQN target plus alpha * (logsumexp - Q(s, a))."""
+    torch.manual_seed(0)
+    n = 3
+    cfg = CQLConfig(q_hidden=[16], cql_alpha=2.0, gamma=0.9, td_loss="huber")
+    algo = _double(DiscreteCQL(cfg, OBS, n, torch.device("cpu")), ["actor", "critic_target"])
+    b = _batch(gen)
+    b["actions"] = torch.randint(0, n, (B,), generator=gen)
+    with torch.no_grad():  # a target that differs from the online net, so the double-DQN choice matters
+        for p in algo.critic_target.parameters():
+            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    before = copy.deepcopy(algo)
+    info = algo.update(b)
+    s, a, r, s2, d = (b[k] for k in ("observations", "actions", "rewards", "next_observations", "terminals"))
+    with torch.no_grad():
+        a_star = before.actor(s2).argmax(-1)
+        y = r + 0.9 * (1 - d) * before.critic_target(s2)[torch.arange(B), a_star]
+        q_all = before.actor(s)
+        err = (q_all[torch.arange(B), a] - y).abs()
+        huber = torch.where(err < 1, 0.5 * err ** 2, err - 0.5).mean()
+        gap = (torch.logsumexp(q_all, -1) - q_all[torch.arange(B), a]).mean()
+    torch.testing.assert_close(info["loss/td"], huber, rtol=1e-12, atol=0)
+    torch.testing.assert_close(info["loss/cql"], 2.0 * gap, rtol=1e-12, atol=0)
+    assert not torch.equal(a_star, before.critic_target(s2).argmax(-1))  # online selects, target evaluates

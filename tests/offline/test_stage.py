@@ -1,4 +1,5 @@
-"""Stage contract of iql/cql/bc: resume equals an uninterrupted run, NaN stops, clear errors, presets."""
+"""Stage contract of iql/cql/bc/td3bc (Box and Discrete data): resume equals an uninterrupted run, NaN stops, clear
+errors, presets."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from offline import bc, cql, iql
+from offline import bc, cql, iql, td3bc
 from offline.behaviour import PendulumSwingUp, UniformPolicy
 from offline.collect import rollout
 from reins.errors import ConfigError, DataError, NonFiniteError
@@ -61,12 +62,24 @@ def _interrupt_after(monkeypatch, cls, n):
     return real
 
 
-@pytest.mark.parametrize("mod,cls,extra", [(iql, iql.IQL, {}), (cql, cql.CQL, {"cql_n_actions": 2}),
-                                           (bc, bc.BC, {"actor": "gaussian"})])
-def test_resume_equals_uninterrupted(small_dataset, tmp_path, monkeypatch, one_thread, mod, cls, extra):
-    full = mod.train(_cfg(mod, small_dataset, tmp_path / "full", **extra))
+@pytest.fixture
+def discrete_dataset(minari_root):
+    """Six CartPole-v1 episodes with Discrete(2) actions and reference scores."""
+    from tests.offline.conftest import write_cartpole_replay
+
+    return write_cartpole_replay("test/cartpole-v0", 6)[0]
+
+
+@pytest.mark.parametrize("mod,cls,extra,data", [
+    (iql, iql.IQL, {}, "small_dataset"), (cql, cql.CQL, {"cql_n_actions": 2}, "small_dataset"),
+    (bc, bc.BC, {"actor": "gaussian"}, "small_dataset"), (td3bc, td3bc.TD3BC, {}, "small_dataset"),
+    (bc, bc.DiscreteBC, {}, "discrete_dataset"), (cql, cql.DiscreteCQL, {"target_update_every": 5}, "discrete_dataset"),
+    (cql, cql.DiscreteCQL, {}, "discrete_dataset")])
+def test_resume_equals_uninterrupted(request, tmp_path, monkeypatch, one_thread, mod, cls, extra, data):
+    dataset = request.getfixturevalue(data)
+    full = mod.train(_cfg(mod, dataset, tmp_path / "full", **extra))
     real = _interrupt_after(monkeypatch, cls, 19)  # dies at step 20: the last checkpoint is step 16
-    cfg = _cfg(mod, small_dataset, tmp_path / "resumed", **extra)
+    cfg = _cfg(mod, dataset, tmp_path / "resumed", **extra)
     with pytest.raises(Interrupt):
         mod.train(cfg)
     assert safe_torch_load(tmp_path / "resumed" / "checkpoints" / "checkpoint.pt")["step"] == 16
@@ -203,7 +216,7 @@ def test_recipes_load():
     from offline import collect
     from reins.config import load_config
 
-    mods = {"iql": iql, "cql": cql, "bc": bc, "collect": collect}
+    mods = {"iql": iql, "cql": cql, "bc": bc, "td3bc": td3bc, "collect": collect}
     # One-stage recipes only: pipeline recipes (`stages:`) are planned by tests/e2e/test_recipe_files.py.
     recipes = sorted(p for p in Path("recipes/offline").glob("*.yaml") if "stage" in yaml.safe_load(p.read_text()))
     assert len(recipes) >= 8
@@ -225,3 +238,38 @@ def test_multiseed_aggregates_per_seed_runs(small_dataset, tmp_path, one_thread)
     assert json.loads((tmp_path / "ms" / "aggregate.json").read_text())["seeds"] == [0, 1]
     with pytest.raises(ConfigError, match="unknown offline stage"):
         run_seeds("ppo", None, over, [0])
+
+
+@pytest.mark.parametrize("mod", [iql, td3bc])
+def test_discrete_data_refused_before_writing(discrete_dataset, tmp_path, capsys, mod):
+    """IQL and TD3+BC need continuous actions: a Discrete dataset is a one-line error, exit 2, nothing written."""
+    out = tmp_path / "x"
+    assert mod.main([f"output_dir={out}", f"dataset={discrete_dataset}", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Discrete(2) actions" in err and "continuous (Box) actions only" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("mod,kind", [(bc, "categorical"), (cql, "q")])
+def test_discrete_policy_file_acts_by_argmax(discrete_dataset, tmp_path, one_thread, mod, kind):
+    """The Discrete policy file holds the actor and the dataset's observation normalisation; act() is the argmax
+    of the actor's outputs on (obs - mean) / std, as int64 indices; evaluation reproduces the run's score."""
+    m = mod.train(_cfg(mod, discrete_dataset, tmp_path / "run"))
+    pol = load_policy(tmp_path / "run" / "policy.pt")
+    assert pol.discrete and pol.n_actions == 2 and pol.arch["kind"] == kind and pol.env_id == "CartPole-v1"
+    obs = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
+    n = pol.obs_norm
+    x = torch.from_numpy((obs - n["mean"].numpy()) / n["std"].numpy())
+    with torch.no_grad():
+        want = pol.actor(x).argmax(-1).numpy()
+    got = pol.act(obs)
+    assert got.dtype == np.int64 and np.array_equal(got, want)
+    returns, _ = evaluate(pol.act, "CartPole-v1", 2, seed=1_000_000)
+    assert m["eval/return_mean"] == pytest.approx(returns.mean(), rel=1e-9)
+
+
+def test_discrete_data_with_a_box_env_is_refused(discrete_dataset, tmp_path):
+    out = tmp_path / "x"
+    with pytest.raises(DataError, match="Discrete\\(2\\) actions but env 'Pendulum-v1'"):
+        cql.train(_cfg(cql, discrete_dataset, out, eval_env="Pendulum-v1"))
+    assert not out.exists()
