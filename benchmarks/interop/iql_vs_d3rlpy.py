@@ -97,7 +97,8 @@ def collect(args) -> dict[str, dict[int, list[float]]]:
             out["reins"][int(d.name[1:])] = reins_scores(d)
     for f in sorted(root.glob("d3rlpy-s*.json")):
         if not f.name.endswith(".spec.json"):
-            out["d3rlpy"][int(f.stem.split("-s")[1])] = [e["normalized_score"] for e in json.loads(f.read_text())["evals"]]
+            evals = json.loads(f.read_text())["evals"]
+            out["d3rlpy"][int(f.stem.split("-s")[1])] = [e["normalized_score"] for e in evals]
     return out
 
 
@@ -149,7 +150,7 @@ def _copy_mlp(seq, sd: dict, names: tuple[str, ...], to_d3: bool) -> None:
 
 
 def _copy_q(ens, sd: dict, to_d3: bool) -> None:
-    for i, (layer, n) in enumerate(zip(ens.layers, Q_LAYERS, strict=True)):
+    for layer, n in zip(ens.layers, Q_LAYERS, strict=True):
         for e in range(ens.n):
             if to_d3:  # reins keeps [in, out] per member, d3rlpy's nn.Linear [out, in]
                 sd[f"{e}.{n}.weight"] = layer.weight[e].detach().T.clone()

@@ -114,7 +114,10 @@ def trace(spec: dict, out_path: str) -> None:
     algo.build_with_dataset(mdp)
     mods = algo.impl.modules
     nets = ("policy", "q_funcs", "targ_q_funcs", "value_func")
-    snap = lambda: {k: {n: t.detach().clone() for n, t in getattr(mods, k).state_dict().items()} for k in nets}
+
+    def snap() -> dict:
+        return {k: {n: t.detach().clone() for n, t in getattr(mods, k).state_dict().items()} for k in nets}
+
     init, batches, losses = snap(), [], []
     for step in range(spec["trace_steps"]):
         c = algo.config
