@@ -48,6 +48,12 @@ PRESETS: dict[str, dict] = {
     "corl-hopper-medium-expert": dict(expectile=0.5, beta=6.0, normalize_obs=True, normalize_reward=False,
                                       tau=0.005, max_steps=1_000_000, eval_every=5000, eval_episodes=10,
                                       actor="gaussian", log_std_min=-20.0),
+    # d3rlpy 2.8.1 reproductions/offline/iql.py: reward 1000/(max-min), raw obs, actor lr cosine over 500k steps,
+    # IQLImpl's update (advantage with V after its step, NormalPolicy's sigmoid log std); epochs of 1000 steps,
+    # each evaluated on 10 episodes. benchmarks/interop/iql_vs_d3rlpy.py `trace` checks the update step by step.
+    "d3rlpy-locomotion": dict(expectile=0.7, beta=3.0, max_weight=100.0, normalize_reward=True, normalize_obs=False,
+                              advantage_v="after", log_std_param="sigmoid", tau=0.005, max_steps=500_000,
+                              eval_every=1000, eval_episodes=10, actor="gaussian"),
 }
 
 
