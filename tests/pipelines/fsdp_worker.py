@@ -17,7 +17,7 @@ import torch
 
 from pipelines import dpo, sft, trainer
 from pipelines.trainer import Trainer
-from reins.cli import shutdown_distributed
+from reins.entry import shutdown_distributed
 from reins.config import from_dict
 
 
