@@ -3,8 +3,8 @@
 One iteration ("update", the unit of `max_steps`, `save_every`, `eval_every`):
 1. rollout: `batch_size` prompts (global; each process takes its share, data position = iteration), each
    completed `num_generations` times by the policy (KV-cached sampling, truncated after the first EOS;
-   pipelines.generation), laid out as PPO's rollouts (pipelines.ppo_rollout.rollout_batch);
-2. rewards: every `reward_funcs` entry scores every completion (pipelines.rewards: verifiable rewards such as
+   pipelines.generation), laid out as PPO's rollouts (pipelines.rollout.rollout_batch);
+2. rewards: every `reward_funcs` entry scores every completion (pipelines.reward_funcs: verifiable rewards such as
    `builtin:arithmetic`, the gold judge, reward models, user `module:function` callables with TRL's signature,
    fed each prompt's other dataset columns), checked and summed with `reward_weights` (None rewards left out);
    plus DAPO's soft overlong penalty (`overlong_buffer_len`, pgcore.advantages.soft_overlong_penalty);
@@ -53,10 +53,8 @@ from pipelines.models import (
     save_model,
     trainable_state,
 )
-from pipelines.ppo_models import build_policy
-from pipelines.ppo_rollout import lm_logits, response_logits, rollout_batch
 from pipelines.prompts import ARITHMETIC, builtin_prompts, param_sync_gap, prompt_rows
-from pipelines.rewards import (
+from pipelines.reward_funcs import (
     RewardFunction,
     agree,
     check_columns,
@@ -67,6 +65,8 @@ from pipelines.rewards import (
     reward_stats,
     weighted_rewards,
 )
+from pipelines.rlhf_models import build_policy
+from pipelines.rollout import lm_logits, response_logits, rollout_batch
 from pipelines.sampling import (
     SamplingArgs,
     check_tokenizer,

@@ -1,4 +1,4 @@
-"""DPO and reward-model training samples/s: reins (pipelines/dpo.py, pipelines/reward.py) vs TRL 1.16
+"""DPO and reward-model training samples/s: reins (pipelines/dpo.py, pipelines/reward_model.py) vs TRL 1.16
 (DPOTrainer, RewardTrainer), identical work.
 
 The driver builds one Llama model (pipelines.models, `tiny` spec or a ~15M-parameter one) and its tokenizer,
@@ -44,7 +44,7 @@ MAX_STEPS = 1_000_000  # both schedules decay over the same horizon; the driver 
 def prepare(size: str, workdir: Path, threads: int, device: str, seed: int = 0) -> list[dict]:
     from pipelines.data import normalise_preferences, tokenize_preferences
     from pipelines.models import ModelArgs, TinySpec, count_parameters, load_causal_lm, load_tokenizer
-    from pipelines.reward import builtin_pairs
+    from pipelines.reward_model import builtin_pairs
 
     cfg = SIZES[size]
     tok = load_tokenizer(ModelArgs())

@@ -16,7 +16,7 @@ import yaml
 from pipelines import grpo, word_problems
 from pipelines.generation import Samples
 from pipelines.prompts import load_prompts, prompt_rows
-from pipelines.rewards import (
+from pipelines.reward_funcs import (
     check_columns,
     column_lists,
     keyword_call,

@@ -146,7 +146,7 @@ def test_half_precision_token_logprobs_on_flattened_positions(dtype):
 
 def test_ppo_response_logits_same_for_a_model_without_logits_to_keep():
     """PPO asks for the last R + 1 positions' logits only; a model that cannot be asked gets them sliced."""
-    from pipelines.ppo_rollout import lm_logits, rollout_batch
+    from pipelines.rollout import lm_logits, rollout_batch
 
     tok = small_tok()
     P, C, _ = _data(9)
