@@ -186,9 +186,9 @@ def test_kto_resume_equals_uninterrupted(tmp_path, monkeypatch):
         assert resumed[k] == pytest.approx(full[k], rel=1e-6, abs=1e-9), k
     assert full["train/kl"] >= 0.0 and "eval/rewards/margins" in full
     # `reins export` tells a kto run from a dpo one by its config keys
-    from pipelines.export import run_stage
+    from pipelines.export import stage_of_config
 
-    assert run_stage(yaml.safe_load((tmp_path / "a" / "run" / "config.yaml").read_text()), tmp_path) == "kto"
+    assert stage_of_config(yaml.safe_load((tmp_path / "a" / "run" / "config.yaml").read_text()), tmp_path) == "kto"
 
 
 def test_kto_learns_to_prefer_the_desirable_completions(tmp_path):

@@ -17,7 +17,7 @@ from pipelines.scoring import (
     pair_logps,
     sequence_logps,
     shared_prompt_batch,
-    takes_logits_to_keep,
+    logits_to_keep_support,
 )
 from tests.pipelines.helpers import small_model, small_tok
 
@@ -54,8 +54,8 @@ def _close_grads(a, b):
 def test_support_detection():
     tok = small_tok()
     m = small_model(tok, dtype="float64")
-    assert takes_logits_to_keep(m)
-    assert not takes_logits_to_keep(FullLogits(m))
+    assert logits_to_keep_support(m) == "mask"
+    assert logits_to_keep_support(FullLogits(m)) is None
 
 
 def test_support_detection_asks_the_modules_slicing_helper(monkeypatch):
@@ -75,13 +75,13 @@ def test_support_detection_asks_the_modules_slicing_helper(monkeypatch):
         return hidden_states[:, logits_to_keep, :]
 
     monkeypatch.setattr(mod, "slice_logits_to_keep", positions_only)
-    scoring._takes_bool_keep.cache_clear()
+    scoring._keep_support.cache_clear()
     try:
-        assert not takes_logits_to_keep(m)
+        assert logits_to_keep_support(m) == "last"
     finally:
         monkeypatch.undo()
-        scoring._takes_bool_keep.cache_clear()
-    assert takes_logits_to_keep(m)
+        scoring._keep_support.cache_clear()
+    assert logits_to_keep_support(m) == "mask"
 
 
 def test_sequence_logps_head_on_completion_positions_only():
