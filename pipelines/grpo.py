@@ -393,7 +393,7 @@ def eval_prompt_set(cfg: Config, tok=None) -> tuple[list, list[dict], str | None
 
 # ----------------------------------------------------------------------------------------- stage
 @dataclass
-class Session:
+class GRPOLoop:
     """One process's GRPO run between `setup` and `finish`: the policy (`policy`, and `model` as prepared by
     accelerate), the frozen reference (None at beta 0), the reward functions, the optimisation state, the prompts
     and where the loop is (`step` iterations done, `num_tokens` seen; `last`, the latest iteration's metrics;
@@ -462,7 +462,7 @@ def _check_inputs(cfg: Config, acc) -> tuple:
     return tok, prompts, prompt_ids, dropped, total, funcs, eprompts, esource, columns, ecolumns
 
 
-def setup(cfg: Config, acc) -> Session:
+def setup(cfg: Config, acc) -> GRPOLoop:
     """Validate the inputs, open the run dir, build the policy (and reference) and optimiser, resume from a
     checkpoint, log the initial evaluation."""
     tok, prompts, prompt_ids, dropped, total, funcs, eprompts, esource, columns, ecolumns = _check_inputs(cfg, acc)
@@ -484,7 +484,7 @@ def setup(cfg: Config, acc) -> Session:
         run.truncate_log(step)
     evaluator = GroupEvaluator(cfg, tok, eprompts, funcs, reference, sentiment=esource in (BUILTIN, BUILTIN_CHAT),
                                columns=ecolumns) if eprompts else None
-    s = Session(cfg, acc, run, tok, acc.unwrap_model(model), model, reference, funcs, optimizer, scheduler, prompts,
+    s = GRPOLoop(cfg, acc, run, tok, acc.unwrap_model(model), model, reference, funcs, optimizer, scheduler, prompts,
                 prompt_ids, total, step, num_tokens, last, init, evaluator, columns=columns)
     if step == 0 and acc.is_main_process:
         total_p, trainable = count_parameters(policy)
@@ -496,7 +496,7 @@ def setup(cfg: Config, acc) -> Session:
     return s
 
 
-def iteration(s: Session) -> dict:
+def iteration(s: GRPOLoop) -> dict:
     """One GRPO iteration: rollout, update, scheduler step, then log / evaluate / checkpoint as due. Returns its
     metrics."""
     cfg, acc = s.cfg, s.acc
@@ -523,7 +523,7 @@ def iteration(s: Session) -> dict:
     return m
 
 
-def finish(s: Session) -> dict:
+def finish(s: GRPOLoop) -> dict:
     """Save the policy, run the final evaluation, write metrics.json."""
     acc, run = s.acc, s.run
     gap = param_sync_gap(acc, s.model)

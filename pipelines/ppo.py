@@ -377,7 +377,7 @@ def _optimizer(cfg: Config, ac):
 
 
 @dataclass
-class Session:
+class PPOLoop:
     """One process's PPO run between `setup` and `finish`: the models, the optimisation state, the prompts and
     where the loop is (`step` iterations done; `last`, the latest iteration's metrics)."""
 
@@ -436,7 +436,7 @@ def _check_inputs(cfg: Config, acc) -> tuple:
     return tok, prompts, prompt_ids, dropped, total, columns, funcs
 
 
-def setup(cfg: Config, acc) -> Session:
+def setup(cfg: Config, acc) -> PPOLoop:
     """Load and validate the inputs, open the run dir, build the models and optimiser, resume from a checkpoint."""
     tok, prompts, prompt_ids, dropped, total, columns, funcs = _check_inputs(cfg, acc)
     reward_model, rm_tok, same_tok = load_reward(cfg, tok) if cfg.reward_model else (None, None, False)
@@ -460,7 +460,7 @@ def setup(cfg: Config, acc) -> Session:
     models = Models(tok, acc.unwrap_model(model), model, reference, reward_model, rm_tok, same_tok, funcs)
     evaluator = PolicyEvaluator(tok, eprompts, reference, cfg.eval, reward_model=reward_model,
                                 rm_tok=rm_tok) if eprompts else None
-    s = Session(cfg, acc, run, models, optimizer, scheduler, kl, prompts, prompt_ids, total, step, last, evaluator,
+    s = PPOLoop(cfg, acc, run, models, optimizer, scheduler, kl, prompts, prompt_ids, total, step, last, evaluator,
                 columns=columns)
     if step == 0 and acc.is_main_process:
         total_p, trainable = count_parameters(ac)
@@ -472,7 +472,7 @@ def setup(cfg: Config, acc) -> Session:
     return s
 
 
-def iteration(s: Session) -> dict:
+def iteration(s: PPOLoop) -> dict:
     """One PPO iteration: rollout, update, KL controller and scheduler step, then log / evaluate / checkpoint as
     due. Returns its metrics."""
     cfg, acc = s.cfg, s.acc
@@ -501,7 +501,7 @@ def iteration(s: Session) -> dict:
     return m
 
 
-def finish(s: Session) -> dict:
+def finish(s: PPOLoop) -> dict:
     """Save the policy and value model with their model cards, run the final evaluation, write metrics.json."""
     acc, run, ac = s.acc, s.run, s.models.ac
     gap = param_sync_gap(acc, s.models.model)
