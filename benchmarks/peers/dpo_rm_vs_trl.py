@@ -82,7 +82,7 @@ def _ours(spec: dict, clock: BlockClock) -> dict:
 
     import torch
 
-    from pipelines import dpo, reward
+    from pipelines import dpo, reward_model
     from pipelines.models import ModelArgs, freeze, load_causal_lm, load_reward_model, load_tokenizer
     from pipelines.scoring import Reference
     from pipelines.trainer import Trainer, make_accelerator
@@ -103,10 +103,10 @@ def _ours(spec: dict, clock: BlockClock) -> dict:
             ref = None
         loss_fn = dpo.make_loss_fn(tok.pad_token_id, cfg, ref)
     else:
-        cfg = reward.Config(center_coef=0.0, use_margin=False, **common)
+        cfg = reward_model.Config(center_coef=0.0, use_margin=False, **common)
         acc = make_accelerator(cfg)
         policy = load_reward_model(cfg, tok, seed=spec["seed"])
-        loss_fn = reward.make_loss_fn(tok.pad_token_id, cfg)
+        loss_fn = reward_model.make_loss_fn(tok.pad_token_id, cfg)
     trainer = Trainer(None, cfg, acc, policy, examples, loss_fn, seed=spec["seed"])
     batch = examples[: spec["batch"]]
     flops, _ = count_flops(lambda: loss_fn(trainer.model, batch, float(len(batch)))[0].backward())

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from pipelines import dpo, reward, sft
+from pipelines import dpo, reward_model, sft
 from pipelines.data import encode_completion, encode_prompt
 from pipelines.models import freeze, load_reward_model
 from pipelines.scoring import Reference, completion_batch
@@ -149,8 +149,8 @@ def test_reward_loss_matches_hand_bradley_terry(tok):
 
     rc = [score(e["prompt_ids"], e["chosen_ids"]) for e in exs]
     rr = [score(e["prompt_ids"], e["rejected_ids"]) for e in exs]
-    cfg = reward.Config(output_dir="unused", center_coef=0.01)
-    loss, stats = reward.make_loss_fn(tok.pad_token_id, cfg)(rm, exs, 2.0)
+    cfg = reward_model.Config(output_dir="unused", center_coef=0.01)
+    loss, stats = reward_model.make_loss_fn(tok.pad_token_id, cfg)(rm, exs, 2.0)
     hand = sum(math.log1p(math.exp(-(a - b))) + 0.01 * (a + b) ** 2 for a, b in zip(rc, rr)) / 2
     assert loss.item() == pytest.approx(hand, rel=1e-9)
     assert stats["accuracy"][1].item() / 2 == sum(a > b for a, b in zip(rc, rr)) / 2

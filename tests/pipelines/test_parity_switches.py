@@ -16,7 +16,7 @@ import json
 import pytest
 import torch
 
-from pipelines import dpo, reward, sft
+from pipelines import dpo, reward_model, sft
 from pipelines.data import normalise_preferences, tokenize_preferences
 from pipelines.models import load_causal_lm, load_tokenizer
 from pipelines.scoring import completion_batch, pair_logps, sequence_logps, shared_prompt_batch
@@ -51,7 +51,7 @@ def test_epoch_order_without_shuffle_is_file_order_every_epoch():
     assert epoch_order([5] * 10, 3, seed=1, epoch=0, group_by_length=False) != list(range(9))  # the default
 
 
-@pytest.mark.parametrize("mod", [sft, reward, dpo])
+@pytest.mark.parametrize("mod", [sft, reward_model, dpo])
 def test_shuffle_false_trains_in_file_order_and_refuses_length_grouping(tmp_path, mod):
     cfg = _cfg(mod, tmp_path, shuffle=False, batch_size=3, max_steps=5)
     seen = []

@@ -23,7 +23,7 @@ from pipelines.models import ModelArgs, TinySpec, load_causal_lm, load_reward_mo
 from reins.config import from_dict
 from reins.errors import NonFiniteError
 from reins.runio import safe_torch_load
-from tests.e2e.fixtures import free_port, signal_when
+from tests.helpers import free_port, signal_when
 from tests.pipelines.helpers import SMALL
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -185,7 +185,7 @@ LEARN_TINY = {**SMALL, "vocab_size": 1024}   # whole words are tokens, so the re
 @lru_cache(maxsize=1)
 def learned_models() -> dict[str, str]:
     """A briefly SFT-ed policy and a reward model trained on its own samples labelled by the gold judge."""
-    from pipelines import preferences, reward, sft
+    from pipelines import preferences, reward_model, sft
 
     root = Path(tempfile.mkdtemp(prefix="reins-ppo-learn-"))
     common = {"quiet": True, "tiny": LEARN_TINY}
@@ -196,7 +196,7 @@ def learned_models() -> dict[str, str]:
     preferences.train(from_dict(preferences.Config, {
         **common, "output_dir": str(root / "prefs"), "model": str(root / "sft" / "model"), "num_train_prompts": 256,
         "num_test_prompts": 16, "num_samples": 4, "generation": {"max_new_tokens": 8, "batch_size": 128}}))
-    reward.train(from_dict(reward.Config, {
+    reward_model.train(from_dict(reward_model.Config, {
         **common, "output_dir": str(root / "reward"), "model": str(root / "sft" / "model"),
         "data": str(root / "prefs" / "data"), "max_length": 48, "batch_size": 16, "learning_rate": 3e-3,
         "num_epochs": 3, "lr_scheduler": "constant", "save_every": 1000}))

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from pipelines import dpo, reward, sft
+from pipelines import dpo, reward_model, sft
 from pipelines.models import freeze, load_causal_lm, load_tokenizer
 from pipelines.trainer import Trainer, make_accelerator
 from reins.config import from_dict
@@ -58,8 +58,8 @@ def test_lora_step_changes_only_adapter_parameters(tmp_path):
 
 
 def test_reward_step_trains_head_and_trunk(tmp_path):
-    cfg = _cfg(reward, tmp_path, max_steps=1, learning_rate=1e-2, eval_fraction=0.25)
-    m = reward.train(cfg)
+    cfg = _cfg(reward_model, tmp_path, max_steps=1, learning_rate=1e-2, eval_fraction=0.25)
+    m = reward_model.train(cfg)
     assert 0.0 <= m["eval/accuracy"] <= 1.0 and m["steps"] == 1
     assert (tmp_path / "run" / "model" / "config.json").is_file()
     cfgjson = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
@@ -257,13 +257,13 @@ def test_sft_packing_blocks():
 
 
 def test_lora_reward_model_trains_its_head_and_saves_merged(tmp_path):
-    m = reward.train(_cfg(reward, tmp_path, max_steps=1, learning_rate=1e-2, lora={"r": 2}, eval_fraction=0.25))
+    m = reward_model.train(_cfg(reward_model, tmp_path, max_steps=1, learning_rate=1e-2, lora={"r": 2}, eval_fraction=0.25))
     assert m["steps"] == 1
     out = tmp_path / "run" / "model"
     assert (out / "config.json").is_file() and not (out / "adapter_config.json").exists()
     from pipelines.models import load_reward_model
 
-    cfg = _cfg(reward, tmp_path)
+    cfg = _cfg(reward_model, tmp_path)
     tok = load_tokenizer(cfg)
     init = load_reward_model(cfg, tok, seed=cfg.seed)
     cfg.model = str(out)
