@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.fixtures import ROOT, TINY_TRAIN, run_cli, snapshot, subprocess_env
-from tests.offline.conftest import two_episodes, write_dataset
+from tests.helpers import ROOT, TINY_TRAIN, run_cli, snapshot, subprocess_env
+from tests.offline.helpers import two_episodes, write_dataset
 
 OFFLINE = ["max_steps=4", "batch_size=4", "hidden=[8]", "eval_every=2", "log_every=1", "checkpoint_every=1",
            "torch_threads=1", "--quiet"]
@@ -302,7 +302,7 @@ def test_a_missing_path_under_a_local_directory_is_not_a_hub_id(workdir, capfd, 
     import datasets
 
     from pipelines.data import load_records
-    from tests.e2e.fixtures import block_network
+    from tests.helpers import block_network
 
     (workdir / "outputs").mkdir()
     attempts = block_network(monkeypatch)

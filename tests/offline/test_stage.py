@@ -128,7 +128,7 @@ def test_policy_artifact_and_metrics(small_dataset, tmp_path, one_thread):
 
 
 def test_missing_reference_scores_fail_before_writing(minari_root, tmp_path):
-    from tests.offline.conftest import two_episodes, write_dataset
+    from tests.offline.helpers import two_episodes, write_dataset
 
     write_dataset("test/noref-v0", two_episodes())
     with pytest.raises(DataError, match="no ref_min_score/ref_max_score"):

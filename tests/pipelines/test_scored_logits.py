@@ -14,30 +14,18 @@ from pgcore.distributions import token_logprobs
 from pipelines.scoring import (
     FullLogits,
     completion_batch,
+    logits_to_keep_support,
     pair_logps,
     sequence_logps,
     shared_prompt_batch,
-    logits_to_keep_support,
 )
-from tests.pipelines.helpers import small_model, small_tok
+from tests.pipelines.helpers import ragged_pairs, small_model, small_tok
 
 
 def _rows_through_head(model):
     seen = []
     h = model.lm_head.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[:-1].numel()))
     return seen, h
-
-
-def _data(seed=7):
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(n):
-        return torch.randint(3, 390, (n,), generator=g).tolist()
-    # ragged; pair 2 has an empty chosen, pair 3 an empty rejected completion
-    P = [rnd(n) for n in (3, 7, 2, 5)]
-    C = [rnd(n) for n in (4, 1, 0, 6)]
-    R = [rnd(n) for n in (6, 8, 3, 0)]
-    return P, C, R
 
 
 def _grads(model, values):
@@ -86,7 +74,7 @@ def test_support_detection_asks_the_modules_slicing_helper(monkeypatch):
 
 def test_sequence_logps_head_on_completion_positions_only():
     tok = small_tok()
-    P, C, _ = _data()
+    P, C, _ = ragged_pairs()
     m = small_model(tok, dtype="float64")
     b = completion_batch(P, C, tok.pad_token_id)
     full = sequence_logps(FullLogits(m), b, with_entropy=True, temperature=0.7)
@@ -103,7 +91,7 @@ def test_sequence_logps_head_on_completion_positions_only():
 
 def test_pair_logps_head_on_scored_positions_only():
     tok = small_tok()
-    P, C, R = _data(8)
+    P, C, R = ragged_pairs(8)
     m = small_model(tok, dtype="float64")
     b = shared_prompt_batch(P, C, R, tok.pad_token_id)
     full = pair_logps(FullLogits(m), b)
@@ -149,7 +137,7 @@ def test_ppo_response_logits_same_for_a_model_without_logits_to_keep():
     from pipelines.rollout import lm_logits, rollout_batch
 
     tok = small_tok()
-    P, C, _ = _data(9)
+    P, C, _ = ragged_pairs(9)
     m = small_model(tok, dtype="float64")
     b = rollout_batch(P, [c or [5] for c in C], tok.pad_token_id)
     a, full = lm_logits(m, b), lm_logits(FullLogits(m), b)
