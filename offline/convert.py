@@ -34,8 +34,8 @@ from typing import Literal
 import numpy as np
 
 from offline.data import Transitions, datasets_root, load_transitions
-from reins.entry import stage_main
 from reins.config import check
+from reins.entry import stage_main
 from reins.errors import DataError
 
 ID_RE = re.compile(r"^[\w.-]+(/[\w.-]+)*-v\d+$")

@@ -42,8 +42,8 @@ from pipelines.models import ModelArgs, count_parameters, freeze, load_causal_lm
 from pipelines.scoring import Reference, batched_logps, completion_batch, sequence_logps, to_device
 from pipelines.trainer import TrainArgs, Trainer
 from pipelines.unpaired import builtin_unpaired, normalise_unpaired, tokenize_unpaired
-from reins.entry import stage_main
 from reins.config import RunArgs, check
+from reins.entry import stage_main
 from reins.errors import ConfigError
 from reins.runio import atomic_torch_save, safe_torch_load
 

@@ -38,8 +38,8 @@ from pipelines.sft_data import (
 )
 from pipelines.trainer import TrainArgs, Trainer, example_length
 from reins.config import RunArgs, check
-from reins.errors import DataError
 from reins.entry import stage_main
+from reins.errors import DataError
 
 
 @dataclass

@@ -4,9 +4,10 @@
         [--examples 64] [--concat 1] [--batch 8] [--max-length 256] [--rows 2] [--rounds 2] [--threads N]
 
 One pass (forward + backward of `sft.make_loss_fn`, no optimizer step) over the same `--examples` built-in
-sentiment SFT examples (with `--concat K`, each example's completion is 1..K reviews' completions
-joined, the count seeded per example, for lengths that vary as real SFT data's do) three ways: "padded" (seeded random order, batches of `--batch` examples right-padded to
-their longest, the unpacked default), "grouped" (the same batches drawn from length-sorted order, as
+sentiment SFT examples (with `--concat K`, each example's completion is 1..K reviews' completions joined, the count
+seeded per example, for lengths that vary as real SFT data's do) three ways: "padded" (seeded random order, batches
+of `--batch` examples right-padded to their longest, the unpacked default), "grouped" (the same batches drawn from
+length-sorted order, as
 `group_by_length` does at best) and "bfd" (`packing_strategy: bfd`: whole examples packed into `--max-length`
 rows, `--rows` rows per batch, kept apart by the block-diagonal mask). Reported per way: the positions the model
 computes (real tokens + padding), seconds per pass (median over `--rounds`, ways alternating ABC / CBA), real
@@ -121,8 +122,8 @@ def main(argv=None) -> None:
     lens = [len(e["prompt_ids"]) + len(e["completion_ids"]) for e in exs]
     print(json.dumps({
         "model": args.model, "layers": model.config.num_hidden_layers, "threads": torch.get_num_threads(),
-        "examples": len(exs), "concat": args.concat, "tokens": real, "length_min_mean_max": [min(lens), round(real / len(lens), 1),
-                                                                      max(lens)],
+        "examples": len(exs), "concat": args.concat, "tokens": real,
+        "length_min_mean_max": [min(lens), round(real / len(lens), 1), max(lens)],
         "batch": args.batch, "max_length": args.max_length, "rows_per_batch": args.rows,
         "packed_rows": sum(len(b) for b in ways["bfd"]), "steps": {k: len(v) for k, v in ways.items()},
         "positions": pos, "padding_share": {k: round(1 - real / p, 4) for k, p in pos.items()},
