@@ -7,9 +7,9 @@ One pass (forward + backward of `sft.make_loss_fn`, no optimizer step) over the 
 sentiment SFT examples (with `--concat K`, each example's completion is 1..K reviews' completions joined, the count
 seeded per example, for lengths that vary as real SFT data's do) three ways: "padded" (seeded random order, batches
 of `--batch` examples right-padded to their longest, the unpacked default), "grouped" (the same batches drawn from
-length-sorted order, as
-`group_by_length` does at best) and "bfd" (`packing_strategy: bfd`: whole examples packed into `--max-length`
-rows, `--rows` rows per batch, kept apart by the block-diagonal mask). Reported per way: the positions the model
+length-sorted order, as `group_by_length` does at best) and "bfd" (`packing_strategy: bfd`: whole examples packed
+into `--max-length` rows, `--rows` rows per batch, kept apart by the block-diagonal mask). Reported per way: the
+positions the model
 computes (real tokens + padding), seconds per pass (median over `--rounds`, ways alternating ABC / CBA), real
 tokens per second, and the summed NLL, which must agree (the same loss on the same tokens). The model is
 `--model DIR` (e.g. SmolLM2-135M-Instruct after `reins fetch-model smollm2-135m-instruct`: its tokenizer and
