@@ -9,13 +9,12 @@ seeded per example, for lengths that vary as real SFT data's do) three ways: "pa
 of `--batch` examples right-padded to their longest, the unpacked default), "grouped" (the same batches drawn from
 length-sorted order, as `group_by_length` does at best) and "bfd" (`packing_strategy: bfd`: whole examples packed
 into `--max-length` rows, `--rows` rows per batch, kept apart by the block-diagonal mask). Reported per way: the
-positions the model
-computes (real tokens + padding), seconds per pass (median over `--rounds`, ways alternating ABC / CBA), real
-tokens per second, and the summed NLL, which must agree (the same loss on the same tokens). The model is
-`--model DIR` (e.g. SmolLM2-135M-Instruct after `reins fetch-model smollm2-135m-instruct`: its tokenizer and
-weights), or "shaped": a randomly initialised Llama of SmolLM2-135M's shape (hidden 576, 9 heads / 3 KV heads,
-MLP 1536, vocabulary 49152, tied embeddings; `--layers` of its 30 blocks) fed the tiny tokenizer's ids, so
-nothing is downloaded. Results: one JSON line.
+positions the model computes (real tokens + padding), seconds per pass (median over `--rounds`, ways alternating
+ABC / CBA), real tokens per second, and the summed NLL, which must agree (the same loss on the same tokens). The
+model is `--model DIR` (e.g. SmolLM2-135M-Instruct after `reins fetch-model smollm2-135m-instruct`: its tokenizer
+and weights), or "shaped": a randomly initialised Llama of SmolLM2-135M's shape (hidden 576, 9 heads / 3 KV heads,
+MLP 1536, vocabulary 49152, tied embeddings; `--layers` of its 30 blocks) fed the tiny tokenizer's ids, so nothing
+is downloaded. Results: one JSON line.
 """
 
 from __future__ import annotations
