@@ -174,7 +174,7 @@ def mean_return(policy, env_id: str, n: int, seed: int, n_envs: int, determinist
 # ------------------------------------------------------------------------------------------- replay seeds
 @dataclass
 class ReplaySeeding:
-    """How an online run seeded its training envs (online/common.py `Harness.reset_envs`): at the start of
+    """How an online run seeded its training envs (online/common.py `OnlineLoop.reset_envs`): at the start of
     every segment (env step 0, then each checkpoint) env i is reset with `segment_seeds(seed, segment,
     num_envs)[i]`; episodes that begin by the vector env's auto-reset in between are reset without a seed."""
 
@@ -197,7 +197,7 @@ class ReplaySeeding:
 
 def segment_start_steps(total_steps: int, checkpoint_every: int, num_envs: int) -> list[int]:
     """Env steps at which the online harness begins a segment: 0, then the first vector step (a multiple of
-    `num_envs`) at or past each due checkpoint (`Harness.checkpoint_due`, `save_checkpoint`). A boundary at
+    `num_envs`) at or past each due checkpoint (`OnlineLoop.checkpoint_due`, `save_checkpoint`). A boundary at
     the end of the run begins no transitions and is not listed."""
     starts = [0]
     due = checkpoint_every

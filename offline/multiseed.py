@@ -18,7 +18,7 @@ from pathlib import Path
 
 from offline.evaluate import aggregate_runs
 from reins.config import load_config, parse_overrides
-from reins.entry import flush_denormals
+from reins.entry import flush_denormals, split_stage_argv
 from reins.errors import ConfigError, ReinsError
 from reins.runio import atomic_write_text
 
@@ -44,6 +44,13 @@ def run_seeds(stage: str, config_path: str | None, overrides: dict, seeds: list[
     return out
 
 
+def _seed_list(seeds) -> list[int]:
+    seeds = seeds if isinstance(seeds, list) else [seeds]
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ConfigError(f"seeds must be integers, e.g. seeds=[0,1,2]; got {seeds}")
+    return seeds
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -51,15 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     stage, rest = argv[0], argv[1:]
     flush_denormals()
-    config_path = None
-    if "--config" in rest:
-        i = rest.index("--config")
-        config_path = rest[i + 1]
-        rest = rest[:i] + rest[i + 2:]
     try:
+        config_path, quiet, rest = split_stage_argv(rest)   # the stages' own parser: --config, --quiet, overrides
         overrides = parse_overrides(rest)
-        seeds = overrides.pop("seeds", [0, 1, 2])
-        seeds = [int(s) for s in (seeds if isinstance(seeds, list) else [seeds])]
+        if quiet:
+            overrides["quiet"] = True
+        seeds = _seed_list(overrides.pop("seeds", [0, 1, 2]))
         out = run_seeds(stage, config_path, overrides, seeds)
     except ReinsError as e:
         print(f"offline.multiseed: error: {e}", file=sys.stderr)

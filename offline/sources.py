@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from offline.data import STEP_FIELDS, Steps
-from reins.errors import DataError
+from reins.errors import DataError, first_line
 
 ARRAY_SUFFIXES = (".hdf5", ".h5", ".npz")
 TABLE_SUFFIXES = (".parquet", ".jsonl")
@@ -67,7 +67,7 @@ def read_steps(path: str, *, obs_columns: list[str] | None = None,
 
 
 def _first_line(e: Exception) -> str:
-    return ((str(e).strip().splitlines() or [type(e).__name__])[0])[:200]
+    return first_line(e)[:200] or type(e).__name__
 
 
 # ------------------------------------------------------------------------------------------- D4RL-style arrays

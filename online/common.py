@@ -65,8 +65,10 @@ def scalar_metrics(metrics: dict) -> dict[str, float]:
 
 
 @dataclass
-class Harness:
-    """Owns everything about a run that is not the learning algorithm."""
+class OnlineLoop:
+    """One online run's loop state: everything that is not the learning algorithm (envs, normalisers, episodes,
+    evaluation, checkpoint/log/snapshot schedule); an agent's train loop drives it. Checkpoints keep its state
+    under the key "harness"."""
 
     cfg: object            # the stage Config
     algo: str

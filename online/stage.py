@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 
 from online.a2c import A2C, A2CConfig
-from online.common import Harness
+from online.common import OnlineLoop
 from online.dqn import DQN, DQNConfig
 from online.offpolicy import train_off_policy
 from online.onpolicy import train_on_policy
@@ -122,7 +122,7 @@ def _train(cfg: Config) -> dict:
     agent_cls, needs, off_policy = AGENTS[cfg.algo]
     acfg = cfg.agent_config
     seed_everything(cfg.seed)  # network initialisation uses the global torch RNG
-    h = Harness(cfg, cfg.algo, acfg.num_envs, acfg.gamma, normalize_obs=acfg.normalize_obs,
+    h = OnlineLoop(cfg, cfg.algo, acfg.num_envs, acfg.gamma, normalize_obs=acfg.normalize_obs,
                 normalize_reward=getattr(acfg, "normalize_reward", False), needs=needs)
     done = h.run.completed_metrics()
     if done is not None:

@@ -53,7 +53,7 @@ from pipelines.models import (
     load_reward_model,
     load_tokenizer,
 )
-from pipelines.reward import builtin_pairs
+from pipelines.reward_model import builtin_pairs
 from pipelines.scoring import (
     Reference,
     batched_logps,

@@ -28,13 +28,14 @@ import yaml
 from reins.errors import ConfigError, DataError, ReinsError
 from reins.runio import CONFIG_FILE, METRICS_FILE, fsync_dir, held_run_locks, lock_run_dir, make_temp_dir
 
-# A key only that stage's config has: config.yaml does not name its stage. grpo's config has a `loss_type`
-# too, so its own key is looked up before dpo's.
-STAGE_KEYS = (("packing", "sft"), ("num_generations", "grpo"), ("desirable_weight", "kto"), ("loss_type", "dpo"),
+# A key only that stage's config has: config.yaml does not name its stage. First match wins: grpo's config
+# also has `loss_type` (token/sequence aggregation), so it is asked before dpo's.
+STAGE_KEYS = (("packing", "sft"), ("desirable_weight", "kto"), ("num_generations", "grpo"), ("loss_type", "dpo"),
               ("kl_coef", "ppo"), ("center_coef", "reward"))
 
 
-def run_stage(config: dict, where: Path) -> str:
+def stage_of_config(config: dict, where: Path) -> str:
+    """The LM stage whose run wrote `config` (a run's config.yaml as a dict), told by STAGE_KEYS."""
     for key, stage in STAGE_KEYS:
         if key in config:
             return stage
@@ -95,7 +96,7 @@ def export_lm(run_dir: Path, tmp: Path, config: dict, metrics: dict, *, merge: b
         save_model,
     )
 
-    stage = run_stage(config, run_dir)
+    stage = stage_of_config(config, run_dir)
     model_dir = run_dir / "model"
     adapter = (model_dir / "adapter_config.json").is_file()
     if merge and not adapter:

@@ -3,8 +3,8 @@
 One iteration ("update", the unit of `max_steps`, `save_every`, `eval_every`):
 1. rollout: `batch_size` prompts (global; each process takes its share, data position = iteration), each
    completed `num_generations` times by the policy (KV-cached sampling, truncated after the first EOS;
-   pipelines.generation), laid out as PPO's rollouts (pipelines.ppo_rollout.rollout_batch);
-2. rewards: every `reward_funcs` entry scores every completion (pipelines.rewards: verifiable rewards such as
+   pipelines.generation), laid out as PPO's rollouts (pipelines.rollout.rollout_batch);
+2. rewards: every `reward_funcs` entry scores every completion (pipelines.reward_funcs: verifiable rewards such as
    `builtin:arithmetic`, the gold judge, reward models, user `module:function` callables with TRL's signature,
    fed each prompt's other dataset columns), checked and summed with `reward_weights` (None rewards left out);
    plus DAPO's soft overlong penalty (`overlong_buffer_len`, pgcore.advantages.soft_overlong_penalty);
@@ -53,10 +53,8 @@ from pipelines.models import (
     save_model,
     trainable_state,
 )
-from pipelines.ppo_models import build_policy
-from pipelines.ppo_rollout import lm_logits, response_logits, rollout_batch
 from pipelines.prompts import ARITHMETIC, builtin_prompts, param_sync_gap, prompt_rows
-from pipelines.rewards import (
+from pipelines.reward_funcs import (
     RewardFunction,
     agree,
     check_columns,
@@ -67,6 +65,8 @@ from pipelines.rewards import (
     reward_stats,
     weighted_rewards,
 )
+from pipelines.rlhf_models import build_policy
+from pipelines.rollout import lm_logits, response_logits, rollout_batch
 from pipelines.sampling import (
     SamplingArgs,
     check_tokenizer,
@@ -393,7 +393,7 @@ def eval_prompt_set(cfg: Config, tok=None) -> tuple[list, list[dict], str | None
 
 # ----------------------------------------------------------------------------------------- stage
 @dataclass
-class Session:
+class GRPOLoop:
     """One process's GRPO run between `setup` and `finish`: the policy (`policy`, and `model` as prepared by
     accelerate), the frozen reference (None at beta 0), the reward functions, the optimisation state, the prompts
     and where the loop is (`step` iterations done, `num_tokens` seen; `last`, the latest iteration's metrics;
@@ -462,7 +462,7 @@ def _check_inputs(cfg: Config, acc) -> tuple:
     return tok, prompts, prompt_ids, dropped, total, funcs, eprompts, esource, columns, ecolumns
 
 
-def setup(cfg: Config, acc) -> Session:
+def setup(cfg: Config, acc) -> GRPOLoop:
     """Validate the inputs, open the run dir, build the policy (and reference) and optimiser, resume from a
     checkpoint, log the initial evaluation."""
     tok, prompts, prompt_ids, dropped, total, funcs, eprompts, esource, columns, ecolumns = _check_inputs(cfg, acc)
@@ -484,7 +484,7 @@ def setup(cfg: Config, acc) -> Session:
         run.truncate_log(step)
     evaluator = GroupEvaluator(cfg, tok, eprompts, funcs, reference, sentiment=esource in (BUILTIN, BUILTIN_CHAT),
                                columns=ecolumns) if eprompts else None
-    s = Session(cfg, acc, run, tok, acc.unwrap_model(model), model, reference, funcs, optimizer, scheduler, prompts,
+    s = GRPOLoop(cfg, acc, run, tok, acc.unwrap_model(model), model, reference, funcs, optimizer, scheduler, prompts,
                 prompt_ids, total, step, num_tokens, last, init, evaluator, columns=columns)
     if step == 0 and acc.is_main_process:
         total_p, trainable = count_parameters(policy)
@@ -496,7 +496,7 @@ def setup(cfg: Config, acc) -> Session:
     return s
 
 
-def iteration(s: Session) -> dict:
+def iteration(s: GRPOLoop) -> dict:
     """One GRPO iteration: rollout, update, scheduler step, then log / evaluate / checkpoint as due. Returns its
     metrics."""
     cfg, acc = s.cfg, s.acc
@@ -523,7 +523,7 @@ def iteration(s: Session) -> dict:
     return m
 
 
-def finish(s: Session) -> dict:
+def finish(s: GRPOLoop) -> dict:
     """Save the policy, run the final evaluation, write metrics.json."""
     acc, run = s.acc, s.run
     gap = param_sync_gap(acc, s.model)

@@ -17,6 +17,7 @@ STAGES = {
     "dpo": "direct preference optimisation (Rafailov et al. 2023) against a frozen reference",
     "kto": "Kahneman-Tversky optimisation (Ethayarajh et al. 2024) on unpaired feedback against a frozen reference",
     "ppo": "RLHF: KL-penalised PPO (Ouyang et al. 2022) against a reward model",
+    "grpo": "group relative policy optimisation (Shao et al. 2024) against reward functions",
     "ppo-value": "the value model (critic) of a PPO run",
     "grpo": "group-relative policy optimisation (GRPO, Shao et al. 2024; or RLOO) on scored completions",
 }
@@ -47,6 +48,8 @@ def _data(stage: str, config: dict) -> str:
     data = config.get("data", "?")
     if stage in ("ppo", "ppo-value"):
         return f"prompts from `{data}`; scores from the reward model `{config.get('reward_model', '?')}`"
+    if stage == "grpo":
+        return f"prompts from `{data}`; rewards from `{', '.join(map(str, config.get('reward_funcs') or ['?']))}`"
     if stage in ("dpo", "reward"):
         return f"preference pairs from `{data}`"
     if stage == "kto":

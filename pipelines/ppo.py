@@ -5,10 +5,10 @@ One iteration ("update", the unit of `max_steps`, `save_every`, `eval_every`):
    completed by the policy (KV-cached sampling, `generation.temperature/top_p/max_new_tokens`, truncated
    after the first EOS, pad != EOS); log-probs of policy and reference are recomputed with logits / temperature;
    values from the value model; reward-model scores (re-tokenised when the RM's tokenizer differs);
-   plus, with `reward_funcs`, the weighted sum of reward functions (pipelines.rewards: TRL's signature, each
+   plus, with `reward_funcs`, the weighted sum of reward functions (pipelines.reward_funcs: TRL's signature, each
    prompt's other dataset columns passed as keywords; None = not applicable), added to the score (or the
    whole score without a reward model);
-2. rewards: per-token KL penalty plus the transformed score on the last token (pipelines/ppo_rollout.py);
+2. rewards: per-token KL penalty plus the transformed score on the last token (pipelines/rollout.py);
    the KL coefficient is fixed, proportional (target, horizon) or halve/double (Schulman et al. 2017 §4);
 3. advantages: GAE over response tokens (gamma, lam), whitened (pgcore.advantages);
 4. update: `ppo_epochs` passes over `num_minibatches` shuffled minibatches, each split into `grad_accum`
@@ -48,18 +48,8 @@ from pipelines.models import (
     save_model,
     trainable_state,
 )
-from pipelines.ppo_models import build_models, load_reward, resolve_reward_dir
-from pipelines.ppo_rollout import (
-    KLController,
-    advantages_and_returns,
-    lm_logits,
-    rollout_batch,
-    score_responses,
-    shape_rewards,
-    transform_scores,
-)
 from pipelines.prompts import param_sync_gap
-from pipelines.rewards import (
+from pipelines.reward_funcs import (
     agree,
     check_columns,
     column_lists,
@@ -67,6 +57,16 @@ from pipelines.rewards import (
     resolve_reward_funcs,
     reward_matrix,
     weighted_rewards,
+)
+from pipelines.rlhf_models import build_models, load_reward, resolve_reward_dir
+from pipelines.rollout import (
+    KLController,
+    advantages_and_returns,
+    lm_logits,
+    rollout_batch,
+    score_responses,
+    shape_rewards,
+    transform_scores,
 )
 from pipelines.sampling import (
     SamplingArgs,
@@ -187,7 +187,7 @@ class Config(SamplingArgs, ModelArgs, RunArgs):
 class Models:
     """The models of a PPO run, on this process's device.
 
-    `ac` is the actor-critic (policy + value, `pipelines.ppo_models.ActorCritic`) that rollouts sample from and
+    `ac` is the actor-critic (policy + value, `pipelines.rlhf_models.ActorCritic`) that rollouts sample from and
     checkpoints save; `model` is the same object as prepared by accelerate (DDP-wrapped under several processes),
     which the update steps. `reference` is the frozen reference policy (a copy, or `ac.policy` with its adapter
     disabled); `reward_model` scores responses, re-tokenised by `rm_tok` unless `same_tok`.
@@ -200,7 +200,7 @@ class Models:
     reward_model: Any
     rm_tok: Any
     same_tok: bool
-    funcs: list = field(default_factory=list)   # reward functions (pipelines.rewards), summed into the score
+    funcs: list = field(default_factory=list)   # reward functions (pipelines.reward_funcs), summed into the score
 
 
 @torch.no_grad()
@@ -377,7 +377,7 @@ def _optimizer(cfg: Config, ac):
 
 
 @dataclass
-class Session:
+class PPOLoop:
     """One process's PPO run between `setup` and `finish`: the models, the optimisation state, the prompts and
     where the loop is (`step` iterations done; `last`, the latest iteration's metrics)."""
 
@@ -436,7 +436,7 @@ def _check_inputs(cfg: Config, acc) -> tuple:
     return tok, prompts, prompt_ids, dropped, total, columns, funcs
 
 
-def setup(cfg: Config, acc) -> Session:
+def setup(cfg: Config, acc) -> PPOLoop:
     """Load and validate the inputs, open the run dir, build the models and optimiser, resume from a checkpoint."""
     tok, prompts, prompt_ids, dropped, total, columns, funcs = _check_inputs(cfg, acc)
     reward_model, rm_tok, same_tok = load_reward(cfg, tok) if cfg.reward_model else (None, None, False)
@@ -460,7 +460,7 @@ def setup(cfg: Config, acc) -> Session:
     models = Models(tok, acc.unwrap_model(model), model, reference, reward_model, rm_tok, same_tok, funcs)
     evaluator = PolicyEvaluator(tok, eprompts, reference, cfg.eval, reward_model=reward_model,
                                 rm_tok=rm_tok) if eprompts else None
-    s = Session(cfg, acc, run, models, optimizer, scheduler, kl, prompts, prompt_ids, total, step, last, evaluator,
+    s = PPOLoop(cfg, acc, run, models, optimizer, scheduler, kl, prompts, prompt_ids, total, step, last, evaluator,
                 columns=columns)
     if step == 0 and acc.is_main_process:
         total_p, trainable = count_parameters(ac)
@@ -472,7 +472,7 @@ def setup(cfg: Config, acc) -> Session:
     return s
 
 
-def iteration(s: Session) -> dict:
+def iteration(s: PPOLoop) -> dict:
     """One PPO iteration: rollout, update, KL controller and scheduler step, then log / evaluate / checkpoint as
     due. Returns its metrics."""
     cfg, acc = s.cfg, s.acc
@@ -501,7 +501,7 @@ def iteration(s: Session) -> dict:
     return m
 
 
-def finish(s: Session) -> dict:
+def finish(s: PPOLoop) -> dict:
     """Save the policy and value model with their model cards, run the final evaluation, write metrics.json."""
     acc, run, ac = s.acc, s.run, s.models.ac
     gap = param_sync_gap(acc, s.models.model)

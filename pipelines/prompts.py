@@ -35,8 +35,8 @@ def builtin_prompts(source: str, n: int, *, seed: int, split: str, max_operand: 
 
 def prompt_rows(source: str, split: str, tok=None) -> tuple[list, list[dict], str]:
     """(prompts, each prompt's other columns, where) of a prompt-only file / dataset `split`: the columns a
-    reward function may read (all but those TRL does not pass, pipelines.rewards.NOT_PASSED)."""
-    from pipelines.rewards import NOT_PASSED
+    reward function may read (all but those TRL does not pass, pipelines.reward_funcs.NOT_PASSED)."""
+    from pipelines.reward_funcs import NOT_PASSED
 
     rows, where = load_records(source, split)
     prompts = normalise_prompts(rows, where, roles=chat_roles(tok))

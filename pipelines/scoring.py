@@ -65,40 +65,31 @@ def _unwrapped(model):
     return m
 
 
-def accepts_logits_to_keep(model) -> bool:
-    """Whether `model`'s forward takes a `logits_to_keep` argument at all (an int: the last n positions)."""
-    return _forward_takes_keep(type(_unwrapped(model)))
+def logits_to_keep_support(model) -> str | None:
+    """How `model` (through DDP, torch.compile and PEFT wrappers) takes a `logits_to_keep` argument: "mask" when
+    it computes its LM head only at the True positions of a boolean [B, T] mask (transformers' causal LMs do),
+    "last" when it takes only an int (the last n positions: custom code, older transformers releases), None
+    when its forward has no such argument."""
+    return _keep_support(type(_unwrapped(model)))
 
 
 @functools.cache
-def _forward_takes_keep(cls: type) -> bool:
+def _keep_support(cls: type) -> str | None:
     try:
-        return "logits_to_keep" in inspect.signature(cls.forward).parameters
+        if "logits_to_keep" not in inspect.signature(cls.forward).parameters:
+            return None
     except (TypeError, ValueError):
-        return False
+        return None
+    return "mask" if _slices_bool_mask(cls) else "last"
 
 
-def last_logits_kwargs(model, n: int) -> dict:
-    """Keyword arguments that make `model` compute logits for its last `n` positions only, where it can; the
-    caller slices `logits[:, -n:]` either way, so models without `logits_to_keep` give the same result."""
-    return {"logits_to_keep": n} if accepts_logits_to_keep(model) else {}
-
-
-def takes_logits_to_keep(model) -> bool:
-    """Whether `model` (through DDP, torch.compile and PEFT wrappers) computes its LM head only at the
-    True positions of a boolean `logits_to_keep` [B, T] mask (transformers' causal LMs do; custom code and
-    older transformers releases may not: they get the full logits)."""
-    return _takes_bool_keep(type(_unwrapped(model)))
-
-
-@functools.cache
-def _takes_bool_keep(cls: type) -> bool:
+def _slices_bool_mask(cls: type) -> bool:
     # transformers >= 5 slices the hidden states with `slice_logits_to_keep`, which takes a boolean [B, T]
     # mask; older releases (and custom code) index a 1-D position set or an int only.
     # Asked of the helper itself on a 3-position probe, not read from its source text: a mask-aware helper keeps
     # positions 0 and 2 as a flat [2, 2]; an older one raises or returns something else.
     helper = getattr(sys.modules.get(cls.__module__), "slice_logits_to_keep", None)
-    if helper is None or not _forward_takes_keep(cls):
+    if helper is None:
         return False
     hidden = torch.arange(6.0).view(1, 3, 2)
     try:
@@ -108,11 +99,17 @@ def _takes_bool_keep(cls: type) -> bool:
     return isinstance(out, torch.Tensor) and out.shape == (2, 2) and torch.equal(out, hidden[0, [0, 2]])
 
 
+def last_logits_kwargs(model, n: int) -> dict:
+    """Keyword arguments that make `model` compute logits for its last `n` positions only, where it can; the
+    caller slices `logits[:, -n:]` either way, so models without `logits_to_keep` give the same result."""
+    return {"logits_to_keep": n} if logits_to_keep_support(model) is not None else {}
+
+
 def scored_logits(model, keep: torch.Tensor, **inputs) -> tuple[torch.Tensor, bool]:
     """The model's logits at the True positions of `keep` [B, T] as [N, V] in row-major order, with the LM
     head applied to those positions only (`logits_to_keep` as a boolean mask); or, for a model without that
     argument, the full [B, T, V] logits. The flag says which of the two came back."""
-    if takes_logits_to_keep(model) and bool(keep.any()):
+    if logits_to_keep_support(model) == "mask" and bool(keep.any()):
         logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
         return logits, logits.dim() == 2
     return model(**inputs, use_cache=False).logits, False

@@ -33,7 +33,7 @@ UNPAIR_BLOCK = 1000  # TRL unpairs with a batched `datasets.map` (its default ba
 def builtin_unpaired(n: int, seed: int, split: str) -> list[dict]:
     """The built-in task as unpaired feedback: at most n rows, the built-in pairs' chosen (desirable) and
     rejected (undesirable) completions alternating, so any prefix of the rows is balanced."""
-    from pipelines.reward import builtin_pairs
+    from pipelines.reward_model import builtin_pairs
 
     rows = []
     for p in builtin_pairs((n + 1) // 2, seed, split):

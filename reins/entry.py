@@ -24,7 +24,7 @@ from reins.errors import ConfigError, DataError, ReinsError
 STAGES: dict[str, tuple[str, str]] = {
     "run": ("pipelines.runner", "run a staged recipe (stages in order, cached, resumable) and write report.md"),
     "sft": ("pipelines.sft", "supervised fine-tuning of a causal LM on completions or text"),
-    "reward": ("pipelines.reward", "Bradley-Terry reward model on preference pairs"),
+    "reward": ("pipelines.reward_model", "Bradley-Terry reward model on preference pairs"),
     "dpo": ("pipelines.dpo", "direct preference optimisation (sigmoid, robust, ipo, hinge, simpo)"),
     "kto": ("pipelines.kto", "Kahneman-Tversky optimisation on unpaired (desirable / undesirable) feedback"),
     "ppo": ("pipelines.ppo", "RLHF with KL-penalised PPO against a reward model"),

@@ -43,7 +43,7 @@ def _reins(argv: list[str]) -> None:
 
 
 def write_pairs(work: Path, n: int, seed: int) -> dict[str, Path]:
-    from pipelines.reward import builtin_pairs
+    from pipelines.reward_model import builtin_pairs
 
     rows = builtin_pairs(2 * n, seed, "train")[:n]  # it may return fewer than asked for (unpaired polarities)
     assert len(rows) == n, f"the built-in task gave {len(rows)} pairs, not {n}"
@@ -60,7 +60,7 @@ def write_pairs(work: Path, n: int, seed: int) -> dict[str, Path]:
 def sft_model(work: Path, fmt: str, a) -> Path:
     """`reins sft` for `fmt`: on the built-in text task (standard), or on chat messages (conversational), so the
     saved tokenizer carries the chat template it was trained with (reins saves only trained templates)."""
-    from pipelines.reward import builtin_pairs
+    from pipelines.reward_model import builtin_pairs
 
     out = work / f"sft-{fmt}"
     argv = ["sft", f"output_dir={out}", f"max_steps={a.sft_steps}", "batch_size=16", "eval_prompts=none",

@@ -59,7 +59,7 @@ def make_models(work: Path, seed: int = 0) -> tuple[Path, Path]:
 
 
 def write_data(work: Path, n_rows: int, seed: int) -> dict[str, Path]:
-    from pipelines.reward import builtin_pairs
+    from pipelines.reward_model import builtin_pairs
 
     pairs = builtin_pairs(2 * n_rows, seed, "train")[: n_rows // 2]  # it may give fewer than asked for
     assert len(pairs) == n_rows // 2, f"the built-in task gave {len(pairs)} pairs, not {n_rows // 2}"

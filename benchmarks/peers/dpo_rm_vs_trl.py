@@ -1,4 +1,4 @@
-"""DPO and reward-model training samples/s: reins (pipelines/dpo.py, pipelines/reward.py) vs TRL 1.16
+"""DPO and reward-model training samples/s: reins (pipelines/dpo.py, pipelines/reward_model.py) vs TRL 1.16
 (DPOTrainer, RewardTrainer), identical work.
 
 The driver builds one Llama model (pipelines.models, `tiny` spec or a ~15M-parameter one) and its tokenizer,
@@ -44,7 +44,7 @@ MAX_STEPS = 1_000_000  # both schedules decay over the same horizon; the driver 
 def prepare(size: str, workdir: Path, threads: int, device: str, seed: int = 0) -> list[dict]:
     from pipelines.data import normalise_preferences, tokenize_preferences
     from pipelines.models import ModelArgs, TinySpec, count_parameters, load_causal_lm, load_tokenizer
-    from pipelines.reward import builtin_pairs
+    from pipelines.reward_model import builtin_pairs
 
     cfg = SIZES[size]
     tok = load_tokenizer(ModelArgs())
@@ -82,7 +82,7 @@ def _ours(spec: dict, clock: BlockClock) -> dict:
 
     import torch
 
-    from pipelines import dpo, reward
+    from pipelines import dpo, reward_model
     from pipelines.models import ModelArgs, freeze, load_causal_lm, load_reward_model, load_tokenizer
     from pipelines.scoring import Reference
     from pipelines.trainer import Trainer, make_accelerator
@@ -103,10 +103,10 @@ def _ours(spec: dict, clock: BlockClock) -> dict:
             ref = None
         loss_fn = dpo.make_loss_fn(tok.pad_token_id, cfg, ref)
     else:
-        cfg = reward.Config(center_coef=0.0, use_margin=False, **common)
+        cfg = reward_model.Config(center_coef=0.0, use_margin=False, **common)
         acc = make_accelerator(cfg)
         policy = load_reward_model(cfg, tok, seed=spec["seed"])
-        loss_fn = reward.make_loss_fn(tok.pad_token_id, cfg)
+        loss_fn = reward_model.make_loss_fn(tok.pad_token_id, cfg)
     trainer = Trainer(None, cfg, acc, policy, examples, loss_fn, seed=spec["seed"])
     batch = examples[: spec["batch"]]
     flops, _ = count_flops(lambda: loss_fn(trainer.model, batch, float(len(batch)))[0].backward())

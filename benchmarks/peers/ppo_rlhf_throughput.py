@@ -72,7 +72,7 @@ def _ours(spec: dict, clock: BlockClock) -> dict:
     from pipelines import ppo
     from pipelines.generation import GenerationArgs
     from pipelines.models import load_tokenizer
-    from pipelines.ppo_models import build_models, load_reward
+    from pipelines.rlhf_models import build_models, load_reward
     from pipelines.sampling import load_stage_prompts
     from pipelines.trainer import make_accelerator
 

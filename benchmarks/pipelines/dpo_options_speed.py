@@ -51,7 +51,7 @@ def main(argv=None) -> int:
 
     from pipelines import dpo
     from pipelines.models import ModelArgs, TinySpec, freeze, load_causal_lm, load_tokenizer
-    from pipelines.reward import builtin_pairs
+    from pipelines.reward_model import builtin_pairs
     from pipelines.scoring import Reference
     from pipelines.trainer import Trainer, example_length, make_accelerator
     from reins.entry import flush_denormals

@@ -39,7 +39,7 @@ def main() -> int:
     ap.add_argument("--out", default="runs/tiny")
     ap.add_argument("--betas", type=float, nargs="*", default=[0.05, 0.1, 0.3, 1.0])
     a = ap.parse_args()
-    from pipelines import dpo, preferences, reward, sft
+    from pipelines import dpo, preferences, reward_model, sft
 
     out = Path(a.out)
     res: dict = {}
@@ -48,7 +48,7 @@ def main() -> int:
     pref_m, res["pref_s"] = run_stage(preferences, "recipes/preferences/tiny.yaml",
                                       output_dir=str(out / "preferences"), model=model, quiet=True)
     data = str(out / "preferences" / "data")
-    rm_m, res["rm_s"] = run_stage(reward, "recipes/reward/tiny.yaml", output_dir=str(out / "reward"),
+    rm_m, res["rm_s"] = run_stage(reward_model, "recipes/reward/tiny.yaml", output_dir=str(out / "reward"),
                                   model=model, data=data, quiet=True)
     sweep = []
     for beta in a.betas:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.fixtures import TINY_TRAIN
+from tests.helpers import TINY_TRAIN
 
 QUIET = ["--quiet", "eval_prompts=none"]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.fixtures import (
+from tests.helpers import (
     ROOT,
     TINY_MODEL,
     TINY_TRAIN,
@@ -35,7 +35,7 @@ OFFLINE = ["max_steps=2", "batch_size=4", "hidden=[8]", "eval_episodes=1", "eval
 
 # ----------------------------------------------------------------------------------------- minari inputs
 def _minari(d: Path, name: str, *, bad_reward=False, bad_obs=False) -> str:
-    from tests.offline.conftest import make_episode, two_episodes, write_dataset
+    from tests.offline.helpers import make_episode, two_episodes, write_dataset
 
     eps = two_episodes()
     if bad_reward:

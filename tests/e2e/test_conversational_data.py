@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.fixtures import TINY_MODEL, TINY_TRAIN, resolved_config_yaml, run_cli, snapshot, write_jsonl
+from tests.helpers import TINY_MODEL, TINY_TRAIN, resolved_config_yaml, run_cli, snapshot, write_jsonl
 
 
 def _msgs(*pairs: tuple[str, str]) -> list[dict]:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.e2e.fixtures import ROOT, run_cli, run_without_reins, snapshot
+from tests.helpers import ROOT, run_cli, run_without_reins, snapshot
 
 
 def test_every_lm_artifact_has_a_model_card(lm_runs):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.e2e.fixtures import run_cli
+from tests.helpers import run_cli
 
 TEXT = "The room was clean and the staff"
 
@@ -71,8 +71,8 @@ def test_export_round_trip_equals_the_runs_model(lm_runs, grpo_run, tmp_path, ca
 def test_grpo_run_is_not_taken_for_dpo(grpo_run):
     import yaml
 
-    from pipelines.export import run_stage
+    from pipelines.export import stage_of_config
 
     config = yaml.safe_load((grpo_run / "config.yaml").read_text())
     assert "loss_type" in config  # the key dpo is recognised by: grpo's own key must come first
-    assert run_stage(config, grpo_run) == "grpo"
+    assert stage_of_config(config, grpo_run) == "grpo"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.e2e.fixtures import TINY_TRAIN, run_cli, run_without_reins, write_jsonl
+from tests.helpers import TINY_TRAIN, run_cli, run_without_reins, write_jsonl
 
 QUIET = ["--quiet", "eval_prompts=none"]
 TEXT = "The room was clean and the staff"

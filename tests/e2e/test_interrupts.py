@@ -23,7 +23,7 @@ import pytest
 import torch
 import yaml
 
-from tests.e2e.fixtures import ROOT, signal_when, subprocess_env
+from tests.helpers import ROOT, signal_when, subprocess_env
 from tests.pipelines.helpers import SMALL
 
 LINE = re.compile(r"^(reins \w+): interrupted at step (\d+)( of stage '\w+')?; rerun the same command to resume$")
@@ -126,7 +126,7 @@ def test_reins_run_sigint_inside_a_stage(tmp_path):
 def test_iql_sigint_mid_training(tmp_path, monkeypatch):
     from offline import iql
     from reins.config import from_dict
-    from tests.offline.conftest import two_episodes, write_dataset
+    from tests.offline.helpers import two_episodes, write_dataset
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     write_dataset("test/intr-v0", two_episodes(), ref_min=-10.0, ref_max=10.0)
@@ -178,7 +178,7 @@ def test_collect_interrupted_has_no_step_and_leaves_no_dataset(tmp_path, monkeyp
     """collect has no step loop (it is all-or-nothing): the line claims no step, and no dataset is left."""
     from offline import collect
     from offline.data import _local_ids
-    from tests.e2e.fixtures import run_cli
+    from tests.helpers import run_cli
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     real = collect.rollout

@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from tests.e2e.fixtures import ROOT, signal_when, subprocess_env
+from tests.helpers import ROOT, signal_when, subprocess_env
 
 
 def _kill_when(cmd: list[str], env: dict, cwd: Path, ready, timeout: float = 120.0) -> None:
@@ -63,7 +63,7 @@ def threads_restored():
 def test_iql_sigkill_then_rerun_equals_uninterrupted(tmp_path, monkeypatch, threads_restored):
     from offline import iql
     from reins.config import from_dict
-    from tests.offline.conftest import two_episodes, write_dataset
+    from tests.offline.helpers import two_episodes, write_dataset
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     write_dataset("test/kill-v0", two_episodes(), ref_min=-10.0, ref_max=10.0)

@@ -13,7 +13,7 @@ import socket
 
 import pytest
 
-from tests.e2e.fixtures import ROOT, run_cli
+from tests.helpers import ROOT, run_cli
 
 TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "vocab_size": 400,
         "max_position_embeddings": 128}
@@ -42,7 +42,7 @@ LM_RECIPE = {
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
     """Block the network for the test; yields the list of attempted connections / lookups."""
-    from tests.e2e.fixtures import block_network
+    from tests.helpers import block_network
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     monkeypatch.chdir(tmp_path)

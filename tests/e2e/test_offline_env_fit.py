@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.e2e.fixtures import run_cli, snapshot
-from tests.offline.conftest import make_episode, two_episodes, write_dataset
+from tests.helpers import run_cli, snapshot
+from tests.offline.helpers import make_episode, two_episodes, write_dataset
 
 OFFLINE = ["max_steps=4", "batch_size=4", "hidden=[8]", "eval_episodes=1", "eval_every=2", "log_every=1",
            "checkpoint_every=1", "torch_threads=1", "--quiet"]

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.e2e.fixtures import TINY_MODEL, TINY_TRAIN, run_cli, snapshot, write_jsonl
+from tests.helpers import TINY_MODEL, TINY_TRAIN, run_cli, snapshot, write_jsonl
 
 GOOD_PAIR = {"prompt": "I stayed at the inn and", "chosen": " it was lovely.", "rejected": " it was dirty."}
 OFFLINE = ["max_steps=2", "batch_size=4", "hidden=[8]", "eval_episodes=0", "eval_every=2", "log_every=1",
@@ -138,7 +138,7 @@ def _sft_model_without_weights(d, out):
 
 
 def _iql_equal_returns_with_reward_scaling(d, out):
-    from tests.offline.conftest import make_episode, write_dataset
+    from tests.offline.helpers import make_episode, write_dataset
 
     eps = [make_episode([[0, 0, 0], [1, 0, 0], [2, 0, 0]], [[0.5], [-1.0]], [1.0, 1.0], [0, 1], [0, 0]),
            make_episode([[5, 0, 0], [6, 0, 0], [7, 0, 0]], [[1.5], [0.0]], [0.5, 1.5], [0, 1], [0, 0])]
@@ -148,7 +148,7 @@ def _iql_equal_returns_with_reward_scaling(d, out):
 
 
 def _bc_cuda_without_cuda(d, out):
-    from tests.offline.conftest import two_episodes, write_dataset
+    from tests.offline.helpers import two_episodes, write_dataset
 
     write_dataset("test/two-v0", two_episodes())
     return ["bc", "dataset=test/two-v0", "device=cuda", f"output_dir={out}", *OFFLINE], ["cuda", "not available"]
@@ -214,7 +214,7 @@ def test_reins_run_checks_every_stage_dir_before_the_first_stage(workdir, capfd)
 
 # ----------------------------------------------------------------------------------------- class 3
 def _minari(name: str, fmt: str) -> str:
-    from tests.offline.conftest import two_episodes, write_dataset
+    from tests.offline.helpers import two_episodes, write_dataset
 
     ds = f"test/{name}-v0"
     write_dataset(ds, two_episodes(), data_format=fmt)

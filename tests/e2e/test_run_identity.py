@@ -133,7 +133,7 @@ def test_offline_resume_refuses_a_rewritten_minari_dataset(tmp_path, monkeypatch
 
     from offline import bc
     from reins.errors import ConfigError
-    from tests.offline.conftest import make_episode, write_dataset
+    from tests.offline.helpers import make_episode, write_dataset
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
 

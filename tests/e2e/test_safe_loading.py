@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from tests.e2e.fixtures import (
+from tests.helpers import (
     ROOT,
     TINY_MODEL,
     TINY_TRAIN,
@@ -33,7 +33,7 @@ def workdir(tmp_path, monkeypatch):
 
 
 def _minari_ok(d):
-    from tests.offline.conftest import two_episodes, write_dataset
+    from tests.offline.helpers import two_episodes, write_dataset
 
     write_dataset("test/ok-v0", two_episodes(), ref_min=-10.0, ref_max=10.0)
     return "test/ok-v0"

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.fixtures import ROOT, TINY_TRAIN, run_cli, snapshot, subprocess_env
-from tests.offline.conftest import two_episodes, write_dataset
+from tests.helpers import ROOT, TINY_TRAIN, run_cli, snapshot, subprocess_env
+from tests.offline.helpers import two_episodes, write_dataset
 
 OFFLINE = ["max_steps=4", "batch_size=4", "hidden=[8]", "eval_every=2", "log_every=1", "checkpoint_every=1",
            "torch_threads=1", "--quiet"]
@@ -241,7 +241,7 @@ def test_stage_names_stay_inside_output_dir(workdir, capsys, name):
 def test_reward_module_is_found_from_the_current_directory(workdir, monkeypatch):
     """`reins` (a console script: its bin/ first on sys.path) finds `module:function` where `python -m
     pipelines.grpo` does: in the current directory."""
-    from pipelines.rewards import resolve_reward_funcs
+    from pipelines.reward_funcs import resolve_reward_funcs
 
     (workdir / "my_reward_mod_s22.py").write_text("def score(prompts, completions):\n"
                                                   "    return [float(len(c)) for c in completions]\n")
@@ -278,7 +278,7 @@ def test_trust_remote_code_names_each_model_once(tmp_path, capfd, monkeypatch):
 def test_revision_pins_the_hub_model_only(monkeypatch):
     from pipelines import models
     from pipelines.models import ModelArgs
-    from pipelines.ppo_models import _args_for
+    from pipelines.rlhf_models import _args_for
     from reins.errors import ConfigError
 
     seen = []
@@ -302,7 +302,7 @@ def test_a_missing_path_under_a_local_directory_is_not_a_hub_id(workdir, capfd, 
     import datasets
 
     from pipelines.data import load_records
-    from tests.e2e.fixtures import block_network
+    from tests.helpers import block_network
 
     (workdir / "outputs").mkdir()
     attempts = block_network(monkeypatch)

@@ -1,10 +1,8 @@
-"""Fixtures for offline tests: a private MINARI_DATASETS_PATH and hand-made / generated datasets."""
+"""Fixtures for offline tests: a private MINARI_DATASETS_PATH, one torch thread. Plain dataset builders are in
+tests/offline/helpers.py."""
 
 from __future__ import annotations
 
-import warnings
-
-import numpy as np
 import pytest
 import torch
 
@@ -24,63 +22,3 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
-
-
-def make_episode(obs, act, rew, term, trunc, seed=None):
-    from minari.data_collector import EpisodeBuffer
-
-    return EpisodeBuffer(id=None, seed=seed, observations=np.asarray(obs, np.float32),
-                         actions=np.asarray(act, np.float32), rewards=list(map(float, rew)),
-                         terminations=list(map(bool, term)), truncations=list(map(bool, trunc)))
-
-
-def write_dataset(ds_id, episodes, *, data_format="hdf5", ref_min=None, ref_max=None, env="Pendulum-v1"):
-    """Write hand-made episodes as a Minari dataset (Pendulum spaces: obs 3, action 1 in [-2, 2])."""
-    import dataclasses
-
-    import minari
-
-    episodes = [dataclasses.replace(ep, id=k) for k, ep in enumerate(episodes)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return minari.create_dataset_from_buffers(ds_id, episodes, env=env, ref_min_score=ref_min,
-                                                  ref_max_score=ref_max, data_format=data_format)
-
-
-def two_episodes():
-    """Episode A: 3 steps, terminated at the end. Episode B: 2 steps, truncated at the end."""
-    obs_a = [[0, 0, 0], [1, 0, 0], [2, 0, 0], [3, 0, 0]]
-    obs_b = [[10, 1, 1], [11, 1, 1], [12, 1, 1]]
-    a = make_episode(obs_a, [[0.5], [-1.0], [2.0]], [1.0, 2.0, 3.0], [0, 0, 1], [0, 0, 0], seed=7)
-    b = make_episode(obs_b, [[-2.0], [1.0]], [-1.0, -2.0], [0, 0], [0, 1], seed=8)
-    return [a, b]
-
-
-class CartPolePD:
-    """A CartPole-v1 balancing rule (push towards where the pole is falling: theta + 0.5 theta_dot) that takes a
-    uniformly random action with probability `epsilon` (return 500 at epsilon 0, ~20 at epsilon 1)."""
-
-    def __init__(self, epsilon: float = 0.0):
-        self.epsilon = float(epsilon)
-
-    def act(self, obs, deterministic: bool = True, rng=None):
-        obs = np.asarray(obs)
-        a = (obs[:, 2] + 0.5 * obs[:, 3] + 0.05 * obs[:, 1] > 0).astype(np.int64)
-        rng = rng if rng is not None else np.random.default_rng()
-        return np.where(rng.random(len(obs)) < self.epsilon, rng.integers(0, 2, len(obs)), a).astype(np.int64)
-
-
-def write_cartpole_replay(ds_id: str, n_episodes: int, *, eps_from: float = 1.0, eps_to: float = 0.5, seed: int = 0):
-    """A CartPole-v1 Discrete dataset shaped like a learner's replay: episode k is CartPolePD with epsilon falling
-    from eps_from to eps_to, reference scores 20 (random) and 500."""
-    import minari
-
-    from offline.collect import _buffers, rollout
-
-    pols = [CartPolePD(e) for e in np.linspace(eps_from, eps_to, n_episodes)]
-    eps = rollout(None, "CartPole-v1", n_envs=4, seed=seed, deterministic=False, policies=pols)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        minari.create_dataset_from_buffers(ds_id, _buffers(eps), env="CartPole-v1", ref_min_score=20.0,
-                                           ref_max_score=500.0)
-    return ds_id, float(np.mean([e.rewards.sum() for e in eps]))

@@ -12,7 +12,7 @@ import pytest
 from offline import convert
 from offline.data import load_transitions
 from reins.errors import ConfigError, DataError
-from tests.offline.test_sources import OBS, SLICE, table_rows, write_jsonl, write_npz
+from tests.offline.helpers import OBS, SLICE, table_rows, write_jsonl, write_npz
 
 FIELDS = ("observations", "next_observations", "actions", "rewards", "terminals")
 

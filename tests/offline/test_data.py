@@ -9,7 +9,7 @@ import torch
 
 from offline.data import DeviceBuffer, Normalization, load_transitions, reference_scores, resolve_dataset_path
 from reins.errors import DataError
-from tests.offline.conftest import make_episode, two_episodes, write_dataset
+from tests.offline.helpers import make_episode, two_episodes, write_dataset
 
 
 @pytest.mark.parametrize("fmt", ["hdf5", "arrow"])

@@ -75,7 +75,7 @@ def test_td3bc_improves_over_behaviour_and_random(medium_replay, tmp_path):
 def test_discrete_learns_cartpole_from_replay(minari_root, tmp_path, one_thread, mod, kw):
     """Episodes whose random-action probability falls from 1 to 0.5 (behaviour return ~70 of 500): the greedy
     policy learned in 2000 updates balances far longer than the data's episodes do."""
-    from tests.offline.conftest import write_cartpole_replay
+    from tests.offline.helpers import write_cartpole_replay
 
     ds, behaviour = write_cartpole_replay("test/cartpole-replay-v0", 60)
     assert behaviour < 150

@@ -13,57 +13,18 @@ import pytest
 
 from offline.data import load_transitions
 from reins.errors import DataError
+from tests.offline.helpers import ACT, OBS, REW, SLICE, TOUT, arrays, table_rows, write_jsonl, write_npz
 
-DATA = Path(__file__).resolve().parents[1] / "data"
-SLICE = DATA / "sb3-hopper-medium-replay-slice.npz"
 # The reference data made by another library, where this checkout has it (shared/ beside the repository, as CI
 # lays it out, or the workplace's copy); its test is skipped elsewhere.
 SHARED = next((p for p in (Path(__file__).resolve().parents[3] / "shared" / "datasets", Path("/work/shared/datasets"))
                if (p / "npz").is_dir()), Path("/nonexistent"))
-
-# Seven steps: episode A rows 0-2 (terminated at 2), episode B rows 3-4 (timed out at 4), rows 5-6 cut off by the log.
-OBS = np.array([[0, 0.5], [1, 0.5], [2, 0.5], [3, -1], [4, -1], [5, 2], [6, 2]], np.float32)
-ACT = np.array([[0.1], [-0.2], [0.3], [-0.4], [0.5], [-0.6], [0.7]], np.float32)
-REW = np.array([1, 2, 3, 4, 5, 6, 7], np.float32)
-TERM = np.array([0, 0, 1, 0, 0, 0, 0], bool)
-TOUT = np.array([0, 0, 0, 0, 1, 0, 0], bool)
-
-
-def arrays(**kw):
-    a = {"observations": OBS, "actions": ACT, "rewards": REW, "terminals": TERM, "timeouts": TOUT}
-    a.update(kw)
-    return {k: v for k, v in a.items() if v is not None}
-
-
-def write_npz(path, **kw):
-    np.savez(path, **arrays(**kw))
-    return str(path)
-
 
 def write_h5(path, **kw):
     with h5py.File(path, "w") as f:
         for k, v in arrays(**kw).items():
             f.create_dataset(k, data=v)
         f.create_group("infos").create_dataset("qpos", data=np.zeros((7, 3)))  # D4RL's extra groups are ignored
-    return str(path)
-
-
-def table_rows(obs_style="list"):
-    ep = [0, 0, 0, 1, 1, 2, 2]
-    rows = []
-    for i in range(7):
-        r = {"episode_id": ep[i], "action": float(ACT[i, 0]), "reward": float(REW[i]),
-             "terminated": bool(TERM[i]), "truncated": bool(TOUT[i])}
-        if obs_style == "list":
-            r["observation"] = [float(x) for x in OBS[i]]
-        else:
-            r.update({f"obs_{j}": float(OBS[i, j]) for j in range(2)})
-        rows.append(r)
-    return rows
-
-
-def write_jsonl(path, rows, raw=""):
-    Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows) + raw)
     return str(path)
 
 
@@ -361,7 +322,6 @@ def test_data_without_env_trains_with_evaluation_off(tmp_path, capsys, one_threa
 
 
 def test_file_source_takes_the_eval_envs_action_box_and_reports_last_k(tmp_path, one_thread):
-    import json
 
     from offline import iql
     from reins.runio import safe_torch_load

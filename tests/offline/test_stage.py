@@ -65,7 +65,7 @@ def _interrupt_after(monkeypatch, cls, n):
 @pytest.fixture
 def discrete_dataset(minari_root):
     """Six CartPole-v1 episodes with Discrete(2) actions and reference scores."""
-    from tests.offline.conftest import write_cartpole_replay
+    from tests.offline.helpers import write_cartpole_replay
 
     return write_cartpole_replay("test/cartpole-v0", 6)[0]
 
@@ -141,7 +141,7 @@ def test_policy_artifact_and_metrics(small_dataset, tmp_path, one_thread):
 
 
 def test_missing_reference_scores_fail_before_writing(minari_root, tmp_path):
-    from tests.offline.conftest import two_episodes, write_dataset
+    from tests.offline.helpers import two_episodes, write_dataset
 
     write_dataset("test/noref-v0", two_episodes())
     with pytest.raises(DataError, match="no ref_min_score/ref_max_score"):

@@ -2,7 +2,7 @@
 
 import torch
 
-from online.common import Harness
+from online.common import OnlineLoop
 from online.onpolicy import collect_rollout
 from online.ppo import PPO
 from online.stage import Config
@@ -13,7 +13,7 @@ def _setup(tmp_path, env_id, num_steps):
     cfg = from_dict(Config, {"output_dir": str(tmp_path / "r"), "quiet": True, "env_id": env_id,
                              "ppo": {"num_envs": 2, "num_steps": num_steps, "hidden": [8]}})
     torch.manual_seed(0)
-    h = Harness(cfg, "ppo", 2, 0.99)
+    h = OnlineLoop(cfg, "ppo", 2, 0.99)
     agent = PPO(cfg.ppo, h.spec, h.gen, total_steps=cfg.total_steps)
     return h, agent
 

@@ -17,8 +17,8 @@ import torch
 
 from pipelines import dpo, sft, trainer
 from pipelines.trainer import Trainer
-from reins.entry import shutdown_distributed
 from reins.config import from_dict
+from reins.entry import shutdown_distributed
 
 
 class Stop(Exception):

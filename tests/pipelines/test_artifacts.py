@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from pipelines.models import TINY_CHAT_TEMPLATE, load_causal_lm, load_tokenizer, save_model
-from tests.e2e.fixtures import TINY_TRAIN, run_cli, snapshot, write_jsonl
+from tests.helpers import TINY_TRAIN, run_cli, snapshot, write_jsonl
 from tests.pipelines.helpers import small_args, small_model, small_tok
 
 QUIET = ["--quiet", "eval_prompts=none"]

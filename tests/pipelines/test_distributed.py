@@ -14,7 +14,7 @@ import torch
 
 from pipelines import dpo
 from reins.config import from_dict
-from tests.e2e.fixtures import free_port
+from tests.helpers import free_port
 from tests.pipelines.helpers import stage_overrides
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,14 +12,16 @@ from reins.config import from_dict
 from reins.errors import NonFiniteError
 from reins.runio import safe_torch_load
 from tests.pipelines import grpo_rewards
-from tests.pipelines.test_grpo_stage import _reset_flaky, _train_rows, toy_cfg  # noqa: F401 - fixture
+from tests.pipelines.helpers import grpo_toy_cfg, grpo_train_rows
+
+pytestmark = pytest.mark.usefixtures("reset_flaky")
 
 QUICK = {"beta": 0.0, "max_steps": 1, "eval_prompts": "none", "learning_rate": 1e-2}
 
 
 def _first_row(out, **kw) -> dict:
-    grpo.train(from_dict(grpo.Config, toy_cfg(out, **{**QUICK, **kw})))
-    return _train_rows(out)[0]
+    grpo.train(from_dict(grpo.Config, grpo_toy_cfg(out, **{**QUICK, **kw})))
+    return grpo_train_rows(out)[0]
 
 
 def test_mask_truncated_completions_leaves_cut_completions_out_of_the_loss(tmp_path):
@@ -67,7 +69,7 @@ def test_bad_values_are_one_line_errors_before_anything_is_written(tmp_path, cap
 
     out = tmp_path / "run"
     cfg = tmp_path / "grpo.yaml"
-    cfg.write_text(yaml.safe_dump({"stage": "grpo", **toy_cfg(out, **bad)}))
+    cfg.write_text(yaml.safe_dump({"stage": "grpo", **grpo_toy_cfg(out, **bad)}))
     capsys.readouterr()
     assert grpo.main(["--config", str(cfg)]) == 2
     err = capsys.readouterr().err.strip()
@@ -78,13 +80,13 @@ def test_bad_values_are_one_line_errors_before_anything_is_written(tmp_path, cap
 def test_a_run_with_the_long_completion_options_resumes_exactly(tmp_path):
     # (mask_truncated_completions keeps no state, and with every toy completion cut it would freeze the policy)
     opts = {"importance_sampling_level": "sequence", "overlong_buffer_len": 2, "loss_type": "sequence"}
-    full = grpo.train(from_dict(grpo.Config, toy_cfg(tmp_path / "full", **opts)))
+    full = grpo.train(from_dict(grpo.Config, grpo_toy_cfg(tmp_path / "full", **opts)))
     out = tmp_path / "run"
     grpo_rewards.CALLS["flaky"] = 0
     grpo_rewards.NAN_FROM_CALL = 4   # the probe, the initial evaluation, rollout 1; NaN in rollout 2
     with pytest.raises(NonFiniteError, match="'flaky'"):
-        grpo.train(from_dict(grpo.Config, toy_cfg(out, **opts)))
+        grpo.train(from_dict(grpo.Config, grpo_toy_cfg(out, **opts)))
     assert safe_torch_load(out / "checkpoints" / "checkpoint.pt")["step"] == 1
     grpo_rewards.NAN_FROM_CALL = None
-    assert grpo.train(from_dict(grpo.Config, toy_cfg(out, **opts))) == full
+    assert grpo.train(from_dict(grpo.Config, grpo_toy_cfg(out, **opts))) == full
     assert full["train/rewards/overlong_penalty/mean"] < 0

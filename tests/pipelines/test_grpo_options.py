@@ -13,8 +13,8 @@ import torch
 from pipelines import grpo
 from pipelines.generation import generate
 from pipelines.models import ModelArgs, TinySpec, load_causal_lm, load_tokenizer, save_model
-from pipelines.ppo_rollout import rollout_batch
-from pipelines.rewards import resolve_reward_funcs
+from pipelines.reward_funcs import resolve_reward_funcs
+from pipelines.rollout import rollout_batch
 from pipelines.trainer import make_accelerator
 from reins.config import from_dict
 from tests.pipelines.helpers import SMALL

@@ -11,8 +11,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
-from functools import lru_cache
 from pathlib import Path
 
 import pytest
@@ -24,9 +22,11 @@ from pipelines.models import ModelArgs, TinySpec, load_causal_lm, load_tokenizer
 from reins.config import from_dict
 from reins.errors import NonFiniteError, ReinsError
 from reins.runio import safe_torch_load
-from tests.e2e.fixtures import free_port, signal_when
+from tests.helpers import free_port, signal_when
 from tests.pipelines import grpo_rewards
-from tests.pipelines.helpers import SMALL
+from tests.pipelines.helpers import SMALL, grpo_toy_cfg, grpo_toy_policy, grpo_train_rows, log_rows
+
+pytestmark = pytest.mark.usefixtures("reset_flaky")
 
 ROOT = Path(__file__).resolve().parents[2]
 TRL_METRICS = ["reward", "reward_std", "frac_reward_zero_std", "kl", "entropy", "clip_ratio/low_mean",
@@ -36,43 +36,10 @@ TRL_METRICS = ["reward", "reward_std", "frac_reward_zero_std", "kl", "entropy", 
                "grad_norm"]
 
 
-@lru_cache(maxsize=1)
-def toy_policy() -> str:
-    root = Path(tempfile.mkdtemp(prefix="reins-grpo-toy-"))
-    args = ModelArgs(tiny=TinySpec(**SMALL))
-    tok = load_tokenizer(args)
-    save_model(load_causal_lm(args, tok, seed=0), tok, root / "policy")
-    return str(root / "policy")
-
-
-def toy_cfg(out: Path, **kw) -> dict:
-    return {"output_dir": str(out), "quiet": True, "seed": 0, "model": toy_policy(), "max_operand": 9,
-            "batch_size": 4, "num_generations": 4, "max_steps": 3, "learning_rate": 1e-3, "save_every": 1,
-            "beta": 0.04, "num_iterations": 2, "epsilon_high": 0.28,
-            "reward_funcs": ["builtin:arithmetic", "tests.pipelines.grpo_rewards:flaky"], "reward_weights": [1.0, 0.5],
-            "generation": {"max_new_tokens": 4, "batch_size": 16},
-            "eval": {"num_prompts": 4, "max_new_tokens": 4, "temperature": 0.0}, **kw}
-
-
-def _log(out: Path) -> list[dict]:
-    return [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
-
-
-def _train_rows(out: Path) -> list[dict]:
-    return [r for r in _log(out) if "frac_reward_zero_std" in r]
-
-
-@pytest.fixture(autouse=True)
-def _reset_flaky():
-    grpo_rewards.NAN_FROM_CALL = None
-    yield
-    grpo_rewards.NAN_FROM_CALL = None
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("grpo") / "full"
-    return out, grpo.train(from_dict(grpo.Config, toy_cfg(out)))
+    return out, grpo.train(from_dict(grpo.Config, grpo_toy_cfg(out)))
 
 
 def test_arithmetic_task_rewards_and_split():
@@ -91,11 +58,11 @@ def test_run_follows_the_stage_contract(uninterrupted):
     out, metrics = uninterrupted
     for f in ("config.yaml", "metrics.json", "log.jsonl", "checkpoints/checkpoint.pt", "model/config.json"):
         assert (out / f).is_file(), f
-    rows = _train_rows(out)
+    rows = grpo_train_rows(out)
     assert [r["step"] for r in rows] == [1, 2, 3]
     for name in TRL_METRICS:
         assert all(name in r for r in rows) and f"train/{name}" in metrics, name
-    assert _log(out)[0]["reference/loaded"] is True
+    assert log_rows(out)[0]["reference/loaded"] is True
     # 4 prompts x 4 completions per iteration; the reward is the weighted sum of both functions' means
     assert rows[-1]["episode"] == 3 * 16
     r = rows[0]
@@ -104,9 +71,9 @@ def test_run_follows_the_stage_contract(uninterrupted):
     for key in ("eval/accuracy", "eval/reward", "eval/rewards/arithmetic", "eval/rewards/flaky"):
         assert key in metrics
     assert safe_torch_load(out / "checkpoints" / "checkpoint.pt")["step"] == 3
-    assert grpo.train(from_dict(grpo.Config, toy_cfg(out))) == metrics
+    assert grpo.train(from_dict(grpo.Config, grpo_toy_cfg(out))) == metrics
     (out / "metrics.json").unlink()   # killed after the last checkpoint: the re-run ends with the same metrics
-    assert grpo.train(from_dict(grpo.Config, toy_cfg(out))) == metrics
+    assert grpo.train(from_dict(grpo.Config, grpo_toy_cfg(out))) == metrics
 
 
 def test_nan_reward_stops_names_the_function_and_resumes_exactly(tmp_path, uninterrupted):
@@ -114,11 +81,11 @@ def test_nan_reward_stops_names_the_function_and_resumes_exactly(tmp_path, unint
     grpo_rewards.CALLS["flaky"] = 0
     grpo_rewards.NAN_FROM_CALL = 4   # calls: 1 the probe, 2 the initial evaluation, 3 and 4 the rollouts
     with pytest.raises(NonFiniteError, match="'flaky'"):
-        grpo.train(from_dict(grpo.Config, toy_cfg(out)))
+        grpo.train(from_dict(grpo.Config, grpo_toy_cfg(out)))
     state = safe_torch_load(out / "checkpoints" / "checkpoint.pt")
     assert state["step"] == 1 and not (out / "metrics.json").exists()
     grpo_rewards.NAN_FROM_CALL = None
-    assert grpo.train(from_dict(grpo.Config, toy_cfg(out))) == uninterrupted[1]
+    assert grpo.train(from_dict(grpo.Config, grpo_toy_cfg(out))) == uninterrupted[1]
 
 
 def _env() -> dict:
@@ -129,7 +96,7 @@ def _env() -> dict:
 def test_sigkill_then_rerun_matches_uninterrupted(tmp_path, uninterrupted):
     out = tmp_path / "run"
     cfg = tmp_path / "grpo.yaml"
-    cfg.write_text(yaml.safe_dump({"stage": "grpo", **toy_cfg(out)}))
+    cfg.write_text(yaml.safe_dump({"stage": "grpo", **grpo_toy_cfg(out)}))
     cmd = [sys.executable, "-m", "pipelines.grpo", "--config", str(cfg)]
     ckpt = out / "checkpoints" / "checkpoint.pt"
     signal_when(cmd, ckpt.is_file, signal.SIGKILL, env=_env(), timeout=240)
@@ -137,13 +104,13 @@ def test_sigkill_then_rerun_matches_uninterrupted(tmp_path, uninterrupted):
     res = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads((out / "metrics.json").read_text()) == uninterrupted[1]
-    assert [r["step"] for r in _train_rows(out)] == [1, 2, 3]
+    assert [r["step"] for r in grpo_train_rows(out)] == [1, 2, 3]
 
 
 def test_two_process_accelerate_launch_keeps_ranks_in_sync(tmp_path):
     out = tmp_path / "run"
     cfg = tmp_path / "grpo.yaml"
-    cfg.write_text(yaml.safe_dump({"stage": "grpo", **toy_cfg(out, max_steps=2, scale_rewards="batch",
+    cfg.write_text(yaml.safe_dump({"stage": "grpo", **grpo_toy_cfg(out, max_steps=2, scale_rewards="batch",
                                                               eval_prompts="none")}))
     env = {**_env(), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
@@ -167,7 +134,7 @@ def test_two_process_accelerate_launch_keeps_ranks_in_sync(tmp_path):
 def test_bad_reward_function_is_a_one_line_error_before_anything_is_written(tmp_path, capsys, func, message):
     out = tmp_path / "run"
     cfg = tmp_path / "grpo.yaml"
-    cfg.write_text(yaml.safe_dump({"stage": "grpo", **toy_cfg(out, reward_funcs=[
+    cfg.write_text(yaml.safe_dump({"stage": "grpo", **grpo_toy_cfg(out, reward_funcs=[
         "builtin:arithmetic", f"tests.pipelines.grpo_rewards:{func}"], reward_weights=None)}))
     capsys.readouterr()   # drop the toy model's own save progress
     assert grpo.main(["--config", str(cfg)]) != 0
@@ -184,11 +151,11 @@ def _params(path: str) -> dict:
 
 def test_zero_variance_groups_give_zero_advantage_and_no_update(tmp_path):
     out = tmp_path / "run"
-    grpo.train(from_dict(grpo.Config, toy_cfg(out, reward_funcs=["tests.pipelines.grpo_rewards:constant"],
+    grpo.train(from_dict(grpo.Config, grpo_toy_cfg(out, reward_funcs=["tests.pipelines.grpo_rewards:constant"],
                                                reward_weights=None, beta=0.0, max_steps=2, eval_prompts="none")))
-    rows = _train_rows(out)
+    rows = grpo_train_rows(out)
     assert all(r["frac_reward_zero_std"] == 1.0 and r["loss"] == 0.0 and r["grad_norm"] == 0.0 for r in rows)
-    before, after = _params(toy_policy()), _params(str(out / "model"))
+    before, after = _params(grpo_toy_policy()), _params(str(out / "model"))
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
@@ -197,20 +164,20 @@ def test_one_update_per_rollout_has_ratio_exactly_one(tmp_path):
     # and the policy still moves. Two passes over the same rollout: the second pass is clipped.
     tight = {"epsilon": 1e-9, "beta": 0.0, "max_steps": 2, "eval_prompts": "none", "learning_rate": 1e-2}
     out = tmp_path / "one"
-    grpo.train(from_dict(grpo.Config, toy_cfg(out, num_iterations=1, **tight)))
-    assert all(r["clip_ratio/region_mean"] == 0.0 for r in _train_rows(out))
-    before, after = _params(toy_policy()), _params(str(out / "model"))
+    grpo.train(from_dict(grpo.Config, grpo_toy_cfg(out, num_iterations=1, **tight)))
+    assert all(r["clip_ratio/region_mean"] == 0.0 for r in grpo_train_rows(out))
+    before, after = _params(grpo_toy_policy()), _params(str(out / "model"))
     assert any(not torch.equal(before[k], after[k]) for k in before)
     out2 = tmp_path / "two"
-    grpo.train(from_dict(grpo.Config, toy_cfg(out2, num_iterations=2, **tight)))
-    assert any(r["clip_ratio/region_mean"] > 0.0 for r in _train_rows(out2))
+    grpo.train(from_dict(grpo.Config, grpo_toy_cfg(out2, num_iterations=2, **tight)))
+    assert any(r["clip_ratio/region_mean"] > 0.0 for r in grpo_train_rows(out2))
 
 
 def test_lora_at_beta_zero_loads_no_reference(tmp_path):
     out = tmp_path / "run"
-    m = grpo.train(from_dict(grpo.Config, toy_cfg(out, beta=0.0, lora={"r": 4}, max_steps=2, eval_prompts="none",
+    m = grpo.train(from_dict(grpo.Config, grpo_toy_cfg(out, beta=0.0, lora={"r": 4}, max_steps=2, eval_prompts="none",
                                                learning_rate=1e-2)))
-    first = _log(out)[0]
+    first = log_rows(out)[0]
     assert first["reference/loaded"] is False and first["model/trainable"] < first["model/parameters"]
     assert "train/kl" not in m and m["steps"] == 2
     assert (out / "model" / "adapter_config.json").is_file()
@@ -223,11 +190,11 @@ def test_sentiment_with_gold_judge_and_reward_model_rewards(tmp_path):
     tok = load_tokenizer(args)
     save_model(load_reward_model(args, tok, seed=1), tok, tmp_path / "reward" / "model")   # a reward stage's layout
     out = tmp_path / "run"
-    m = grpo.train(from_dict(grpo.Config, toy_cfg(out, data="builtin:sentiment", builtin_size=16, max_steps=1,
+    m = grpo.train(from_dict(grpo.Config, grpo_toy_cfg(out, data="builtin:sentiment", builtin_size=16, max_steps=1,
                                                reward_funcs=["builtin:gold", str(tmp_path / "reward")],
                                                generation={"max_new_tokens": 6, "batch_size": 16},
                                                eval={"num_prompts": 4, "max_new_tokens": 6})))
-    row = _train_rows(out)[0]
+    row = grpo_train_rows(out)[0]
     assert row["reward"] == pytest.approx(row["rewards/gold/mean"] + 0.5 * row["rewards/reward/mean"], abs=1e-9)
     assert row["rewards/reward/std"] > 0          # the reward model scored the completions differently
     # the sentiment task's shared evaluation (gold judge, KL to the reference, win rate) beside the rewards
@@ -236,13 +203,13 @@ def test_sentiment_with_gold_judge_and_reward_model_rewards(tmp_path):
 
 
 def test_rloo_and_config_errors(tmp_path):
-    cfg = from_dict(grpo.Config, toy_cfg(tmp_path / "x", advantage="rloo"))
-    assert cfg.scale == "none" and from_dict(grpo.Config, toy_cfg(tmp_path / "x")).scale == "group"
+    cfg = from_dict(grpo.Config, grpo_toy_cfg(tmp_path / "x", advantage="rloo"))
+    assert cfg.scale == "none" and from_dict(grpo.Config, grpo_toy_cfg(tmp_path / "x")).scale == "group"
     for bad, match in [({"num_generations": 1}, "num_generations"), ({"reward_weights": [1.0]}, "reward_weights"),
-                       ({"beta": 0.0, "ref_model": toy_policy()}, "ref_model"),
+                       ({"beta": 0.0, "ref_model": grpo_toy_policy()}, "ref_model"),
                        ({"reward_funcs": ["not a function"], "reward_weights": None}, "is none of")]:
         with pytest.raises(ReinsError, match=match):
-            grpo.train(from_dict(grpo.Config, toy_cfg(tmp_path / "y", **bad)))
+            grpo.train(from_dict(grpo.Config, grpo_toy_cfg(tmp_path / "y", **bad)))
     assert not (tmp_path / "y").exists()
 
 
@@ -273,7 +240,7 @@ def test_grpo_raises_arithmetic_accuracy_after_a_short_sft(tmp_path):
         "eval": {"num_prompts": 80, "max_new_tokens": 4, "temperature": 0.0, "batch_size": 80}}))
     # measured: 0.125 -> 0.4375
     assert m["eval/accuracy"] >= m["init/accuracy"] + 0.15, (m["init/accuracy"], m["eval/accuracy"])
-    rewards = [r["rewards/arithmetic/mean"] for r in _train_rows(out)]
+    rewards = [r["rewards/arithmetic/mean"] for r in grpo_train_rows(out)]
     assert sum(rewards[-20:]) / 20 > sum(rewards[:20]) / 20 + 0.05    # sampled accuracy during training (+0.11)
 
 
@@ -299,9 +266,9 @@ def test_loss_types_reach_the_loss_with_their_denominators(tmp_path):
     loss = {}
     for kind in ("token", "dr_grpo", "sequence"):
         out = tmp_path / kind
-        grpo.train(from_dict(grpo.Config, toy_cfg(out, loss_type=kind, beta=0.0, num_iterations=1, max_steps=1,
+        grpo.train(from_dict(grpo.Config, grpo_toy_cfg(out, loss_type=kind, beta=0.0, num_iterations=1, max_steps=1,
                                                    eval_prompts="none")))
-        row = _train_rows(out)[0]
+        row = grpo_train_rows(out)[0]
         loss[kind], tokens = row["loss"], row["rollout/tokens"]
     assert loss["token"] != 0
     assert loss["dr_grpo"] == pytest.approx(loss["token"] * tokens / (16 * 4), rel=1e-5)
@@ -312,11 +279,11 @@ def test_tensorboard_tags_are_metrics_json_keys_and_the_model_has_a_card(tmp_pat
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
-    m = grpo.train(from_dict(grpo.Config, toy_cfg(out, max_steps=2, report_to="tensorboard")))
+    m = grpo.train(from_dict(grpo.Config, grpo_toy_cfg(out, max_steps=2, report_to="tensorboard")))
     acc = EventAccumulator(str(out / "tensorboard"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     train_keys = {k for k in m if k.startswith("train/")}
     assert "train/reward" in train_keys and train_keys <= tags
     card = (out / "model" / "README.md").read_text()
-    assert "tags: [reins, grpo]" in card and f"base_model: \"{toy_policy()}\"" in card
+    assert "tags: [reins, grpo]" in card and f"base_model: \"{grpo_toy_policy()}\"" in card

@@ -18,11 +18,17 @@ from pipelines.data import encode_completion, encode_prompt
 from pipelines.models import freeze
 from pipelines.scoring import Reference
 from pipelines.unpaired import normalise_unpaired, unpair
-from reins.config import from_dict
 from reins.errors import ConfigError, DataError
 from reins.runio import RunDir
-from tests.pipelines.helpers import small_model, small_tok, stage_overrides, write_jsonl
-from tests.pipelines.test_losses import _examples, _logsig, hand_logp
+from tests.pipelines.helpers import (
+    hand_logp,
+    logsig,
+    pair_examples,
+    small_model,
+    small_tok,
+    stage_config,
+    write_jsonl,
+)
 
 FEEDBACK = [("I stayed at the Harbour Inn last week and", " the room was spotless. I loved it.", True),
             ("We ate at Luigi's and", " the pasta was bland and the waiter was rude.", False),
@@ -42,11 +48,6 @@ def _feedback(tok):
 
 def _sigmoid(x):
     return 1.0 / (1.0 + math.exp(-x))
-
-
-def _cfg(mod, tmp_path, **kw):
-    names = {f.name for f in dataclasses.fields(mod.Config)}
-    return from_dict(mod.Config, {k: v for k, v in stage_overrides(tmp_path, **kw).items() if k in names})
 
 
 # ----------------------------------------------------------------------------------------- KTO loss
@@ -124,14 +125,14 @@ def test_kto_precomputed_reference_equals_live(tok, tmp_path):
 # ----------------------------------------------------------------------------------------- SimPO, RPO
 def test_simpo_loss_matches_hand_computation_without_reference(tok):
     policy = small_model(tok, seed=0, dtype="float64")
-    exs = _examples(tok)
+    exs = pair_examples(tok)
     cfg = dpo.Config(output_dir="unused", beta=2.0, loss_type="simpo", simpo_gamma=0.7)
     loss, stats = dpo.make_loss_fn(tok.pad_token_id, cfg, None)(policy, exs, 2.0)
     hand, rc = [], 0.0
     for e in exs:
         ac = hand_logp(policy, e["prompt_ids"], e["chosen_ids"]) / len(e["chosen_ids"])
         ar = hand_logp(policy, e["prompt_ids"], e["rejected_ids"]) / len(e["rejected_ids"])
-        hand.append(-_logsig(2.0 * (ac - ar) - 0.7))
+        hand.append(-logsig(2.0 * (ac - ar) - 0.7))
         rc += 2.0 * ac
     assert loss.item() == pytest.approx(sum(hand) / 2, rel=1e-9)
     assert stats["rewards/chosen"][1].item() / 2 == pytest.approx(rc / 2, rel=1e-9)
@@ -141,7 +142,7 @@ def test_simpo_loss_matches_hand_computation_without_reference(tok):
 def test_rpo_alpha_adds_the_token_mean_nll_of_the_chosen(tok, loss_type):
     policy = small_model(tok, seed=0, dtype="float64")
     ref = Reference(freeze(small_model(tok, seed=1, dtype="float64"))) if loss_type == "sigmoid" else None
-    exs = _examples(tok)
+    exs = pair_examples(tok)
     base = dpo.Config(output_dir="unused", beta=0.3, loss_type=loss_type)
     plain, _ = dpo.make_loss_fn(tok.pad_token_id, base, ref)(policy, exs, 2.0)
     rpo = dataclasses.replace(base, rpo_alpha=0.5)
@@ -158,14 +159,14 @@ def test_simpo_run_loads_no_reference(tmp_path, monkeypatch):
 
     monkeypatch.setattr(dpo, "Reference", no_reference)
     monkeypatch.setattr(dpo, "build_reference", no_reference)
-    m = dpo.train(_cfg(dpo, tmp_path, max_steps=2, loss_type="simpo", beta=2.0, rpo_alpha=0.1))
+    m = dpo.train(stage_config(dpo, tmp_path, max_steps=2, loss_type="simpo", beta=2.0, rpo_alpha=0.1))
     assert m["steps"] == 2 and math.isfinite(m["train/loss"]) and "train/nll_loss" in m
 
 
 # ----------------------------------------------------------------------------------------- the stage
 def test_kto_resume_equals_uninterrupted(tmp_path, monkeypatch):
     kw = {"max_steps": 4, "save_every": 2, "learning_rate": 3e-3}
-    full = kto.train(_cfg(kto, tmp_path / "a", **kw))
+    full = kto.train(stage_config(kto, tmp_path / "a", **kw))
     orig_log = RunDir.log
 
     class Stop(Exception):
@@ -178,21 +179,21 @@ def test_kto_resume_equals_uninterrupted(tmp_path, monkeypatch):
 
     monkeypatch.setattr(RunDir, "log", crash_at_3)
     with pytest.raises(Stop):
-        kto.train(_cfg(kto, tmp_path / "b", **kw))
+        kto.train(stage_config(kto, tmp_path / "b", **kw))
     monkeypatch.setattr(RunDir, "log", orig_log)
-    resumed = kto.train(_cfg(kto, tmp_path / "b", **kw))
+    resumed = kto.train(stage_config(kto, tmp_path / "b", **kw))
     assert resumed.keys() == full.keys()
     for k in full:
         assert resumed[k] == pytest.approx(full[k], rel=1e-6, abs=1e-9), k
     assert full["train/kl"] >= 0.0 and "eval/rewards/margins" in full
     # `reins export` tells a kto run from a dpo one by its config keys
-    from pipelines.export import run_stage
+    from pipelines.export import stage_of_config
 
-    assert run_stage(yaml.safe_load((tmp_path / "a" / "run" / "config.yaml").read_text()), tmp_path) == "kto"
+    assert stage_of_config(yaml.safe_load((tmp_path / "a" / "run" / "config.yaml").read_text()), tmp_path) == "kto"
 
 
 def test_kto_learns_to_prefer_the_desirable_completions(tmp_path):
-    m = kto.train(_cfg(kto, tmp_path, max_steps=12, learning_rate=3e-3, beta=0.5, builtin_size=96,
+    m = kto.train(stage_config(kto, tmp_path, max_steps=12, learning_rate=3e-3, beta=0.5, builtin_size=96,
                        max_eval_samples=32))
     # held-out examples: the desirable ones' implicit reward rose above the undesirable ones'
     assert m["eval/rewards/margins"] > 0.05, m
@@ -201,8 +202,8 @@ def test_kto_learns_to_prefer_the_desirable_completions(tmp_path):
 
 def test_kto_precompute_run_equals_live_run(tmp_path):
     kw = {"max_steps": 2, "shuffle": False, "learning_rate": 3e-3}
-    live = kto.train(_cfg(kto, tmp_path / "live", **kw))
-    pre = kto.train(_cfg(kto, tmp_path / "pre", precompute_ref_logps=True, **kw))
+    live = kto.train(stage_config(kto, tmp_path / "live", **kw))
+    pre = kto.train(stage_config(kto, tmp_path / "pre", precompute_ref_logps=True, **kw))
     assert pre["train/loss"] == pytest.approx(live["train/loss"], rel=1e-5)
     assert pre["train/kl"] == pytest.approx(live["train/kl"], rel=1e-4, abs=1e-7)
     assert pre["eval/loss"] == pytest.approx(live["eval/loss"], rel=1e-5)
@@ -211,16 +212,16 @@ def test_kto_precompute_run_equals_live_run(tmp_path):
 
 def test_kto_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="desirable_weight must be > 0"):
-        _cfg(kto, tmp_path, desirable_weight=0.0)
+        stage_config(kto, tmp_path, desirable_weight=0.0)
     with pytest.raises(ConfigError, match="needs shuffle=false"):
-        _cfg(kto, tmp_path, precompute_ref_logps=True)
+        stage_config(kto, tmp_path, precompute_ref_logps=True)
     with pytest.raises(ConfigError, match="at least 2"):
-        kto.train(_cfg(kto, tmp_path, batch_size=2, grad_accum=2))
+        kto.train(stage_config(kto, tmp_path, batch_size=2, grad_accum=2))
     assert not (tmp_path / "run").exists()
     with pytest.raises(ConfigError, match="rpo_alpha must be >= 0"):
-        _cfg(dpo, tmp_path, rpo_alpha=-1.0)
+        stage_config(dpo, tmp_path, rpo_alpha=-1.0)
     with pytest.raises(ConfigError, match="ref_model has no effect with loss_type=simpo"):
-        _cfg(dpo, tmp_path, loss_type="simpo", ref_model="x")
+        stage_config(dpo, tmp_path, loss_type="simpo", ref_model="x")
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -249,7 +250,7 @@ def test_conversational_unpaired_file_trains(tmp_path):
             rows.append({"prompt": [{"role": "user", "content": f"{p} ({i})"}],
                          "completion": [{"role": "assistant", "content": c.strip()}], "label": y})
     data = write_jsonl(tmp_path / "kto.jsonl", rows)
-    m = kto.train(_cfg(kto, tmp_path, data=str(data), max_steps=2))
+    m = kto.train(stage_config(kto, tmp_path, data=str(data), max_steps=2))
     assert m["steps"] == 2 and math.isfinite(m["train/loss"])
     assert (tmp_path / "run" / "model" / "chat_template.jinja").is_file()  # the template was trained
     log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]

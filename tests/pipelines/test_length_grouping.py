@@ -9,7 +9,7 @@ import torch
 from pipelines import dpo
 from pipelines.models import load_causal_lm, load_tokenizer
 from pipelines.trainer import GROUP_MEGABATCHES, Trainer, epoch_order, example_length, make_accelerator
-from tests.pipelines.test_training import _cfg
+from tests.pipelines.helpers import stage_config
 
 
 def _lengths(n: int, seed: int = 0) -> list[int]:
@@ -61,7 +61,7 @@ def test_grouping_stays_within_mega_batches():
 
 
 def test_trainer_feeds_grouped_batches_and_counts_tokens_of_pairs(tmp_path):
-    cfg = _cfg(dpo, tmp_path, max_steps=1, group_by_length=True, batch_size=4)
+    cfg = stage_config(dpo, tmp_path, max_steps=1, group_by_length=True, batch_size=4)
     tok = load_tokenizer(cfg)
     model = load_causal_lm(cfg, tok, seed=cfg.seed)
     exs, _ = dpo.tokenize_preferences(tok, dpo.normalise_preferences(dpo.builtin_pairs(64, 0, "train"), "b"),

@@ -12,15 +12,10 @@ import math
 import pytest
 import torch
 
-from pipelines import dpo, reward, sft
-from pipelines.data import encode_completion, encode_prompt
+from pipelines import dpo, reward_model, sft
 from pipelines.models import freeze, load_reward_model
 from pipelines.scoring import Reference, completion_batch
-from tests.pipelines.helpers import small_args, small_model, small_tok
-
-PAIRS = [("I stayed at the Harbour Inn last week and", " the room was spotless. I loved it.",
-          " the room was dirty."),
-         ("We ate at Luigi's and", " the pasta was delicious.", " the pasta was bland and the waiter was rude.")]
+from tests.pipelines.helpers import hand_logp, logsig, pair_examples, small_args, small_model, small_tok
 
 
 @pytest.fixture(scope="module")
@@ -28,29 +23,9 @@ def tok():
     return small_tok()
 
 
-def _examples(tok):
-    out = []
-    for p, c, r in PAIRS:
-        out.append({"prompt_ids": encode_prompt(tok, p), "chosen_ids": encode_completion(tok, p, c),
-                    "rejected_ids": encode_completion(tok, p, r)})
-    return out
-
-
-def hand_logp(model, prompt_ids, completion_ids) -> float:
-    """sum_t log softmax(logits)[y_t] over completion tokens, from one unpadded forward."""
-    ids = torch.tensor([prompt_ids + completion_ids])
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits[0]
-    probs = torch.exp(logits) / torch.exp(logits).sum(-1, keepdim=True)
-    total = 0.0
-    for t in range(len(prompt_ids), len(prompt_ids) + len(completion_ids)):
-        total += math.log(probs[t - 1, ids[0, t]].item())
-    return total
-
-
 def test_sft_loss_is_token_mean_nll(tok):
     model = small_model(tok, dtype="float64")
-    exs = [{"prompt_ids": e["prompt_ids"], "completion_ids": e["chosen_ids"]} for e in _examples(tok)]
+    exs = [{"prompt_ids": e["prompt_ids"], "completion_ids": e["chosen_ids"]} for e in pair_examples(tok)]
     nll = -sum(hand_logp(model, e["prompt_ids"], e["completion_ids"]) for e in exs)
     n = sum(len(e["completion_ids"]) for e in exs)
     loss, stats = sft.make_loss_fn(tok.pad_token_id)(model, exs, float(n))
@@ -60,17 +35,13 @@ def test_sft_loss_is_token_mean_nll(tok):
     assert sft.n_predicted({"prompt_ids": [], "completion_ids": [3, 4, 5]}) == 2
 
 
-def _logsig(x: float) -> float:
-    return -math.log1p(math.exp(-x))
-
-
 @pytest.mark.parametrize("loss_type,eps,ref_free", [("sigmoid", 0.0, False), ("ipo", 0.0, False),
                                                     ("robust", 0.1, False), ("hinge", 0.0, False),
                                                     ("sigmoid", 0.0, True)])
 def test_dpo_loss_matches_hand_computation(tok, loss_type, eps, ref_free):
     policy = small_model(tok, seed=0, dtype="float64")
     ref_model = freeze(small_model(tok, seed=1, dtype="float64"))
-    exs = _examples(tok)
+    exs = pair_examples(tok)
     beta = 0.3
     cfg = dpo.Config(output_dir="unused", beta=beta, loss_type=loss_type, label_smoothing=eps,
                      reference_free=ref_free)
@@ -85,9 +56,9 @@ def test_dpo_loss_matches_hand_computation(tok, loss_type, eps, ref_free):
             qc = qr = 0.0
         h = (pc - qc) - (pr - qr)
         if loss_type == "sigmoid":
-            hand.append(-_logsig(beta * h))
+            hand.append(-logsig(beta * h))
         elif loss_type == "robust":  # Chowdhury et al. 2024
-            hand.append((-(1 - eps) * _logsig(beta * h) + eps * _logsig(-beta * h)) / (1 - 2 * eps))
+            hand.append((-(1 - eps) * logsig(beta * h) + eps * logsig(-beta * h)) / (1 - 2 * eps))
         elif loss_type == "hinge":
             hand.append(max(0.0, 1 - beta * h))
         else:  # IPO with per-token averaged log-ratios (TRL semantics)
@@ -102,7 +73,7 @@ def test_dpo_at_init_is_ln2_and_precomputed_reference_agrees(tok, tmp_path):
     policy = small_model(tok, seed=0, dtype="float64")
     reference = Reference(freeze(copy.deepcopy(policy)))
     cfg = dpo.Config(output_dir="unused", beta=0.1)
-    exs = _examples(tok)
+    exs = pair_examples(tok)
     loss_fn = dpo.make_loss_fn(tok.pad_token_id, cfg, reference)
     loss, stats = loss_fn(policy, exs, 2.0)
     assert loss.item() == pytest.approx(math.log(2), abs=1e-12)
@@ -126,7 +97,7 @@ def test_lora_disabled_adapter_reference_equals_base_copy(tok):
     from peft import LoraConfig, get_peft_model
 
     peft_model = get_peft_model(base, LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False))
-    exs = _examples(tok)
+    exs = pair_examples(tok)
     cfg = dpo.Config(output_dir="unused")
     b = completion_batch([e["prompt_ids"] for e in exs], [e["chosen_ids"] for e in exs], tok.pad_token_id)
     via_adapter = Reference(adapter_host=peft_model).logps(b)["logps"]
@@ -141,7 +112,7 @@ def test_lora_disabled_adapter_reference_equals_base_copy(tok):
 def test_reward_loss_matches_hand_bradley_terry(tok):
     args = small_args(dtype="float64")
     rm = load_reward_model(args, tok, seed=3)
-    exs = _examples(tok)
+    exs = pair_examples(tok)
 
     def score(p, c):
         with torch.no_grad():
@@ -149,8 +120,8 @@ def test_reward_loss_matches_hand_bradley_terry(tok):
 
     rc = [score(e["prompt_ids"], e["chosen_ids"]) for e in exs]
     rr = [score(e["prompt_ids"], e["rejected_ids"]) for e in exs]
-    cfg = reward.Config(output_dir="unused", center_coef=0.01)
-    loss, stats = reward.make_loss_fn(tok.pad_token_id, cfg)(rm, exs, 2.0)
+    cfg = reward_model.Config(output_dir="unused", center_coef=0.01)
+    loss, stats = reward_model.make_loss_fn(tok.pad_token_id, cfg)(rm, exs, 2.0)
     hand = sum(math.log1p(math.exp(-(a - b))) + 0.01 * (a + b) ** 2 for a, b in zip(rc, rr)) / 2
     assert loss.item() == pytest.approx(hand, rel=1e-9)
     assert stats["accuracy"][1].item() / 2 == sum(a > b for a, b in zip(rc, rr)) / 2

@@ -10,21 +10,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
 import torch
 
-from pipelines import dpo, reward, sft
+from pipelines import dpo, reward_model, sft
 from pipelines.data import normalise_preferences, tokenize_preferences
 from pipelines.models import load_causal_lm, load_tokenizer
 from pipelines.scoring import completion_batch, pair_logps, sequence_logps, shared_prompt_batch
 from pipelines.trainer import Trainer, epoch_order, make_accelerator
-from reins.config import from_dict
 from reins.errors import ConfigError
-from tests.pipelines.helpers import small_model, small_tok, stage_overrides, write_jsonl
-from tests.pipelines.test_scored_logits import _data
+from tests.pipelines.helpers import ragged_pairs, small_model, small_tok, stage_config, write_jsonl
 
 # Pairs of different prompt and completion lengths, so token means differ from means of per-pair means.
 PAIRS = [
@@ -40,20 +37,15 @@ PAIRS = [
 B = 4
 
 
-def _cfg(mod, tmp_path, **kw):
-    names = {f.name for f in dataclasses.fields(mod.Config)}
-    return from_dict(mod.Config, {k: v for k, v in stage_overrides(tmp_path, **kw).items() if k in names})
-
-
 def test_epoch_order_without_shuffle_is_file_order_every_epoch():
     assert epoch_order([5] * 10, 3, seed=1, epoch=0, group_by_length=False, shuffle=False) == list(range(9))
     assert epoch_order([5] * 10, 3, seed=1, epoch=4, group_by_length=False, shuffle=False) == list(range(9))
     assert epoch_order([5] * 10, 3, seed=1, epoch=0, group_by_length=False) != list(range(9))  # the default
 
 
-@pytest.mark.parametrize("mod", [sft, reward, dpo])
+@pytest.mark.parametrize("mod", [sft, reward_model, dpo])
 def test_shuffle_false_trains_in_file_order_and_refuses_length_grouping(tmp_path, mod):
-    cfg = _cfg(mod, tmp_path, shuffle=False, batch_size=3, max_steps=5)
+    cfg = stage_config(mod, tmp_path, shuffle=False, batch_size=3, max_steps=5)
     seen = []
 
     def loss_fn(model, examples, denominator):
@@ -65,7 +57,7 @@ def test_shuffle_false_trains_in_file_order_and_refuses_length_grouping(tmp_path
     Trainer(None, cfg, make_accelerator(cfg), model, [{"i": i} for i in range(7)], loss_fn, seed=0).train()
     assert seen == [0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5, 0, 1, 2]  # 2 steps an epoch; row 6 fills no batch
     with pytest.raises(ConfigError, match="group_by_length"):
-        _cfg(mod, tmp_path, shuffle=False, group_by_length=True)
+        stage_config(mod, tmp_path, shuffle=False, group_by_length=True)
 
 
 def _oracle(model, tok, rows: list[dict]) -> dict:
@@ -97,14 +89,14 @@ def _oracle(model, tok, rows: list[dict]) -> dict:
 def sft_model(tmp_path_factory) -> str:
     """A policy that predicts some tokens right (a fresh one predicts none: accuracy 0 would test nothing)."""
     tmp = tmp_path_factory.mktemp("sft")
-    sft.train(_cfg(sft, tmp, max_steps=12, learning_rate=1e-2, save_every=100))
+    sft.train(stage_config(sft, tmp, max_steps=12, learning_rate=1e-2, save_every=100))
     return str(tmp / "run" / "model")
 
 
 @pytest.mark.parametrize("shared_prompt", [True, False])
 def test_dpo_token_metrics_equal_trl_definitions(tmp_path, sft_model, shared_prompt):
     data = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
-    cfg = _cfg(dpo, tmp_path, data=str(data), shuffle=False, batch_size=B, max_steps=2, log_every=1,
+    cfg = stage_config(dpo, tmp_path, data=str(data), shuffle=False, batch_size=B, max_steps=2, log_every=1,
                learning_rate=1e-2, shared_prompt=shared_prompt, max_eval_samples=None, model=sft_model)
     final = dpo.train(cfg)
     log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
@@ -134,7 +126,7 @@ def test_pair_entropy_and_accuracy_sums_equal_the_two_row_layout():
     """The shared-prompt row's sums (first rejected token predicted at the prompt's end, empty completions)
     equal those of two plain rows per pair."""
     tok = small_tok()
-    P, C, R = _data()
+    P, C, R = ragged_pairs()
     m = small_model(tok, dtype="float64")
     with torch.no_grad():
         got = pair_logps(m, shared_prompt_batch(P, C, R, tok.pad_token_id), with_entropy=True)

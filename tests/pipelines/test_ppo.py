@@ -11,8 +11,8 @@ import torch
 
 from pipelines import ppo
 from pipelines.models import ModelArgs, TinySpec, load_causal_lm, load_reward_model, load_tokenizer
-from pipelines.ppo_models import ActorCritic, same_tokenizer
-from pipelines.ppo_rollout import (
+from pipelines.rlhf_models import ActorCritic, same_tokenizer
+from pipelines.rollout import (
     KLController,
     advantages_and_returns,
     rollout_batch,

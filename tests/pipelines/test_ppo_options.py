@@ -15,7 +15,7 @@ from pipelines import ppo
 from pipelines.data import encode_prompt
 from pipelines.generation import generate
 from pipelines.models import ModelArgs, TinySpec, freeze, load_causal_lm, load_reward_model, load_tokenizer
-from pipelines.ppo_models import ActorCritic
+from pipelines.rlhf_models import ActorCritic
 from pipelines.scoring import Reference
 from reins.config import from_dict
 from tests.pipelines.helpers import SMALL
@@ -139,7 +139,7 @@ def test_non_finite_scores_stop_the_rollout(tmp_path, models, monkeypatch):
 
 
 def test_an_empty_response_gets_no_score():
-    from pipelines.ppo_rollout import shape_rewards
+    from pipelines.rollout import shape_rewards
 
     mask = torch.tensor([[1, 1, 0], [0, 0, 0]])
     rewards, kl, _ = shape_rewards(torch.zeros(2, 3, dtype=torch.float64), torch.zeros(2, 3, dtype=torch.float64),

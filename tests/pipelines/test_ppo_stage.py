@@ -19,12 +19,11 @@ import yaml
 
 from pgcore.kl import adaptive_kl_beta
 from pipelines import ppo
-from pipelines.models import ModelArgs, TinySpec, load_causal_lm, load_reward_model, load_tokenizer, save_model
 from reins.config import from_dict
 from reins.errors import NonFiniteError
 from reins.runio import safe_torch_load
-from tests.e2e.fixtures import free_port, signal_when
-from tests.pipelines.helpers import SMALL
+from tests.helpers import free_port, signal_when
+from tests.pipelines.helpers import SMALL, log_rows, ppo_toy_cfg, ppo_toy_models, ppo_train_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN_METRICS = ["objective/kl", "objective/entropy", "objective/rlhf_reward", "objective/scores", "policy/approxkl",
@@ -32,41 +31,10 @@ TRAIN_METRICS = ["objective/kl", "objective/entropy", "objective/rlhf_reward", "
                  "val/ratio_max", "kl_coef"]
 
 
-@lru_cache(maxsize=1)
-def toy_models() -> dict[str, str]:
-    """Untrained small policy, reward model (same tokenizer) and reward model with another vocabulary."""
-    root = Path(tempfile.mkdtemp(prefix="reins-ppo-toy-"))
-    args = ModelArgs(tiny=TinySpec(**SMALL))
-    tok = load_tokenizer(args)
-    save_model(load_causal_lm(args, tok, seed=0), tok, root / "policy")
-    save_model(load_reward_model(args, tok, seed=1), tok, root / "reward" / "model")   # a reward stage's layout
-    fargs = ModelArgs(tiny=TinySpec(**{**SMALL, "vocab_size": 520}))
-    ftok = load_tokenizer(fargs)
-    save_model(load_reward_model(fargs, ftok, seed=2), ftok, root / "rm_foreign")
-    return {"policy": str(root / "policy"), "rm": str(root / "reward"), "rm_foreign": str(root / "rm_foreign")}
-
-
-def toy_cfg(out: Path, **kw) -> dict:
-    m = toy_models()
-    return {"output_dir": str(out), "quiet": True, "seed": 0, "model": m["policy"], "reward_model": m["rm"],
-            "builtin_size": 64, "batch_size": 8, "max_steps": 3, "learning_rate": 1e-3, "save_every": 1,
-            "ppo_epochs": 2, "num_minibatches": 2, "missing_eos_penalty": 0.5,
-            "generation": {"max_new_tokens": 6, "batch_size": 8}, "eval": {"num_prompts": 4, "max_new_tokens": 6},
-            **kw}
-
-
-def _log(out: Path) -> list[dict]:
-    return [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
-
-
-def _train_rows(out: Path) -> list[dict]:
-    return [r for r in _log(out) if "objective/kl" in r]
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("ppo") / "full"
-    return out, ppo.train(from_dict(ppo.Config, toy_cfg(out)))
+    return out, ppo.train(from_dict(ppo.Config, ppo_toy_cfg(out)))
 
 
 def test_run_follows_the_stage_contract(uninterrupted):
@@ -74,7 +42,7 @@ def test_run_follows_the_stage_contract(uninterrupted):
     for f in ("config.yaml", "metrics.json", "log.jsonl", "checkpoints/checkpoint.pt", "model/config.json",
               "value_model/config.json"):
         assert (out / f).is_file(), f
-    rows = _train_rows(out)
+    rows = ppo_train_rows(out)
     assert [r["step"] for r in rows] == [1, 2, 3]
     for name in TRAIN_METRICS:
         assert all(name in r for r in rows) and f"train/{name}" in metrics, name
@@ -83,14 +51,14 @@ def test_run_follows_the_stage_contract(uninterrupted):
     assert rows[0]["objective/rlhf_reward"] == rows[0]["objective/scores"]
     for key in ("eval/gold_reward", "eval/kl_to_ref", "eval/win_rate_vs_ref", "eval/reward_model_score"):
         assert key in metrics
-    samples = [r["samples"] for r in _log(out) if "samples" in r]
+    samples = [r["samples"] for r in log_rows(out) if "samples" in r]
     assert len(samples) == 2 and isinstance(samples[0], list) and "completion" in samples[0][0]
     assert safe_torch_load(out / "checkpoints" / "checkpoint.pt")["step"] == 3
     # A finished run is not retrained: the same call returns the stored metrics.
-    assert ppo.train(from_dict(ppo.Config, toy_cfg(out))) == metrics
+    assert ppo.train(from_dict(ppo.Config, ppo_toy_cfg(out))) == metrics
     # Killed after the last checkpoint but before metrics.json: the re-run ends with the same metrics.
     (out / "metrics.json").unlink()
-    assert ppo.train(from_dict(ppo.Config, toy_cfg(out))) == metrics
+    assert ppo.train(from_dict(ppo.Config, ppo_toy_cfg(out))) == metrics
 
 
 def test_nan_stops_keeps_last_good_checkpoint_and_resumes_exactly(tmp_path, monkeypatch, uninterrupted):
@@ -105,13 +73,13 @@ def test_nan_stops_keeps_last_good_checkpoint_and_resumes_exactly(tmp_path, monk
     monkeypatch.setattr(ppo, "score_responses", nan_on_third)
     out = tmp_path / "run"
     with pytest.raises(NonFiniteError, match="non-finite"):
-        ppo.train(from_dict(ppo.Config, toy_cfg(out)))
+        ppo.train(from_dict(ppo.Config, ppo_toy_cfg(out)))
     state = safe_torch_load(out / "checkpoints" / "checkpoint.pt")
     assert state["step"] == 2 and not (out / "metrics.json").exists()
     assert all(torch.isfinite(v).all() for v in state["model"].values())
     monkeypatch.setattr(ppo, "score_responses", real)
     # Re-running the same command resumes from step 2 and ends exactly where an uninterrupted run ends.
-    assert ppo.train(from_dict(ppo.Config, toy_cfg(out))) == uninterrupted[1]
+    assert ppo.train(from_dict(ppo.Config, ppo_toy_cfg(out))) == uninterrupted[1]
 
 
 def _write_cfg(path: Path, cfg: dict) -> Path:
@@ -126,7 +94,7 @@ def _env() -> dict:
 
 def test_sigkill_then_rerun_matches_uninterrupted(tmp_path, uninterrupted):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "pipelines.ppo", "--config", str(_write_cfg(tmp_path / "ppo.yaml", toy_cfg(out)))]
+    cmd = [sys.executable, "-m", "pipelines.ppo", "--config", str(_write_cfg(tmp_path / "ppo.yaml", ppo_toy_cfg(out)))]
     ckpt = out / "checkpoints" / "checkpoint.pt"
     signal_when(cmd, ckpt.is_file, signal.SIGKILL, env=_env(), timeout=240)
     killed_at = safe_torch_load(ckpt)["step"]
@@ -135,16 +103,16 @@ def test_sigkill_then_rerun_matches_uninterrupted(tmp_path, uninterrupted):
     assert res.returncode == 0, res.stderr[-2000:]
     # The same final metrics as the uninterrupted (in-process, same thread count) run, bit for bit.
     assert json.loads((out / "metrics.json").read_text()) == uninterrupted[1]
-    assert [r["step"] for r in _train_rows(out)] == [1, 2, 3]   # no step logged twice
+    assert [r["step"] for r in ppo_train_rows(out)] == [1, 2, 3]   # no step logged twice
 
 
 def test_lora_policy_with_foreign_tokenizer_reward_model(tmp_path):
     out = tmp_path / "run"
-    m = ppo.train(from_dict(ppo.Config, toy_cfg(out, max_steps=2, lora={"r": 4}, learning_rate=1e-2,
-                                                reward_model=toy_models()["rm_foreign"])))
-    first = _log(out)[0]
+    m = ppo.train(from_dict(ppo.Config, ppo_toy_cfg(out, max_steps=2, lora={"r": 4}, learning_rate=1e-2,
+                                                reward_model=ppo_toy_models()["rm_foreign"])))
+    first = log_rows(out)[0]
     assert first["reward_model/same_tokenizer"] is False     # texts were re-tokenised for the reward model
-    rows = _train_rows(out)
+    rows = ppo_train_rows(out)
     # Reference = the policy with its adapter disabled; LoRA's B starts at 0, so the first KL is exactly 0 ...
     assert rows[0]["objective/kl"] == 0.0
     # ... and the adapters moved after one update, so the second is not.
@@ -154,9 +122,9 @@ def test_lora_policy_with_foreign_tokenizer_reward_model(tmp_path):
 
 def test_shared_value_head_and_halve_double_kl_controller(tmp_path):
     out = tmp_path / "run"
-    ppo.train(from_dict(ppo.Config, toy_cfg(out, max_steps=3, value_model="shared", kl_control="halve_double",
+    ppo.train(from_dict(ppo.Config, ppo_toy_cfg(out, max_steps=3, value_model="shared", kl_control="halve_double",
                                             kl_target=0.5, kl_coef=0.1, learning_rate=1e-2)))
-    rows = _train_rows(out)
+    rows = ppo_train_rows(out)
     for prev, cur in zip(rows, rows[1:]):
         assert cur["kl_coef"] == adaptive_kl_beta(prev["kl_coef"], prev["objective/kl"], 0.5)
     assert rows[1]["kl_coef"] == 0.05   # the first KL is 0 < target / 1.5: halved
@@ -165,7 +133,7 @@ def test_shared_value_head_and_halve_double_kl_controller(tmp_path):
 
 def test_two_process_accelerate_launch_keeps_ranks_in_sync(tmp_path):
     out = tmp_path / "run"
-    cfg = _write_cfg(tmp_path / "ppo.yaml", toy_cfg(out, max_steps=2, learning_rate=1e-2))
+    cfg = _write_cfg(tmp_path / "ppo.yaml", ppo_toy_cfg(out, max_steps=2, learning_rate=1e-2))
     env = {**_env(), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(ROOT / "recipes" / "accelerate" / "cpu-2proc.yaml"), "--num_processes", "2",
@@ -185,7 +153,7 @@ LEARN_TINY = {**SMALL, "vocab_size": 1024}   # whole words are tokens, so the re
 @lru_cache(maxsize=1)
 def learned_models() -> dict[str, str]:
     """A briefly SFT-ed policy and a reward model trained on its own samples labelled by the gold judge."""
-    from pipelines import preferences, reward, sft
+    from pipelines import preferences, reward_model, sft
 
     root = Path(tempfile.mkdtemp(prefix="reins-ppo-learn-"))
     common = {"quiet": True, "tiny": LEARN_TINY}
@@ -196,7 +164,7 @@ def learned_models() -> dict[str, str]:
     preferences.train(from_dict(preferences.Config, {
         **common, "output_dir": str(root / "prefs"), "model": str(root / "sft" / "model"), "num_train_prompts": 256,
         "num_test_prompts": 16, "num_samples": 4, "generation": {"max_new_tokens": 8, "batch_size": 128}}))
-    reward.train(from_dict(reward.Config, {
+    reward_model.train(from_dict(reward_model.Config, {
         **common, "output_dir": str(root / "reward"), "model": str(root / "sft" / "model"),
         "data": str(root / "prefs" / "data"), "max_length": 48, "batch_size": 16, "learning_rate": 3e-3,
         "num_epochs": 3, "lr_scheduler": "constant", "save_every": 1000}))
@@ -211,7 +179,7 @@ def test_seeded_run_raises_gold_reward(tmp_path):
         # 20 updates: at 10 the gain (+0.14 with one thread) sat on the threshold, at 20 it is +0.55.
         "batch_size": 16, "max_steps": 20, "learning_rate": 3e-3, "kl_coef": 0.05, "save_every": 100,
         "generation": {"max_new_tokens": 8}, "eval": {"num_prompts": 64, "max_new_tokens": 8}}))
-    init = next(r for r in _log(out) if "init/gold_reward" in r)
+    init = next(r for r in log_rows(out) if "init/gold_reward" in r)
     assert final["eval/gold_reward"] > init["init/gold_reward"] + 0.15
     assert final["eval/reward_model_score"] > init["init/reward_model_score"] + 1.0
     assert final["eval/win_rate_vs_ref"] > 0.55

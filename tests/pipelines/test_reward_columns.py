@@ -16,7 +16,7 @@ import yaml
 from pipelines import grpo, word_problems
 from pipelines.generation import Samples
 from pipelines.prompts import load_prompts, prompt_rows
-from pipelines.rewards import (
+from pipelines.reward_funcs import (
     check_columns,
     column_lists,
     keyword_call,
@@ -28,7 +28,7 @@ from pipelines.rewards import (
 from reins.config import from_dict
 from reins.errors import ConfigError, DataError
 from tests.pipelines import grpo_rewards
-from tests.pipelines.test_grpo_stage import _log, _train_rows, toy_cfg, toy_policy
+from tests.pipelines.helpers import grpo_toy_cfg, grpo_toy_policy, grpo_train_rows, log_rows, ppo_toy_cfg
 
 CHAT = [[{"role": "user", "content": "q1"}], [{"role": "user", "content": "q2"}]]
 
@@ -139,7 +139,7 @@ def test_dropped_prompts_drop_their_columns_too(tmp_path):
             {"prompt": "also short", "answer": "3"}]
     src = tmp_path / "p.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tok = load_tokenizer(ModelArgs(model=toy_policy()))
+    tok = load_tokenizer(ModelArgs(model=grpo_toy_policy()))
     prompts, ids, dropped, cols = load_prompts(str(src), tok, builtin_size=0, seed=0, max_train_samples=None,
                                                max_prompt_length=16)
     assert prompts == ["short", "also short"] and dropped == 1 and cols == [{"answer": "1"}, {"answer": "3"}]
@@ -185,7 +185,7 @@ def word_data(tmp_path):
 def test_grpo_passes_each_completion_its_own_prompts_columns_and_sums_only_applicable_rewards(tmp_path, word_data):
     train, test, rows = word_data
     out = tmp_path / "run"
-    m = grpo.train(from_dict(grpo.Config, toy_cfg(
+    m = grpo.train(from_dict(grpo.Config, grpo_toy_cfg(
         out, data=train, eval_prompts=test, max_prompt_length=80, max_steps=2,
         reward_funcs=["tests.pipelines.grpo_rewards:aligned", "tests.pipelines.grpo_rewards:even_only"],
         reward_weights=[1.0, 0.5])))
@@ -197,12 +197,12 @@ def test_grpo_passes_each_completion_its_own_prompts_columns_and_sums_only_appli
     # the 2 iterations cover the 8 training prompts once; even_only's mean is over the rows it applies to (and
     # absent from an iteration where it applied to none)
     assert any(int(r["answer"]) % 2 == 0 for r in rows[:8]) and any(int(r["answer"]) % 2 for r in rows[:8])
-    means = [r.get("rewards/even_only/mean") for r in _train_rows(out)]
-    assert all(r["rewards/aligned/mean"] == 1.0 for r in _train_rows(out))
+    means = [r.get("rewards/even_only/mean") for r in grpo_train_rows(out)]
+    assert all(r["rewards/aligned/mean"] == 1.0 for r in grpo_train_rows(out))
     assert 2.0 in means and set(means) <= {2.0, None}
     assert m["eval/rewards/aligned"] == 1.0 and m["init/rewards/aligned"] == 1.0
     answers = {r["prompt"]: int(r["answer"]) for r in rows}
-    samples = [x for row in _log(out) if "samples" in row for x in row["samples"]]
+    samples = [x for row in log_rows(out) if "samples" in row for x in row["samples"]]
     assert {answers[x["prompt"]] % 2 for x in samples} == {0, 1}   # both cases occur
     for x in samples:   # total = 1 x aligned + 0.5 x even_only, the None of an odd answer left out
         assert x["reward"] == 1.0 + (1.0 if answers[x["prompt"]] % 2 == 0 else 0.0)
@@ -212,7 +212,7 @@ def test_a_completion_no_reward_applies_to_is_a_one_line_error(tmp_path, word_da
     train, test, rows = word_data
     assert any(int(r["answer"]) % 2 for r in rows)
     cfg = tmp_path / "grpo.yaml"
-    cfg.write_text(yaml.safe_dump({"stage": "grpo", **toy_cfg(
+    cfg.write_text(yaml.safe_dump({"stage": "grpo", **grpo_toy_cfg(
         tmp_path / "run", data=train, eval_prompts="none", max_prompt_length=80, max_steps=1,
         reward_funcs=["tests.pipelines.grpo_rewards:even_only"], reward_weights=None)}))
     capsys.readouterr()
@@ -224,7 +224,7 @@ def test_a_completion_no_reward_applies_to_is_a_one_line_error(tmp_path, word_da
 def test_grpo_names_a_missing_column_before_writing(tmp_path, word_data):
     train, test, _ = word_data
     with pytest.raises(ConfigError, match="needs column 'solution'"):
-        grpo.train(from_dict(grpo.Config, toy_cfg(tmp_path / "run", data=train, max_prompt_length=80,
+        grpo.train(from_dict(grpo.Config, grpo_toy_cfg(tmp_path / "run", data=train, max_prompt_length=80,
                                                   reward_funcs=["tests.pipelines.grpo_rewards:needs_solution"],
                                                   reward_weights=None)))
     assert not (tmp_path / "run").exists()
@@ -233,24 +233,22 @@ def test_grpo_names_a_missing_column_before_writing(tmp_path, word_data):
 @pytest.mark.slow
 def test_ppo_reward_functions_get_the_columns_and_add_to_the_score(tmp_path, word_data):
     from pipelines import ppo
-    from tests.pipelines import test_ppo_stage as tp
-
     train, _, rows = word_data
     tags = {r["prompt"]: r["tag"] for r in rows}
     base = {"data": train, "max_prompt_length": 80, "max_steps": 1, "eval_prompts": "none", "batch_size": 8,
             "missing_eos_penalty": None}
     # reward functions alone (no reward model; the value model starts from the policy)
-    m = ppo.train(from_dict(ppo.Config, tp.toy_cfg(tmp_path / "funcs", reward_model="", **base,
+    m = ppo.train(from_dict(ppo.Config, ppo_toy_cfg(tmp_path / "funcs", reward_model="", **base,
                                                    reward_funcs=["tests.pipelines.grpo_rewards:aligned"])))
     assert len(grpo_rewards.SEEN) == 2 + 8 and all(tags[p] == t for p, _, t, _ in grpo_rewards.SEEN)
     assert m["train/objective/raw_scores"] == 1.0 and m["train/rewards/aligned/mean"] == 1.0
     # beside the reward model: its score plus 0.5 x aligned (= 1 on every row)
-    rm = ppo.train(from_dict(ppo.Config, tp.toy_cfg(tmp_path / "rm", **base)))
-    both = ppo.train(from_dict(ppo.Config, tp.toy_cfg(tmp_path / "both", **base, reward_weights=[0.5],
+    rm = ppo.train(from_dict(ppo.Config, ppo_toy_cfg(tmp_path / "rm", **base)))
+    both = ppo.train(from_dict(ppo.Config, ppo_toy_cfg(tmp_path / "both", **base, reward_weights=[0.5],
                                                       reward_funcs=["tests.pipelines.grpo_rewards:aligned"])))
     assert both["train/objective/raw_scores"] == pytest.approx(rm["train/objective/raw_scores"] + 0.5, abs=1e-6)
     with pytest.raises(ConfigError, match="may be empty only with reward_funcs"):
-        ppo.train(from_dict(ppo.Config, tp.toy_cfg(tmp_path / "none", reward_model="", **base)))
+        ppo.train(from_dict(ppo.Config, ppo_toy_cfg(tmp_path / "none", reward_model="", **base)))
 
 
 @pytest.mark.slow
@@ -269,6 +267,6 @@ def test_word_problem_example_runs_from_the_script_through_the_recipe(tmp_path):
     # held-out accuracy before and after, from the reward that reads the `answer` column
     for key in ("init/rewards/correct_answer", "eval/rewards/correct_answer", "train/rewards/correct_answer/mean"):
         assert 0.0 <= m[key] <= 1.0, key
-    samples = [x for row in _log(tmp_path / "run" / "grpo") if "samples" in row for x in row["samples"]]
+    samples = [x for row in log_rows(tmp_path / "run" / "grpo") if "samples" in row for x in row["samples"]]
     held = {json.loads(x)["prompt"] for x in (data / "test.jsonl").read_text().splitlines()}
     assert samples and all(x["prompt"] in held for x in samples)   # evaluated on the held-out split

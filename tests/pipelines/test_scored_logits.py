@@ -14,30 +14,18 @@ from pgcore.distributions import token_logprobs
 from pipelines.scoring import (
     FullLogits,
     completion_batch,
+    logits_to_keep_support,
     pair_logps,
     sequence_logps,
     shared_prompt_batch,
-    takes_logits_to_keep,
 )
-from tests.pipelines.helpers import small_model, small_tok
+from tests.pipelines.helpers import ragged_pairs, small_model, small_tok
 
 
 def _rows_through_head(model):
     seen = []
     h = model.lm_head.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[:-1].numel()))
     return seen, h
-
-
-def _data(seed=7):
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(n):
-        return torch.randint(3, 390, (n,), generator=g).tolist()
-    # ragged; pair 2 has an empty chosen, pair 3 an empty rejected completion
-    P = [rnd(n) for n in (3, 7, 2, 5)]
-    C = [rnd(n) for n in (4, 1, 0, 6)]
-    R = [rnd(n) for n in (6, 8, 3, 0)]
-    return P, C, R
 
 
 def _grads(model, values):
@@ -54,8 +42,8 @@ def _close_grads(a, b):
 def test_support_detection():
     tok = small_tok()
     m = small_model(tok, dtype="float64")
-    assert takes_logits_to_keep(m)
-    assert not takes_logits_to_keep(FullLogits(m))
+    assert logits_to_keep_support(m) == "mask"
+    assert logits_to_keep_support(FullLogits(m)) is None
 
 
 def test_support_detection_asks_the_modules_slicing_helper(monkeypatch):
@@ -75,18 +63,18 @@ def test_support_detection_asks_the_modules_slicing_helper(monkeypatch):
         return hidden_states[:, logits_to_keep, :]
 
     monkeypatch.setattr(mod, "slice_logits_to_keep", positions_only)
-    scoring._takes_bool_keep.cache_clear()
+    scoring._keep_support.cache_clear()
     try:
-        assert not takes_logits_to_keep(m)
+        assert logits_to_keep_support(m) == "last"
     finally:
         monkeypatch.undo()
-        scoring._takes_bool_keep.cache_clear()
-    assert takes_logits_to_keep(m)
+        scoring._keep_support.cache_clear()
+    assert logits_to_keep_support(m) == "mask"
 
 
 def test_sequence_logps_head_on_completion_positions_only():
     tok = small_tok()
-    P, C, _ = _data()
+    P, C, _ = ragged_pairs()
     m = small_model(tok, dtype="float64")
     b = completion_batch(P, C, tok.pad_token_id)
     full = sequence_logps(FullLogits(m), b, with_entropy=True, temperature=0.7)
@@ -103,7 +91,7 @@ def test_sequence_logps_head_on_completion_positions_only():
 
 def test_pair_logps_head_on_scored_positions_only():
     tok = small_tok()
-    P, C, R = _data(8)
+    P, C, R = ragged_pairs(8)
     m = small_model(tok, dtype="float64")
     b = shared_prompt_batch(P, C, R, tok.pad_token_id)
     full = pair_logps(FullLogits(m), b)
@@ -146,10 +134,10 @@ def test_half_precision_token_logprobs_on_flattened_positions(dtype):
 
 def test_ppo_response_logits_same_for_a_model_without_logits_to_keep():
     """PPO asks for the last R + 1 positions' logits only; a model that cannot be asked gets them sliced."""
-    from pipelines.ppo_rollout import lm_logits, rollout_batch
+    from pipelines.rollout import lm_logits, rollout_batch
 
     tok = small_tok()
-    P, C, _ = _data(9)
+    P, C, _ = ragged_pairs(9)
     m = small_model(tok, dtype="float64")
     b = rollout_batch(P, [c or [5] for c in C], tok.pad_token_id)
     a, full = lm_logits(m, b), lm_logits(FullLogits(m), b)

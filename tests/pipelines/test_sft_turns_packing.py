@@ -20,7 +20,7 @@ from pipelines.sft_data import (
 from reins.config import from_dict
 from reins.errors import ConfigError, DataError
 from reins.runio import RunDir
-from tests.e2e.fixtures import run_cli
+from tests.helpers import run_cli
 from tests.pipelines.helpers import small_model, small_tok, stage_overrides, write_jsonl
 
 CHAT = [{"role": "system", "content": "Be kind."},

@@ -21,7 +21,7 @@ from pipelines.sharded import check_launch
 from reins.config import from_dict
 from reins.errors import ConfigError
 from reins.runio import safe_torch_load
-from tests.e2e.fixtures import free_port
+from tests.helpers import free_port
 from tests.pipelines.helpers import stage_overrides
 
 ROOT = Path(__file__).resolve().parents[2]

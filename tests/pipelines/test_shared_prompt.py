@@ -11,7 +11,7 @@ import copy
 import pytest
 import torch
 
-from pipelines import dpo, reward
+from pipelines import dpo, reward_model
 from pipelines.models import freeze, load_reward_model
 from pipelines.scoring import (
     Reference,
@@ -108,7 +108,7 @@ def test_dpo_and_reward_losses_same_with_and_without_shared_prompt():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * scale)
 
     rm = load_reward_model(small_args(dtype="float64"), tok)
-    losses = [reward.make_loss_fn(tok.pad_token_id, reward.Config(output_dir="unused", shared_prompt=s))(
+    losses = [reward_model.make_loss_fn(tok.pad_token_id, reward_model.Config(output_dir="unused", shared_prompt=s))(
         rm, exs, 4.0)[0].item() for s in (True, False)]
     assert losses[0] == pytest.approx(losses[1], rel=1e-10)
 

@@ -15,8 +15,8 @@ from pipelines.data import encode_prompt
 from pipelines.evaluation import EvalArgs, PolicyEvaluator
 from pipelines.generation import GenerationArgs, generate
 from pipelines.models import ModelArgs, TinySpec, freeze, load_causal_lm, load_reward_model, load_tokenizer
-from pipelines.ppo_models import ActorCritic
-from pipelines.ppo_rollout import rollout_batch
+from pipelines.rlhf_models import ActorCritic
+from pipelines.rollout import rollout_batch
 from pipelines.scoring import Reference
 from pipelines.trainer import make_accelerator
 from reins.config import from_dict

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import sys
@@ -10,18 +9,13 @@ import sys
 import pytest
 import torch
 
-from pipelines import dpo, reward, sft
+from pipelines import dpo, reward_model, sft
 from pipelines.models import freeze, load_causal_lm, load_tokenizer
 from pipelines.trainer import Trainer, make_accelerator
 from reins.config import from_dict
 from reins.errors import ConfigError, DataError, NonFiniteError
 from reins.runio import RunDir
-from tests.pipelines.helpers import stage_overrides
-
-
-def _cfg(mod, tmp_path, **kw):
-    names = {f.name for f in dataclasses.fields(mod.Config)}
-    return from_dict(mod.Config, {k: v for k, v in stage_overrides(tmp_path, **kw).items() if k in names})
+from tests.pipelines.helpers import stage_config, stage_overrides
 
 
 def _params(model) -> dict[str, torch.Tensor]:
@@ -29,7 +23,7 @@ def _params(model) -> dict[str, torch.Tensor]:
 
 
 def test_one_dpo_step_changes_every_parameter(tmp_path):
-    cfg = _cfg(dpo, tmp_path, max_steps=1, learning_rate=1e-2)
+    cfg = stage_config(dpo, tmp_path, max_steps=1, learning_rate=1e-2)
     tok = load_tokenizer(cfg)
     before = _params(load_causal_lm(cfg, tok, seed=cfg.seed))
     dpo.train(cfg)
@@ -42,7 +36,7 @@ def test_one_dpo_step_changes_every_parameter(tmp_path):
 
 def test_lora_step_changes_only_adapter_parameters(tmp_path):
     # Two steps: LoRA's B starts at 0, so A's gradient is 0 in the first step and A moves from the second.
-    cfg = _cfg(dpo, tmp_path, max_steps=2, learning_rate=1e-2, lora={"r": 2})
+    cfg = stage_config(dpo, tmp_path, max_steps=2, learning_rate=1e-2, lora={"r": 2})
     tok = load_tokenizer(cfg)
     acc = make_accelerator(cfg)
     model = load_causal_lm(cfg, tok, seed=cfg.seed)
@@ -58,8 +52,8 @@ def test_lora_step_changes_only_adapter_parameters(tmp_path):
 
 
 def test_reward_step_trains_head_and_trunk(tmp_path):
-    cfg = _cfg(reward, tmp_path, max_steps=1, learning_rate=1e-2, eval_fraction=0.25)
-    m = reward.train(cfg)
+    cfg = stage_config(reward_model, tmp_path, max_steps=1, learning_rate=1e-2, eval_fraction=0.25)
+    m = reward_model.train(cfg)
     assert 0.0 <= m["eval/accuracy"] <= 1.0 and m["steps"] == 1
     assert (tmp_path / "run" / "model" / "config.json").is_file()
     cfgjson = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
@@ -74,7 +68,7 @@ class _Stop(Exception):
 @pytest.mark.parametrize("mod", [sft, dpo])
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch, mod):
     kw = {"max_steps": 4, "save_every": 2, "learning_rate": 3e-3}
-    full = mod.train(_cfg(mod, tmp_path / "a", **kw))
+    full = mod.train(stage_config(mod, tmp_path / "a", **kw))
     orig_log = RunDir.log
 
     def crash_at_3(self, step, metrics, **kw):
@@ -84,10 +78,10 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, mod):
 
     monkeypatch.setattr(RunDir, "log", crash_at_3)
     with pytest.raises(_Stop):
-        mod.train(_cfg(mod, tmp_path / "b", **kw))
+        mod.train(stage_config(mod, tmp_path / "b", **kw))
     assert not (tmp_path / "b" / "run" / "metrics.json").exists()
     monkeypatch.setattr(RunDir, "log", orig_log)
-    resumed = mod.train(_cfg(mod, tmp_path / "b", **kw))
+    resumed = mod.train(stage_config(mod, tmp_path / "b", **kw))
     assert resumed.keys() == full.keys()
     for k in full:
         assert resumed[k] == pytest.approx(full[k], rel=1e-6, abs=1e-9), k
@@ -96,7 +90,7 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, mod):
     assert [r["step"] for r in log_a] == [r["step"] for r in log_b]
     assert [r.get("loss") for r in log_a] == pytest.approx([r.get("loss") for r in log_b])
     # A completed run is not retrained: its metrics are returned as they are.
-    assert mod.train(_cfg(mod, tmp_path / "b", **kw)) == resumed
+    assert mod.train(stage_config(mod, tmp_path / "b", **kw)) == resumed
 
 
 def test_nan_loss_stops_before_checkpointing(tmp_path, monkeypatch):
@@ -109,7 +103,7 @@ def test_nan_loss_stops_before_checkpointing(tmp_path, monkeypatch):
         return (losses * float("nan") if calls["n"] >= 2 else losses), c, r
 
     monkeypatch.setattr(dpo, "dpo_loss", poisoned)
-    cfg = _cfg(dpo, tmp_path, max_steps=4, save_every=1)
+    cfg = stage_config(dpo, tmp_path, max_steps=4, save_every=1)
     with pytest.raises(NonFiniteError, match="non-finite loss at step 2"):
         dpo.train(cfg)
     run = RunDir(cfg.output_dir, cfg)
@@ -126,7 +120,7 @@ class _Toy(torch.nn.Module):
 
 
 def _toy_trainer(tmp_path, n=40, poison_from=None, **kw):
-    cfg = _cfg(dpo, tmp_path, batch_size=4, max_grad_norm=1.0, **kw)
+    cfg = stage_config(dpo, tmp_path, batch_size=4, max_grad_norm=1.0, **kw)
     g = torch.Generator().manual_seed(0)
     examples = [{"x": torch.randn(3, generator=g), "y": float(i % 3)} for i in range(n)]
     calls = {"n": 0}
@@ -196,17 +190,17 @@ def test_nan_between_sync_points_names_its_step_and_keeps_the_checkpoint(tmp_pat
 
 def test_config_and_data_errors_before_training(tmp_path):
     with pytest.raises(ConfigError, match="beta must be > 0"):
-        _cfg(dpo, tmp_path, beta=-1.0)
+        stage_config(dpo, tmp_path, beta=-1.0)
     with pytest.raises(ConfigError, match="multiple of num_processes"):
-        dpo.train(_cfg(dpo, tmp_path / "x", batch_size=6, grad_accum=4))
+        dpo.train(stage_config(dpo, tmp_path / "x", batch_size=6, grad_accum=4))
     (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "b"}) + "\n")
     with pytest.raises(DataError, match=r"p\.jsonl: row 0: 'chosen' and 'rejected' are identical"):
-        dpo.train(_cfg(dpo, tmp_path / "y", data=str(tmp_path / "p.jsonl")))
+        dpo.train(stage_config(dpo, tmp_path / "y", data=str(tmp_path / "p.jsonl")))
     assert not (tmp_path / "y" / "run").exists()  # nothing written for a run that never started
 
 
 def test_frozen_reference_has_no_grad(tmp_path):
-    cfg = _cfg(dpo, tmp_path)
+    cfg = stage_config(dpo, tmp_path)
     tok = load_tokenizer(cfg)
     ref = freeze(load_causal_lm(cfg, tok))
     assert not any(p.requires_grad for p in ref.parameters()) and not ref.training
@@ -214,8 +208,8 @@ def test_frozen_reference_has_no_grad(tmp_path):
 
 def test_grad_accum_gives_the_same_curve_as_one_big_batch(tmp_path):
     kw = {"max_steps": 2, "learning_rate": 3e-3, "max_eval_samples": 2}
-    a = dpo.train(_cfg(dpo, tmp_path / "a", grad_accum=1, **kw))
-    b = dpo.train(_cfg(dpo, tmp_path / "b", grad_accum=4, **kw))
+    a = dpo.train(stage_config(dpo, tmp_path / "a", grad_accum=1, **kw))
+    b = dpo.train(stage_config(dpo, tmp_path / "b", grad_accum=4, **kw))
     for k in ("train/loss", "train/rewards/margins", "train/grad_norm", "eval/loss"):
         assert a[k] == pytest.approx(b[k], abs=1e-5), k
 
@@ -223,7 +217,7 @@ def test_grad_accum_gives_the_same_curve_as_one_big_batch(tmp_path):
 def test_gradient_checkpointing_does_not_change_gradients(tmp_path):
     from pipelines.data import builtin_sft_rows, normalise_sft, tokenize_sft
 
-    cfg = _cfg(sft, tmp_path, dtype="float64")
+    cfg = stage_config(sft, tmp_path, dtype="float64")
     tok = load_tokenizer(cfg)
     exs, _ = tokenize_sft(tok, normalise_sft(builtin_sft_rows(4, 0, "train"), "b"), "b", 48)
     grads = []
@@ -245,7 +239,7 @@ def test_conversational_preferences_train_end_to_end(tmp_path):
              "rejected": [{"role": "assistant", "content": f"The room was dirty {i}."}]} for i in range(8)]
     path = tmp_path / "conv.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    m = dpo.train(_cfg(dpo, tmp_path, data=str(path), max_steps=1, precompute_ref_logps=True))
+    m = dpo.train(stage_config(dpo, tmp_path, data=str(path), max_steps=1, precompute_ref_logps=True))
     assert m["steps"] == 1 and m["train/loss"] == pytest.approx(0.6931471805599453, abs=1e-6)  # policy == ref
     assert list((tmp_path / "run" / "cache").glob("ref_logps-*.pt"))
 
@@ -257,33 +251,34 @@ def test_sft_packing_blocks():
 
 
 def test_lora_reward_model_trains_its_head_and_saves_merged(tmp_path):
-    m = reward.train(_cfg(reward, tmp_path, max_steps=1, learning_rate=1e-2, lora={"r": 2}, eval_fraction=0.25))
+    m = reward_model.train(stage_config(reward_model, tmp_path, max_steps=1, learning_rate=1e-2, lora={"r": 2},
+                                        eval_fraction=0.25))
     assert m["steps"] == 1
     out = tmp_path / "run" / "model"
     assert (out / "config.json").is_file() and not (out / "adapter_config.json").exists()
     from pipelines.models import load_reward_model
 
-    cfg = _cfg(reward, tmp_path)
+    cfg = stage_config(reward_model, tmp_path)
     tok = load_tokenizer(cfg)
     init = load_reward_model(cfg, tok, seed=cfg.seed)
     cfg.model = str(out)
     trained = load_reward_model(cfg, tok)
     assert not torch.equal(init.score.weight, trained.score.weight)  # the trained head was saved (merged)
     # The saved reward model is used by DPO's evaluation (eval/reward_model_score).
-    d = dpo.train(_cfg(dpo, tmp_path / "d", max_steps=1, eval_prompts="builtin:sentiment", reward_model=str(out),
-                       eval={"num_prompts": 2, "max_new_tokens": 6}))
+    d = dpo.train(stage_config(dpo, tmp_path / "d", max_steps=1, eval_prompts="builtin:sentiment",
+                               reward_model=str(out), eval={"num_prompts": 2, "max_new_tokens": 6}))
     assert "eval/reward_model_score" in d and math.isfinite(d["eval/reward_model_score"])
 
 
 def test_explicit_ref_model_is_used(tmp_path):
     from pipelines.models import save_model
 
-    cfg = _cfg(dpo, tmp_path / "x")
+    cfg = stage_config(dpo, tmp_path / "x")
     tok = load_tokenizer(cfg)
     save_model(load_causal_lm(cfg, tok, seed=cfg.seed), tok, tmp_path / "same")     # = the initial policy
     save_model(load_causal_lm(cfg, tok, seed=cfg.seed + 1), tok, tmp_path / "other")
-    same = dpo.train(_cfg(dpo, tmp_path / "a", max_steps=1, ref_model=str(tmp_path / "same")))
-    other = dpo.train(_cfg(dpo, tmp_path / "b", max_steps=1, ref_model=str(tmp_path / "other")))
+    same = dpo.train(stage_config(dpo, tmp_path / "a", max_steps=1, ref_model=str(tmp_path / "same")))
+    other = dpo.train(stage_config(dpo, tmp_path / "b", max_steps=1, ref_model=str(tmp_path / "other")))
     assert same["train/loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert abs(other["train/loss"] - math.log(2)) > 1e-3
 
@@ -293,7 +288,7 @@ def test_torch_compile_trains_like_eager_and_saves_plain_weights(tmp_path):
     a saved model whose parameter names and values match the eager one's (no `_orig_mod.` prefixes)."""
     runs = {}
     for compiled in (False, True):
-        cfg = _cfg(dpo, tmp_path / str(compiled), max_steps=2, log_every=1, torch_compile=compiled,
+        cfg = stage_config(dpo, tmp_path / str(compiled), max_steps=2, log_every=1, torch_compile=compiled,
                    learning_rate=1e-2)
         dpo.train(cfg)
         logs = [json.loads(line) for line in open(tmp_path / str(compiled) / "run" / "log.jsonl")]
@@ -305,8 +300,8 @@ def test_torch_compile_trains_like_eager_and_saves_plain_weights(tmp_path):
     (eager_loss, eager_p), (comp_loss, comp_p) = runs[False], runs[True]
     assert len(eager_loss) == 2 and comp_loss == pytest.approx(eager_loss, abs=1e-5)
     assert comp_p.keys() == eager_p.keys()
-    init = _params(load_causal_lm(_cfg(dpo, tmp_path), load_tokenizer(_cfg(dpo, tmp_path)),
-                                  seed=_cfg(dpo, tmp_path).seed))
+    init = _params(load_causal_lm(stage_config(dpo, tmp_path), load_tokenizer(stage_config(dpo, tmp_path)),
+                                  seed=stage_config(dpo, tmp_path).seed))
     for n in eager_p:
         assert torch.allclose(comp_p[n], eager_p[n], atol=1e-4), n
     assert any(not torch.equal(init[n], eager_p[n]) for n in init)  # the steps did move the weights

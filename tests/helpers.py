@@ -1,5 +1,6 @@
-"""Helpers shared by the cross-stage e2e tests: tiny stage settings, the real CLI with captured stderr, output
-directory snapshots, blocked sockets, hostile files (a pickle that runs code, a model dir with custom code)."""
+"""Helpers shared by the e2e tests and the stage tests that run the CLI or subprocesses: tiny stage settings, the
+real CLI with captured stderr, output directory snapshots, blocked sockets, hostile files (a pickle that runs
+code, a model dir with custom code), signals to a running child, a free port."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 import warnings
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 # The small tiny-Llama of tests/pipelines/helpers.py as CLI overrides (seconds per stage on 2 cores).
 TINY_MODEL = ["tiny.hidden_size=32", "tiny.num_layers=2", "tiny.num_heads=2", "tiny.intermediate_size=64",

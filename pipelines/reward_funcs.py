@@ -5,7 +5,7 @@
   pipelines.arithmetic;
 - `builtin:gold`: the sentiment task's gold judge (VADER compound of the completion, pipelines.task);
 - a directory: a reward model (a `reward` stage's output dir or any sequence-classification model), scored as
-  PPO scores it (pipelines.ppo_rollout.score_responses: at the EOS of a stopped completion, re-tokenised when
+  PPO scores it (pipelines.rollout.score_responses: at the EOS of a stopped completion, re-tokenised when
   its tokenizer differs from the policy's);
 - `module:function`: any importable Python callable with TRL's signature
   `f(prompts, completions, completion_ids, **columns) -> list[float | None]`, one value per completion
@@ -137,8 +137,8 @@ def _cwd_first_on_path() -> None:
 def _reward_model(spec: str, cfg, tok) -> RewardFunction:
     from types import SimpleNamespace
 
-    from pipelines.ppo_models import load_reward
-    from pipelines.ppo_rollout import score_responses
+    from pipelines.rlhf_models import load_reward
+    from pipelines.rollout import score_responses
 
     model, rm_tok, same = load_reward(SimpleNamespace(**{**vars(cfg), "reward_model": spec}), tok)
     p = Path(spec)

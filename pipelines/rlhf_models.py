@@ -72,7 +72,7 @@ def same_tokenizer(a, b) -> bool:
 class ActorCritic(nn.Module):
     """Policy and value function in one module; `forward` scores the last R tokens of a batch.
 
-    Batches are laid out by `pipelines.ppo_rollout.rollout_batch`: left-padded prompts then right-padded
+    Batches are laid out by `pipelines.rollout.rollout_batch`: left-padded prompts then right-padded
     responses, the response occupying the last R columns. For response token j (column P + j):
     logits[:, j] predict it from column P + j - 1, and values[:, j] = V(prompt, response[:j]) is the value of
     the state in which it was generated, read at the same column (TRL PPOv2 / N+ convention).
