@@ -17,7 +17,6 @@ STAGES = {
     "dpo": "direct preference optimisation (Rafailov et al. 2023) against a frozen reference",
     "kto": "Kahneman-Tversky optimisation (Ethayarajh et al. 2024) on unpaired feedback against a frozen reference",
     "ppo": "RLHF: KL-penalised PPO (Ouyang et al. 2022) against a reward model",
-    "grpo": "group relative policy optimisation (Shao et al. 2024) against reward functions",
     "ppo-value": "the value model (critic) of a PPO run",
     "grpo": "group-relative policy optimisation (GRPO, Shao et al. 2024; or RLOO) on scored completions",
 }
