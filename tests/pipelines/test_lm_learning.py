@@ -9,7 +9,8 @@ import dataclasses
 import pytest
 import torch
 
-from pipelines import dpo, reward
+from pipelines import dpo
+from pipelines import reward_model as reward
 from pipelines.common import evaluate_examples
 from pipelines.data import normalise_preferences, tokenize_preferences
 from pipelines.models import freeze, load_causal_lm, load_reward_model, load_tokenizer

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines import grpo, ppo, reward
+from pipelines import grpo, ppo
+from pipelines import reward_model as reward
 from reins.config import from_dict
 from reins.errors import ConfigError
 

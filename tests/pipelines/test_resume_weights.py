@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipelines import dpo, reward, sft
+from pipelines import dpo, sft
+from pipelines import reward_model as reward
 from reins.config import from_dict
 from reins.runio import RunDir
 from tests.pipelines.helpers import stage_overrides

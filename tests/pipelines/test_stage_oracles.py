@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipelines import ppo, reward
+from pipelines import ppo
+from pipelines import reward_model as reward
 from pipelines.data import encode_prompt
 from pipelines.evaluation import EvalArgs, PolicyEvaluator
 from pipelines.generation import GenerationArgs, generate
