@@ -155,7 +155,9 @@ def test_resume_after_the_last_checkpoint_keeps_train_metrics(tmp_path, monkeypa
     from reins.config import from_dict
     from reins.runio import RunDir
 
-    mod = importlib.import_module(f"pipelines.{stage}")
+    from reins.entry import STAGES
+
+    mod = importlib.import_module(STAGES[stage][0])
     cfg = {**{k: v for k, v in LM.items() if k != "eval_prompts" or stage != "reward"}, "max_steps": 2,
            "save_every": 1}
     full = mod.train(from_dict(mod.Config, {**cfg, "output_dir": str(tmp_path / "full")}))
