@@ -13,8 +13,15 @@ os.environ.setdefault("MINARI_DATASETS_PATH", tempfile.mkdtemp(prefix="reins-min
 # oversubscribe the 2 cores: one thread per process keeps the suite fast and its timings stable.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import signal  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+# A non-interactive shell starts a background job (`pytest &`, nohup) with SIGINT ignored, and an ignored signal
+# is inherited through exec by every subprocess: the interrupt tests' children would never see their Ctrl-C.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 torch.set_num_threads(1)
 # Every stage's main() flushes subnormal floats to zero for the rest of its process (reins.cli.flush_denormals),

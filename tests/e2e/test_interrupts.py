@@ -153,9 +153,8 @@ def test_resume_after_the_last_checkpoint_keeps_train_metrics(tmp_path, monkeypa
     import importlib
 
     from reins.config import from_dict
-    from reins.runio import RunDir
-
     from reins.entry import STAGES
+    from reins.runio import RunDir
 
     mod = importlib.import_module(STAGES[stage][0])
     cfg = {**{k: v for k, v in LM.items() if k != "eval_prompts" or stage != "reward"}, "max_steps": 2,
