@@ -444,8 +444,9 @@ def _fit(pids: list[int], cids: list[int], max_length: int, policy: str, stats: 
     return cids[: max_length - len(pids)]
 
 
-def tokenize_sft(tok, rows: list[dict], where: str, max_length: int, on_overlong: str = "truncate"):
-    """[{'prompt_ids', 'completion_ids'}] and truncation counts."""
+def tokenize_sft(tok, rows: list[dict], where: str, max_length: int, on_overlong: str = "truncate",
+                 keep: tuple[str, ...] = ()):
+    """[{'prompt_ids', 'completion_ids'}, plus each row's `keep` fields] and truncation counts."""
     note_chat_use(tok, [row["prompt"] for row in rows])
     stats, out = TruncationStats(), []
     for i, row in enumerate(rows):
@@ -457,7 +458,7 @@ def tokenize_sft(tok, rows: list[dict], where: str, max_length: int, on_overlong
             stats.dropped += 1
             continue
         stats.truncated += len(fitted) < len(cids)
-        out.append({"prompt_ids": pids, "completion_ids": fitted})
+        out.append({"prompt_ids": pids, "completion_ids": fitted, **{k: row[k] for k in keep}})
     if not out:
         raise DataError(f"{where}: every row was dropped as longer than max_length={max_length}")
     return out, stats

@@ -14,16 +14,11 @@ from __future__ import annotations
 
 from pipelines.data import (
     CHAT_ROLES,
-    TruncationStats,
-    _check_prompt,
-    _completion_ids,
-    _fit,
     _kind,
     _OneFormat,
-    _prompt_ids,
     _require_columns,
     normalise_preferences,
-    note_chat_use,
+    tokenize_sft,
 )
 from reins.errors import DataError
 
@@ -74,19 +69,5 @@ def normalise_unpaired(rows: list[dict], where: str, *, roles: frozenset[str] = 
 
 
 def tokenize_unpaired(tok, rows: list[dict], where: str, max_length: int, on_overlong: str = "truncate"):
-    """[{'prompt_ids', 'completion_ids', 'label'}] and truncation counts."""
-    note_chat_use(tok, [row["prompt"] for row in rows])
-    stats, out = TruncationStats(), []
-    for i, row in enumerate(rows):
-        pids, cut = _prompt_ids(tok, row["prompt"], max_length)
-        _check_prompt(pids, max_length, where, i, cut)
-        cids, cut = _completion_ids(tok, row["prompt"], row["completion"], max_length - len(pids))
-        fitted = _fit(pids, cids, max_length, on_overlong, stats, where, i, "completion", cut)
-        if fitted is None:
-            stats.dropped += 1
-            continue
-        stats.truncated += len(fitted) < len(cids)
-        out.append({"prompt_ids": pids, "completion_ids": fitted, "label": bool(row["label"])})
-    if not out:
-        raise DataError(f"{where}: every row was dropped as longer than max_length={max_length}")
-    return out, stats
+    """[{'prompt_ids', 'completion_ids', 'label'}] and truncation counts (labels are checked bools)."""
+    return tokenize_sft(tok, rows, where, max_length, on_overlong, keep=("label",))
