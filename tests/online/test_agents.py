@@ -71,8 +71,8 @@ def test_pendulum_agents_improve_400_over_random(tmp_path, algo, steps, extra):
 
 @pytest.mark.slow
 def test_ppo_cartpole_recipe_meets_its_target(tmp_path):
-    """The recipe's own promise (mean eval return >= 475 at 100k env steps), at its seed: the check that a
-    schedule change moving PPO off its target (493 -> 455 once) can no longer pass unnoticed. ~30 s alone."""
+    """The recipe's own promise (mean eval return >= 475 at 100k env steps), at its seed: a schedule or numerics
+    change that moves PPO off its target fails here. ~30 s alone."""
     from pathlib import Path
 
     from reins.config import load_config
