@@ -21,4 +21,11 @@ def listing() -> str:
 
 
 if __name__ == "__main__":
-    print(listing())
+    import os
+    import sys
+
+    try:
+        print(listing(), flush=True)
+    except BrokenPipeError:  # `python -m pgcore | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)

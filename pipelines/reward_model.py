@@ -59,7 +59,9 @@ class Config(TrainArgs, DataArgs, ModelArgs, RunArgs):
 
 
 def builtin_pairs(n: int, seed: int, split: str) -> list[dict]:
-    """The built-in task as preference pairs: a positive and a negative completion of the same opening."""
+    """The built-in task as preference pairs: a positive row's opening and completion (chosen) with a negative row's
+    completion (rejected). The two rows come from different openings, so the rejected text continues another prompt;
+    what separates the pair is its sentiment."""
     from pipelines.task import sentiment_corpus
 
     rows = sentiment_corpus(2 * n, seed=seed, split="train" if split == "train" else "eval")
