@@ -59,6 +59,15 @@ def test_site_builds_strict_with_every_stage_and_key(tmp_path):
     assert "fonts.googleapis" not in sft_page  # the theme's font fetch is off
 
 
+def test_every_stage_has_a_page_in_the_nav():
+    from reins.entry import STAGES
+
+    nav = (ROOT / "mkdocs.yml").read_text()
+    for name in STAGES:
+        assert (DOCS / "stages" / f"{name}.md").is_file(), f"docs/stages/{name}.md missing"
+        assert f"stages/{name}.md" in nav, f"stages/{name}.md not in mkdocs.yml's nav"
+
+
 def _runnable_blocks() -> list[tuple[str, str]]:
     out = []
     for page in sorted(DOCS.rglob("*.md")):
