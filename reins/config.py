@@ -1,13 +1,24 @@
 """Dataclass configs loaded from YAML, overridden from the command line, validated before any work starts.
 
-A stage declares its hyperparameters as one (possibly nested) dataclass; each field carries its help text in
-`metadata={"help": ...}` (printed by `reins <stage> --help`, see `config_help`). Loading is four named steps:
+One way to configure every stage:
+
+- a stage's config is one dataclass, its keys flat; keys several stages share come from the base dataclasses it
+  inherits (`RunArgs` below, offline's `OfflineConfig`, pipelines' `ModelArgs`/`TrainArgs`/...);
+- a group of keys that belongs to one component is a nested dataclass, reached by dotted keys (`lora.r`,
+  `generation.temperature`); a stage hosting several algorithms nests one section per algorithm (`reins online`:
+  `algo: ppo` selects the `ppo.*` section);
+- published hyperparameter sets are presets: YAML files `presets/<stage>/NAME.yaml` beside the stage's module,
+  named by the Config's `PRESET_DIR` and applied by `apply_preset`, never tables in code;
+- a command line's config part (`--config FILE`, `--quiet`, `key=value`, `--key value`) is parsed by `parse_argv`.
+
+Each field carries its help text in `metadata={"help": ...}` (printed by `reins <stage> --help`, see
+`config_help`). Loading is four named steps:
 
 1. `load_config` reads a YAML file and applies `key=value` overrides (dotted keys reach nested dataclasses,
    values are parsed as YAML scalars);
 2. `build` rejects unknown keys naming the valid ones, coerces types, constructs the dataclass and returns it
    together with the keys the user gave;
-3. `apply_preset` fills the fields a named preset sets (a class's `PRESETS`) that the user did not give;
+3. `apply_preset` fills the fields the named preset's file sets that the user did not give;
 4. the dataclass's `validate()`, if it has one, checks the result.
 
 `from_dict` runs steps 2-4. The resolved config round-trips through `to_dict`/`from_dict`, which is what

@@ -109,3 +109,13 @@ def test_every_preset_file_ships_with_the_package():
     shipped = {p for g in globs for p in (ROOT / "offline").glob(g)}
     files = {p for p in (ROOT / "offline" / "presets").rglob("*") if p.is_file()}
     assert files and files <= shipped, sorted(files - shipped)
+
+
+@pytest.mark.parametrize("stage", sorted(BEFORE))
+def test_a_preset_file_given_as_the_recipe_runs_the_same_values(stage):
+    """offline/README.md: `--config offline/presets/<stage>/NAME.yaml` resolves to the preset's values (only the
+    `preset` key itself stays empty)."""
+    cls = importlib.import_module(f"offline.{stage}").Config
+    for name, want in BEFORE[stage].items():
+        cfg = load_config(cls, ROOT / "offline" / "presets" / stage / f"{name}.yaml", {"dataset": "x"})
+        assert to_dict(cfg) == {**want, "preset": ""}, name
