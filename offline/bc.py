@@ -10,6 +10,7 @@ comparison with IQL/CQL uses the same network and data pipeline. On Discrete act
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
@@ -20,12 +21,6 @@ from reins.config import check
 from reins.entry import stage_main
 from rl.agent import Agent
 from rl.nets import build_actor
-
-PRESETS: dict[str, dict] = {
-    # CORL BC baseline (from memory, not re-read): deterministic actor, MSE, lr 3e-4, obs normalisation, 1M steps.
-    "corl": dict(actor="deterministic", lr=3e-4, normalize_obs=True, max_steps=1_000_000, eval_every=5000,
-                 eval_episodes=10),
-}
 
 
 @dataclass
@@ -38,7 +33,8 @@ class Config(OfflineConfig):
                                                    "Discrete data: always categorical (cross-entropy)"})
     lr: float = field(default=3e-4, metadata={"help": "Adam learning rate"})
 
-    PRESETS: ClassVar[dict] = PRESETS
+    # Published settings, one YAML file per preset with its source (reins.config.apply_preset reads them).
+    PRESET_DIR: ClassVar[Path] = Path(__file__).parent / "presets" / "bc"
 
     def validate(self) -> None:
         super().validate()

@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
@@ -45,36 +46,6 @@ from reins.config import check
 from reins.entry import stage_main
 from rl.agent import Agent
 from rl.nets import EnsembleQ, build_actor, small_last_init_
-
-PRESETS: dict[str, dict] = {
-    # Original CQL (aviralkumar2907/CQL, README for gym): 3x256 nets, policy lr 1e-4, min_q_weight 5 (or 10),
-    # no Lagrange, 10 actions, importance sampling, BC warm-up 40k steps, deterministic backup, raw obs.
-    "paper-locomotion": dict(hidden=[256, 256, 256], q_hidden=[256, 256, 256], policy_lr=1e-4, qf_lr=3e-4,
-                             cql_alpha=5.0, cql_lagrange=False, cql_n_actions=10, cql_importance_sample=True,
-                             bc_steps=40_000, backup_entropy=False, normalize_obs=False, log_std_offset=0.0,
-                             max_steps=1_000_000, eval_every=5000, eval_episodes=10),
-    # CORL algorithms/offline/cql.py locomotion configs: alpha 10, policy lr 3e-5, 3 hidden layers,
-    # orthogonal init, obs normalisation, no BC warm-up.
-    "corl-locomotion": dict(hidden=[256, 256, 256], q_hidden=[256, 256, 256], policy_lr=3e-5, qf_lr=3e-4,
-                            cql_alpha=10.0, cql_lagrange=False, cql_n_actions=10, cql_importance_sample=True,
-                            bc_steps=0, backup_entropy=False, normalize_obs=True, orthogonal_init=True,
-                            actor_last_gain=1e-2,
-                            max_steps=1_000_000, eval_every=5000, eval_episodes=10),
-    # CORL configs/offline/cql/hopper/medium_v2.yaml: the locomotion settings plus normalize_reward (its
-    # medium_replay_v2 leaves it off: corl-locomotion).
-    "corl-hopper-medium": dict(hidden=[256, 256, 256], q_hidden=[256, 256, 256], policy_lr=3e-5, qf_lr=3e-4,
-                               cql_alpha=10.0, cql_lagrange=False, cql_n_actions=10, cql_importance_sample=True,
-                               bc_steps=0, backup_entropy=False, normalize_obs=True, normalize_reward=True,
-                               orthogonal_init=True, actor_last_gain=1e-2,
-                               max_steps=1_000_000, eval_every=5000, eval_episodes=10),
-    # young-geng/CQL defaults (CORL's source): 2x256, lr 3e-4, min_q_weight 5.
-    "young-geng": dict(hidden=[256, 256], q_hidden=[256, 256], policy_lr=3e-4, qf_lr=3e-4, cql_alpha=5.0,
-                       cql_lagrange=False, cql_n_actions=10, bc_steps=0, backup_entropy=False,
-                       actor_last_gain=1e-2, max_steps=1_000_000),
-    # d3rlpy DiscreteCQLConfig defaults (Atari-sized; from memory of d3rlpy 2.x, not re-read): lr 6.25e-5,
-    # batch 32, alpha 1, hard target copy every 8000 updates, Huber TD loss, one Q-network.
-    "d3rlpy-discrete": dict(qf_lr=6.25e-5, batch_size=32, cql_alpha=1.0, target_update_every=8000, td_loss="huber"),
-}
 
 
 @dataclass
@@ -132,7 +103,8 @@ class Config(OfflineConfig):
                                           metadata={"help": "actor output layer: xavier-uniform with this gain, zero "
                                                             "bias (CORL 1e-2)"})
 
-    PRESETS: ClassVar[dict] = PRESETS
+    # Published settings, one YAML file per preset with its source (reins.config.apply_preset reads them).
+    PRESET_DIR: ClassVar[Path] = Path(__file__).parent / "presets" / "cql"
 
     def validate(self) -> None:
         super().validate()

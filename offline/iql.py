@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
@@ -29,32 +30,6 @@ from reins.config import check
 from reins.entry import stage_main
 from rl.agent import Agent
 from rl.nets import EnsembleQ, ValueNet, build_actor, orthogonal_init_
-
-# Published settings; each comment names the upstream source. Values are applied to fields left at their defaults.
-PRESETS: dict[str, dict] = {
-    # Original IQL (ikostrikov/implicit_q_learning, mujoco_config.py): reward 1000/(max-min), raw obs,
-    # orthogonal init, 1M steps, eval every 5k steps with 10 episodes.
-    "paper-locomotion": dict(expectile=0.7, beta=3.0, normalize_reward=True, normalize_obs=False,
-                             orthogonal_init=True, tau=0.005, max_steps=1_000_000, eval_every=5000,
-                             eval_episodes=10, actor="gaussian"),
-    # CORL configs/offline/iql: obs normalisation on, reward normalisation off for most locomotion data.
-    "corl-locomotion": dict(expectile=0.7, beta=3.0, normalize_obs=True, normalize_reward=False, tau=0.005,
-                            max_steps=1_000_000, eval_every=5000, eval_episodes=10, actor="gaussian",
-                            log_std_min=-20.0),
-    # CORL hopper-medium-v2 / hopper-medium-replay-v2: deterministic actor, reward norm on, tau 0.001.
-    "corl-hopper-medium": dict(expectile=0.7, beta=3.0, normalize_obs=True, normalize_reward=True, tau=0.001,
-                               max_steps=1_000_000, eval_every=5000, eval_episodes=10, actor="deterministic"),
-    # CORL hopper-medium-expert-v2: beta 6, expectile 0.5.
-    "corl-hopper-medium-expert": dict(expectile=0.5, beta=6.0, normalize_obs=True, normalize_reward=False,
-                                      tau=0.005, max_steps=1_000_000, eval_every=5000, eval_episodes=10,
-                                      actor="gaussian", log_std_min=-20.0),
-    # d3rlpy 2.8.1 reproductions/offline/iql.py: reward 1000/(max-min), raw obs, actor lr cosine over 500k steps,
-    # IQLImpl's update (advantage with V after its step, NormalPolicy's sigmoid log std); epochs of 1000 steps,
-    # each evaluated on 10 episodes. benchmarks/interop/iql_vs_d3rlpy.py `trace` checks the update step by step.
-    "d3rlpy-locomotion": dict(expectile=0.7, beta=3.0, max_weight=100.0, normalize_reward=True, normalize_obs=False,
-                              advantage_v="after", log_std_param="sigmoid", tau=0.005, max_steps=500_000,
-                              eval_every=1000, eval_episodes=10, actor="gaussian"),
-}
 
 
 @dataclass
@@ -88,7 +63,8 @@ class Config(OfflineConfig):
                                   metadata={"help": "original IQL init: orthogonal, gain sqrt(2) on every layer of "
                                                     "every net"})
 
-    PRESETS: ClassVar[dict] = PRESETS
+    # Published settings, one YAML file per preset with its source (reins.config.apply_preset reads them).
+    PRESET_DIR: ClassVar[Path] = Path(__file__).parent / "presets" / "iql"
 
     def validate(self) -> None:
         super().validate()

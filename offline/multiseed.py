@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from offline.evaluate import aggregate_runs
-from reins.config import load_config, parse_overrides
-from reins.entry import flush_denormals, split_stage_argv
+from reins.config import load_config, parse_argv
+from reins.entry import flush_denormals
 from reins.errors import ConfigError, ReinsError
 from reins.runio import atomic_write_text
 
@@ -59,10 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     stage, rest = argv[0], argv[1:]
     flush_denormals()
     try:
-        config_path, quiet, rest = split_stage_argv(rest)   # the stages' own parser: --config, --quiet, overrides
-        overrides = parse_overrides(rest)
-        if quiet:
-            overrides["quiet"] = True
+        config_path, overrides = parse_argv(rest)   # the stages' own parser: --config, --quiet, overrides
         seeds = _seed_list(overrides.pop("seeds", [0, 1, 2]))
         out = run_seeds(stage, config_path, overrides, seeds)
     except ReinsError as e:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -30,14 +31,6 @@ from reins.config import check
 from reins.entry import stage_main
 from rl.agent import Agent
 from rl.nets import EnsembleQ, build_actor
-
-PRESETS: dict[str, dict] = {
-    # Fujimoto & Gu 2021 (sfujim/TD3_BC main.py): the defaults below, 1M updates, evaluation every 5k with 10
-    # episodes; CORL's td3_bc configs use the same values.
-    "paper": dict(alpha=2.5, policy_delay=2, policy_noise=0.2, noise_clip=0.5, tau=0.005, actor_lr=3e-4,
-                  critic_lr=3e-4, batch_size=256, hidden=[256, 256], normalize_obs=True, normalize_reward=False,
-                  max_steps=1_000_000, eval_every=5000, eval_episodes=10),
-}
 
 
 @dataclass
@@ -55,7 +48,8 @@ class Config(OfflineConfig):
     actor_lr: float = field(default=3e-4, metadata={"help": "Adam learning rate of the actor"})
     critic_lr: float = field(default=3e-4, metadata={"help": "Adam learning rate of the twin critics"})
 
-    PRESETS: ClassVar[dict] = PRESETS
+    # Published settings, one YAML file per preset with its source (reins.config.apply_preset reads them).
+    PRESET_DIR: ClassVar[Path] = Path(__file__).parent / "presets" / "td3bc"
 
     def validate(self) -> None:
         super().validate()

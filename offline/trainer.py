@@ -52,8 +52,8 @@ class OfflineConfig(RunArgs):
                                                         "action, or action_N"})
     output_dir: str = "runs/offline"
     preset: str = field(default="",
-                        metadata={"help": "a named set of published hyperparameters (see PRESETS in the algorithm's "
-                                          "module)"})
+                        metadata={"help": "a named set of published hyperparameters: offline/presets/<stage>/"
+                                          "NAME.yaml, each naming its source; keys you give win"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
     torch_threads: int = field(default=0,
                                metadata={"help": ">0: torch.set_num_threads (1 is fastest for small nets on a busy "

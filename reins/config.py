@@ -1,13 +1,24 @@
 """Dataclass configs loaded from YAML, overridden from the command line, validated before any work starts.
 
-A stage declares its hyperparameters as one (possibly nested) dataclass; each field carries its help text in
-`metadata={"help": ...}` (printed by `reins <stage> --help`, see `config_help`). Loading is four named steps:
+One way to configure every stage:
+
+- a stage's config is one dataclass, its keys flat; keys several stages share come from the base dataclasses it
+  inherits (`RunArgs` below, offline's `OfflineConfig`, pipelines' `ModelArgs`/`TrainArgs`/...);
+- a group of keys that belongs to one component is a nested dataclass, reached by dotted keys (`lora.r`,
+  `generation.temperature`); a stage hosting several algorithms nests one section per algorithm (`reins online`:
+  `algo: ppo` selects the `ppo.*` section);
+- published hyperparameter sets are presets: YAML files `presets/<stage>/NAME.yaml` beside the stage's module,
+  named by the Config's `PRESET_DIR` and applied by `apply_preset`, never tables in code;
+- a command line's config part (`--config FILE`, `--quiet`, `key=value`, `--key value`) is parsed by `parse_argv`.
+
+Each field carries its help text in `metadata={"help": ...}` (printed by `reins <stage> --help`, see
+`config_help`). Loading is four named steps:
 
 1. `load_config` reads a YAML file and applies `key=value` overrides (dotted keys reach nested dataclasses,
    values are parsed as YAML scalars);
 2. `build` rejects unknown keys naming the valid ones, coerces types, constructs the dataclass and returns it
    together with the keys the user gave;
-3. `apply_preset` fills the fields a named preset sets (a class's `PRESETS`) that the user did not give;
+3. `apply_preset` fills the fields the named preset's file sets that the user did not give;
 4. the dataclass's `validate()`, if it has one, checks the result.
 
 `from_dict` runs steps 2-4. The resolved config round-trips through `to_dict`/`from_dict`, which is what
@@ -50,30 +61,51 @@ T = TypeVar("T")
 RECIPE_KEYS = ("stage", "name")
 
 
-def parse_overrides(args: list[str]) -> dict[str, Any]:
-    """Turn `key=value`, `--key value` and `--key=value` into a {dotted_key: parsed_value} mapping."""
-    out: dict[str, Any] = {}
+def parse_argv(argv: list[str]) -> tuple[str | None, dict[str, Any]]:
+    """A command line's config part as (the `--config FILE`, {dotted_key: parsed_value}): the one argv parser.
+
+    Takes `--config FILE` / `--config=FILE`, the flag `--quiet` (quiet=True) and overrides as `key=value`,
+    `--key value` or `--key=value` (dashes in keys become underscores; values are YAML scalars). Every stage's
+    `main` (reins.entry.stage_main) and `offline.multiseed` use it, `reins run` through `parse_overrides`.
+    """
+    config_path, out = None, {}
     i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg.startswith("--"):
-            body = arg[2:]
-            if "=" in body:
-                key, raw = body.split("=", 1)
-            else:
-                if i + 1 >= len(args):
-                    raise ConfigError(f"override '{arg}' has no value")
-                key, raw = body, args[i + 1]
-                i += 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--quiet":
+            out["quiet"] = True
+        elif arg.startswith("--config="):
+            config_path = arg.split("=", 1)[1]
+        elif arg == "--config":
+            if i + 1 >= len(argv):
+                raise ConfigError("--config needs a file")
+            config_path = argv[i + 1]
+            i += 1
+        elif arg.startswith("--") and "=" not in arg:
+            if i + 1 >= len(argv):
+                raise ConfigError(f"override '{arg}' has no value")
+            out[_override_key(arg[2:], arg)] = _parse_scalar(argv[i + 1])
+            i += 1
         elif "=" in arg:
-            key, raw = arg.split("=", 1)
+            key, raw = arg.removeprefix("--").split("=", 1)
+            out[_override_key(key, arg)] = _parse_scalar(raw)
         else:
             raise ConfigError(f"cannot parse override '{arg}': expected key=value")
-        key = key.replace("-", "_")
-        if not key:
-            raise ConfigError(f"override '{arg}' has an empty key")
-        out[key] = _parse_scalar(raw)
         i += 1
+    return config_path, out
+
+
+def _override_key(key: str, arg: str) -> str:
+    if not key:
+        raise ConfigError(f"override '{arg}' has an empty key")
+    return key.replace("-", "_")
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """`parse_argv` for a command that takes no `--config` (`reins run RECIPE [overrides]`): the overrides."""
+    config_path, out = parse_argv(args)
+    if config_path is not None:
+        raise ConfigError(f"--config is not taken here (got '{config_path}'); give key=value overrides")
     return out
 
 
@@ -204,27 +236,49 @@ def build(cls: type[T], data: dict, *, where: str = "config") -> tuple[T, frozen
 
 
 def apply_preset(cfg: Any, given: frozenset[str] | None = None) -> None:
-    """Fill the fields the named preset `cfg.preset` sets (from the class's `PRESETS`) that the user did not give.
+    """Fill the fields the named preset `cfg.preset` sets (its YAML file, `preset_file`) that the user did not give.
 
     `given` holds the keys a recipe, the command line or config.yaml wrote (what `build` returns): every one of
     them wins over the preset, also one equal to the dataclass default (a recipe's `max_steps: 100000` stays
     100000 under a preset of 1M). Without `given` (a config constructed in Python) a field still at its
     dataclass default counts as unset. The resolved values are what config.yaml stores, so a resumed run does
-    not re-apply the preset. A class without `PRESETS` or a config with an empty `preset` is left as it is.
+    not re-apply the preset. A class without `PRESET_DIR` or a config with an empty `preset` is left as it is.
     """
-    presets = getattr(type(cfg), "PRESETS", None)
     name = getattr(cfg, "preset", "")
-    if presets is None or not name:
+    if getattr(type(cfg), "PRESET_DIR", None) is None or not name:
         return
-    if name not in presets:
-        raise ConfigError(f"unknown preset '{name}' (valid: {', '.join(sorted(presets))})")
+    values = read_preset(type(cfg), name)
     defaults = {f.name: _default(f) for f in dataclasses.fields(cfg) if f.init}
-    for key, value in presets[name].items():
-        if key not in defaults:
-            raise ConfigError(f"preset '{name}' sets unknown key '{key}'")
+    for key, value in values.items():
         unset = key not in given if given is not None else getattr(cfg, key) == defaults[key]
         if unset:
             setattr(cfg, key, value)
+
+
+def preset_names(cls: type) -> list[str]:
+    """The presets of a config class: the `NAME.yaml` files in its `PRESET_DIR` (none without one)."""
+    directory = getattr(cls, "PRESET_DIR", None)
+    if directory is None or not Path(directory).is_dir():
+        return []
+    return sorted(p.stem for p in Path(directory).glob("*.yaml"))
+
+
+def preset_file(cls: type, name: str) -> Path:
+    """The file of preset `name` of `cls`; an unknown name is a one-line error listing the presets there are."""
+    names = preset_names(cls)
+    if name not in names:
+        raise ConfigError(f"unknown preset '{name}' (valid: {', '.join(names) or 'none'})")
+    return Path(cls.PRESET_DIR) / f"{name}.yaml"
+
+
+def read_preset(cls: type, name: str) -> dict[str, Any]:
+    """Preset `name`'s values, typed as `cls` declares them; a key `cls` lacks is an error naming file and key."""
+    path = preset_file(cls, name)
+    data = read_yaml(path)
+    if "preset" in data:
+        raise ConfigError(f"{path}: a preset cannot set 'preset'")
+    obj, keys = build(cls, data, where=str(path))  # unknown keys and wrong types refused, values coerced
+    return {key: getattr(obj, key) for key in keys}
 
 
 _REQUIRED = object()
@@ -253,7 +307,10 @@ def config_help(cls: type, prefix: str = "") -> list[str]:
         default = _default(f)
         shown = "<required>" if default is _REQUIRED else repr(default)
         lines.append(f"  {key}: {_type_name(tp)} = {shown}")
-        lines.append(f"      {f.metadata.get('help', '')}")
+        help_text = f.metadata.get("help", "")
+        if f.name == "preset" and preset_names(cls):
+            help_text += f" (available: {', '.join(preset_names(cls))})"
+        lines.append(f"      {help_text}")
         optional = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
         if optional:  # an optional section (e.g. `lora`): its keys too, for when it is given
             lines += config_help(optional[0], key + ".")

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from reins.errors import ConfigError, DataError, ReinsError
+from reins.errors import DataError, ReinsError
 
 # name -> (module, one-line description). Listed in pipeline order.
 STAGES: dict[str, tuple[str, str]] = {
@@ -135,28 +135,6 @@ def report_interrupt(prog: str, exc: KeyboardInterrupt, where: str = "") -> int:
     return 128 + int(signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
 
 
-def split_stage_argv(argv: list[str]) -> tuple[str | None, bool, list[str]]:
-    """A stage's argv as (--config FILE, --quiet, the key=value / --key value overrides left for the config)."""
-    config_path, quiet, rest = None, False, []
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a == "--config":
-            if i + 1 >= len(argv):
-                raise ConfigError("--config needs a file")
-            config_path = argv[i + 1]
-            i += 2
-            continue
-        if a.startswith("--config="):
-            config_path = a.split("=", 1)[1]
-        elif a == "--quiet":
-            quiet = True
-        else:
-            rest.append(a)
-        i += 1
-    return config_path, quiet, rest
-
-
 def print_stage_help(config_cls: type, prog: str) -> None:
     try:
         print(f"usage: {prog} --config FILE [key=value ...] [--quiet]\n")
@@ -168,7 +146,7 @@ def print_stage_help(config_cls: type, prog: str) -> None:
 def stage_main(config_cls: type, train: Callable[[Any], dict], argv: list[str] | None, *, prog: str,
                stage: str | None = None) -> int:
     """Shared `main` of a stage: parse --config/--quiet/overrides, run, print metrics, map errors to exits."""
-    from reins.config import load_config, parse_overrides
+    from reins.config import load_config, parse_argv
     from reins.runio import check_output_dir, describe_os_error, held_run_locks, lock_run_dir
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -178,10 +156,7 @@ def stage_main(config_cls: type, train: Callable[[Any], dict], argv: list[str] |
     flush_denormals()
     try:
         with sigterm_raises(), held_run_locks():  # the run dir's one-writer lock lasts the whole command
-            config_path, quiet, rest = split_stage_argv(argv)
-            overrides = parse_overrides(rest)
-            if quiet:
-                overrides["quiet"] = True
+            config_path, overrides = parse_argv(argv)
             cfg = load_config(config_cls, config_path, overrides, stage=stage)
             if getattr(cfg, "output_dir", None):
                 check_output_dir(cfg.output_dir)  # a file or an unwritable place: refused before any work

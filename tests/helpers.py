@@ -71,24 +71,13 @@ def resolved_config_yaml(stage: str, argv: list[str]) -> str | None:
     """The config.yaml a run of `reins <stage> <argv>` would write, or None when the config does not resolve."""
     import importlib
 
-    from reins.config import dump_yaml, load_config, parse_overrides, to_dict
+    from reins.config import dump_yaml, load_config, parse_argv, to_dict
     from reins.entry import STAGES
     from reins.errors import ReinsError
 
-    path, rest, quiet = None, [], False
-    it = iter(argv)
-    for a in it:
-        if a == "--config":
-            path = next(it)
-        elif a == "--quiet":
-            quiet = True
-        else:
-            rest.append(a)
     mod = importlib.import_module(STAGES[stage][0])
     try:
-        over = parse_overrides(rest)
-        if quiet:
-            over["quiet"] = True
+        path, over = parse_argv(argv)
         return dump_yaml(to_dict(load_config(mod.Config, path, over, stage=stage)))
     except ReinsError:
         return None

@@ -1,4 +1,4 @@
-"""`python -m offline.multiseed` parses its argv with the stages' own splitter (reins.entry.split_stage_argv)."""
+"""`python -m offline.multiseed` parses its argv with the stages' own parser (reins.config.parse_argv)."""
 
 from __future__ import annotations
 

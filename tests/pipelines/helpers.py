@@ -1,5 +1,5 @@
 """Plain helpers shared by the pipelines tests: a very small tiny-Llama and its tokenizer, fast stage configs,
-the hand oracles of the loss tests, the toy GRPO/PPO runs."""
+the hand oracles of the loss tests, the toy GRPO/PPO runs, the update oracles' rollout batch and gradient recorder."""
 
 from __future__ import annotations
 
@@ -150,3 +150,24 @@ def ppo_toy_cfg(out: Path, **kw) -> dict:
 
 def ppo_train_rows(out: Path) -> list[dict]:
     return [r for r in log_rows(out) if "objective/kl" in r]
+
+
+# ----------------------------------------------------------------------------------------- PPO/GRPO update oracles
+# One rollout batch's prompts and responses for the update-step oracles (tests/pipelines/test_stage_oracles.py,
+# test_grpo_options.py).
+PROMPT_IDS = [[7, 8, 9], [11, 12], [13], [14, 15]]
+RESPONSES = [[20, 21, 1], [30, 31], [40, 41, 42, 43], [50]]   # unequal lengths: 3, 2, 4, 1 tokens
+
+
+class GradRecorder:
+    """Stands in for the optimizer: keeps the gradient of each step, changes nothing."""
+
+    def __init__(self, params):
+        self.params, self.grads = list(params), []
+
+    def step(self):
+        self.grads.append([p.grad.detach().clone() for p in self.params])
+
+    def zero_grad(self, set_to_none=True):
+        for p in self.params:
+            p.grad = None

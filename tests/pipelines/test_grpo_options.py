@@ -17,8 +17,7 @@ from pipelines.reward_funcs import resolve_reward_funcs
 from pipelines.rollout import rollout_batch
 from pipelines.trainer import make_accelerator
 from reins.config import from_dict
-from tests.pipelines.helpers import SMALL
-from tests.pipelines.test_stage_oracles import PROMPT_IDS, RESPONSES, _GradRecorder
+from tests.pipelines.helpers import PROMPT_IDS, RESPONSES, SMALL, GradRecorder
 
 T = 0.8
 
@@ -89,7 +88,7 @@ def test_grpo_update_gradient_equals_the_hand_objective(tmp_path, f64, eps_high,
     want = _hand_loss(policy, {**data, "ref_logps": data.get("ref_logps", 0.0)}, eps_low=0.2,
                       eps_high=0.2 if eps_high is None else eps_high, beta=beta, loss_type=loss_type, max_len=5)
     want_grads = torch.autograd.grad(want, params)
-    rec = _GradRecorder(params)
+    rec = GradRecorder(params)
     # one optimizer step; the data carries old log-probs (as rollouts for several passes do), so ratios != 1
     stats = grpo.grpo_update(cfg, policy, rec, make_accelerator(cfg), data, generator=torch.Generator().manual_seed(0))
     for got, w in zip(rec.grads[0], want_grads):

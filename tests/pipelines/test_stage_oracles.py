@@ -21,7 +21,7 @@ from pipelines.rollout import rollout_batch
 from pipelines.scoring import Reference
 from pipelines.trainer import make_accelerator
 from reins.config import from_dict
-from tests.pipelines.helpers import SMALL
+from tests.pipelines.helpers import PROMPT_IDS, RESPONSES, SMALL, GradRecorder
 
 PROMPTS = ["I stayed at the Harbour Inn last week and", "We ate at Luigi's on Friday and",
            "I watched The Silent River yesterday and", "The museum tour was"]
@@ -77,10 +77,6 @@ def test_eval_kl_and_win_rate_against_hand_values(f64, temperature):
 
 
 # ----------------------------------------------------------------------------------------- PPO update
-PROMPT_IDS = [[7, 8, 9], [11, 12], [13], [14, 15]]
-RESPONSES = [[20, 21, 1], [30, 31], [40, 41, 42, 43], [50]]   # unequal lengths: 3, 2, 4, 1 tokens
-
-
 def _ppo_data(tok, ac, T):
     """A rollout batch whose old log-probs and old values are perturbed so that some ratios and some values
     fall outside their clip ranges."""
@@ -115,20 +111,6 @@ def _hand_ppo_loss(ac, d, T, eps, eps_v, vf, ent_coef):
                                            "vpred": (v * m).sum() / n}
 
 
-class _GradRecorder:
-    """Stands in for the optimizer: keeps the gradient of each step, changes nothing."""
-
-    def __init__(self, params):
-        self.params, self.grads = list(params), []
-
-    def step(self):
-        self.grads.append([p.grad.detach().clone() for p in self.params])
-
-    def zero_grad(self, set_to_none=True):
-        for p in self.params:
-            p.grad = None
-
-
 def _ppo_cfg(tmp_path, **kw):
     return from_dict(ppo.Config, {"output_dir": str(tmp_path), "batch_size": 4, "num_minibatches": 1,
                                   "ppo_epochs": 1, "max_grad_norm": None, "cliprange": 0.2, "cliprange_value": 0.1,
@@ -151,7 +133,7 @@ def test_ppo_update_loss_and_gradient_equal_the_hand_computed_objective(tmp_path
     want, parts = _hand_ppo_loss(ac, data, 0.7, 0.2, 0.1, 0.3, 0.05)
     assert 0 < parts["clipped"] < 1  # both branches of the clipped surrogate are exercised
     want_grads = torch.autograd.grad(want, params)
-    rec = _GradRecorder(params)
+    rec = GradRecorder(params)
     stats = ppo.ppo_update(cfg, ac, rec, make_accelerator(cfg), data, generator=torch.Generator().manual_seed(0))
     assert len(rec.grads) == 1
     for got, w in zip(rec.grads[0], want_grads):
@@ -176,7 +158,7 @@ def test_ppo_update_of_a_single_one_token_rollout(tmp_path, actor_critic):
     assert data["response_mask"].sum() == 1
     _, parts = _hand_ppo_loss(ac, data, 0.7, 0.2, 0.1, 0.3, 0.05)
     params = [p for p in ac.parameters() if p.requires_grad]
-    stats = ppo.ppo_update(cfg, ac, _GradRecorder(params), make_accelerator(cfg), data,
+    stats = ppo.ppo_update(cfg, ac, GradRecorder(params), make_accelerator(cfg), data,
                            generator=torch.Generator().manual_seed(0))
     for key, part in (("loss/policy", "pl"), ("loss/value", "vl"), ("policy/entropy", "ent"), ("val/vpred", "vpred")):
         assert stats[key] == pytest.approx(parts[part].item(), rel=1e-9), key

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from reins.cli import main
 from reins.entry import stage_main
@@ -109,7 +110,9 @@ def test_stage_help_prints_every_key_with_its_type_default_and_help(capsys):
         for key, help_ in keys:
             assert help_.strip(), f"{name}: config key '{key}' has no help"
             at = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{key}: "))
-            assert lines[at + 1].strip() == help_.strip(), (name, key)
+            presets = sorted(p.stem for p in getattr(cls, "PRESET_DIR", Path("/nonexistent")).glob("*.yaml"))
+            listed = f" (available: {', '.join(presets)})" if key == "preset" and presets else ""
+            assert lines[at + 1].strip() == help_.strip() + listed, (name, key)
         listed = [line.split(":")[0].strip() for line in lines if line.startswith("  ") and not line.startswith("    ")]
         assert listed == [k for k, _ in keys], name
         checked += len(keys)

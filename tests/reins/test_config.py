@@ -5,7 +5,7 @@ from typing import Literal
 
 import pytest
 
-from reins.config import check, from_dict, load_config, parse_overrides, to_dict
+from reins.config import check, from_dict, load_config, parse_argv, parse_overrides, to_dict
 from reins.errors import ConfigError
 
 
@@ -33,6 +33,33 @@ class Cfg:
 def test_overrides_forms():
     o = parse_overrides(["lr=3e-4", "--steps", "5", "--loss-type=ipo", "lora.r=4"])
     assert o == {"lr": 3e-4, "steps": 5, "loss_type": "ipo", "lora.r": 4}
+
+
+def test_argv_config_quiet_and_overrides_in_any_order():
+    """parse_argv, the one argv parser: `--config` in both forms (the last wins), the flag `--quiet` (it does
+    not swallow the argument after it), overrides around them."""
+    assert parse_argv(["--quiet", "lr=0.5", "--config", "a.yaml", "--steps", "3"]) == (
+        "a.yaml", {"quiet": True, "lr": 0.5, "steps": 3})
+    assert parse_argv(["--config=a.yaml", "--config=b.yaml", "--quiet=false"]) == ("b.yaml", {"quiet": False})
+    assert parse_argv([]) == (None, {})
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["lr=1", "--config"], "--config needs a file"),
+    (["--steps"], "override '--steps' has no value"),
+    (["lr"], "cannot parse override 'lr': expected key=value"),
+    (["=1"], "override '=1' has an empty key"),
+])
+def test_argv_errors_are_one_line(argv, msg):
+    with pytest.raises(ConfigError) as e:
+        parse_argv(argv)
+    assert str(e.value) == msg
+
+
+def test_overrides_alone_refuse_a_config_file():
+    """`reins run RECIPE [overrides]` takes its recipe positionally: a `--config` among the overrides is refused."""
+    with pytest.raises(ConfigError, match="--config is not taken here"):
+        parse_overrides(["lr=1", "--config", "x.yaml"])
 
 
 def test_yaml_then_overrides(tmp_path):
