@@ -66,9 +66,9 @@ def make_rows(cmp: dict, finals: list[dict], ceiling: float) -> list[dict]:
     return rows
 
 
-def _ours(spec: dict, clock: BlockClock) -> dict:
-    import torch
-
+def _build_ours(spec: dict):
+    """reins' PPO pieces as `pipelines.ppo` builds them: config, accelerator, prepared model and optimiser, the
+    models bundle and the prompts."""
     from pipelines import ppo
     from pipelines.generation import GenerationArgs
     from pipelines.models import load_tokenizer
@@ -93,6 +93,15 @@ def _ours(spec: dict, clock: BlockClock) -> dict:
     optimizer = ppo._optimizer(cfg, ac)
     model, optimizer = acc.prepare(ac, optimizer)
     models = ppo.Models(tok, acc.unwrap_model(model), model, reference, rm, rm_tok, same)
+    return cfg, acc, model, optimizer, models, prompts, prompt_ids
+
+
+def _ours(spec: dict, clock: BlockClock) -> dict:
+    import torch
+
+    from pipelines import ppo
+
+    cfg, acc, model, optimizer, models, prompts, prompt_ids = _build_ours(spec)
     timings: list[tuple[int, float, float, float]] = []  # (tokens, rollout s, update s, policy loss)
     it = [0]
 
