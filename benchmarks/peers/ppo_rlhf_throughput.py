@@ -100,6 +100,7 @@ def _ours(spec: dict, clock: BlockClock) -> dict:
     import torch
 
     from pipelines import ppo
+    from pipelines.prompts import iteration_prompts
 
     cfg, acc, model, optimizer, models, prompts, prompt_ids = _build_ours(spec)
     timings: list[tuple[int, float, float, float]] = []  # (tokens, rollout s, update s, policy loss)
@@ -107,7 +108,7 @@ def _ours(spec: dict, clock: BlockClock) -> dict:
 
     def iteration():
         step = it[0]
-        idx = ppo.iteration_prompts(len(prompts), cfg.batch_size, step, cfg.seed)
+        idx = iteration_prompts(len(prompts), cfg.batch_size, step, cfg.seed)
         t0 = time.perf_counter()
         data, m, _ = ppo.rollout(cfg, models, [prompts[i] for i in idx], [prompt_ids[i] for i in idx],
                                  kl_coef=cfg.kl_coef, seed=step, reduce=lambda t: t)
@@ -122,7 +123,7 @@ def _ours(spec: dict, clock: BlockClock) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as fc_roll:
-        idx = ppo.iteration_prompts(len(prompts), cfg.batch_size, 0, cfg.seed)
+        idx = iteration_prompts(len(prompts), cfg.batch_size, 0, cfg.seed)
         data, _, _ = ppo.rollout(cfg, models, [prompts[i] for i in idx], [prompt_ids[i] for i in idx],
                                  kl_coef=cfg.kl_coef, seed=0, reduce=lambda t: t)
     upd_flops, _ = count_flops(ppo.ppo_update, cfg, model, optimizer, acc, data,
