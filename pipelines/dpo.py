@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 
 from pgcore.preference_losses import chosen_nll_loss, dpo_loss
-from pipelines.common import eval_prompts, lm_evaluate_fn, open_run, start_lm_stage, train_and_finish
+from pipelines.common import eval_prompts, lm_evaluate_fn, log_start, open_run, start_lm_stage, train_and_finish
 from pipelines.data import (
     DataArgs,
     chat_roles,
@@ -43,7 +43,6 @@ from pipelines.data import (
 from pipelines.evaluation import PolicyEvaluator
 from pipelines.models import (
     ModelArgs,
-    count_parameters,
     load_causal_lm,
     load_tokenizer,
 )
@@ -211,10 +210,8 @@ def train(cfg: Config) -> dict:
         train_ref = Reference(torch.compile(reference.model, dynamic=True))  # the loss's reference forwards
     loss_fn = make_loss_fn(tok.pad_token_id, cfg, train_ref)
     trainer = Trainer(run, cfg, acc, policy, train_ex, loss_fn, seed=cfg.seed, tokens_fn=pair_input_tokens)
-    if acc.is_main_process and trainer.resumed_from == 0:
-        total, trainable = count_parameters(policy)
-        run.log(0, {"model/parameters": total, "model/trainable": trainable, "data/train_pairs": len(train_ex),
-                    "data/eval_pairs": len(eval_ex), **tstats.as_metrics("data")})
+    log_start(run, acc, trainer, policy, {"data/train_pairs": len(train_ex), "data/eval_pairs": len(eval_ex),
+                                          **tstats.as_metrics("data")})
     evaluator = PolicyEvaluator(tok, prompts, reference, cfg.eval, reward_model=rm, rm_tok=rm_tok) if prompts else None
 
     evaluate = lm_evaluate_fn(trainer, loss_fn, eval_ex, batch_size=cfg.eval.batch_size, count_fn=lambda e: 1,

@@ -32,10 +32,10 @@ from pathlib import Path
 import torch
 
 from pgcore.preference_losses import kto_loss, kto_reference_point
-from pipelines.common import eval_prompts, lm_evaluate_fn, open_run, start_lm_stage, train_and_finish
+from pipelines.common import eval_prompts, lm_evaluate_fn, log_start, open_run, start_lm_stage, train_and_finish
 from pipelines.data import DataArgs, chat_roles, load_split_pair
 from pipelines.evaluation import PolicyEvaluator
-from pipelines.models import ModelArgs, count_parameters, load_causal_lm, load_tokenizer
+from pipelines.models import ModelArgs, load_causal_lm, load_tokenizer
 from pipelines.reference import ReferenceEvalArgs, build_reference, eval_reward_model, weights_fingerprint
 from pipelines.scoring import Reference, batched_logps, completion_batch, sequence_logps, to_device
 from pipelines.trainer import TrainArgs, Trainer
@@ -219,12 +219,10 @@ def train(cfg: Config) -> dict:
     reduce_mean = (lambda t: acc.reduce(t, reduction="mean")) if acc.num_processes > 1 else None
     loss_fn = make_loss_fn(tok.pad_token_id, cfg, reference, reduce_mean=reduce_mean)
     trainer = Trainer(run, cfg, acc, policy, train_ex, loss_fn, seed=cfg.seed, tokens_fn=example_tokens)
-    if acc.is_main_process and trainer.resumed_from == 0:
-        total, trainable = count_parameters(policy)
-        n_des = sum(e["label"] for e in train_ex)
-        run.log(0, {"model/parameters": total, "model/trainable": trainable, "data/train_examples": len(train_ex),
-                    "data/train_desirable": n_des, "data/train_undesirable": len(train_ex) - n_des,
-                    "data/eval_examples": len(eval_ex), **tstats.as_metrics("data")})
+    n_des = sum(e["label"] for e in train_ex)
+    log_start(run, acc, trainer, policy, {"data/train_examples": len(train_ex), "data/train_desirable": n_des,
+                                          "data/train_undesirable": len(train_ex) - n_des,
+                                          "data/eval_examples": len(eval_ex), **tstats.as_metrics("data")})
     evaluator = PolicyEvaluator(tok, prompts, reference, cfg.eval, reward_model=rm, rm_tok=rm_tok) if prompts else None
     held_out = lm_evaluate_fn(trainer, loss_fn, eval_ex, batch_size=cfg.eval.batch_size, count_fn=lambda e: 1,
                               evaluator=evaluator)

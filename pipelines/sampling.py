@@ -1,8 +1,10 @@
 """What the sampling stages (ppo, grpo) share: the prompt and cadence config fields, the input checks done before
 the run dir is opened, each iteration's prompt share and seeds, and the loop around setup / iteration / finish.
 
-A stage's loop state (ppo.PPOLoop, grpo.GRPOLoop: its models, optimiser and loop position) provides `cfg`, `acc`,
-`run`, `step`, `total`, `last`, `bar`, `evaluate(at)` and `save()`; the helpers here take it as that.
+Also the update's minibatch schedule and the loop's resume, checkpoint, iteration end and finish. A stage's loop
+state (ppo.PPOLoop, grpo.GRPOLoop: its models, optimiser and loop position) provides `cfg`, `acc`, `run`,
+`optimizer`, `scheduler`, `step`, `total`, `last`, `bar`, `evaluate(at)` and `save()`; the helpers here take it as
+that.
 """
 
 from __future__ import annotations
