@@ -33,19 +33,9 @@ import torch
 
 from pgcore.preference_losses import chosen_nll_loss, dpo_loss
 from pipelines.common import eval_prompts, lm_evaluate_fn, log_start, open_run, start_lm_stage, train_and_finish
-from pipelines.data import (
-    DataArgs,
-    chat_roles,
-    load_split_pair,
-    normalise_preferences,
-    tokenize_preferences,
-)
+from pipelines.data import DataArgs, load_examples, normalise_preferences, tokenize_preferences
 from pipelines.evaluation import PolicyEvaluator
-from pipelines.models import (
-    ModelArgs,
-    load_causal_lm,
-    load_tokenizer,
-)
+from pipelines.models import ModelArgs, load_causal_lm, load_tokenizer
 from pipelines.reference import ReferenceEvalArgs, build_reference, eval_reward_model, weights_fingerprint
 from pipelines.reward_model import builtin_pairs
 from pipelines.scoring import (
@@ -183,14 +173,8 @@ def train(cfg: Config) -> dict:
     if done is not None:  # a finished run: return its metrics, no retraining
         return done
     tok = load_tokenizer(cfg)
-    train_rows, tw, eval_rows, ew = load_split_pair(cfg, seed=cfg.seed, builtin=builtin_pairs)
-    roles = chat_roles(tok)
-    train_ex, tstats = tokenize_preferences(tok, normalise_preferences(train_rows, tw, roles=roles), tw,
-                                            cfg.max_length, cfg.on_overlong)
-    eval_ex = []
-    if eval_rows:
-        eval_ex = tokenize_preferences(tok, normalise_preferences(eval_rows, ew, roles=roles), ew, cfg.max_length,
-                                       cfg.on_overlong)[0]
+    train_ex, tstats, eval_ex = load_examples(cfg, tok, seed=cfg.seed, builtin=builtin_pairs,
+                                              normalise=normalise_preferences, tokenize=tokenize_preferences)
     prompts = eval_prompts(cfg.eval_prompts, cfg.eval.num_prompts) if acc.is_main_process else []
     rm, rm_tok = eval_reward_model(cfg, prompts, acc.device)
     policy = load_causal_lm(cfg, tok, seed=cfg.seed)

@@ -33,7 +33,7 @@ import torch
 
 from pgcore.preference_losses import kto_loss, kto_reference_point
 from pipelines.common import eval_prompts, lm_evaluate_fn, log_start, open_run, start_lm_stage, train_and_finish
-from pipelines.data import DataArgs, chat_roles, load_split_pair
+from pipelines.data import DataArgs, load_examples
 from pipelines.evaluation import PolicyEvaluator
 from pipelines.models import ModelArgs, load_causal_lm, load_tokenizer
 from pipelines.reference import ReferenceEvalArgs, build_reference, eval_reward_model, weights_fingerprint
@@ -174,18 +174,6 @@ def attach_ref_logps(examples: list[dict], reference: Reference, pad_id: int, ca
     return path
 
 
-def _load_examples(cfg: Config, tok):
-    train_rows, tw, eval_rows, ew = load_split_pair(cfg, seed=cfg.seed, builtin=builtin_unpaired)
-    roles = chat_roles(tok)
-    train_ex, tstats = tokenize_unpaired(tok, normalise_unpaired(train_rows, tw, roles=roles), tw, cfg.max_length,
-                                         cfg.on_overlong)
-    eval_ex = []
-    if eval_rows:
-        eval_ex = tokenize_unpaired(tok, normalise_unpaired(eval_rows, ew, roles=roles), ew, cfg.max_length,
-                                    cfg.on_overlong)[0]
-    return train_ex, tstats, eval_ex
-
-
 def _micro_batch(cfg: Config, world: int) -> int:
     micro = cfg.batch_size // (world * cfg.grad_accum)
     if micro < 2:
@@ -200,7 +188,8 @@ def train(cfg: Config) -> dict:
     if done is not None:  # a finished run: return its metrics, no retraining
         return done
     tok = load_tokenizer(cfg)
-    train_ex, tstats, eval_ex = _load_examples(cfg, tok)
+    train_ex, tstats, eval_ex = load_examples(cfg, tok, seed=cfg.seed, builtin=builtin_unpaired,
+                                              normalise=normalise_unpaired, tokenize=tokenize_unpaired)
     micro = _micro_batch(cfg, acc.num_processes)
     prompts = eval_prompts(cfg.eval_prompts, cfg.eval.num_prompts) if acc.is_main_process else []
     rm, rm_tok = eval_reward_model(cfg, prompts, acc.device)
