@@ -40,12 +40,18 @@ def _table(rows: list[list[str]], header: list[str]) -> list[str]:
     return out
 
 
-def _plot_curves(stage_name: str, rows: list[dict], out_dir: Path) -> str | None:
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _plot_curves(stage_name: str, rows: list[dict], out_dir: Path) -> str | None:
+    plt = _pyplot()
     keys = [k for k in CURVE_KEYS if any(isinstance(r.get(k), (int, float)) for r in rows)]
     if not keys:
         return None
@@ -67,11 +73,7 @@ def _plot_curves(stage_name: str, rows: list[dict], out_dir: Path) -> str | None
 def _plot_reward_vs_kl(points: list[tuple[str, float, float]], out_dir: Path) -> str | None:
     if not points:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 4))
     for name, kl, reward in points:
         ax.scatter([kl], [reward], label=name)
@@ -88,11 +90,7 @@ def _plot_reward_vs_kl(points: list[tuple[str, float, float]], out_dir: Path) ->
 def _plot_scores(bars: list[tuple[str, float]], out_dir: Path) -> str | None:
     if not bars:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(bars)), 3.5))
     ax.bar([b[0] for b in bars], [b[1] for b in bars])
     ax.set_ylabel("normalised score (x100)")
