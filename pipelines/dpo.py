@@ -36,11 +36,10 @@ from pipelines.common import eval_prompts, lm_evaluate_fn, log_start, open_run, 
 from pipelines.data import DataArgs, load_examples, normalise_preferences, tokenize_preferences
 from pipelines.evaluation import PolicyEvaluator
 from pipelines.models import ModelArgs, load_causal_lm, load_tokenizer
-from pipelines.reference import ReferenceEvalArgs, build_reference, eval_reward_model, weights_fingerprint
+from pipelines.reference import ReferenceEvalArgs, build_reference, cached_ref_logps, eval_reward_model
 from pipelines.reward_model import builtin_pairs
 from pipelines.scoring import (
     Reference,
-    batched_logps,
     pair_batch,
     pair_logps,
     sequence_logps,
@@ -49,7 +48,6 @@ from pipelines.scoring import (
 from pipelines.trainer import TrainArgs, Trainer
 from reins.config import RunArgs, check
 from reins.entry import stage_main
-from reins.runio import atomic_torch_save, safe_torch_load
 
 
 @dataclass
@@ -148,20 +146,10 @@ def pair_input_tokens(example: dict) -> int:
 def attach_ref_logps(examples: list[dict], reference: Reference, pad_id: int, cache_dir: Path, *,
                      batch_size: int, is_main: bool, wait) -> Path:
     """Add ref_chosen_logps / ref_rejected_logps to each example, computed once and cached on disk."""
-    with reference.active() as ref_model:
-        key = weights_fingerprint(ref_model, [[e["prompt_ids"], e["chosen_ids"], e["rejected_ids"]]
-                                              for e in examples])
-        device = next(ref_model.parameters()).device
-    path = cache_dir / f"ref_logps-{key}.pt"
-    if is_main and not path.is_file():
-        prompts = [e["prompt_ids"] for e in examples]
-        lc, _ = batched_logps(reference, prompts, [e["chosen_ids"] for e in examples], pad_id,
-                              batch_size=batch_size, device=device)
-        lr, _ = batched_logps(reference, prompts, [e["rejected_ids"] for e in examples], pad_id,
-                              batch_size=batch_size, device=device)
-        atomic_torch_save({"chosen": lc, "rejected": lr}, path)
-    wait()
-    cached = safe_torch_load(path)
+    sides = {"chosen": [e["chosen_ids"] for e in examples], "rejected": [e["rejected_ids"] for e in examples]}
+    cached, path = cached_ref_logps(reference, [e["prompt_ids"] for e in examples], sides,
+                                    [[e["prompt_ids"], e["chosen_ids"], e["rejected_ids"]] for e in examples],
+                                    pad_id, cache_dir / "ref_logps", batch_size=batch_size, is_main=is_main, wait=wait)
     for i, e in enumerate(examples):
         e["ref_chosen_logps"] = float(cached["chosen"][i])
         e["ref_rejected_logps"] = float(cached["rejected"][i])

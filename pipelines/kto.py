@@ -36,14 +36,13 @@ from pipelines.common import eval_prompts, lm_evaluate_fn, log_start, open_run, 
 from pipelines.data import DataArgs, load_examples
 from pipelines.evaluation import PolicyEvaluator
 from pipelines.models import ModelArgs, load_causal_lm, load_tokenizer
-from pipelines.reference import ReferenceEvalArgs, build_reference, eval_reward_model, weights_fingerprint
-from pipelines.scoring import Reference, batched_logps, completion_batch, sequence_logps, to_device
+from pipelines.reference import ReferenceEvalArgs, build_reference, cached_ref_logps, eval_reward_model
+from pipelines.scoring import Reference, completion_batch, sequence_logps, to_device
 from pipelines.trainer import TrainArgs, Trainer
 from pipelines.unpaired import builtin_unpaired, normalise_unpaired, tokenize_unpaired
 from reins.config import RunArgs, check
 from reins.entry import stage_main
 from reins.errors import ConfigError
-from reins.runio import atomic_torch_save, safe_torch_load
 
 
 @dataclass
@@ -159,16 +158,9 @@ def attach_ref_logps(examples: list[dict], reference: Reference, pad_id: int, ca
     prompts = [e["prompt_ids"] for e in examples]
     mine = [e["completion_ids"] for e in examples]
     theirs = [examples[e["kl_partner"]]["completion_ids"] for e in examples]
-    with reference.active() as ref_model:
-        key = weights_fingerprint(ref_model, [prompts, mine, theirs])
-        device = next(ref_model.parameters()).device
-    path = cache_dir / f"kto_ref_logps-{key}.pt"
-    if is_main and not path.is_file():
-        matched, _ = batched_logps(reference, prompts, mine, pad_id, batch_size=batch_size, device=device)
-        mismatched, _ = batched_logps(reference, prompts, theirs, pad_id, batch_size=batch_size, device=device)
-        atomic_torch_save({"matched": matched, "mismatched": mismatched}, path)
-    wait()
-    cached = safe_torch_load(path)
+    cached, path = cached_ref_logps(reference, prompts, {"matched": mine, "mismatched": theirs},
+                                    [prompts, mine, theirs], pad_id, cache_dir / "kto_ref_logps",
+                                    batch_size=batch_size, is_main=is_main, wait=wait)
     for i, e in enumerate(examples):
         e["ref_logps"], e["ref_kl_logps"] = float(cached["matched"][i]), float(cached["mismatched"][i])
     return path

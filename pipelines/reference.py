@@ -1,6 +1,6 @@
 """What the stages that train a policy against a frozen reference on fixed data (dpo, kto) share: the config
 fields of the reference model, its cached log-probs and the generation evaluation; building the reference; the
-fingerprint that keys the log-prob cache; the reward model the evaluation scores with."""
+reference log-probs computed once and cached on disk; the reward model the evaluation scores with."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from pipelines.data import BUILTIN
 from pipelines.evaluation import EvalArgs
 from pipelines.models import ModelArgs, freeze, load_causal_lm, load_reward_model, load_tokenizer
-from pipelines.scoring import Reference
+from pipelines.scoring import Reference, batched_logps
+from reins.runio import atomic_torch_save, safe_torch_load
 
 
 @dataclass
@@ -56,6 +58,22 @@ def weights_fingerprint(model, data) -> str:
         h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     h.update(json.dumps(data).encode())
     return h.hexdigest()[:20]
+
+
+def cached_ref_logps(reference: Reference, prompts: list, sides: dict[str, list], key_data, pad_id: int,
+                     path_prefix: Path, *, batch_size: int, is_main: bool, wait) -> tuple[dict, Path]:
+    """The reference's sequence log-probs of each prompt with each side's completions ({side: [N]}), computed once
+    by the main process and cached at `path_prefix`-<fingerprint of the reference and `key_data`>.pt; every
+    process waits (`wait()`) and reads the cache. Returns (log-probs, cache path)."""
+    with reference.active() as ref_model:
+        key = weights_fingerprint(ref_model, key_data)
+        device = next(ref_model.parameters()).device
+    path = path_prefix.with_name(f"{path_prefix.name}-{key}.pt")
+    if is_main and not path.is_file():
+        atomic_torch_save({side: batched_logps(reference, prompts, completions, pad_id, batch_size=batch_size,
+                                               device=device)[0] for side, completions in sides.items()}, path)
+    wait()
+    return safe_torch_load(path), path
 
 
 def eval_reward_model(cfg, prompts: list, device) -> tuple:
