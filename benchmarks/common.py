@@ -371,6 +371,45 @@ def schedule(n_blocks: int, n_sides: int = 2) -> list[int]:
     return order
 
 
+def time_abba(fns: dict[str, Any], rounds: int) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """In one process: `rounds` calls of each variant's function in ABBA order (`schedule`); the wall seconds of
+    every call per variant, and each variant's last return value."""
+    names = list(fns)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    last: dict[str, Any] = {}
+    for i in schedule(rounds, len(names)):
+        t = time.perf_counter()
+        last[names[i]] = fns[names[i]]()
+        times[names[i]].append(time.perf_counter() - t)
+    return times, last
+
+
+def smollm2_shaped_llama(layers: int):
+    """A randomly initialised float32 Llama of SmolLM2-135M's shape (hidden 576, 9 heads / 3 KV heads, MLP 1536,
+    vocabulary 49152, tied embeddings) with `layers` of its 30 blocks, seeded, so nothing is downloaded."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
+                      num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True,
+                      max_position_embeddings=8192, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg)
+
+
+def random_pairs(pairs: int, prompt: int, chosen: int, rejected: int, vocab: int = 49152, seed: int = 1):
+    """Random token ids (P, C, R), `pairs` of each; lengths vary by +-25% around the asked ones, as real pairs do."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(n):
+        m = max(1, int(n * (0.75 + 0.5 * torch.rand((), generator=g).item())))
+        return torch.randint(3, vocab, (m,), generator=g).tolist()
+
+    return tuple([rnd(n) for _ in range(pairs)] for n in (prompt, chosen, rejected))
+
+
 def run_interleaved(sides: list[Side], *, blocks: int, block_steps: int, setup_timeout: float = 1800,
                     block_timeout: float = 1800) -> list[dict]:
     """Start every side, wait for `ready`, run `blocks` blocks per side in ABBA order, stop, collect."""

@@ -128,7 +128,7 @@ def run_comparison(cmp: dict, workdir: Path, python_ours: str, python_peer: str 
     return rows, detail
 
 
-def main(argv=None) -> int:
+def _parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=["small", "full"], default="full")
     ap.add_argument("--only", default="", help=f"comma list of {', '.join(BENCHMARKS)}")
@@ -145,50 +145,64 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         ap.error(f"unknown benchmark(s) {unknown}; known: {', '.join(BENCHMARKS)}")
+    return args, names
 
+
+def _peer_python(cmp: dict, args, venv_py: dict[str, str | None], notes: list[str]) -> str | None:
+    """The peer venv's python for a comparison that has a peer (made once per venv), else None."""
+    if not cmp.get("peer"):
+        return None
+    venv = cmp["venv"]
+    if venv not in venv_py:
+        venv_py[venv] = ensure_venv(venv, not args.no_install)
+    if venv_py[venv] is None:
+        notes.append(f"{cmp['spec']['name']}: peer venv '{venv}' unavailable; reins measured alone")
+    return venv_py[venv]
+
+
+def _run_benchmark(name: str, args, workdir: Path, ceilings: dict, venv_py: dict, notes: list[str],
+                   rows: list[dict], details: list[dict]) -> None:
+    """Every comparison of one benchmark module; rows, details and notes are appended to."""
+    mod = importlib.import_module(f"benchmarks.peers.{BENCHMARKS[name]}")
+    default_threads = getattr(mod, "THREADS", 1)
+    threads = args.threads or (os.cpu_count() if default_threads == "all" else default_threads)
+    try:
+        cmps = mod.prepare(args.size, workdir, threads, args.device)
+    except Exception as e:  # noqa: BLE001 - one broken benchmark must not hide the others
+        notes.append(f"{name}: preparation failed: {type(e).__name__}: {e}")
+        traceback.print_exc()
+        return
+    for cmp in cmps:
+        cmp["module"] = BENCHMARKS[name]
+        t = cmp["spec"]["threads"]
+        if t not in ceilings:
+            ceilings[t] = matmul_gflops(threads=t, device=args.device)
+            print(f"[bench] matmul ceiling at {t} thread(s): {ceilings[t]:.1f} GFLOP/s", flush=True)
+        py_peer = _peer_python(cmp, args, venv_py, notes)
+        print(f"[bench] {cmp['spec']['name']} ({cmp['size_desc']}, {t} thread(s))", flush=True)
+        t0 = time.perf_counter()
+        try:
+            new_rows, detail = run_comparison(cmp, workdir, sys.executable, py_peer, ceilings, args)
+        except Exception as e:  # noqa: BLE001
+            notes.append(f"{cmp['spec']['name']}: failed: {type(e).__name__}: {str(e)[:2000]}")
+            traceback.print_exc()
+            continue
+        detail["wall_s"] = time.perf_counter() - t0
+        rows += new_rows
+        details.append(detail)
+        notes += [f"{cmp['spec']['name']}: {n}" for n in cmp.get("notes", [])]
+        print("\n".join(markdown_table(new_rows).splitlines()[2:]), flush=True)
+
+
+def main(argv=None) -> int:
+    args, names = _parse_args(argv)
     started = dt.datetime.now()
     machine = machine_info()
     workdir = Path(tempfile.mkdtemp(prefix="reins-bench-"))
     rows, details, notes, ceilings = [], [], list(args.note), {}
     venv_py: dict[str, str | None] = {}
     for name in names:
-        mod = importlib.import_module(f"benchmarks.peers.{BENCHMARKS[name]}")
-        default_threads = getattr(mod, "THREADS", 1)
-        threads = args.threads or (os.cpu_count() if default_threads == "all" else default_threads)
-        try:
-            cmps = mod.prepare(args.size, workdir, threads, args.device)
-        except Exception as e:  # noqa: BLE001 - one broken benchmark must not hide the others
-            notes.append(f"{name}: preparation failed: {type(e).__name__}: {e}")
-            traceback.print_exc()
-            continue
-        for cmp in cmps:
-            cmp["module"] = BENCHMARKS[name]
-            t = cmp["spec"]["threads"]
-            if t not in ceilings:
-                ceilings[t] = matmul_gflops(threads=t, device=args.device)
-                print(f"[bench] matmul ceiling at {t} thread(s): {ceilings[t]:.1f} GFLOP/s", flush=True)
-            py_peer = None
-            if cmp.get("peer"):
-                venv = cmp["venv"]
-                if venv not in venv_py:
-                    venv_py[venv] = ensure_venv(venv, not args.no_install)
-                py_peer = venv_py[venv]
-                if py_peer is None:
-                    notes.append(f"{cmp['spec']['name']}: peer venv '{venv}' unavailable; reins measured alone")
-            print(f"[bench] {cmp['spec']['name']} ({cmp['size_desc']}, {t} thread(s))", flush=True)
-            t0 = time.perf_counter()
-            try:
-                new_rows, detail = run_comparison(cmp, workdir, sys.executable, py_peer, ceilings, args)
-            except Exception as e:  # noqa: BLE001
-                notes.append(f"{cmp['spec']['name']}: failed: {type(e).__name__}: {str(e)[:2000]}")
-                traceback.print_exc()
-                continue
-            detail["wall_s"] = time.perf_counter() - t0
-            rows += new_rows
-            details.append(detail)
-            notes += [f"{cmp['spec']['name']}: {n}" for n in cmp.get("notes", [])]
-            print("\n".join(markdown_table(new_rows).splitlines()[2:]), flush=True)
-
+        _run_benchmark(name, args, workdir, ceilings, venv_py, notes, rows, details)
     report = {"started": started.isoformat(timespec="seconds"), "size": args.size, "device": args.device,
               "threads": sorted(ceilings) or None, "machine": machine, "load_average_end": load_average(),
               "ceiling_gflops": max(ceilings.values()) if ceilings else None, "ceilings_by_threads": ceilings,

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from offline.data import STEP_FIELDS, Steps
-from reins.errors import DataError, first_line
+from reins.errors import DataError, quote_error
 
 ARRAY_SUFFIXES = (".hdf5", ".h5", ".npz")
 TABLE_SUFFIXES = (".parquet", ".jsonl")
@@ -66,10 +66,6 @@ def read_steps(path: str, *, obs_columns: list[str] | None = None,
     return _table_steps(p, list(obs_columns or []), list(action_columns or []))
 
 
-def _first_line(e: Exception) -> str:
-    return first_line(e)[:200] or type(e).__name__
-
-
 # ------------------------------------------------------------------------------------------- D4RL-style arrays
 def _array_steps(p: Path) -> Steps:
     keys = (*STEP_FIELDS, "next_observations", *REF_KEYS)
@@ -89,7 +85,7 @@ def _array_steps(p: Path) -> Steps:
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - zipfile/h5py/numpy raise assorted errors for unreadable files
-        raise DataError(f"{p}: cannot read {p.suffix.lstrip('.')} file: {_first_line(e)}") from None
+        raise DataError(f"{p}: cannot read {p.suffix.lstrip('.')} file: {quote_error(e)}") from None
     info: dict = {"metadata": {"source": str(p), "format": p.suffix.lstrip(".").lower()}}
     if "timeouts" not in raw and "next_observations" in raw and "rewards" in raw:
         # With next observations, timeouts only mark time-limit episode ends (for returns); d3rlpy's MDPDataset
@@ -134,7 +130,7 @@ def _read_parquet(p: Path) -> tuple[dict, list[str], object]:
     try:
         table = pq.read_table(p)
     except Exception as e:  # noqa: BLE001 - pyarrow raises assorted errors for unreadable files
-        raise DataError(f"{p}: cannot read parquet file: {_first_line(e)}") from None
+        raise DataError(f"{p}: cannot read parquet file: {quote_error(e)}") from None
     return {name: table.column(name) for name in table.column_names}, list(table.column_names), None
 
 
@@ -144,7 +140,7 @@ def _read_jsonl(p: Path) -> tuple[dict, list[str], np.ndarray]:
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{p}: cannot read: {_first_line(e)}") from None
+        raise DataError(f"{p}: cannot read: {quote_error(e)}") from None
     for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -224,7 +220,7 @@ def _column(p: Path, col, name: str, where) -> np.ndarray:
     try:
         return np.asarray([np.nan if v is None else v for v in col] if None in col else col)
     except ValueError as e:
-        raise DataError(f"{p}: column '{name}' cannot be read as numbers: {_first_line(e)}") from None
+        raise DataError(f"{p}: column '{name}' cannot be read as numbers: {quote_error(e)}") from None
 
 
 def _same_lengths(name: str, lengths: np.ndarray, where) -> None:

@@ -98,12 +98,7 @@ def dpo_loss(
     and in the returned rewards. Rewards are beta * (policy - ref) sequence log-probs (``implicit_reward``),
     detached, for every loss type (TRL reports length-averaged rewards for IPO; we keep one definition).
     """
-    if loss_type not in DPO_LOSS_TYPES:
-        raise ValueError(f"dpo_loss: unknown loss_type {loss_type!r}; expected one of {DPO_LOSS_TYPES}")
-    if loss_type in ("sigmoid", "robust", "simpo") and not 0.0 <= label_smoothing < 0.5:
-        raise ValueError(f"dpo_loss: label_smoothing must be in [0, 0.5), got {label_smoothing}")
-    if (chosen_lengths is None) != (rejected_lengths is None):
-        raise ValueError("dpo_loss: pass both chosen_lengths and rejected_lengths, or neither")
+    _check_dpo_args(loss_type, label_smoothing, chosen_lengths, rejected_lengths)
     if loss_type == "simpo":
         return _simpo(policy_chosen_logps, policy_rejected_logps, chosen_lengths, rejected_lengths, beta=beta,
                       gamma=simpo_gamma, label_smoothing=label_smoothing)
@@ -114,29 +109,47 @@ def dpo_loss(
 
     chosen_ratio = policy_chosen_logps - ref_chosen_logps
     rejected_ratio = policy_rejected_logps - ref_rejected_logps
-    if loss_type == "ipo" and chosen_lengths is not None:
-        # Dividing each sequence's log-probs by its length divides its log-ratio by the same length.
-        chosen_lr = chosen_ratio / chosen_lengths.to(chosen_ratio.dtype).clamp_min(1)
-        rejected_lr = rejected_ratio / rejected_lengths.to(rejected_ratio.dtype).clamp_min(1)
-        h = chosen_lr - rejected_lr
-    else:
-        h = chosen_ratio - rejected_ratio
-
-    eps = label_smoothing
-    if loss_type == "sigmoid":
-        losses = -(1.0 - eps) * F.logsigmoid(beta * h)
-        if eps:
-            losses = losses - eps * F.logsigmoid(-beta * h)
-    elif loss_type == "robust":
-        losses = (-(1.0 - eps) * F.logsigmoid(beta * h) + eps * F.logsigmoid(-beta * h)) / (1.0 - 2.0 * eps)
-    elif loss_type == "ipo":
-        losses = (h - 1.0 / (2.0 * beta)).square()
-    else:  # hinge
-        losses = torch.relu(1.0 - beta * h)
+    if loss_type != "ipo":
+        chosen_lengths = rejected_lengths = None  # lengths are used by "ipo" only
+    h = _log_ratio_gap(chosen_ratio, rejected_ratio, chosen_lengths, rejected_lengths)
+    losses = _dpo_losses_of_gap(h, beta=beta, loss_type=loss_type, eps=label_smoothing)
 
     chosen_rewards = implicit_reward(policy_chosen_logps, ref_chosen_logps, beta).detach()
     rejected_rewards = implicit_reward(policy_rejected_logps, ref_rejected_logps, beta).detach()
     return losses, chosen_rewards, rejected_rewards
+
+
+def _check_dpo_args(loss_type: str, label_smoothing: float, chosen_lengths, rejected_lengths) -> None:
+    if loss_type not in DPO_LOSS_TYPES:
+        raise ValueError(f"dpo_loss: unknown loss_type {loss_type!r}; expected one of {DPO_LOSS_TYPES}")
+    if loss_type in ("sigmoid", "robust", "simpo") and not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"dpo_loss: label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    if (chosen_lengths is None) != (rejected_lengths is None):
+        raise ValueError("dpo_loss: pass both chosen_lengths and rejected_lengths, or neither")
+
+
+def _log_ratio_gap(chosen_ratio, rejected_ratio, chosen_lengths, rejected_lengths) -> torch.Tensor:
+    """h = chosen log-ratio - rejected log-ratio, each divided by its completion length when lengths are given."""
+    if chosen_lengths is None:
+        return chosen_ratio - rejected_ratio
+    # Dividing each sequence's log-probs by its length divides its log-ratio by the same length.
+    chosen_lr = chosen_ratio / chosen_lengths.to(chosen_ratio.dtype).clamp_min(1)
+    rejected_lr = rejected_ratio / rejected_lengths.to(rejected_ratio.dtype).clamp_min(1)
+    return chosen_lr - rejected_lr
+
+
+def _dpo_losses_of_gap(h: torch.Tensor, *, beta: float, loss_type: str, eps: float) -> torch.Tensor:
+    """The per-pair loss of the log-ratio gap h for the reference-based types (formulas in ``dpo_loss``)."""
+    if loss_type == "sigmoid":
+        losses = -(1.0 - eps) * F.logsigmoid(beta * h)
+        if eps:
+            losses = losses - eps * F.logsigmoid(-beta * h)
+        return losses
+    if loss_type == "robust":
+        return (-(1.0 - eps) * F.logsigmoid(beta * h) + eps * F.logsigmoid(-beta * h)) / (1.0 - 2.0 * eps)
+    if loss_type == "ipo":
+        return (h - 1.0 / (2.0 * beta)).square()
+    return torch.relu(1.0 - beta * h)  # hinge
 
 
 def _simpo(policy_chosen_logps, policy_rejected_logps, chosen_lengths, rejected_lengths, *, beta: float,

@@ -8,6 +8,7 @@ Shared pieces they are built from:
     data.py        TRL-format loading, validation (DataError naming file/row/field), exact prompt/completion ids
     unpaired.py    TRL's unpaired (KTO) format: validation, unpairing of preference pairs, tokenisation
     scoring.py     padded batches, sequence log-probs, reward-model scores, the reference policy
+    reference.py   dpo/kto: reference-model and generation-eval config fields, building the reference, cache keys
     generation.py  seeded batched sampling truncated after EOS
     evaluation.py  eval/gold_reward, eval/kl_to_ref, eval/win_rate_vs_ref, eval/reward_model_score
     trainer.py     the accelerate training loop: global-batch normalisation, checkpoint/resume, NaN stop

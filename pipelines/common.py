@@ -40,6 +40,16 @@ def open_run(cfg, accelerator, *, n_train: int | None = None) -> RunDir:
     return run
 
 
+def log_start(run, acc, trainer, model, data: dict) -> None:
+    """Step 0's row of a fresh run (a resumed one has it already): the model's parameter counts and `data`, the
+    stage's data counts."""
+    from pipelines.models import count_parameters
+
+    if acc.is_main_process and trainer.resumed_from == 0:
+        total, trainable = count_parameters(model)
+        run.log(0, {"model/parameters": total, "model/trainable": trainable, **data})
+
+
 def start_lm_stage(cfg):
     """Seed, quiet the libraries and make the accelerator; also return a finished run's metrics (else None)."""
     from pipelines.sharded import check_launch, sharding

@@ -181,6 +181,19 @@ def load_split_pair(args: DataArgs, *, seed: int, builtin,
     return train, tw, ev, ew
 
 
+def load_examples(args: DataArgs, tok, *, seed: int, builtin, normalise, tokenize) -> tuple[list, Any, list]:
+    """A stage's training and held-out examples: `load_split_pair`'s rows, each split normalised (`normalise(rows,
+    where, roles=...)` with the tokenizer's chat roles) and tokenised (`tokenize(tok, rows, where, max_length,
+    on_overlong)`); (train examples, their tokenisation stats, eval examples, [] without an eval split)."""
+    train_rows, tw, eval_rows, ew = load_split_pair(args, seed=seed, builtin=builtin)
+    roles = chat_roles(tok)
+    train_ex, tstats = tokenize(tok, normalise(train_rows, tw, roles=roles), tw, args.max_length, args.on_overlong)
+    eval_ex = []
+    if eval_rows:
+        eval_ex = tokenize(tok, normalise(eval_rows, ew, roles=roles), ew, args.max_length, args.on_overlong)[0]
+    return train_ex, tstats, eval_ex
+
+
 # ----------------------------------------------------------------------------------------- validation
 def chat_roles(tok=None) -> frozenset[str]:
     """Message roles conversational data may use: system, user and assistant, plus any role `tok`'s chat

@@ -24,9 +24,6 @@ Artifact: `output_dir/model` (the full model, or the adapter under LoRA).
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,28 +32,14 @@ from typing import Literal
 import torch
 
 from pgcore.preference_losses import chosen_nll_loss, dpo_loss
-from pipelines.common import eval_prompts, lm_evaluate_fn, open_run, start_lm_stage, train_and_finish
-from pipelines.data import (
-    BUILTIN,
-    DataArgs,
-    chat_roles,
-    load_split_pair,
-    normalise_preferences,
-    tokenize_preferences,
-)
-from pipelines.evaluation import EvalArgs, PolicyEvaluator
-from pipelines.models import (
-    ModelArgs,
-    count_parameters,
-    freeze,
-    load_causal_lm,
-    load_reward_model,
-    load_tokenizer,
-)
+from pipelines.common import eval_prompts, lm_evaluate_fn, log_start, open_run, start_lm_stage, train_and_finish
+from pipelines.data import DataArgs, load_examples, normalise_preferences, tokenize_preferences
+from pipelines.evaluation import PolicyEvaluator
+from pipelines.models import ModelArgs, load_causal_lm, load_tokenizer
+from pipelines.reference import ReferenceEvalArgs, build_reference, cached_ref_logps, eval_reward_model
 from pipelines.reward_model import builtin_pairs
 from pipelines.scoring import (
     Reference,
-    batched_logps,
     pair_batch,
     pair_logps,
     sequence_logps,
@@ -65,11 +48,10 @@ from pipelines.scoring import (
 from pipelines.trainer import TrainArgs, Trainer
 from reins.config import RunArgs, check
 from reins.entry import stage_main
-from reins.runio import atomic_torch_save, safe_torch_load
 
 
 @dataclass
-class Config(TrainArgs, DataArgs, ModelArgs, RunArgs):
+class Config(ReferenceEvalArgs, TrainArgs, DataArgs, ModelArgs, RunArgs):
     output_dir: str = field(default="runs/dpo",
                             metadata={"help": "directory the run writes (config.yaml, log.jsonl, metrics.json, "
                                               "checkpoints, artifacts)"})
@@ -88,21 +70,9 @@ class Config(TrainArgs, DataArgs, ModelArgs, RunArgs):
                                    metadata={"help": "assumed share of flipped labels (sigmoid / robust losses)"})
     reference_free: bool = field(default=False,
                                  metadata={"help": "compare the policy's log-probs alone (a uniform reference)"})
-    ref_model: str | None = field(default=None,
-                                  metadata={"help": "default: the initial policy (frozen copy / adapter disabled)"})
-    precompute_ref_logps: bool = field(default=False,
-                                       metadata={"help": "score the reference once before training and cache it"})
     shared_prompt: bool = field(default=True,
                                 metadata={"help": "one row per pair, prompt once (off under flash_attention_2: no "
                                                   "4-D masks)"})
-    ref_cache_dir: str | None = field(default=None, metadata={"help": "default: output_dir/cache"})
-    eval_prompts: str | None = field(default=BUILTIN,
-                                     metadata={"help": "prompts for the generation eval (None/\"none\": skip it)"})
-    eval: EvalArgs = field(default_factory=EvalArgs,
-                           metadata={"help": "the generation eval (num_prompts, seed, temperature, max_new_tokens, "
-                                             "batch_size, ...)"})
-    reward_model: str | None = field(default=None,
-                                     metadata={"help": "a reward stage's model dir: adds eval/reward_model_score"})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (peak, after warm-up)"})
 
     def validate(self):
@@ -173,45 +143,17 @@ def pair_input_tokens(example: dict) -> int:
     return 2 * len(example["prompt_ids"]) + len(example["chosen_ids"]) + len(example["rejected_ids"])
 
 
-def _fingerprint(model, examples: list[dict]) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    h.update(json.dumps([[e["prompt_ids"], e["chosen_ids"], e["rejected_ids"]] for e in examples]).encode())
-    return h.hexdigest()[:20]
-
-
 def attach_ref_logps(examples: list[dict], reference: Reference, pad_id: int, cache_dir: Path, *,
                      batch_size: int, is_main: bool, wait) -> Path:
     """Add ref_chosen_logps / ref_rejected_logps to each example, computed once and cached on disk."""
-    with reference.active() as ref_model:
-        key = _fingerprint(ref_model, examples)
-        device = next(ref_model.parameters()).device
-    path = cache_dir / f"ref_logps-{key}.pt"
-    if is_main and not path.is_file():
-        prompts = [e["prompt_ids"] for e in examples]
-        lc, _ = batched_logps(reference, prompts, [e["chosen_ids"] for e in examples], pad_id,
-                              batch_size=batch_size, device=device)
-        lr, _ = batched_logps(reference, prompts, [e["rejected_ids"] for e in examples], pad_id,
-                              batch_size=batch_size, device=device)
-        atomic_torch_save({"chosen": lc, "rejected": lr}, path)
-    wait()
-    cached = safe_torch_load(path)
+    sides = {"chosen": [e["chosen_ids"] for e in examples], "rejected": [e["rejected_ids"] for e in examples]}
+    cached, path = cached_ref_logps(reference, [e["prompt_ids"] for e in examples], sides,
+                                    [[e["prompt_ids"], e["chosen_ids"], e["rejected_ids"]] for e in examples],
+                                    pad_id, cache_dir / "ref_logps", batch_size=batch_size, is_main=is_main, wait=wait)
     for i, e in enumerate(examples):
         e["ref_chosen_logps"] = float(cached["chosen"][i])
         e["ref_rejected_logps"] = float(cached["rejected"][i])
     return path
-
-
-def build_reference(cfg: Config, policy, tok) -> Reference:
-    if cfg.ref_model:
-        ref_args = copy.copy(cfg)
-        ref_args.model, ref_args.lora, ref_args.revision = cfg.ref_model, None, None
-        return Reference(freeze(load_causal_lm(ref_args, tok, seed=cfg.seed, trainable=False)))
-    if cfg.lora is not None:
-        return Reference(adapter_host=policy)
-    raise AssertionError("a frozen copy is made before LoRA is applied")
 
 
 def train(cfg: Config) -> dict:
@@ -219,28 +161,13 @@ def train(cfg: Config) -> dict:
     if done is not None:  # a finished run: return its metrics, no retraining
         return done
     tok = load_tokenizer(cfg)
-    train_rows, tw, eval_rows, ew = load_split_pair(cfg, seed=cfg.seed, builtin=builtin_pairs)
-    roles = chat_roles(tok)
-    train_ex, tstats = tokenize_preferences(tok, normalise_preferences(train_rows, tw, roles=roles), tw,
-                                            cfg.max_length, cfg.on_overlong)
-    eval_ex = []
-    if eval_rows:
-        eval_ex = tokenize_preferences(tok, normalise_preferences(eval_rows, ew, roles=roles), ew, cfg.max_length,
-                                       cfg.on_overlong)[0]
+    train_ex, tstats, eval_ex = load_examples(cfg, tok, seed=cfg.seed, builtin=builtin_pairs,
+                                              normalise=normalise_preferences, tokenize=tokenize_preferences)
     prompts = eval_prompts(cfg.eval_prompts, cfg.eval.num_prompts) if acc.is_main_process else []
-    rm, rm_tok = None, None
-    if prompts and cfg.reward_model:
-        rm_args = ModelArgs(model=cfg.reward_model, dtype=cfg.dtype, tiny=cfg.tiny,
-                            trust_remote_code=cfg.trust_remote_code)
-        rm_tok = load_tokenizer(rm_args)
-        rm = freeze(load_reward_model(rm_args, rm_tok, require_head=True)).to(acc.device)
+    rm, rm_tok = eval_reward_model(cfg, prompts, acc.device)
     policy = load_causal_lm(cfg, tok, seed=cfg.seed)
-    if not cfg.uses_reference:
-        reference = None  # simpo: no second model, no reference forwards
-    elif cfg.lora is None and not cfg.ref_model:
-        reference = Reference(freeze(copy.deepcopy(policy)))   # the initial policy, frozen
-    else:
-        reference = build_reference(cfg, policy, tok)
+    # simpo: no second model, no reference forwards
+    reference = build_reference(cfg, policy, tok) if cfg.uses_reference else None
     if reference is not None and reference.model is not None:
         reference.model.to(acc.device)
     run = open_run(cfg, acc, n_train=len(train_ex))  # after every input is validated: bad input writes nothing
@@ -255,10 +182,8 @@ def train(cfg: Config) -> dict:
         train_ref = Reference(torch.compile(reference.model, dynamic=True))  # the loss's reference forwards
     loss_fn = make_loss_fn(tok.pad_token_id, cfg, train_ref)
     trainer = Trainer(run, cfg, acc, policy, train_ex, loss_fn, seed=cfg.seed, tokens_fn=pair_input_tokens)
-    if acc.is_main_process and trainer.resumed_from == 0:
-        total, trainable = count_parameters(policy)
-        run.log(0, {"model/parameters": total, "model/trainable": trainable, "data/train_pairs": len(train_ex),
-                    "data/eval_pairs": len(eval_ex), **tstats.as_metrics("data")})
+    log_start(run, acc, trainer, policy, {"data/train_pairs": len(train_ex), "data/eval_pairs": len(eval_ex),
+                                          **tstats.as_metrics("data")})
     evaluator = PolicyEvaluator(tok, prompts, reference, cfg.eval, reward_model=rm, rm_tok=rm_tok) if prompts else None
 
     evaluate = lm_evaluate_fn(trainer, loss_fn, eval_ex, batch_size=cfg.eval.batch_size, count_fn=lambda e: 1,

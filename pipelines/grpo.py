@@ -40,7 +40,7 @@ import torch
 from pgcore.advantages import group_advantages, soft_overlong_penalty
 from pgcore.distributions import entropy_from_logits, token_logprobs
 from pgcore.policy_losses import grpo_loss, mask_truncated_completions
-from pipelines.common import broadcast_metrics, open_run
+from pipelines.common import open_run
 from pipelines.data import BUILTIN, BUILTIN_CHAT
 from pipelines.evaluation import EvalArgs, PolicyEvaluator
 from pipelines.generation import GenerationArgs, generate
@@ -49,18 +49,14 @@ from pipelines.models import (
     ModelArgs,
     chat_template_trained,
     count_parameters,
-    load_tokenizer,
     save_model,
-    trainable_state,
 )
-from pipelines.prompts import ARITHMETIC, builtin_prompts, param_sync_gap, prompt_rows
+from pipelines.prompts import ARITHMETIC, builtin_prompts, prompt_rows
 from pipelines.reward_funcs import (
     RewardFunction,
     agree,
     check_columns,
     column_lists,
-    probe,
-    resolve_reward_funcs,
     reward_matrix,
     reward_stats,
     weighted_rewards,
@@ -68,25 +64,26 @@ from pipelines.reward_funcs import (
 from pipelines.rlhf_models import build_policy
 from pipelines.rollout import lm_logits, response_logits, rollout_batch
 from pipelines.sampling import (
+    Minibatches,
     SamplingArgs,
-    check_tokenizer,
-    load_stage_prompts,
+    end_iteration,
+    finish_loop,
+    load_inputs,
     local_prompt_indices,
-    log_eval_save,
     log_evaluation,
     perf_metrics,
-    restore,
+    resume_and_prepare,
     rollout_seed,
     run_stage,
+    save_loop,
     update_generator,
 )
 from pipelines.scoring import to_device
-from pipelines.sharded import model_state_dict, optimizer_for_save, state_for_save
-from pipelines.trainer import adamw, drop_trainer_only_keys, lr_lambda
+from pipelines.trainer import adamw
 from reins.config import RunArgs, check
 from reins.entry import stage_main
 from reins.errors import ConfigError, NonFiniteError, ReinsError
-from reins.runio import check_finite, get_rng_state
+from reins.runio import check_finite
 
 AUTO = "auto"
 
@@ -173,17 +170,9 @@ class Config(SamplingArgs, ModelArgs, RunArgs):
         check(self.overlong_penalty > 0 and math.isfinite(self.overlong_penalty),
               f"overlong_penalty must be a finite number > 0, got {self.overlong_penalty}")
 
-    def run_config_view(self, d: dict) -> dict:
-        """ModelArgs' view without the Trainer-only keys a config.yaml saved before OptimArgs holds."""
-        return drop_trainer_only_keys(super().run_config_view(d))
-
     @property
     def scale(self) -> str:
         return self.scale_rewards if self.scale_rewards != AUTO else ("group" if self.advantage == "grpo" else "none")
-
-    @property
-    def weights(self) -> list[float]:
-        return list(self.reward_weights) if self.reward_weights is not None else [1.0] * len(self.reward_funcs)
 
 
 # ----------------------------------------------------------------------------------------- rollout
@@ -284,50 +273,35 @@ def _rollout_metrics(cfg: Config, funcs, per_fn: torch.Tensor, everyone: torch.T
 def grpo_update(cfg: Config, model, optimizer, accelerator, data: dict, *, generator: torch.Generator) -> dict:
     """`num_iterations` x `num_minibatches` optimizer steps on this process's rollouts; the mean stats."""
     T = cfg.generation.temperature
-    N = data["input_ids"].shape[0]
-    mb = N // cfg.num_minibatches
-    micro = mb // cfg.grad_accum
-    params = [p for p in model.parameters() if p.requires_grad]
-    max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
     stats = torch.zeros(7, dtype=torch.float64, device=accelerator.device)
-    model.train()
-    for _ in range(cfg.num_iterations):
-        perm = torch.randperm(N, generator=generator).tolist()
-        for k in range(cfg.num_minibatches):
-            idx = perm[k * mb:(k + 1) * mb]
-            n_tok = data["response_mask"][idx].sum().clamp_min(1)
-            for a in range(cfg.grad_accum):
-                d = {key: v[idx[a * micro:(a + 1) * micro]] for key, v in data.items()}
-                m = d["response_mask"].float()
-                with accelerator.accumulate(model):
-                    logits = response_logits(model, d)
-                    logp = token_logprobs(logits, d["response"], temperature=T, mask=m)
-                    old = d["old_logps"] if "old_logps" in d else logp.detach()
-                    loss, info = grpo_loss(logp, old, d["advantages"], m, eps_low=cfg.epsilon,
-                                           eps_high=cfg.epsilon_high, beta=cfg.beta, ref_logp=d.get("ref_logps"),
-                                           aggregation=cfg.loss_type, max_length=cfg.generation.max_new_tokens,
-                                           num_sequences=mb, num_tokens=n_tok,
-                                           importance_sampling_level=cfg.importance_sampling_level)
-                    # times grad_accum undoes accelerate's division: the micro losses already sum to the minibatch's
-                    accelerator.backward(loss * cfg.grad_accum)
-                with torch.no_grad():
-                    ent = (entropy_from_logits(logits.detach(), temperature=T) * m).sum() / m.sum().clamp_min(1)
-                nt = m.sum().double()
-                stats[0] += loss.detach().double()   # the micro losses of a minibatch sum to its loss
-                stats[1:6] += torch.stack([info["kl"], info["clip_low"], info["clip_high"], info["clip_region"],
-                                           ent]).double() * nt
-                stats[6] += nt
-            grad_norm = accelerator.clip_grad_norm_(params, max_norm)
-            check_finite("gradient norm", grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+    steps = Minibatches(cfg, cfg.num_iterations, model, optimizer, accelerator, data, generator)
+    for n_tok, d in steps:
+        m = d["response_mask"].float()
+        with accelerator.accumulate(model):
+            logits = response_logits(model, d)
+            logp = token_logprobs(logits, d["response"], temperature=T, mask=m)
+            old = d["old_logps"] if "old_logps" in d else logp.detach()
+            loss, info = grpo_loss(logp, old, d["advantages"], m, eps_low=cfg.epsilon,
+                                   eps_high=cfg.epsilon_high, beta=cfg.beta, ref_logp=d.get("ref_logps"),
+                                   aggregation=cfg.loss_type, max_length=cfg.generation.max_new_tokens,
+                                   num_sequences=steps.size, num_tokens=n_tok,
+                                   importance_sampling_level=cfg.importance_sampling_level)
+            # times grad_accum undoes accelerate's division: the micro losses already sum to the minibatch's
+            accelerator.backward(loss * cfg.grad_accum)
+        with torch.no_grad():
+            ent = (entropy_from_logits(logits.detach(), temperature=T) * m).sum() / m.sum().clamp_min(1)
+        nt = m.sum().double()
+        stats[0] += loss.detach().double()   # the micro losses of a minibatch sum to its loss
+        stats[1:6] += torch.stack([info["kl"], info["clip_low"], info["clip_high"], info["clip_region"],
+                                   ent]).double() * nt
+        stats[6] += nt
     tot = accelerator.reduce(stats, reduction="sum")
     n_steps = cfg.num_iterations * cfg.num_minibatches * accelerator.num_processes
     out = {"loss": (tot[0] / n_steps).item()}   # the mean minibatch loss
     for i, k in enumerate(["kl", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean",
                            "entropy"], start=1):
         out[k] = (tot[i] / tot[6].clamp_min(1)).item()
-    out["grad_norm"] = float(grad_norm)
+    out["grad_norm"] = float(steps.grad_norm)
     check_finite("loss", out["loss"])
     if cfg.beta == 0:
         del out["kl"]
@@ -425,15 +399,7 @@ class GRPOLoop:
         return log_evaluation(self.run, self.evaluator, self.policy, at)
 
     def save(self) -> None:
-        # Every process gathers (a collective under sharding, pipelines.sharded); the main process writes.
-        params = state_for_save(self.acc, self.model, trainable_state)
-        optim = optimizer_for_save(self.acc, self.model, self.optimizer)
-        if self.acc.is_main_process:
-            self.run.save_checkpoint({"step": self.step, "model": params, "optimizer": optim,
-                                      "scheduler": self.scheduler.state_dict(), "rng": get_rng_state(),
-                                      "num_tokens": self.num_tokens, "last_metrics": self.last,
-                                      "init_metrics": self.init})
-        self.acc.wait_for_everyone()
+        save_loop(self, self.model, num_tokens=self.num_tokens, init_metrics=self.init)
 
 
 def train(cfg: Config) -> dict:
@@ -450,12 +416,8 @@ def _check_inputs(cfg: Config, acc) -> tuple:
         raise ConfigError(f"batch_size={cfg.batch_size} must be a multiple of num_processes ({world}), and "
                           f"batch_size / num_processes x num_generations ({cfg.num_generations}) a multiple of "
                           f"num_minibatches ({cfg.num_minibatches}) x grad_accum ({cfg.grad_accum})")
-    tok = load_tokenizer(cfg)
-    check_tokenizer(tok, cfg.model, "completions")
-    prompts, prompt_ids, dropped, total, columns = load_stage_prompts(cfg, tok, max_operand=cfg.max_operand)
-    funcs = resolve_reward_funcs(cfg.reward_funcs, cfg, tok)
-    check_columns(funcs, list(column_lists(columns)), cfg.data)
-    probe(funcs, prompts[:2], column_lists(columns[:2]))
+    tok, prompts, prompt_ids, dropped, total, columns, funcs = load_inputs(cfg, "completions",
+                                                                           max_operand=cfg.max_operand)
     eprompts, ecolumns, esource = eval_prompt_set(cfg, tok) if acc.is_main_process else ([], [], None)
     if eprompts:
         check_columns(funcs, list(column_lists(ecolumns)), f"eval_prompts {esource}")
@@ -473,15 +435,10 @@ def setup(cfg: Config, acc) -> GRPOLoop:
             m.to(acc.device)
     optimizer = adamw([{"params": [p for p in policy.parameters() if p.requires_grad]}], lr=cfg.learning_rate,
                       weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total))
-    step, num_tokens, state, last, init = 0, 0, run.load_checkpoint(), {}, {}
+    model, optimizer, scheduler, step, last, state = resume_and_prepare(cfg, acc, run, policy, optimizer, total)
+    num_tokens, init = 0, {}
     if state is not None:
-        step, last = restore(state, policy, optimizer, scheduler)
         num_tokens, init = int(state["num_tokens"]), dict(state.get("init_metrics", {}))
-    # The scheduler is not prepared: accelerate would step it once per process (as pipelines.trainer notes).
-    model, optimizer = acc.prepare(policy, optimizer)
-    if acc.is_main_process:
-        run.truncate_log(step)
     evaluator = GroupEvaluator(cfg, tok, eprompts, funcs, reference, sentiment=esource in (BUILTIN, BUILTIN_CHAT),
                                columns=ecolumns) if eprompts else None
     s = GRPOLoop(cfg, acc, run, tok, acc.unwrap_model(model), model, reference, funcs, optimizer, scheduler, prompts,
@@ -516,29 +473,20 @@ def iteration(s: GRPOLoop) -> dict:
         if world > 1 else int(data["attention_mask"].sum().item())
     m["num_tokens"] = s.num_tokens
     m["episode"] = s.step * cfg.batch_size * cfg.num_generations
-    if s.bar is not None:
-        s.bar.update(1)
-        s.bar.set_postfix(reward=f"{m['reward']:.3f}")
-    log_eval_save(s, m, perf_metrics(m["rollout/tokens"], world, t0, t1, t2, gen_s), tb_prefix="train/")
+    end_iteration(s, m, perf_metrics(m["rollout/tokens"], world, t0, t1, t2, gen_s), reward=f"{m['reward']:.3f}")
     return m
 
 
 def finish(s: GRPOLoop) -> dict:
     """Save the policy, run the final evaluation, write metrics.json."""
-    acc, run = s.acc, s.run
-    gap = param_sync_gap(acc, s.model)
-    full = model_state_dict(acc, s.model)  # every process gathers under sharding (None otherwise)
-    final = None
-    if acc.is_main_process:
-        save_model(s.policy, s.tok, run.path / "model", state_dict=full)
-        ev = s.evaluate(s.step)
-        metrics = {**{f"train/{k}": v for k, v in s.last.items()}, **s.init, **ev, "steps": s.step,
-                   "dist/world_size": acc.num_processes, "dist/param_sync_gap": gap}
+    run = s.run
+
+    def cards(metrics):
         write_model_card(run.path / "model", stage="grpo", config=run.config, metrics=metrics,
                          chat_trained=chat_template_trained(s.tok), run_dir=run.path)
-        final = run.finish(metrics)  # last: its presence means complete
-    acc.wait_for_everyone()
-    return broadcast_metrics(acc, final)
+
+    return finish_loop(s, s.model, lambda full: save_model(s.policy, s.tok, run.path / "model", state_dict=full),
+                       cards, extra=s.init)
 
 
 def main(argv=None) -> int:

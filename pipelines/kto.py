@@ -25,9 +25,6 @@ Artifact: `output_dir/model` (the full model, or the adapter under LoRA).
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,21 +32,21 @@ from pathlib import Path
 import torch
 
 from pgcore.preference_losses import kto_loss, kto_reference_point
-from pipelines.common import eval_prompts, lm_evaluate_fn, open_run, start_lm_stage, train_and_finish
-from pipelines.data import BUILTIN, DataArgs, chat_roles, load_split_pair
-from pipelines.evaluation import EvalArgs, PolicyEvaluator
-from pipelines.models import ModelArgs, count_parameters, freeze, load_causal_lm, load_reward_model, load_tokenizer
-from pipelines.scoring import Reference, batched_logps, completion_batch, sequence_logps, to_device
+from pipelines.common import eval_prompts, lm_evaluate_fn, log_start, open_run, start_lm_stage, train_and_finish
+from pipelines.data import DataArgs, load_examples
+from pipelines.evaluation import PolicyEvaluator
+from pipelines.models import ModelArgs, load_causal_lm, load_tokenizer
+from pipelines.reference import ReferenceEvalArgs, build_reference, cached_ref_logps, eval_reward_model
+from pipelines.scoring import Reference, completion_batch, sequence_logps, to_device
 from pipelines.trainer import TrainArgs, Trainer
 from pipelines.unpaired import builtin_unpaired, normalise_unpaired, tokenize_unpaired
 from reins.config import RunArgs, check
 from reins.entry import stage_main
 from reins.errors import ConfigError
-from reins.runio import atomic_torch_save, safe_torch_load
 
 
 @dataclass
-class Config(TrainArgs, DataArgs, ModelArgs, RunArgs):
+class Config(ReferenceEvalArgs, TrainArgs, DataArgs, ModelArgs, RunArgs):
     output_dir: str = field(default="runs/kto",
                             metadata={"help": "directory the run writes (config.yaml, log.jsonl, metrics.json, "
                                               "checkpoints, artifacts)"})
@@ -60,19 +57,9 @@ class Config(TrainArgs, DataArgs, ModelArgs, RunArgs):
                                                       "rarer class: lambda_D n_D / (lambda_U n_U) in [1, 4/3])"})
     undesirable_weight: float = field(default=1.0,
                                       metadata={"help": "weight lambda_U of the undesirable examples' losses"})
-    ref_model: str | None = field(default=None,
-                                  metadata={"help": "default: the initial policy (frozen copy / adapter disabled)"})
     precompute_ref_logps: bool = field(default=False,
                                        metadata={"help": "score the reference once before training and cache it "
                                                          "(needs shuffle=false: the mismatched pairs must be fixed)"})
-    ref_cache_dir: str | None = field(default=None, metadata={"help": "default: output_dir/cache"})
-    eval_prompts: str | None = field(default=BUILTIN,
-                                     metadata={"help": "prompts for the generation eval (None/\"none\": skip it)"})
-    eval: EvalArgs = field(default_factory=EvalArgs,
-                           metadata={"help": "the generation eval (num_prompts, seed, temperature, max_new_tokens, "
-                                             "batch_size, ...)"})
-    reward_model: str | None = field(default=None,
-                                     metadata={"help": "a reward stage's model dir: adds eval/reward_model_score"})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (peak, after warm-up)"})
 
     def validate(self):
@@ -171,45 +158,12 @@ def attach_ref_logps(examples: list[dict], reference: Reference, pad_id: int, ca
     prompts = [e["prompt_ids"] for e in examples]
     mine = [e["completion_ids"] for e in examples]
     theirs = [examples[e["kl_partner"]]["completion_ids"] for e in examples]
-    with reference.active() as ref_model:
-        h = hashlib.sha256()
-        for name, t in sorted(ref_model.state_dict().items()):
-            h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-        h.update(json.dumps([prompts, mine, theirs]).encode())
-        device = next(ref_model.parameters()).device
-    path = cache_dir / f"kto_ref_logps-{h.hexdigest()[:20]}.pt"
-    if is_main and not path.is_file():
-        matched, _ = batched_logps(reference, prompts, mine, pad_id, batch_size=batch_size, device=device)
-        mismatched, _ = batched_logps(reference, prompts, theirs, pad_id, batch_size=batch_size, device=device)
-        atomic_torch_save({"matched": matched, "mismatched": mismatched}, path)
-    wait()
-    cached = safe_torch_load(path)
+    cached, path = cached_ref_logps(reference, prompts, {"matched": mine, "mismatched": theirs},
+                                    [prompts, mine, theirs], pad_id, cache_dir / "kto_ref_logps",
+                                    batch_size=batch_size, is_main=is_main, wait=wait)
     for i, e in enumerate(examples):
         e["ref_logps"], e["ref_kl_logps"] = float(cached["matched"][i]), float(cached["mismatched"][i])
     return path
-
-
-def build_reference(cfg: Config, policy, tok) -> Reference:
-    if cfg.ref_model:
-        ref_args = copy.copy(cfg)
-        ref_args.model, ref_args.lora = cfg.ref_model, None
-        return Reference(freeze(load_causal_lm(ref_args, tok, seed=cfg.seed, trainable=False)))
-    if cfg.lora is not None:
-        return Reference(adapter_host=policy)
-    return Reference(freeze(copy.deepcopy(policy)))  # the initial policy, frozen
-
-
-def _load_examples(cfg: Config, tok):
-    train_rows, tw, eval_rows, ew = load_split_pair(cfg, seed=cfg.seed, builtin=builtin_unpaired)
-    roles = chat_roles(tok)
-    train_ex, tstats = tokenize_unpaired(tok, normalise_unpaired(train_rows, tw, roles=roles), tw, cfg.max_length,
-                                         cfg.on_overlong)
-    eval_ex = []
-    if eval_rows:
-        eval_ex = tokenize_unpaired(tok, normalise_unpaired(eval_rows, ew, roles=roles), ew, cfg.max_length,
-                                    cfg.on_overlong)[0]
-    return train_ex, tstats, eval_ex
 
 
 def _micro_batch(cfg: Config, world: int) -> int:
@@ -226,15 +180,11 @@ def train(cfg: Config) -> dict:
     if done is not None:  # a finished run: return its metrics, no retraining
         return done
     tok = load_tokenizer(cfg)
-    train_ex, tstats, eval_ex = _load_examples(cfg, tok)
+    train_ex, tstats, eval_ex = load_examples(cfg, tok, seed=cfg.seed, builtin=builtin_unpaired,
+                                              normalise=normalise_unpaired, tokenize=tokenize_unpaired)
     micro = _micro_batch(cfg, acc.num_processes)
     prompts = eval_prompts(cfg.eval_prompts, cfg.eval.num_prompts) if acc.is_main_process else []
-    rm, rm_tok = None, None
-    if prompts and cfg.reward_model:
-        rm_args = ModelArgs(model=cfg.reward_model, dtype=cfg.dtype, tiny=cfg.tiny,
-                            trust_remote_code=cfg.trust_remote_code)
-        rm_tok = load_tokenizer(rm_args)
-        rm = freeze(load_reward_model(rm_args, rm_tok, require_head=True)).to(acc.device)
+    rm, rm_tok = eval_reward_model(cfg, prompts, acc.device)
     policy = load_causal_lm(cfg, tok, seed=cfg.seed)
     reference = build_reference(cfg, policy, tok)
     if reference.model is not None:
@@ -250,12 +200,10 @@ def train(cfg: Config) -> dict:
     reduce_mean = (lambda t: acc.reduce(t, reduction="mean")) if acc.num_processes > 1 else None
     loss_fn = make_loss_fn(tok.pad_token_id, cfg, reference, reduce_mean=reduce_mean)
     trainer = Trainer(run, cfg, acc, policy, train_ex, loss_fn, seed=cfg.seed, tokens_fn=example_tokens)
-    if acc.is_main_process and trainer.resumed_from == 0:
-        total, trainable = count_parameters(policy)
-        n_des = sum(e["label"] for e in train_ex)
-        run.log(0, {"model/parameters": total, "model/trainable": trainable, "data/train_examples": len(train_ex),
-                    "data/train_desirable": n_des, "data/train_undesirable": len(train_ex) - n_des,
-                    "data/eval_examples": len(eval_ex), **tstats.as_metrics("data")})
+    n_des = sum(e["label"] for e in train_ex)
+    log_start(run, acc, trainer, policy, {"data/train_examples": len(train_ex), "data/train_desirable": n_des,
+                                          "data/train_undesirable": len(train_ex) - n_des,
+                                          "data/eval_examples": len(eval_ex), **tstats.as_metrics("data")})
     evaluator = PolicyEvaluator(tok, prompts, reference, cfg.eval, reward_model=rm, rm_tok=rm_tok) if prompts else None
     held_out = lm_evaluate_fn(trainer, loss_fn, eval_ex, batch_size=cfg.eval.batch_size, count_fn=lambda e: 1,
                               evaluator=evaluator)

@@ -35,7 +35,7 @@ import torch
 
 from pgcore.distributions import entropy_from_logits, token_logprobs
 from pgcore.policy_losses import entropy_bonus, ppo_clip_loss, value_loss
-from pipelines.common import broadcast_metrics, eval_prompts, open_run
+from pipelines.common import eval_prompts, open_run
 from pipelines.data import BUILTIN
 from pipelines.evaluation import EvalArgs, PolicyEvaluator
 from pipelines.generation import GenerationArgs, generate
@@ -44,17 +44,11 @@ from pipelines.models import (
     ModelArgs,
     chat_template_trained,
     count_parameters,
-    load_tokenizer,
     save_model,
-    trainable_state,
 )
-from pipelines.prompts import param_sync_gap
 from pipelines.reward_funcs import (
     agree,
-    check_columns,
     column_lists,
-    probe,
-    resolve_reward_funcs,
     reward_matrix,
     weighted_rewards,
 )
@@ -69,25 +63,27 @@ from pipelines.rollout import (
     transform_scores,
 )
 from pipelines.sampling import (
+    Minibatches,
     SamplingArgs,
-    check_tokenizer,
-    load_stage_prompts,
+    end_iteration,
+    finish_loop,
+    load_inputs,
     local_prompt_indices,
-    log_eval_save,
     log_evaluation,
     perf_metrics,
-    restore,
+    resume_and_prepare,
     rollout_seed,
     run_stage,
+    save_loop,
     update_generator,
 )
 from pipelines.scoring import to_device
-from pipelines.sharded import model_state_dict, optimizer_for_save, state_for_save, submodule_state
-from pipelines.trainer import adamw, drop_trainer_only_keys, lr_lambda
+from pipelines.sharded import submodule_state
+from pipelines.trainer import adamw
 from reins.config import RunArgs, check
 from reins.entry import stage_main
 from reins.errors import ConfigError, NonFiniteError, ReinsError
-from reins.runio import check_finite, get_rng_state
+from reins.runio import check_finite
 
 
 @dataclass
@@ -173,13 +169,6 @@ class Config(SamplingArgs, ModelArgs, RunArgs):
         check(self.reward_weights is None or len(self.reward_weights) == len(self.reward_funcs),
               f"reward_weights has {len(self.reward_weights or [])} entries for {len(self.reward_funcs)} reward_funcs")
 
-    def run_config_view(self, d: dict) -> dict:
-        """ModelArgs' view without the Trainer-only keys a config.yaml saved before OptimArgs holds."""
-        return drop_trainer_only_keys(super().run_config_view(d))
-
-    @property
-    def weights(self) -> list[float]:
-        return list(self.reward_weights) if self.reward_weights is not None else [1.0] * len(self.reward_funcs)
 
 
 # ----------------------------------------------------------------------------------------- rollout
@@ -316,54 +305,37 @@ def _global_score_stats(raw: torch.Tensor, checked: tuple, n_local: int, reduce)
 def ppo_update(cfg: Config, model, optimizer, accelerator, data: dict, *, generator: torch.Generator) -> dict:
     """`ppo_epochs` x `num_minibatches` optimizer steps on this process's rollouts; the mean stats."""
     T = cfg.generation.temperature
-    N = data["input_ids"].shape[0]
-    mb = N // cfg.num_minibatches
-    micro = mb // cfg.grad_accum
-    params = [p for p in model.parameters() if p.requires_grad]
-    max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
     acc_stats = torch.zeros(9, dtype=torch.float64, device=accelerator.device)
     ratio_max = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-    model.train()
-    for _ in range(cfg.ppo_epochs):
-        perm = torch.randperm(N, generator=generator).tolist()
-        for k in range(cfg.num_minibatches):
-            idx = perm[k * mb:(k + 1) * mb]
-            n_mb = data["response_mask"][idx].sum().clamp_min(1)
-            for a in range(cfg.grad_accum):
-                mi = idx[a * micro:(a + 1) * micro]
-                d = {key: v[mi] for key, v in data.items()}
-                m = d["response_mask"].to(d["logps"].dtype)
-                with accelerator.accumulate(model):
-                    logits, values = model(d["input_ids"], d["attention_mask"], d["response"].shape[1])
-                    logp = token_logprobs(logits, d["response"], temperature=T, mask=m)
-                    pl, pinfo = ppo_clip_loss(logp, d["logps"], d["advantages"], cfg.cliprange, mask=m)
-                    vl, vinfo = value_loss(values, d["returns"], old_values=d["values"], clip_eps=cfg.cliprange_value,
-                                           mask=m)
-                    with torch.set_grad_enabled(cfg.entropy_coef > 0):
-                        ent = entropy_bonus(entropy_from_logits(logits, temperature=T), mask=m)
-                    # Token-mean over the whole minibatch: each micro-batch's mean weighted by its token share;
-                    # times grad_accum undoes accelerate's division of the loss by it.
-                    w = m.sum() / n_mb
-                    loss = (pl + cfg.vf_coef * vl - cfg.entropy_coef * ent) * w
-                    accelerator.backward(loss * cfg.grad_accum)
-                nt = m.sum().double()
-                vals = torch.stack([pl.detach(), vl.detach(), pinfo["approxkl"], pinfo["clipfrac"], vinfo["clipfrac"],
-                                    pinfo["ratio_mean"], (values.detach() * m).sum() / m.sum().clamp_min(1),
-                                    ent.detach()]).double()
-                acc_stats[:8] += vals * nt
-                acc_stats[8] += nt
-                ratio_max = torch.maximum(ratio_max, pinfo["ratio_max"].double())
-            grad_norm = accelerator.clip_grad_norm_(params, max_norm)
-            check_finite("gradient norm", grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+    steps = Minibatches(cfg, cfg.ppo_epochs, model, optimizer, accelerator, data, generator)
+    for n_mb, d in steps:
+        m = d["response_mask"].to(d["logps"].dtype)
+        with accelerator.accumulate(model):
+            logits, values = model(d["input_ids"], d["attention_mask"], d["response"].shape[1])
+            logp = token_logprobs(logits, d["response"], temperature=T, mask=m)
+            pl, pinfo = ppo_clip_loss(logp, d["logps"], d["advantages"], cfg.cliprange, mask=m)
+            vl, vinfo = value_loss(values, d["returns"], old_values=d["values"], clip_eps=cfg.cliprange_value, mask=m)
+            with torch.set_grad_enabled(cfg.entropy_coef > 0):
+                ent = entropy_bonus(entropy_from_logits(logits, temperature=T), mask=m)
+            # Token-mean over the whole minibatch: each micro-batch's mean weighted by its token share;
+            # times grad_accum undoes accelerate's division of the loss by it.
+            w = m.sum() / n_mb
+            loss = (pl + cfg.vf_coef * vl - cfg.entropy_coef * ent) * w
+            accelerator.backward(loss * cfg.grad_accum)
+        nt = m.sum().double()
+        vals = torch.stack([pl.detach(), vl.detach(), pinfo["approxkl"], pinfo["clipfrac"], vinfo["clipfrac"],
+                            pinfo["ratio_mean"], (values.detach() * m).sum() / m.sum().clamp_min(1),
+                            ent.detach()]).double()
+        acc_stats[:8] += vals * nt
+        acc_stats[8] += nt
+        ratio_max = torch.maximum(ratio_max, pinfo["ratio_max"].double())
     tot = accelerator.reduce(acc_stats, reduction="sum")
     rmax = accelerator.gather(ratio_max.reshape(1)).max()
     names = ["loss/policy", "loss/value", "policy/approxkl", "policy/clipfrac", "val/clipfrac", "val/ratio",
              "val/vpred", "policy/entropy"]
     out = {k: (tot[i] / tot[8].clamp_min(1)).item() for i, k in enumerate(names)}
     out["val/ratio_max"] = float(rmax.reshape(()))
-    out["grad_norm"] = float(grad_norm)
+    out["grad_norm"] = float(steps.grad_norm)
     for k in ("loss/policy", "loss/value"):
         check_finite(k, out[k])
     return out
@@ -402,14 +374,7 @@ class PPOLoop:
         return log_evaluation(self.run, self.evaluator, self.models.ac.policy, at)
 
     def save(self) -> None:
-        # Every process gathers (a collective under sharding, pipelines.sharded); the main process writes.
-        params = state_for_save(self.acc, self.models.model, trainable_state)
-        optim = optimizer_for_save(self.acc, self.models.model, self.optimizer)
-        if self.acc.is_main_process:
-            self.run.save_checkpoint({"step": self.step, "model": params, "optimizer": optim,
-                                      "scheduler": self.scheduler.state_dict(), "kl_coef": self.kl.value,
-                                      "rng": get_rng_state(), "last_metrics": self.last})
-        self.acc.wait_for_everyone()
+        save_loop(self, self.models.model, kl_coef=self.kl.value)
 
 
 def train(cfg: Config) -> dict:
@@ -427,13 +392,7 @@ def _check_inputs(cfg: Config, acc) -> tuple:
     if not cfg.reward_model and (not cfg.reward_funcs or cfg.value_model == "reward"):
         raise ConfigError("reward_model must name a reward stage output dir or a sequence-classification model "
                           "(it may be empty only with reward_funcs and a value_model other than reward)")
-    tok = load_tokenizer(cfg)
-    check_tokenizer(tok, cfg.model, "responses")
-    prompts, prompt_ids, dropped, total, columns = load_stage_prompts(cfg, tok)
-    funcs = resolve_reward_funcs(cfg.reward_funcs, cfg, tok)
-    check_columns(funcs, list(column_lists(columns)), cfg.data)
-    probe(funcs, prompts[:2], column_lists(columns[:2]))
-    return tok, prompts, prompt_ids, dropped, total, columns, funcs
+    return load_inputs(cfg, "responses")
 
 
 def setup(cfg: Config, acc) -> PPOLoop:
@@ -446,17 +405,10 @@ def setup(cfg: Config, acc) -> PPOLoop:
     for m in (ac, reward_model, reference.model, *(f.model for f in funcs)):
         if m is not None:
             m.to(acc.device)
-    optimizer = _optimizer(cfg, ac)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total))
+    model, optimizer, scheduler, step, last, state = resume_and_prepare(cfg, acc, run, ac, _optimizer(cfg, ac), total)
     kl = KLController(cfg.kl_coef, cfg.kl_control, cfg.kl_target, cfg.kl_horizon)
-    step, state, last = 0, run.load_checkpoint(), {}
     if state is not None:
-        step, last = restore(state, ac, optimizer, scheduler)
         kl.value = float(state["kl_coef"])
-    # The scheduler is not prepared: accelerate would step it once per process (as pipelines.trainer notes).
-    model, optimizer = acc.prepare(ac, optimizer)
-    if acc.is_main_process:
-        run.truncate_log(step)
     models = Models(tok, acc.unwrap_model(model), model, reference, reward_model, rm_tok, same_tok, funcs)
     evaluator = PolicyEvaluator(tok, eprompts, reference, cfg.eval, reward_model=reward_model,
                                 rm_tok=rm_tok) if eprompts else None
@@ -494,36 +446,29 @@ def iteration(s: PPOLoop) -> dict:
     s.scheduler.step()
     s.step += 1
     m["episode"] = s.step * cfg.batch_size
-    if s.bar is not None:
-        s.bar.update(1)
-        s.bar.set_postfix(score=f"{m['objective/scores']:.3f}", kl=f"{m['objective/kl']:.3f}")
-    log_eval_save(s, m, perf_metrics(m["rollout/tokens"], world, t0, t1, t2, gen_s), tb_prefix="train/")
+    end_iteration(s, m, perf_metrics(m["rollout/tokens"], world, t0, t1, t2, gen_s),
+                  score=f"{m['objective/scores']:.3f}", kl=f"{m['objective/kl']:.3f}")
     return m
 
 
 def finish(s: PPOLoop) -> dict:
     """Save the policy and value model with their model cards, run the final evaluation, write metrics.json."""
-    acc, run, ac = s.acc, s.run, s.models.ac
-    gap = param_sync_gap(acc, s.models.model)
-    full = model_state_dict(acc, s.models.model)  # every process gathers under sharding (None otherwise)
-    final = None
-    if acc.is_main_process:
-        save_model(ac.policy, s.models.tok, run.path / "model", state_dict=submodule_state(full, "policy."))
+    run, ac, tok = s.run, s.models.ac, s.models.tok
+
+    def save(full):
+        save_model(ac.policy, tok, run.path / "model", state_dict=submodule_state(full, "policy."))
         if ac.critic is not None:
-            save_model(ac.critic, s.models.tok, run.path / "value_model",
-                       state_dict=submodule_state(full, "critic."))
-        ev = s.evaluate(s.step)
-        metrics = {**{f"train/{k}": v for k, v in s.last.items()}, **ev, "steps": s.step,
-                   "dist/world_size": acc.num_processes, "dist/param_sync_gap": gap}
-        chat = chat_template_trained(s.models.tok)
+            save_model(ac.critic, tok, run.path / "value_model", state_dict=submodule_state(full, "critic."))
+
+    def cards(metrics):
+        chat = chat_template_trained(tok)
         write_model_card(run.path / "model", stage="ppo", config=run.config, metrics=metrics, chat_trained=chat,
                          run_dir=run.path)
         if ac.critic is not None:
             write_model_card(run.path / "value_model", stage="ppo-value", config=run.config, metrics=metrics,
                              chat_trained=chat, run_dir=run.path)
-        final = run.finish(metrics)  # last: its presence means complete
-    acc.wait_for_everyone()
-    return broadcast_metrics(acc, final)
+
+    return finish_loop(s, s.models.model, save, cards)
 
 
 def main(argv=None) -> int:

@@ -173,24 +173,7 @@ def train(cfg: Config) -> dict:
         rep = [ids for ids in pids for _ in range(cfg.num_samples)]
         s = generate(policy, tok, rep, cfg.generation, seed=cfg.seed * 100_003 + c)
         scores = judge(s.texts)
-        rng = random.Random(f"{cfg.seed}-{c}")
-        for k, (split, prompt) in enumerate(part):
-            texts = s.texts[k * cfg.num_samples:(k + 1) * cfg.num_samples]
-            sc = scores[k * cfg.num_samples:(k + 1) * cfg.num_samples]
-            state["scores"].extend(sc)
-            if cfg.labeling == "threshold":
-                rows = threshold_rows(split, prompt, texts, sc, cfg.desirable_threshold)
-                state["rows"] += rows
-                state["skipped"] += not rows
-                continue
-            pair = label_pair(texts, sc, cfg, rng)
-            if pair is None:
-                state["skipped"] += 1
-                continue
-            i, j = pair
-            state["rows"].append({"split": split, "prompt": prompt, "chosen": _as_reply(prompt, texts[i]),
-                                  "rejected": _as_reply(prompt, texts[j]), "chosen_score": sc[i],
-                                  "rejected_score": sc[j]})
+        _label_chunk(part, s.texts, scores, cfg, random.Random(f"{cfg.seed}-{c}"), state)
         state["next"] = c + 1
         run.save_checkpoint(state)
         run.log(c + 1, {"pairs": len(state["rows"]), "skipped": state["skipped"]})
@@ -198,15 +181,40 @@ def train(cfg: Config) -> dict:
     bar.close()
     if cfg.format == "unpaired":
         return run.finish(_write_unpaired(state, cfg, run.path / "data"))
-    counts = _write_splits(state["rows"], ["prompt", "chosen", "rejected", "chosen_score", "rejected_score"],
-                           run.path / "data",
+    return run.finish(_write_paired(state, run.path / "data"))
+
+
+def _label_chunk(part: list, texts: list[str], scores: list[float], cfg: Config, rng: random.Random,
+                 state: dict) -> None:
+    """Adds one chunk's rows to the checkpointed state: per prompt, its samples' pair (or threshold rows)."""
+    n = cfg.num_samples
+    for k, (split, prompt) in enumerate(part):
+        texts_k, sc = texts[k * n:(k + 1) * n], scores[k * n:(k + 1) * n]
+        state["scores"].extend(sc)
+        if cfg.labeling == "threshold":
+            rows = threshold_rows(split, prompt, texts_k, sc, cfg.desirable_threshold)
+            state["rows"] += rows
+            state["skipped"] += not rows
+            continue
+        pair = label_pair(texts_k, sc, cfg, rng)
+        if pair is None:
+            state["skipped"] += 1
+            continue
+        i, j = pair
+        state["rows"].append({"split": split, "prompt": prompt, "chosen": _as_reply(prompt, texts_k[i]),
+                              "rejected": _as_reply(prompt, texts_k[j]), "chosen_score": sc[i],
+                              "rejected_score": sc[j]})
+
+
+def _write_paired(state: dict, path: Path) -> dict:
+    """The preference pairs as a DatasetDict at `path`; the final metrics."""
+    counts = _write_splits(state["rows"], ["prompt", "chosen", "rejected", "chosen_score", "rejected_score"], path,
                            "no preference pairs were kept (all prompts skipped); lower min_margin or sample more")
     margins = [r["chosen_score"] - r["rejected_score"] for r in state["rows"]]
-    metrics = {"pairs/train": counts["train"], "pairs/test": counts["test"],
-               "pairs/skipped": state["skipped"], "samples/gold_mean": sum(state["scores"]) / len(state["scores"]),
-               "pairs/margin_mean": sum(margins) / max(1, len(margins)),
-               "pairs/chosen_score_mean": sum(r["chosen_score"] for r in state["rows"]) / max(1, len(margins))}
-    return run.finish(metrics)
+    return {"pairs/train": counts["train"], "pairs/test": counts["test"],
+            "pairs/skipped": state["skipped"], "samples/gold_mean": sum(state["scores"]) / len(state["scores"]),
+            "pairs/margin_mean": sum(margins) / max(1, len(margins)),
+            "pairs/chosen_score_mean": sum(r["chosen_score"] for r in state["rows"]) / max(1, len(margins))}
 
 
 def _write_splits(rows: list[dict], cols: list[str], path: Path, empty: str) -> dict[str, int]:

@@ -40,12 +40,18 @@ def _table(rows: list[list[str]], header: list[str]) -> list[str]:
     return out
 
 
-def _plot_curves(stage_name: str, rows: list[dict], out_dir: Path) -> str | None:
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _plot_curves(stage_name: str, rows: list[dict], out_dir: Path) -> str | None:
+    plt = _pyplot()
     keys = [k for k in CURVE_KEYS if any(isinstance(r.get(k), (int, float)) for r in rows)]
     if not keys:
         return None
@@ -67,11 +73,7 @@ def _plot_curves(stage_name: str, rows: list[dict], out_dir: Path) -> str | None
 def _plot_reward_vs_kl(points: list[tuple[str, float, float]], out_dir: Path) -> str | None:
     if not points:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 4))
     for name, kl, reward in points:
         ax.scatter([kl], [reward], label=name)
@@ -88,11 +90,7 @@ def _plot_reward_vs_kl(points: list[tuple[str, float, float]], out_dir: Path) ->
 def _plot_scores(bars: list[tuple[str, float]], out_dir: Path) -> str | None:
     if not bars:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(bars)), 3.5))
     ax.bar([b[0] for b in bars], [b[1] for b in bars])
     ax.set_ylabel("normalised score (x100)")
@@ -115,18 +113,27 @@ def write_report(recipe: dict, stages: list, results: dict[str, dict]) -> Path:
         state = "done" if s.name in results else "not run"
         rows.append([s.name, s.stage, f"`{cfg['output_dir']}`", state])
     lines += _table(rows, ["name", "stage", "output_dir", "state"])
+    summary_lines, figs = _summary_tables(stages, results, out_dir)
+    lines += summary_lines
+    sample_lines, curves = _samples_and_curves(stages, out_dir)
+    lines += sample_lines
+    figs += curves
+    if figs:
+        lines += ["", "## Plots", ""] + [f"![{f}]({f})" for f in figs]
+    lines += _final_metrics(stages, results)
+    path = out_dir / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
 
+
+def _summary_tables(stages: list, results: dict[str, dict], out_dir: Path) -> tuple[list[str], list[str]]:
+    """The headline tables (LM policies, reward models, GRPO, offline RL) and the two summary plots' names."""
     lm_rows, rm_rows, vr_rows, off_rows, kl_points, bars = [], [], [], [], [], []
     for s in stages:
         m = results.get(s.name) or {}
         if any(k in m for k in LM_KEYS):
             lm_rows.append([s.name] + [format_value(m.get(k)) for k in LM_KEYS])
-            if isinstance(m.get("eval/kl_to_ref"), (int, float)) and isinstance(m.get("eval/gold_reward"),
-                                                                                 (int, float)):
-                kl_points.append((s.name, m["eval/kl_to_ref"], m["eval/gold_reward"]))
-                ref = m.get("eval/ref_gold_reward")
-                if isinstance(ref, (int, float)) and not any(p[0] == "reference" for p in kl_points):
-                    kl_points.append(("reference", 0.0, ref))  # the policy the KL is measured to
+            _add_kl_point(kl_points, s.name, m)
         if s.stage == "grpo" and any(k in m for k in VR_KEYS):
             vr_rows.append([s.name] + [format_value(m.get(k)) for k in VR_KEYS])
         if s.stage == "reward" and any(k in m for k in RM_KEYS):
@@ -136,23 +143,30 @@ def write_report(recipe: dict, stages: list, results: dict[str, dict]) -> Path:
             off_rows.append([s.name, str(ds)] + [format_value(m.get(k)) for k in OFFLINE_KEYS])
             if isinstance(m.get("eval/normalized_score"), (int, float)):
                 bars.append((s.name, m["eval/normalized_score"]))
-    if lm_rows:
-        lines += ["", "## Language-model policies (gold judge)", ""]
-        lines += _table(lm_rows, ["stage"] + list(LM_KEYS))
-    if rm_rows:
-        lines += ["", "## Reward models (held-out pairs)", ""]
-        lines += _table(rm_rows, ["stage"] + list(RM_KEYS))
-    if vr_rows:
-        lines += ["", "## GRPO policies on their own reward functions (held-out prompts; init = before training)", ""]
-        lines += _table(vr_rows, ["stage"] + list(VR_KEYS))
-    if off_rows:
-        lines += ["", "## Offline RL (D4RL-style normalised scores)", ""]
-        lines += _table(off_rows, ["stage", "dataset"] + list(OFFLINE_KEYS))
-    figs = []
-    for name in (_plot_reward_vs_kl(kl_points, out_dir), _plot_scores(bars, out_dir)):
-        if name:
-            figs.append(name)
-    samples = []
+    lines = []
+    for rows, title, header in (
+            (lm_rows, "Language-model policies (gold judge)", ["stage"] + list(LM_KEYS)),
+            (rm_rows, "Reward models (held-out pairs)", ["stage"] + list(RM_KEYS)),
+            (vr_rows, "GRPO policies on their own reward functions (held-out prompts; init = before training)",
+             ["stage"] + list(VR_KEYS)),
+            (off_rows, "Offline RL (D4RL-style normalised scores)", ["stage", "dataset"] + list(OFFLINE_KEYS))):
+        if rows:
+            lines += ["", f"## {title}", ""] + _table(rows, header)
+    figs = [name for name in (_plot_reward_vs_kl(kl_points, out_dir), _plot_scores(bars, out_dir)) if name]
+    return lines, figs
+
+
+def _add_kl_point(kl_points: list, name: str, m: dict) -> None:
+    if isinstance(m.get("eval/kl_to_ref"), (int, float)) and isinstance(m.get("eval/gold_reward"), (int, float)):
+        kl_points.append((name, m["eval/kl_to_ref"], m["eval/gold_reward"]))
+        ref = m.get("eval/ref_gold_reward")
+        if isinstance(ref, (int, float)) and not any(p[0] == "reference" for p in kl_points):
+            kl_points.append(("reference", 0.0, ref))  # the policy the KL is measured to
+
+
+def _samples_and_curves(stages: list, out_dir: Path) -> tuple[list[str], list[str]]:
+    """The sample-completions section (first and last logged samples) and each stage's curve plot's name."""
+    figs, samples = [], []
     for s in stages:
         out = Path(to_dict(s.config)["output_dir"])
         log = _read_log(out)
@@ -163,6 +177,7 @@ def write_report(recipe: dict, stages: list, results: dict[str, dict]) -> Path:
             items = r.get("samples", r.get("eval/samples"))
             if isinstance(items, list) and items:
                 samples.append((s.name, r["step"], items))
+    lines = []
     if samples:
         lines += ["", "## Sample completions (prompt, **completion**, gold-judge score or reward)", ""]
         for name, step, items in _first_and_last(samples):
@@ -171,9 +186,11 @@ def write_report(recipe: dict, stages: list, results: dict[str, dict]) -> Path:
             for item in items[:3]:
                 lines.append(f"- {_sample_line(item)}")
             lines.append("")
-    if figs:
-        lines += ["", "## Plots", ""] + [f"![{f}]({f})" for f in figs]
-    lines += ["", "## Final metrics per stage", ""]
+    return lines, figs
+
+
+def _final_metrics(stages: list, results: dict[str, dict]) -> list[str]:
+    lines = ["", "## Final metrics per stage", ""]
     for s in stages:
         m = results.get(s.name)
         if not m:
@@ -182,9 +199,7 @@ def write_report(recipe: dict, stages: list, results: dict[str, dict]) -> Path:
         lines += _table([[k, format_value(v)] for k, v in sorted(m.items()) if not isinstance(v, (list, dict))],
                         ["metric", "value"])
         lines.append("")
-    path = out_dir / "report.md"
-    atomic_write_text(path, "\n".join(lines) + "\n")
-    return path
+    return lines
 
 
 def _sample_line(item: Any) -> str:

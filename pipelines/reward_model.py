@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pgcore.preference_losses import bradley_terry_loss
-from pipelines.common import lm_evaluate_fn, open_run, start_lm_stage, train_and_finish
+from pipelines.common import lm_evaluate_fn, log_start, open_run, start_lm_stage, train_and_finish
 from pipelines.data import (
     DataArgs,
     chat_roles,
@@ -26,7 +26,7 @@ from pipelines.data import (
     split_off,
     tokenize_preferences,
 )
-from pipelines.models import ModelArgs, count_parameters, load_reward_model, load_tokenizer
+from pipelines.models import ModelArgs, load_reward_model, load_tokenizer
 from pipelines.scoring import pair_batch, pair_reward_scores, reward_scores, shared_prompt_on
 from pipelines.trainer import TrainArgs, Trainer
 from reins.config import RunArgs, check
@@ -114,10 +114,8 @@ def train(cfg: Config) -> dict:
     run = open_run(cfg, acc, n_train=len(train_ex))  # after every input is validated: bad input writes nothing
     loss_fn = make_loss_fn(tok.pad_token_id, cfg)
     trainer = Trainer(run, cfg, acc, model, train_ex, loss_fn, seed=cfg.seed)
-    if acc.is_main_process and trainer.resumed_from == 0:
-        total, trainable = count_parameters(model)
-        run.log(0, {"model/parameters": total, "model/trainable": trainable, "data/train_pairs": len(train_ex),
-                    "data/eval_pairs": len(eval_ex), **tstats.as_metrics("data")})
+    log_start(run, acc, trainer, model, {"data/train_pairs": len(train_ex), "data/eval_pairs": len(eval_ex),
+                                         **tstats.as_metrics("data")})
 
     evaluate = lm_evaluate_fn(trainer, loss_fn, eval_ex, batch_size=cfg.eval_batch_size, count_fn=lambda e: 1)
     # Under LoRA, save a plain sequence classifier (merged): PPO and evaluation load it directly.

@@ -254,12 +254,7 @@ def run_recipe(path: str | Path, overrides: dict[str, Any] | None = None, *, dry
     if start is not None:
         selected = stages[names.index(start):]
     if dry_run:
-        for s in stages:
-            state = "cached" if s.cached else ("skip (not selected)" if s not in selected else
-                                               f"rerun ({s.stale})" if s.stale else "run")
-            state = "plugin, not imported" if s.module is None else state
-            out = s.config["output_dir"] if isinstance(s.config, dict) else to_dict(s.config)["output_dir"]
-            print(f"{s.name:<16} {s.stage:<12} {state:<20} {out}")
+        _print_plan(stages, selected)
         return {}
     for s in selected:  # every stage's output dir is usable, before the first stage starts any work
         if not s.cached and not s.stale:
@@ -303,6 +298,16 @@ def run_recipe(path: str | Path, overrides: dict[str, Any] | None = None, *, dry
 
         write_report(recipe, stages, results)
     return results
+
+
+def _print_plan(stages: list, selected: list) -> None:
+    """`--dry-run`: one line per stage, what a run would do with it."""
+    for s in stages:
+        state = "cached" if s.cached else ("skip (not selected)" if s not in selected else
+                                           f"rerun ({s.stale})" if s.stale else "run")
+        state = "plugin, not imported" if s.module is None else state
+        out = s.config["output_dir"] if isinstance(s.config, dict) else to_dict(s.config)["output_dir"]
+        print(f"{s.name:<16} {s.stage:<12} {state:<20} {out}")
 
 
 @dataclasses.dataclass

@@ -1,8 +1,10 @@
 """What the sampling stages (ppo, grpo) share: the prompt and cadence config fields, the input checks done before
 the run dir is opened, each iteration's prompt share and seeds, and the loop around setup / iteration / finish.
 
-A stage's loop state (ppo.PPOLoop, grpo.GRPOLoop: its models, optimiser and loop position) provides `cfg`, `acc`,
-`run`, `step`, `total`, `last`, `bar`, `evaluate(at)` and `save()`; the helpers here take it as that.
+Also the update's minibatch schedule and the loop's resume, checkpoint, iteration end and finish. A stage's loop
+state (ppo.PPOLoop, grpo.GRPOLoop: its models, optimiser and loop position) provides `cfg`, `acc`, `run`,
+`optimizer`, `scheduler`, `step`, `total`, `last`, `bar`, `evaluate(at)` and `save()`; the helpers here take it as
+that.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 
 from pipelines.common import start_lm_stage
 from pipelines.prompts import iteration_prompts, load_prompts
-from pipelines.trainer import OptimArgs
+from pipelines.trainer import OptimArgs, drop_trainer_only_keys
 from reins.errors import ConfigError
 from reins.runio import set_rng_state
 
@@ -32,6 +34,15 @@ class SamplingArgs(OptimArgs):
     log_every: int = field(default=1, metadata={"help": "iterations between log.jsonl rows"})
     save_every: int = field(default=10, metadata={"help": "iterations between checkpoints"})
 
+    def run_config_view(self, d: dict) -> dict:
+        """ModelArgs' view without the Trainer-only keys a config.yaml saved before OptimArgs holds."""
+        return drop_trainer_only_keys(super().run_config_view(d))
+
+    @property
+    def weights(self) -> list[float]:
+        """The weight of each of the stage's `reward_funcs` (`reward_weights`, default 1 each)."""
+        return list(self.reward_weights) if self.reward_weights is not None else [1.0] * len(self.reward_funcs)
+
 
 # ----------------------------------------------------------------------------------------- inputs
 def check_tokenizer(tok, model: str, what: str) -> None:
@@ -39,6 +50,22 @@ def check_tokenizer(tok, model: str, what: str) -> None:
     if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
         raise ConfigError(f"{model}: the tokenizer needs a pad token distinct from EOS (pad == EOS hides where "
                           f"{what} end)")
+
+
+def load_inputs(cfg: SamplingArgs, what: str, **kw) -> tuple:
+    """The tokenizer, the prompts and the reward functions, checked before the run dir is opened: (tokenizer,
+    prompts, their ids, dropped, iterations, each prompt's other columns, reward functions). `what` names the
+    sampled texts in the tokenizer's error; `kw` goes to prompts.load_prompts."""
+    from pipelines.models import load_tokenizer
+    from pipelines.reward_funcs import check_columns, column_lists, probe, resolve_reward_funcs
+
+    tok = load_tokenizer(cfg)
+    check_tokenizer(tok, cfg.model, what)
+    prompts, prompt_ids, dropped, total, columns = load_stage_prompts(cfg, tok, **kw)
+    funcs = resolve_reward_funcs(cfg.reward_funcs, cfg, tok)
+    check_columns(funcs, list(column_lists(columns)), cfg.data)
+    probe(funcs, prompts[:2], column_lists(columns[:2]))
+    return tok, prompts, prompt_ids, dropped, total, columns, funcs
 
 
 def load_stage_prompts(cfg: SamplingArgs, tok, **kw) -> tuple[list, list[list[int]], int, int, list[dict]]:
@@ -114,7 +141,108 @@ def restore(state: dict, module, optimizer, scheduler) -> tuple[int, dict]:
     return int(state["step"]), dict(state.get("last_metrics", {}))   # a kill after the final save keeps them
 
 
+# ----------------------------------------------------------------------------------------- update
+class Minibatches:
+    """The update's schedule over one rollout batch: `passes` shuffled passes, each `num_minibatches` optimizer
+    steps, each split into `grad_accum` micro-batches. Iterating yields (the minibatch's response-token count,
+    a micro-batch of `data`); after a minibatch's last micro-batch the gradient is clipped to `max_grad_norm`,
+    checked finite, and the optimizer steps. `grad_norm` is the last step's, `size` the minibatch's rows."""
+
+    def __init__(self, cfg: SamplingArgs, passes: int, model, optimizer, accelerator, data: dict,
+                 generator: torch.Generator):
+        self.cfg, self.passes, self.model, self.optimizer, self.acc = cfg, passes, model, optimizer, accelerator
+        self.data, self.generator = data, generator
+        self.n = data["input_ids"].shape[0]
+        self.size = self.n // cfg.num_minibatches
+        self.grad_norm = None
+
+    def __iter__(self):
+        from reins.runio import check_finite
+
+        cfg, data, mb = self.cfg, self.data, self.size
+        micro = mb // cfg.grad_accum
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
+        self.model.train()
+        for _ in range(self.passes):
+            perm = torch.randperm(self.n, generator=self.generator).tolist()
+            for k in range(cfg.num_minibatches):
+                idx = perm[k * mb:(k + 1) * mb]
+                n_tok = data["response_mask"][idx].sum().clamp_min(1)
+                for a in range(cfg.grad_accum):
+                    yield n_tok, {key: v[idx[a * micro:(a + 1) * micro]] for key, v in data.items()}
+                self.grad_norm = self.acc.clip_grad_norm_(params, max_norm)
+                check_finite("gradient norm", self.grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+
+
 # ----------------------------------------------------------------------------------------- stage
+def resume_and_prepare(cfg: SamplingArgs, acc, run, module, optimizer, total: int) -> tuple:
+    """The LR scheduler, the checkpoint restored into `module`, optimizer and scheduler (if there is one), then
+    accelerate's `prepare`: (prepared model, prepared optimizer, scheduler, step, last metrics, checkpoint or
+    None)."""
+    from pipelines.trainer import lr_lambda
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total))
+    step, state, last = 0, run.load_checkpoint(), {}
+    if state is not None:
+        step, last = restore(state, module, optimizer, scheduler)
+    # The scheduler is not prepared: accelerate would step it once per process (as pipelines.trainer notes).
+    model, optimizer = acc.prepare(module, optimizer)
+    if acc.is_main_process:
+        run.truncate_log(step)
+    return model, optimizer, scheduler, step, last, state
+
+
+def save_loop(s, model, **extra) -> None:
+    """The loop's checkpoint: trainable parameters of `model`, optimizer, scheduler, RNG, step, last metrics and
+    the stage's `extra` entries. Every process gathers (a collective under sharding, pipelines.sharded); the main
+    process writes."""
+    from pipelines.models import trainable_state
+    from pipelines.sharded import optimizer_for_save, state_for_save
+    from reins.runio import get_rng_state
+
+    params = state_for_save(s.acc, model, trainable_state)
+    optim = optimizer_for_save(s.acc, model, s.optimizer)
+    if s.acc.is_main_process:
+        s.run.save_checkpoint({"step": s.step, "model": params, "optimizer": optim,
+                               "scheduler": s.scheduler.state_dict(), "rng": get_rng_state(),
+                               "last_metrics": s.last, **extra})
+    s.acc.wait_for_everyone()
+
+
+def end_iteration(s, m: dict, perf: dict, **postfix) -> None:
+    """The bar's step and `postfix` (main process), then log / evaluate / checkpoint as due (`log_eval_save`)."""
+    if s.bar is not None:
+        s.bar.update(1)
+        s.bar.set_postfix(**postfix)
+    log_eval_save(s, m, perf, tb_prefix="train/")
+
+
+def finish_loop(s, model, save, cards, extra: dict | None = None) -> dict:
+    """The end of a sampling stage: the parameters gathered (every process); then on the main process
+    `save(full_state_dict)` writes the artifacts, the final evaluation runs, `cards(metrics)` writes the model
+    cards and metrics.json comes last; returns the metrics on every process. `extra` joins the metrics."""
+    from pipelines.common import broadcast_metrics
+    from pipelines.prompts import param_sync_gap
+    from pipelines.sharded import model_state_dict
+
+    acc, run = s.acc, s.run
+    gap = param_sync_gap(acc, model)
+    full = model_state_dict(acc, model)  # every process gathers under sharding (None otherwise)
+    final = None
+    if acc.is_main_process:
+        save(full)
+        ev = s.evaluate(s.step)
+        metrics = {**{f"train/{k}": v for k, v in s.last.items()}, **(extra or {}), **ev, "steps": s.step,
+                   "dist/world_size": acc.num_processes, "dist/param_sync_gap": gap}
+        cards(metrics)
+        final = run.finish(metrics)  # last: its presence means complete
+    acc.wait_for_everyone()
+    return broadcast_metrics(acc, final)
+
+
 def run_stage(cfg: SamplingArgs, setup, iteration, finish, *, desc: str) -> dict:
     """A sampling stage: a finished run's metrics, else setup, `iteration` until `total`, finish."""
     acc, done = start_lm_stage(cfg)

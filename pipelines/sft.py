@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipelines.common import eval_prompts, lm_evaluate_fn, open_run, start_lm_stage, train_and_finish
+from pipelines.common import eval_prompts, lm_evaluate_fn, log_start, open_run, start_lm_stage, train_and_finish
 from pipelines.data import (
     BUILTIN,
     DataArgs,
@@ -25,7 +25,7 @@ from pipelines.data import (
     tokenize_sft,
 )
 from pipelines.evaluation import EvalArgs, PolicyEvaluator
-from pipelines.models import ModelArgs, count_parameters, load_causal_lm, load_tokenizer
+from pipelines.models import ModelArgs, load_causal_lm, load_tokenizer
 from pipelines.prompts import ARITHMETIC
 from pipelines.scoring import _additive_mask, completion_batch, sequence_logps, to_device
 from pipelines.sft_data import (
@@ -161,10 +161,7 @@ def train(cfg: Config) -> dict:
     flash = "flash" in (cfg.attn_implementation or "")  # transformers' varlen path takes position_ids alone
     loss_fn = make_loss_fn(tok.pad_token_id, attention="position_ids" if flash else "mask")
     trainer = Trainer(run, cfg, acc, model, train_ex, loss_fn, seed=cfg.seed, count_fn=n_predicted)
-    if acc.is_main_process and trainer.resumed_from == 0:
-        total, trainable = count_parameters(model)
-        run.log(0, {"model/parameters": total, "model/trainable": trainable, "data/train_rows": len(train_ex),
-                    **tstats.as_metrics("data"), **fill})
+    log_start(run, acc, trainer, model, {"data/train_rows": len(train_ex), **tstats.as_metrics("data"), **fill})
     evaluator = PolicyEvaluator(tok, prompts, None, cfg.eval) if prompts else None
 
     evaluate = lm_evaluate_fn(trainer, loss_fn, eval_ex, batch_size=cfg.eval.batch_size, count_fn=n_predicted,

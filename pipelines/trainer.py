@@ -331,35 +331,14 @@ class Trainer:
             set_rng_state(self._rng)
         if self.run is not None and self.acc.is_main_process:
             self.run.truncate_log(self.step)
-        args, acc, world = self.args, self.acc, self.acc.num_processes
+        args, acc = self.args, self.acc
         bar = self.run.progress(self.total_steps, self.step, desc="train") if (
             self.run is not None and acc.is_main_process) else None
         last: dict = self._last  # a run resumed at its last step trains no step: its checkpoint's metrics
         pending: list[dict] = []
         self.model.train()
         while self.step < self.total_steps:
-            idx = self.global_batch(self.step)
-            denom = float(sum(self.count_fn(self.examples[i]) for i in idx))
-            chunks = [idx[c * self.micro:(c + 1) * self.micro] for c in range(world * args.grad_accum)]
-            mine = chunks[acc.process_index * args.grad_accum:(acc.process_index + 1) * args.grad_accum]
-            stats = []
-            for chunk in mine:
-                with acc.accumulate(self.model):
-                    loss, st = self.loss_fn(self.model, [self.examples[i] for i in chunk], denom)
-                    acc.backward(loss * (world * args.grad_accum))
-                    stats.append(st)
-            mean, ext = self._pack(stats)
-            max_norm = args.max_grad_norm if args.max_grad_norm is not None else float("inf")
-            grad_norm = acc.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], max_norm)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            host = {"learning_rate": self.scheduler.get_last_lr()[0], "epoch": (self.step + 1) / self.steps_per_epoch}
-            if self.tokens_fn is not None:
-                self.tokens_seen += sum(self.tokens_fn(self.examples[i]) for i in idx)
-                host["num_tokens"] = self.tokens_seen
-            self.step += 1
-            pending.append({"mean": mean, "ext": ext, "grad_norm": grad_norm, "host": host})
+            pending.append(self._optimizer_step())
             if bar is not None:
                 bar.update(1)
             logs = self.step % args.log_every == 0 or self.step == self.total_steps
@@ -382,6 +361,33 @@ class Trainer:
         if bar is not None:
             bar.close()
         return last
+
+    def _optimizer_step(self) -> dict:
+        """One optimiser step on this step's global batch (split across processes and accumulation); returns its
+        stats, still on the device, for `_read`."""
+        args, acc, world = self.args, self.acc, self.acc.num_processes
+        idx = self.global_batch(self.step)
+        denom = float(sum(self.count_fn(self.examples[i]) for i in idx))
+        chunks = [idx[c * self.micro:(c + 1) * self.micro] for c in range(world * args.grad_accum)]
+        mine = chunks[acc.process_index * args.grad_accum:(acc.process_index + 1) * args.grad_accum]
+        stats = []
+        for chunk in mine:
+            with acc.accumulate(self.model):
+                loss, st = self.loss_fn(self.model, [self.examples[i] for i in chunk], denom)
+                acc.backward(loss * (world * args.grad_accum))
+                stats.append(st)
+        mean, ext = self._pack(stats)
+        max_norm = args.max_grad_norm if args.max_grad_norm is not None else float("inf")
+        grad_norm = acc.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], max_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        host = {"learning_rate": self.scheduler.get_last_lr()[0], "epoch": (self.step + 1) / self.steps_per_epoch}
+        if self.tokens_fn is not None:
+            self.tokens_seen += sum(self.tokens_fn(self.examples[i]) for i in idx)
+            host["num_tokens"] = self.tokens_seen
+        self.step += 1
+        return {"mean": mean, "ext": ext, "grad_norm": grad_norm, "host": host}
 
     def save(self) -> None:
         if self.run is None:

@@ -26,3 +26,9 @@ def first_line(e: BaseException) -> str:
     library's multi-line message."""
     text = str(e).strip()
     return text.splitlines()[0] if text else ""
+
+
+def quote_error(e: BaseException, limit: int = 200) -> str:
+    """What a one-line error quotes of a library's exception: the first line of its message, cut at `limit`
+    characters, or the exception's type name when the message is empty."""
+    return first_line(e)[:limit] or type(e).__name__

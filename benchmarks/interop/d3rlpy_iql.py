@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.interop.peer import peer_command
+from benchmarks.interop.peer import fresh_workdir, peer_command
 
 REPO = Path(__file__).resolve().parents[2]
 SIDE = Path(__file__).with_name("d3rlpy_iql_side.py")
@@ -39,10 +38,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--out", default=None, help="default: WORK/results.json")
     a = ap.parse_args()
-    work = (REPO / a.work).resolve()
-    if work.exists():  # a fresh tier and fresh runs (the stages would otherwise resume or refuse)
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
+    work = fresh_workdir(a.work)
     env = {**os.environ, "MINARI_DATASETS_PATH": str(work / "minari"), "OMP_NUM_THREADS": "1",
            "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
     reins = str(Path(sys.executable).with_name("reins"))

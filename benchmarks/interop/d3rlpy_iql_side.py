@@ -11,34 +11,11 @@ from __future__ import annotations
 import json
 import sys
 
-
-def to_mdp(dataset):
-    """Minari episodes (T+1 observations each) as d3rlpy's MDPDataset (T transitions, terminal / timeout flags)."""
-    import d3rlpy
-    import numpy as np
-
-    obs, act, rew, term, trunc = [], [], [], [], []
-    for ep in dataset.iterate_episodes():
-        obs.append(ep.observations[:-1])
-        act.append(ep.actions)
-        rew.append(ep.rewards)
-        term.append(ep.terminations)
-        t = np.asarray(ep.truncations).copy()
-        t[-1] = t[-1] or not ep.terminations[-1]  # every episode ends in one of the two
-        trunc.append(t)
-    cat = np.concatenate
-    return d3rlpy.dataset.MDPDataset(cat(obs).astype(np.float32), cat(act).astype(np.float32),
-                                     cat(rew).astype(np.float32), cat(term).astype(np.float32),
-                                     cat(trunc).astype(np.float32), action_space=d3rlpy.ActionSpace.CONTINUOUS)
+from peer_side import episode_returns, refuse_reins, to_mdp
 
 
 def main(spec_path: str, out_path: str) -> None:
-    for name in ("reins", "pipelines", "pgcore", "online", "offline"):
-        try:
-            __import__(name)
-        except ModuleNotFoundError:
-            continue
-        raise SystemExit(f"{name} is importable: the interop check would prove nothing")
+    refuse_reins()
     import d3rlpy
     import minari
     import numpy as np
@@ -61,16 +38,7 @@ def main(spec_path: str, out_path: str) -> None:
     algo.fit(mdp, n_steps=spec["steps"], n_steps_per_epoch=spec["steps"], show_progress=False, save_interval=10**9,
              experiment_name="interop", with_timestamp=False, logger_adapter=d3rlpy.logging.NoopAdapterFactory())
     env = data.recover_environment(eval_env=True)
-    returns = []
-    for ep in range(spec["eval_episodes"]):
-        o, _ = env.reset(seed=spec["seed"] + 10_000 + ep)
-        total, done = 0.0, False
-        while not done:
-            a = algo.predict(np.asarray(o, dtype=np.float32)[None])[0]
-            o, r, term, trunc, _ = env.step(a)
-            total += float(r)
-            done = term or trunc
-        returns.append(total)
+    returns = episode_returns(algo, env, [spec["seed"] + 10_000 + ep for ep in range(spec["eval_episodes"])])
     score = 100.0 * float(np.mean(minari.get_normalized_score(data, np.asarray(returns))))
     json.dump({"returns": returns, "return_mean": float(np.mean(returns)), "normalized_score": score,
                "transitions": int(mdp.transition_count), "episodes": int(data.total_episodes),

@@ -15,34 +15,7 @@ import json
 import sys
 import time
 
-
-def refuse_reins() -> None:
-    for name in ("reins", "pipelines", "pgcore", "online", "offline", "rl"):
-        try:
-            __import__(name)
-        except ModuleNotFoundError:
-            continue
-        raise SystemExit(f"{name} is importable: the comparison would prove nothing")
-
-
-def to_mdp(dataset):
-    """Minari episodes (T+1 observations each) as d3rlpy's MDPDataset (T transitions, terminal / timeout flags)."""
-    import d3rlpy
-    import numpy as np
-
-    obs, act, rew, term, trunc = [], [], [], [], []
-    for ep in dataset.iterate_episodes():
-        obs.append(ep.observations[:-1])
-        act.append(ep.actions)
-        rew.append(ep.rewards)
-        term.append(ep.terminations)
-        t = np.asarray(ep.truncations).copy()
-        t[-1] = t[-1] or not ep.terminations[-1]  # every episode ends in one of the two
-        trunc.append(t)
-    cat = np.concatenate
-    return d3rlpy.dataset.MDPDataset(cat(obs).astype(np.float32), cat(act).astype(np.float32),
-                                     cat(rew).astype(np.float32), cat(term).astype(np.float32),
-                                     cat(trunc).astype(np.float32), action_space=d3rlpy.ActionSpace.CONTINUOUS)
+from peer_side import episode_returns, refuse_reins, to_mdp
 
 
 def make_algo(spec: dict):
@@ -64,19 +37,7 @@ def make_algo(spec: dict):
 
 
 def evaluate(algo, env, episodes: int, seed: int) -> list[float]:
-    import numpy as np
-
-    returns = []
-    for i in range(episodes):
-        o, _ = env.reset(seed=1_000_000 + 1000 * seed + i)
-        total, done = 0.0, False
-        while not done:
-            a = algo.predict(np.asarray(o, dtype=np.float32)[None])[0]
-            o, r, term, trunc, _ = env.step(a)
-            total += float(r)
-            done = term or trunc
-        returns.append(total)
-    return returns
+    return episode_returns(algo, env, [1_000_000 + 1000 * seed + i for i in range(episodes)])
 
 
 def train(spec: dict, out_path: str) -> None:

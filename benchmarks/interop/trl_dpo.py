@@ -19,27 +19,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.interop.peer import peer_command
+from benchmarks.interop.peer import fresh_workdir, offline_env, peer_command
 
 REPO = Path(__file__).resolve().parents[2]
 SIDE = Path(__file__).with_name("trl_dpo_side.py")
 
 
-def _env() -> dict:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-            "CUDA_VISIBLE_DEVICES": "", "WANDB_DISABLED": "true", "TOKENIZERS_PARALLELISM": "false"}
-
-
 def _reins(argv: list[str]) -> None:
     cmd = [str(Path(sys.executable).with_name("reins")), *argv, "--quiet"]
     print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=REPO, env=_env(), check=True)
+    subprocess.run(cmd, cwd=REPO, env=offline_env(), check=True)
 
 
 def write_pairs(work: Path, n: int, seed: int) -> dict[str, Path]:
@@ -94,10 +87,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="default: WORK/results.json")
     a = ap.parse_args()
-    work = (REPO / a.work).resolve()
-    if work.exists():  # a fresh run: the stages would otherwise resume from the last one's checkpoints
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
+    work = fresh_workdir(a.work)
     pairs = write_pairs(work, a.pairs, a.seed)
     results = {"settings": vars(a), "formats": {}}
     for fmt, data in pairs.items():
@@ -114,7 +104,7 @@ def main() -> None:
         trl_out = work / f"trl-{fmt}.json"
         cmd = peer_command(a.peer_python, SIDE, str(spec), str(trl_out))
         print("$", a.peer_python, "-I -S", SIDE.name, spec.name, trl_out.name, flush=True)
-        subprocess.run(cmd, cwd=work, env=_env(), check=True)
+        subprocess.run(cmd, cwd=work, env=offline_env(), check=True)
         peer = json.loads(trl_out.read_text())
         ours = reins_curve(run)
         results["formats"][fmt] = {"reins": ours, "trl": peer["rows"], "trl_versions": peer["versions"]}

@@ -18,25 +18,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.interop.peer import peer_command
+from benchmarks.interop.peer import fresh_workdir, offline_env, peer_command
 
 REPO = Path(__file__).resolve().parents[2]
 SIDE = Path(__file__).with_name("trl_kto_simpo_side.py")
 # metrics whose step-1 values both sides report with one definition
 KTO_KEYS = ("loss", "kl", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected")
 SIMPO_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "nll_loss")
-
-
-def _env() -> dict:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-            "CUDA_VISIBLE_DEVICES": "", "WANDB_DISABLED": "true", "TOKENIZERS_PARALLELISM": "false",
-            "PYTHONPATH": str(REPO)}
 
 
 def make_models(work: Path, seed: int = 0) -> tuple[Path, Path]:
@@ -94,7 +86,8 @@ def run_pair(work: Path, name: str, data: Path, policy: Path, reference: Path, a
     else:
         argv = ["dpo", f"output_dir={run}", "loss_type=simpo", f"simpo_gamma={a.simpo_gamma}",
                 f"rpo_alpha={a.cpo_alpha}", *common]
-    subprocess.run([sys.executable, "-m", "reins.cli", *argv], cwd=REPO, env=_env(), check=True)
+    subprocess.run([sys.executable, "-m", "reins.cli", *argv], cwd=REPO, env=offline_env(PYTHONPATH=str(REPO)),
+                   check=True)
     spec = work / f"trl-{name}.spec.json"
     spec.write_text(json.dumps({"trainer": "kto" if name.startswith("kto") else "simpo", "model_dir": str(policy),
                                 "ref_dir": str(reference), "data": str(data), "beta": a.beta, "lr": a.lr,
@@ -102,8 +95,7 @@ def run_pair(work: Path, name: str, data: Path, policy: Path, reference: Path, a
                                 "simpo_gamma": a.simpo_gamma, "cpo_alpha": a.cpo_alpha, "desirable_weight": 1.0,
                                 "undesirable_weight": 1.0}))
     out = work / f"trl-{name}.json"
-    env = {k: v for k, v in _env().items() if k != "PYTHONPATH"}
-    subprocess.run(peer_command(peer_python, SIDE, str(spec), str(out)), cwd=work, env=env, check=True)
+    subprocess.run(peer_command(peer_python, SIDE, str(spec), str(out)), cwd=work, env=offline_env(), check=True)
     peer = json.loads(out.read_text())
     return {"reins": reins_rows(run), "trl": peer["rows"], "versions": peer["versions"], "rows": n}
 
@@ -129,10 +121,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="default: WORK/results.json")
     a = ap.parse_args()
-    work = (REPO / a.work).resolve()
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
+    work = fresh_workdir(a.work)
     policy, reference = make_models(work, a.seed)
     results = {"settings": vars(a), "runs": {}}
     for name, data in write_data(work, a.rows, a.seed).items():

@@ -66,9 +66,9 @@ def make_rows(cmp: dict, finals: list[dict], ceiling: float) -> list[dict]:
     return rows
 
 
-def _ours(spec: dict, clock: BlockClock) -> dict:
-    import torch
-
+def _build_ours(spec: dict):
+    """reins' PPO pieces as `pipelines.ppo` builds them: config, accelerator, prepared model and optimiser, the
+    models bundle and the prompts."""
     from pipelines import ppo
     from pipelines.generation import GenerationArgs
     from pipelines.models import load_tokenizer
@@ -93,12 +93,22 @@ def _ours(spec: dict, clock: BlockClock) -> dict:
     optimizer = ppo._optimizer(cfg, ac)
     model, optimizer = acc.prepare(ac, optimizer)
     models = ppo.Models(tok, acc.unwrap_model(model), model, reference, rm, rm_tok, same)
+    return cfg, acc, model, optimizer, models, prompts, prompt_ids
+
+
+def _ours(spec: dict, clock: BlockClock) -> dict:
+    import torch
+
+    from pipelines import ppo
+    from pipelines.prompts import iteration_prompts
+
+    cfg, acc, model, optimizer, models, prompts, prompt_ids = _build_ours(spec)
     timings: list[tuple[int, float, float, float]] = []  # (tokens, rollout s, update s, policy loss)
     it = [0]
 
     def iteration():
         step = it[0]
-        idx = ppo.iteration_prompts(len(prompts), cfg.batch_size, step, cfg.seed)
+        idx = iteration_prompts(len(prompts), cfg.batch_size, step, cfg.seed)
         t0 = time.perf_counter()
         data, m, _ = ppo.rollout(cfg, models, [prompts[i] for i in idx], [prompt_ids[i] for i in idx],
                                  kl_coef=cfg.kl_coef, seed=step, reduce=lambda t: t)
@@ -113,7 +123,7 @@ def _ours(spec: dict, clock: BlockClock) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as fc_roll:
-        idx = ppo.iteration_prompts(len(prompts), cfg.batch_size, 0, cfg.seed)
+        idx = iteration_prompts(len(prompts), cfg.batch_size, 0, cfg.seed)
         data, _, _ = ppo.rollout(cfg, models, [prompts[i] for i in idx], [prompt_ids[i] for i in idx],
                                  kl_coef=cfg.kl_coef, seed=0, reduce=lambda t: t)
     upd_flops, _ = count_flops(ppo.ppo_update, cfg, model, optimizer, acc, data,

@@ -17,13 +17,13 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from benchmarks.common import random_pairs, smollm2_shaped_llama, time_abba  # noqa: E402
 from pipelines.scoring import completion_batch, pair_logps, sequence_logps, shared_prompt_batch  # noqa: E402
 
 
@@ -39,20 +39,8 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_flush_denormal(True)
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=args.layers,
-                      num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True,
-                      max_position_embeddings=8192, attn_implementation="sdpa")
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg)
-    g = torch.Generator().manual_seed(1)
-
-    def rnd(n):
-        m = max(1, int(n * (0.75 + 0.5 * torch.rand((), generator=g).item())))
-        return torch.randint(3, 49152, (m,), generator=g).tolist()
-
-    P, C, R = ([rnd(n) for _ in range(args.pairs)] for n in (args.prompt, args.chosen, args.rejected))
+    model = smollm2_shaped_llama(args.layers)
+    P, C, R = random_pairs(args.pairs, args.prompt, args.chosen, args.rejected)
     if args.layout == "shared":
         batch = shared_prompt_batch(P, C, R, 0)
         score = lambda m, ent: pair_logps(m, batch, with_entropy=ent)  # noqa: E731
@@ -62,15 +50,14 @@ def main(argv=None) -> None:
     variants = {"plain": False, "metrics": True}
     for ent in variants.values():  # warm-up
         score(model, ent)["logps"].sum().backward()
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    order = list(variants)
-    for r in range(args.rounds):
-        for name in (order if r % 2 == 0 else order[::-1]):
-            t = time.perf_counter()
-            for _ in range(args.steps):
-                model.zero_grad(set_to_none=True)
-                score(model, variants[name])["logps"].sum().backward()
-            times[name].append((time.perf_counter() - t) / args.steps)
+
+    def steps(ent):
+        for _ in range(args.steps):
+            model.zero_grad(set_to_none=True)
+            score(model, ent)["logps"].sum().backward()
+
+    blocks, _ = time_abba({k: (lambda e=e: steps(e)) for k, e in variants.items()}, args.rounds)
+    times = {k: [t / args.steps for t in v] for k, v in blocks.items()}
     med = {k: statistics.median(v) for k, v in times.items()}
     print(json.dumps({"layout": args.layout, "layers": args.layers, "pairs": args.pairs,
                       "scored_tokens": sum(len(c) + len(r) for c, r in zip(C, R)),

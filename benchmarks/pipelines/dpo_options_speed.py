@@ -34,7 +34,7 @@ class _Stop(Exception):
     pass
 
 
-def main(argv=None) -> int:
+def _parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--option", choices=["group_by_length", "torch_compile"], default="group_by_length")
     ap.add_argument("--pairs", type=int, default=512)
@@ -45,19 +45,19 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--mixed-lengths", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
+
+def _build_sides(args) -> tuple[list, dict]:
+    """The tokenized pairs and one DPO trainer per side (option off, option on), from one base model."""
     import torch
 
     from pipelines import dpo
     from pipelines.models import ModelArgs, TinySpec, freeze, load_causal_lm, load_tokenizer
     from pipelines.reward_model import builtin_pairs
     from pipelines.scoring import Reference
-    from pipelines.trainer import Trainer, example_length, make_accelerator
-    from reins.entry import flush_denormals
+    from pipelines.trainer import Trainer, make_accelerator
 
-    flush_denormals()
-    torch.set_num_threads(args.threads)
     rows = builtin_pairs(args.pairs, 0, "train")
     if args.mixed_lengths:
         rng = random.Random(0)
@@ -79,35 +79,50 @@ def main(argv=None) -> int:
         trainer = Trainer(None, cfg, make_accelerator(cfg), policy, examples, dpo.make_loss_fn(tok.pad_token_id,
                                                                                                cfg, ref), seed=0)
         sides[grouped] = {"trainer": trainer, "rates": [], "real": 0, "padded": 0}
+    return examples, sides
 
-    def run_block(side: dict, steps: int) -> float:
-        t = side["trainer"]
-        left = [steps]
 
-        def on_step(step, metrics):
-            left[0] -= 1
-            if left[0] == 0:
-                raise _Stop
+def _run_block(side: dict, steps: int, examples: list, batch: int) -> float:
+    """Trains `steps` steps of one side, counting its batches' real and padded tokens; pairs per second."""
+    from pipelines.trainer import example_length
 
-        for s in range(t.step, t.step + steps):  # token accounting of the batches this block trains on
-            idx = t.global_batch(s)
-            side["real"] += sum(example_length(examples[i]) for i in idx)
-            side["padded"] += len(idx) * max(example_length(examples[i]) for i in idx)
-        w0 = time.perf_counter()
-        try:
-            t.train(on_step)
-        except _Stop:
-            pass
-        return steps * args.batch / (time.perf_counter() - w0)
+    t = side["trainer"]
+    left = [steps]
 
+    def on_step(step, metrics):
+        left[0] -= 1
+        if left[0] == 0:
+            raise _Stop
+
+    for s in range(t.step, t.step + steps):  # token accounting of the batches this block trains on
+        idx = t.global_batch(s)
+        side["real"] += sum(example_length(examples[i]) for i in idx)
+        side["padded"] += len(idx) * max(example_length(examples[i]) for i in idx)
+    w0 = time.perf_counter()
+    try:
+        t.train(on_step)
+    except _Stop:
+        pass
+    return steps * batch / (time.perf_counter() - w0)
+
+
+def main(argv=None) -> int:
+    args = _parse_args(argv)
+    import torch
+
+    from reins.entry import flush_denormals
+
+    flush_denormals()
+    torch.set_num_threads(args.threads)
+    examples, sides = _build_sides(args)
     for side in sides.values():  # the warm-up also holds torch.compile's compilation (reported, not timed)
         w0 = time.perf_counter()
-        run_block(side, args.warmup)
+        _run_block(side, args.warmup, examples, args.batch)
         side["warmup_s"] = time.perf_counter() - w0
         side["real"] = side["padded"] = 0
     for _ in range(args.blocks):
         for side in sides.values():
-            side["rates"].append(run_block(side, args.block_steps))
+            side["rates"].append(_run_block(side, args.block_steps, examples, args.batch))
     plain, grouped = sides[False], sides[True]
     out = {"option": args.option, "model": args.model, "pairs": args.pairs, "batch": args.batch,
            "mixed_lengths": args.mixed_lengths,

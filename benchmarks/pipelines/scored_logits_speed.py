@@ -18,13 +18,13 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from benchmarks.common import random_pairs, smollm2_shaped_llama, time_abba  # noqa: E402
 from pipelines.scoring import (  # noqa: E402
     FullLogits,
     completion_batch,
@@ -34,7 +34,7 @@ from pipelines.scoring import (  # noqa: E402
 )
 
 
-def main(argv=None) -> None:
+def _parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=30)
     ap.add_argument("--pairs", type=int, default=4)
@@ -45,27 +45,16 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = _parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=args.layers,
-                      num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True,
-                      max_position_embeddings=8192, attn_implementation="sdpa")
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg)
-    g = torch.Generator().manual_seed(1)
-
-    def rnd(n):
-        # lengths vary by +-25% around the asked ones, as real pairs do
-        m = max(1, int(n * (0.75 + 0.5 * torch.rand((), generator=g).item())))
-        return torch.randint(3, 49152, (m,), generator=g).tolist()
-
-    P = [rnd(args.prompt) for _ in range(args.pairs)]
-    C = [rnd(args.chosen) for _ in range(args.pairs)]
-    R = [rnd(args.rejected) for _ in range(args.pairs)]
+    model = smollm2_shaped_llama(args.layers)
+    P, C, R = random_pairs(args.pairs, args.prompt, args.chosen, args.rejected)
     if args.layout == "shared":
         batch = shared_prompt_batch(P, C, R, 0)
 
@@ -79,15 +68,14 @@ def main(argv=None) -> None:
     variants = {"scored": model, "full": FullLogits(model)}
     values = {k: score(m).detach() for k, m in variants.items()}  # also the warm-up
     diff = float((values["scored"] - values["full"]).abs().max())
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    order = list(variants)
-    for r in range(args.rounds):
-        for name in (order if r % 2 == 0 else order[::-1]):
-            t = time.perf_counter()
-            for _ in range(args.steps):
-                model.zero_grad(set_to_none=True)
-                score(variants[name]).sum().backward()
-            times[name].append((time.perf_counter() - t) / args.steps)
+
+    def steps(m):
+        for _ in range(args.steps):
+            model.zero_grad(set_to_none=True)
+            score(m).sum().backward()
+
+    blocks, _ = time_abba({k: (lambda m=m: steps(m)) for k, m in variants.items()}, args.rounds)
+    times = {k: [t / args.steps for t in v] for k, v in blocks.items()}
     med = {k: statistics.median(v) for k, v in times.items()}
     n_pos = int(batch["input_ids"].numel())
     n_scored = sum(len(c) + len(r) for c, r in zip(C, R))

@@ -24,13 +24,13 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from benchmarks.common import smollm2_shaped_llama, time_abba  # noqa: E402
 from pipelines import sft  # noqa: E402
 from pipelines.data import builtin_sft_rows, normalise_sft, tokenize_sft  # noqa: E402
 from pipelines.models import ModelArgs, load_causal_lm, load_tokenizer  # noqa: E402
@@ -42,13 +42,7 @@ def _model_and_tok(args):
         margs = ModelArgs(model=args.model, attn_implementation="sdpa")
         tok = load_tokenizer(margs)
         return load_causal_lm(margs, tok), tok
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=args.layers,
-                      num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True,
-                      max_position_embeddings=8192, attn_implementation="sdpa")
-    torch.manual_seed(0)
-    return LlamaForCausalLM(cfg), load_tokenizer(ModelArgs())
+    return smollm2_shaped_llama(args.layers), load_tokenizer(ModelArgs())
 
 
 def _rows(n: int, concat: int) -> list[dict]:
@@ -110,13 +104,7 @@ def main(argv=None) -> None:
         return total
 
     loss_fn(model, ways["bfd"][0], 1.0)[0].backward()  # warm-up
-    times: dict[str, list[float]] = {k: [] for k in ways}
-    nll: dict[str, float] = {}
-    for r in range(args.rounds):
-        for name in (list(ways) if r % 2 == 0 else list(ways)[::-1]):
-            t = time.perf_counter()
-            nll[name] = one_pass(ways[name])
-            times[name].append(time.perf_counter() - t)
+    times, nll = time_abba({k: (lambda b=b: one_pass(b)) for k, b in ways.items()}, args.rounds)
     med = {k: statistics.median(v) for k, v in times.items()}
     pos = {k: sum(_positions(b) for b in v) for k, v in ways.items()}
     lens = [len(e["prompt_ids"]) + len(e["completion_ids"]) for e in exs]

@@ -75,26 +75,30 @@ def main() -> int:
                      f"{r['eval/rewards/accuracies']:.3f} | {r['seconds']:.0f} |")
     (out / "quality.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    _plot_sweep(sweep, out / "dpo_beta_sweep.png")
+    return 0
+
+
+def _plot_sweep(sweep: list[dict], path: Path) -> None:
+    """Gold reward against KL to the SFT reference, one point per beta (skipped without matplotlib)."""
     try:
         import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        pts = sorted(sweep, key=lambda r: r["eval/kl_to_ref"])
-        ax.plot([r["eval/kl_to_ref"] for r in pts], [r["eval/gold_reward"] for r in pts], "o-", label="DPO")
-        for r in sweep:
-            ax.annotate(f"β={r['beta']:g}", (r["eval/kl_to_ref"], r["eval/gold_reward"]), fontsize=8)
-        ax.axhline(sweep[0]["eval/ref_gold_reward"], ls="--", c="gray", label="SFT")
-        ax.set_xlabel("KL(π || π_SFT) per completion (nats)")
-        ax.set_ylabel("gold reward (VADER)")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "dpo_beta_sweep.png", dpi=120)
     except ImportError:
-        pass
-    return 0
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    pts = sorted(sweep, key=lambda r: r["eval/kl_to_ref"])
+    ax.plot([r["eval/kl_to_ref"] for r in pts], [r["eval/gold_reward"] for r in pts], "o-", label="DPO")
+    for r in sweep:
+        ax.annotate(f"β={r['beta']:g}", (r["eval/kl_to_ref"], r["eval/gold_reward"]), fontsize=8)
+    ax.axhline(sweep[0]["eval/ref_gold_reward"], ls="--", c="gray", label="SFT")
+    ax.set_xlabel("KL(π || π_SFT) per completion (nats)")
+    ax.set_ylabel("gold reward (VADER)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from benchmarks.common import (
     schedule,
     serve,
     throughput,
+    time_abba,
     transformer_forward_flops,
     write_results,
 )
@@ -157,3 +158,12 @@ def test_results_paths_and_writer(tmp_path):
     assert "| b1 |" in text and "- n1" in text and "100 GFLOP/s" in text
     j2, _ = write_results(report, rows, directory=tmp_path, when=when)
     assert j2.name == "2026-01-02-2.json"  # a second run the same day does not overwrite the first
+
+
+def test_time_abba_alternates_the_variants_and_keeps_their_last_results():
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name) or len(calls)) for name in ("a", "b")}
+    times, last = time_abba(fns, rounds=3)
+    assert calls == ["a", "b", "b", "a", "a", "b"]
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3} and all(t >= 0 for v in times.values() for t in v)
+    assert last == {"a": 5, "b": 6}   # the return value of each variant's last call
