@@ -330,17 +330,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{where}: cannot be {value!r}")
+        return _coerce_union(value, args, where)
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(f"{where}: must be one of {', '.join(map(repr, args))}, got {value!r}")
@@ -350,43 +340,75 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         return from_dict(tp, value if value is not None else {}, where=where)
     if origin in (list, tuple):
-        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            if origin is list and value is not None:
-                value = [value]
-            else:
-                raise ConfigError(f"{where}: expected a list, got {value!r}")
-        inner = args[0] if args else Any
-        items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
-        return items if origin is list else tuple(items)
+        return _coerce_sequence(value, origin, args, where)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                isinstance(value, float) and not value.is_integer()):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return int(value)
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-        if not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if isinstance(value, (dict, list)):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return "" if value is None else str(value)
-    return value
+    scalar = _SCALARS.get(tp)
+    return scalar(value, where) if scalar is not None else value
+
+
+def _coerce_union(value: Any, args: tuple, where: str) -> Any:
+    """`X | None` and other unions: None where None is allowed, else the first member type that takes the value."""
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for a in args:
+        if a is type(None):
+            continue
+        try:
+            return _coerce(value, a, where)
+        except ConfigError as e:
+            errors.append(str(e))
+    raise ConfigError(errors[0] if errors else f"{where}: cannot be {value!r}")
+
+
+def _coerce_sequence(value: Any, origin: type, args: tuple, where: str) -> list | tuple:
+    """A list or tuple, each item coerced; a single scalar given for a list becomes a one-item list."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        if origin is list and value is not None:
+            value = [value]
+        else:
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+    inner = args[0] if args else Any
+    items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    return items if origin is list else tuple(items)
+
+
+def _coerce_bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"{where}: expected true/false, got {value!r}")
+
+
+def _coerce_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            isinstance(value, float) and not value.is_integer()):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    return int(value)
+
+
+def _coerce_float(value: Any, where: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    return float(value)
+
+
+def _coerce_str(value: Any, where: str) -> str:
+    if isinstance(value, (dict, list)):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return "" if value is None else str(value)
+
+
+_SCALARS = {bool: _coerce_bool, int: _coerce_int, float: _coerce_float, str: _coerce_str}
 
 
 def to_dict(cfg: Any) -> dict:
