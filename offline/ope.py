@@ -87,8 +87,8 @@ class Config(RunArgs):
                                                   "beside the main fit, one batched network) whose spread gives "
                                                   "the CI; 0: the CI resamples initial states only and misses the "
                                                   "fit's error; else >= 2"})
-    bootstrap: int = field(default=2000, metadata={"help": "bootstrap_fits=0: resamples of the episodes' initial "
-                                                           "states"})
+    bootstrap: int = field(default=2000, metadata={"help": "resamples of the episodes' initial states (the CI when "
+                                                           "bootstrap_fits=0, else ope/value_ci_states_*)"})
     ci: float = field(default=0.95, metadata={"help": "confidence level of the percentile bootstrap interval"})
     normalize_score: bool = field(default=True,
                                   metadata={"help": "report ope/normalized_score where reference scores exist"})
@@ -388,13 +388,13 @@ def summarize(cfg: Config, inputs: OPEInputs, values: np.ndarray, boot: np.ndarr
     """The estimate (mean over initial states), its bootstrap CI (from the refits' estimates `boot`, else over
     initial states), the return equivalent and normalised score."""
     tr, prob = inputs.tr, inputs.prob
-    if boot is None:
-        lo, hi = bootstrap_ci(values, cfg.bootstrap, cfg.ci, cfg.seed)
-        extra = {"ope/bootstrap_fits": 0}
-    else:
+    lo, hi = bootstrap_ci(values, cfg.bootstrap, cfg.ci, cfg.seed)
+    extra = {"ope/bootstrap_fits": 0}
+    if boot is not None:  # the initial-state interval stays beside it, for comparison
+        extra = {"ope/value_ci_states_low": lo, "ope/value_ci_states_high": hi,
+                 "ope/value_boot_std": float(np.std(boot, ddof=1)), "ope/value_boot_mean": float(boot.mean()),
+                 "ope/bootstrap_fits": len(boot)}
         lo, hi = refit_ci(float(values.mean()), boot, cfg.ci)
-        extra = {"ope/value_boot_std": float(np.std(boot, ddof=1)),
-                 "ope/value_boot_mean": float(boot.mean()), "ope/bootstrap_fits": len(boot)}
     m = {"ope/value": float(values.mean()), "ope/value_ci_low": lo, "ope/value_ci_high": hi, **extra,
          "ope/ci_level": cfg.ci, "ope/gamma": cfg.gamma, "ope/initial_states": len(values),
          "data/transitions": len(tr), "data/episodes": len(tr.episode_returns),
