@@ -133,6 +133,8 @@ def main(argv=None) -> int:
     p.add_argument("--eval-tier", default="medium-replay")
     p.add_argument("--episodes", type=int, default=50, help="true-value rollouts per policy")
     p.add_argument("--sac-steps", type=int, default=5000, help="online SAC env steps for snapshot policies (0: none)")
+    p.add_argument("--only", nargs="*", default=[], metavar="NAME",
+                   help="evaluate only these policies (all are still trained; e.g. to fit a time budget)")
     p.add_argument("--ope-set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for reins ope")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
@@ -153,7 +155,7 @@ def main(argv=None) -> int:
                           f"output_dir={run_dir}", f"max_steps={steps}", "eval_episodes=0", *extra])
         policies.append((name, run_dir / "policy.pt"))
     rows = [evaluate_policy(out, name, path, prefix, args, ope_set, gamma, tag)
-            for name, path in [*policies, *sac_policies(out, args.sac_steps)]]
+            for name, path in [*policies, *sac_policies(out, args.sac_steps)] if not args.only or name in args.only]
     summary = {"eval_tier": args.eval_tier, "gamma": gamma, "ope_set": ope_set, "rows": rows,
                "spearman_value_vs_true_return": spearman([r["fqe_value"] for r in rows],
                                                          [r["true_return"] for r in rows]),
