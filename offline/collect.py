@@ -283,7 +283,7 @@ def write_tier(staging: Path, ds_id: str, episodes: list[Episode], cfg: Config, 
     import minari
 
     old = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = str(staging)
+    os.environ["MINARI_DATASETS_PATH"] = str(staging.resolve())  # minari joins a relative root twice
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*author_email.*", category=UserWarning)

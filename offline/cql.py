@@ -22,9 +22,9 @@ Discrete actions (a dataset with a Discrete action space): CQL(H) on one Q-netwo
 discrete form, as d3rlpy's DiscreteCQL), no actor. Each update:
   L_Q = TD(Q(s, a), y) + cql_alpha * E_s[logsumexp_a Q(s, a) - Q(s, a_data)]      (pgcore.discrete_cql_gap)
   y   = r + gamma (1 - d) Qhat(s', argmax_a' Q(s', a'))                              (pgcore.double_dqn_target)
-  TD is the Huber loss (d3rlpy) or the squared error (`td_loss`); Qhat is a copy of Q every
-  `target_update_every` updates (d3rlpy: 8000), or Polyak with tau after each update when that is 0. The policy
-  is greedy in Q (a "q" policy file: argmax_a Q(s, a)).
+  TD is the Huber loss (d3rlpy) or the squared error (`td_loss`); Qhat is a copy of Q after updates 1, N + 1,
+  2N + 1, ... (N = `target_update_every`, d3rlpy: 8000, as its grad-step counter from 0), or Polyak with tau after
+  each update when N is 0. The policy is greedy in Q (a "q" policy file: argmax_a Q(s, a)).
 """
 
 from __future__ import annotations
@@ -73,8 +73,9 @@ class Config(OfflineConfig):
                                              metadata={"help": "Discrete data: the Q-network's TD loss (d3rlpy: "
                                                                "huber; Box data always uses the squared error)"})
     target_update_every: int = field(default=0,
-                                     metadata={"help": "Discrete data: copy Q into its target every N updates "
-                                                       "(d3rlpy 8000); 0: Polyak with tau after every update"})
+                                     metadata={"help": "Discrete data: copy Q into its target after updates 1, "
+                                                       "N + 1, 2N + 1, ... (d3rlpy's rule; its default 8000); 0: "
+                                                       "Polyak with tau after every update"})
     cql_n_actions: int = field(default=10, metadata={"help": "actions per proposal (uniform, pi(.|s), pi(.|s'))"})
     cql_importance_sample: bool = field(default=True,
                                         metadata={"help": "CQL(H) with densities (min_q_version 3); false: version 2"})
@@ -264,11 +265,11 @@ class DiscreteCQL(Agent):
         td_loss = F.smooth_l1_loss(q, y) if cfg.td_loss == "huber" else F.mse_loss(q, y)
         gap = discrete_cql_gap(q_all, b["actions"])
         self.optimize(self.critic_opt, td_loss + cfg.cql_alpha * gap)
-        self.steps += 1
         if cfg.target_update_every == 0:
             polyak_update(self.critic_target.parameters(), self.actor.parameters(), cfg.tau)
-        elif self.steps % cfg.target_update_every == 0:
+        elif self.steps % cfg.target_update_every == 0:  # d3rlpy: after updates 1, N + 1, 2N + 1, ...
             self.critic_target.load_state_dict(self.actor.state_dict())
+        self.steps += 1
         return {"loss/td": td_loss.detach(), "loss/cql": (cfg.cql_alpha * gap).detach(),
                 "train/cql_gap": gap.detach(), "train/q_mean": q.detach().mean()}
 

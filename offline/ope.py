@@ -14,15 +14,26 @@ The estimate is the mean over the dataset's episode initial states of Q(s0, pi(s
 return (discount `gamma`) in the dataset's reward units (reward_scale is undone). `ope/return_estimate` converts
 it to an H-step undiscounted return, H the dataset's mean episode length, by assuming a constant per-step reward
 (V * H (1 - gamma) / (1 - gamma^H)); it is what the normalised score uses and it is exact only for that
-case or gamma = 1 (offline/README.md, Off-policy evaluation, reports how far off it is). The confidence interval
-is a percentile bootstrap over episodes that resamples the initial states only; the Q-fit is not refitted per
-resample, so the interval covers the initial-state spread, not the Q-fit's own error.
+case or gamma = 1 (offline/README.md, Off-policy evaluation, reports how far off it is).
+
+The confidence interval is a bootstrap over episodes that refits FQE (Hao et al. 2021, "Bootstrapping Fitted
+Q-Evaluation for Off-Policy Inference"): `bootstrap_fits` more Q-networks, each fitted to its own resample of
+the episodes (multinomial counts over episodes, drawn once; a transition's squared error is weighted by its
+episode's count, so a minibatch drawn uniformly from the data is, in expectation, one drawn from the resample)
+and each reporting the count-weighted mean of Q(s0, pi(s0)) over its resampled initial states. They train beside
+the main fit on its minibatches, in one batched network, from their own initial weights, so the main estimate is
+the same with or without them. The interval is the main estimate +- z * the standard deviation of the refits'
+estimates (the normal bootstrap interval: a few refits estimate a spread far better than the 2.5% / 97.5%
+quantiles). It covers the sampling error of the data and of the fit (initial weights, optimisation), not FQE's
+bias (a function class that cannot represent Q^pi, too few iterations). `bootstrap_fits=0` gives the cheaper
+interval that resamples the initial states only (`bootstrap` resamples) and ignores the Q-fit's error.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from offline.data import DeviceBuffer, Normalization, load_transitions, pick_device, reference_scores
 from offline.evaluate import normalized_score
@@ -38,7 +50,7 @@ from reins.entry import stage_main
 from reins.errors import DataError
 from reins.runio import FiniteGuard, RunDir, get_rng_state, seed_everything, set_rng_state
 from rl.agent import Agent
-from rl.nets import mlp
+from rl.nets import ACTIVATIONS, EnsembleLinear, mlp
 from rl.policy_io import Policy, load_policy
 
 
@@ -70,7 +82,13 @@ class Config(RunArgs):
     reward_scale: float = field(default=1.0,
                                 metadata={"help": "Q is fitted to r * reward_scale; the estimates are divided by "
                                                   "it again (return units)"})
-    bootstrap: int = field(default=2000, metadata={"help": "bootstrap resamples of the episodes' initial states"})
+    bootstrap_fits: int = field(default=10,
+                                metadata={"help": "FQE refits on bootstrap resamples of the episodes (trained "
+                                                  "beside the main fit, one batched network) whose spread gives "
+                                                  "the CI; 0: the CI resamples initial states only and misses the "
+                                                  "fit's error; else >= 2"})
+    bootstrap: int = field(default=2000, metadata={"help": "resamples of the episodes' initial states (the CI when "
+                                                           "bootstrap_fits=0, else ope/value_ci_states_*)"})
     ci: float = field(default=0.95, metadata={"help": "confidence level of the percentile bootstrap interval"})
     normalize_score: bool = field(default=True,
                                   metadata={"help": "report ope/normalized_score where reference scores exist"})
@@ -91,6 +109,8 @@ class Config(RunArgs):
         for name in ("max_steps", "batch_size", "target_update_every", "log_every", "checkpoint_every", "bootstrap"):
             check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         check(0.0 < self.ci < 1.0, f"ci must be in (0, 1), got {self.ci}")
+        check(self.bootstrap_fits == 0 or self.bootstrap_fits >= 2,
+              f"bootstrap_fits must be 0 or >= 2 (a spread needs two fits), got {self.bootstrap_fits}")
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         check(math.isfinite(self.reward_scale) and self.reward_scale > 0,
               f"reward_scale must be finite and > 0, got {self.reward_scale}")
@@ -146,6 +166,7 @@ class OPEProblem:
     arrays: dict
     init_obs: np.ndarray  # normalised s0 of each episode
     init_actions: np.ndarray  # pi(s0)
+    init_episode: np.ndarray  # the episode index (arrays["episode_index"]'s numbering) of each s0
     obs_dim: int
     act_dim: int
     n_actions: int | None
@@ -158,45 +179,96 @@ def build_problem(policy: Policy, tr, *, normalize_obs: bool = True, reward_scal
         norm.action_low, norm.action_high = policy.low.astype(np.float32), policy.high.astype(np.float32)
     arrays = norm.apply(tr)
     arrays["next_actions"] = _policy_actions(policy, tr.next_observations, norm)
-    _, first = np.unique(tr.episode_ids, return_index=True)
-    s0 = tr.observations[np.sort(first)]
-    return OPEProblem(arrays, norm.obs(s0), _policy_actions(policy, s0, norm), tr.obs_dim,
-                      0 if tr.discrete else tr.act_dim, tr.n_actions, len(tr) / max(len(first), 1))
+    _, first, arrays["episode_index"] = np.unique(tr.episode_ids, return_index=True, return_inverse=True)
+    order = np.sort(first)
+    s0 = tr.observations[order]
+    return OPEProblem(arrays, norm.obs(s0), _policy_actions(policy, s0, norm), arrays["episode_index"][order],
+                      tr.obs_dim, 0 if tr.discrete else tr.act_dim, tr.n_actions, len(tr) / max(len(first), 1))
 
 
 # ---------------------------------------------------------------------------------------------------- FQE
-class FQE(Agent):
-    """Q(s, a) of a fixed policy: an MLP on [s, a] (Box actions) or with one output per action (Discrete)."""
+class EnsembleMLP(nn.Module):
+    """n independent MLPs (nn.Linear's init each), one batched matmul per layer: x [B, in] -> [n, B, out]."""
 
-    def __init__(self, prob: OPEProblem, hidden: list[int], lr: float, gamma: float, device: torch.device):
+    def __init__(self, n: int, in_dim: int, out_dim: int, hidden: list[int], activation: str = "relu"):
+        super().__init__()
+        self.n, dims = n, [in_dim, *hidden, out_dim]
+        self.layers = nn.ModuleList(EnsembleLinear(n, a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.act = ACTIVATIONS[activation]()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.unsqueeze(0).expand(self.n, -1, -1)
+        for i, layer in enumerate(self.layers):
+            h = layer(h)
+            if i < len(self.layers) - 1:
+                h = self.act(h)
+        return h
+
+
+class FQE(Agent):
+    """Q(s, a) of a fixed policy: an MLP on [s, a] (Box actions) or with one output per action (Discrete); with
+    `n_boot`, also n_boot refits on episode-resampled data (module docstring), stepped after the main fit."""
+
+    def __init__(self, prob: OPEProblem, hidden: list[int], lr: float, gamma: float, device: torch.device,
+                 n_boot: int = 0, seed: int = 0):
         super().__init__()
         self.discrete, self.gamma = prob.n_actions is not None, gamma
         inp, out = (prob.obs_dim, prob.n_actions) if self.discrete else (prob.obs_dim + prob.act_dim, 1)
         q = mlp(inp, out, list(hidden)).to(device)
         target = copy.deepcopy(q).requires_grad_(False)
         self.register(q=q, q_target=target, opt=torch.optim.Adam(q.parameters(), lr=lr))
+        if n_boot:
+            with torch.random.fork_rng(devices=[]):  # the main fit's random stream is the same without them
+                torch.manual_seed(seed + 7919)
+                boot = EnsembleMLP(n_boot, inp, out, list(hidden)).to(device)
+            n_ep = len(prob.init_episode)
+            counts = np.random.default_rng(seed).multinomial(n_ep, np.full(n_ep, 1.0 / n_ep), size=n_boot)
+            self.register(boot=boot, boot_target=copy.deepcopy(boot).requires_grad_(False),
+                          boot_opt=torch.optim.Adam(boot.parameters(), lr=lr),
+                          boot_counts=torch.as_tensor(counts, dtype=torch.float32, device=device))
 
     def value(self, net, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """Q(s, a): [B] from the main network, [n, B] from the refits' ensemble."""
         if self.discrete:
-            return net(obs).gather(1, act.long().view(-1, 1)).squeeze(1)
+            q = net(obs)
+            return q.gather(-1, act.long().view(*([1] * (q.dim() - 2)), -1, 1).expand(*q.shape[:-1], 1)).squeeze(-1)
         return net(torch.cat([obs, act], dim=-1)).squeeze(-1)
 
     def update(self, b: dict) -> dict:
+        info = {"loss/q": self._fit_step(self.q, self.q_target, self.opt, b, None)}
+        if hasattr(self, "boot"):
+            w = self.boot_counts[:, b["episode_index"]]  # [n, B]: each refit's weight of each transition
+            info["loss/q_boot"] = self._fit_step(self.boot, self.boot_target, self.boot_opt, b, w)
+        return info
+
+    def _fit_step(self, net, target, opt, b: dict, w: torch.Tensor | None) -> torch.Tensor:
         with torch.no_grad():
-            nxt = self.value(self.q_target, b["next_observations"], b["next_actions"])
+            nxt = self.value(target, b["next_observations"], b["next_actions"])
             y = b["rewards"] + self.gamma * (1.0 - b["terminals"]) * nxt
-        loss = F.mse_loss(self.value(self.q, b["observations"], b["actions"]), y)
-        self.optimize(self.opt, loss)
-        return {"loss/q": loss.detach()}
+        q = self.value(net, b["observations"], b["actions"])
+        loss = F.mse_loss(q, y) if w is None else (w * (q - y) ** 2).mean(dim=-1).sum()
+        self.optimize(opt, loss)
+        return loss.detach() if w is None else loss.detach() / len(w)
 
     def sync_target(self) -> None:
         self.q_target.load_state_dict(self.q.state_dict())
+        if hasattr(self, "boot"):
+            self.boot_target.load_state_dict(self.boot.state_dict())
 
     @torch.no_grad()
     def initial_values(self, prob: OPEProblem, device: torch.device) -> np.ndarray:
         obs = torch.as_tensor(prob.init_obs, device=device)
         act = torch.as_tensor(prob.init_actions, device=device)
         return self.value(self.q, obs, act).double().cpu().numpy()
+
+    @torch.no_grad()
+    def boot_estimates(self, prob: OPEProblem, device: torch.device) -> np.ndarray:
+        """Each refit's value: the mean of its Q(s0, pi(s0)) over its resample of the episodes' initial states."""
+        obs = torch.as_tensor(prob.init_obs, device=device)
+        act = torch.as_tensor(prob.init_actions, device=device)
+        w = self.boot_counts[:, torch.as_tensor(prob.init_episode, device=device)].double()  # [n, episodes]
+        v = self.value(self.boot, obs, act).double()
+        return ((w * v).sum(dim=1) / w.sum(dim=1)).cpu().numpy()
 
 
 def bootstrap_ci(values: np.ndarray, n: int, level: float, seed: int) -> tuple[float, float]:
@@ -206,6 +278,12 @@ def bootstrap_ci(values: np.ndarray, n: int, level: float, seed: int) -> tuple[f
     means = values[rng.integers(0, len(values), size=(n, len(values)))].mean(axis=1)
     a = (1.0 - level) / 2.0
     return float(np.quantile(means, a)), float(np.quantile(means, 1.0 - a))
+
+
+def refit_ci(value: float, estimates: np.ndarray, level: float) -> tuple[float, float]:
+    """Normal bootstrap interval: value +- z_{(1 + level) / 2} * the sample std of the refits' estimates."""
+    half = statistics.NormalDist().inv_cdf(0.5 + level / 2.0) * float(np.std(estimates, ddof=1))
+    return value - half, value + half
 
 
 def return_equivalent(value: float, gamma: float, horizon: float) -> float:
@@ -266,7 +344,8 @@ def train(cfg: Config) -> dict:
         torch.set_num_threads(cfg.torch_threads)
     seed_everything(cfg.seed)
     dev = inputs.device
-    fqe, buf = FQE(inputs.prob, cfg.hidden, cfg.lr, cfg.gamma, dev), DeviceBuffer(inputs.prob.arrays, dev)
+    fqe = FQE(inputs.prob, cfg.hidden, cfg.lr, cfg.gamma, dev, n_boot=cfg.bootstrap_fits, seed=cfg.seed)
+    buf = DeviceBuffer(inputs.prob.arrays, dev)
     sampler = torch.Generator(device=dev).manual_seed(cfg.seed)
     step, acc, acc_n, guard = 0, torch.zeros((), device=dev), 0, FiniteGuard()
     state = run.load_checkpoint()
@@ -297,18 +376,26 @@ def train(cfg: Config) -> dict:
             run.save_checkpoint({"fqe": fqe.state_dict(), "sampler": sampler.get_state(), "rng": get_rng_state(),
                                  "step": step, "acc": acc, "acc_n": acc_n})
     bar.close()
-    metrics = summarize(cfg, inputs, fqe.initial_values(inputs.prob, dev) / cfg.reward_scale)
+    boot = fqe.boot_estimates(inputs.prob, dev) / cfg.reward_scale if cfg.bootstrap_fits else None
+    metrics = summarize(cfg, inputs, fqe.initial_values(inputs.prob, dev) / cfg.reward_scale, boot)
     metrics["train/steps"] = step
     if step > start_step:
         metrics["time/updates_per_s"] = (step - start_step) / max(time.perf_counter() - start, 1e-9)
     return run.finish(metrics)
 
 
-def summarize(cfg: Config, inputs: OPEInputs, values: np.ndarray) -> dict:
-    """The estimate (mean over initial states), its bootstrap CI, the return equivalent and normalised score."""
+def summarize(cfg: Config, inputs: OPEInputs, values: np.ndarray, boot: np.ndarray | None = None) -> dict:
+    """The estimate (mean over initial states), its bootstrap CI (from the refits' estimates `boot`, else over
+    initial states), the return equivalent and normalised score."""
     tr, prob = inputs.tr, inputs.prob
     lo, hi = bootstrap_ci(values, cfg.bootstrap, cfg.ci, cfg.seed)
-    m = {"ope/value": float(values.mean()), "ope/value_ci_low": lo, "ope/value_ci_high": hi,
+    extra = {"ope/bootstrap_fits": 0}
+    if boot is not None:  # the initial-state interval stays beside it, for comparison
+        extra = {"ope/value_ci_states_low": lo, "ope/value_ci_states_high": hi,
+                 "ope/value_boot_std": float(np.std(boot, ddof=1)), "ope/value_boot_mean": float(boot.mean()),
+                 "ope/bootstrap_fits": len(boot)}
+        lo, hi = refit_ci(float(values.mean()), boot, cfg.ci)
+    m = {"ope/value": float(values.mean()), "ope/value_ci_low": lo, "ope/value_ci_high": hi, **extra,
          "ope/ci_level": cfg.ci, "ope/gamma": cfg.gamma, "ope/initial_states": len(values),
          "data/transitions": len(tr), "data/episodes": len(tr.episode_returns),
          "data/return_mean": float(tr.episode_returns.mean()), "data/episode_length_mean": prob.horizon}

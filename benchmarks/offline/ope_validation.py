@@ -6,13 +6,15 @@
 1. Collects Pendulum-v1 tiers with the scripted behaviour (recipes/offline/collect-pendulum-scripted.yaml,
    `--steps-per-tier` transitions per tier) under OUT/minari (its own MINARI_DATASETS_PATH).
 2. Trains policies of different quality: BC on the random / medium / expert tiers, and BC, IQL and CQL on
-   medium-replay stopped at different update counts (the Pendulum recipes' hyperparameters, evaluation off).
+   medium-replay stopped at different update counts (the Pendulum recipes' hyperparameters, evaluation off);
+   with `--sac-steps` (default 5000; 0: none), an online SAC run (recipes/online/sac-pendulum.yaml) whose
+   snapshots every 1000 env steps are further policies (`sac-<step>`), none of them trained on the tiers.
 3. Runs `reins ope` of each policy on the evaluation tier (default medium-replay).
 4. Measures the truth in the env: 50 episodes per policy, the undiscounted 200-step return and the discounted
    value sum_t gamma^t r_t over 1000 steps (gamma^1000 < 5e-5: the infinite-horizon value FQE estimates).
 5. Writes OUT/summary.json and OUT/summary.md (OUT/summary-TIER.* for another --eval-tier): per policy the
-   truth, the FQE value with its bootstrap CI, the return equivalent, the absolute errors, and the Spearman rank
-   correlations. Target (issue 24): Spearman >= 0.7.
+   truth, the FQE value with its bootstrap CI and whether the CI holds the true value, the return equivalent,
+   the absolute errors, the Spearman rank correlations and the CI's coverage. Target (issue 24): Spearman >= 0.7.
 Every step is a resumable reins stage or a cached file: rerunning the same command resumes.
 """
 
@@ -41,6 +43,7 @@ POLICIES = [
     ("cql-mr-1500", "cql", "medium-replay", 1500, []),
 ]
 ENV = "Pendulum-v1"
+SAC_SNAPSHOT_EVERY = 1000
 
 
 def run_stage(stage: str, argv: list[str]) -> dict:
@@ -77,6 +80,18 @@ def true_values(policy_path: Path, gamma: float, episodes: int, seed: int) -> di
     return {"return": float(ret200.mean()), "value": float(disc.mean())}
 
 
+def sac_policies(out: Path, steps: int) -> list[tuple[str, Path]]:
+    """Snapshots of one online SAC run on the env (`steps` env steps, one every SAC_SNAPSHOT_EVERY)."""
+    if steps <= 0:
+        return []
+    run_dir = out / "sac"
+    run_stage("online", ["--config", "recipes/online/sac-pendulum.yaml", f"output_dir={run_dir}",
+                         f"total_steps={steps}", f"eval_every={SAC_SNAPSHOT_EVERY}", "save_snapshots=true",
+                         f"snapshot_every={SAC_SNAPSHOT_EVERY}", f"checkpoint_every={SAC_SNAPSHOT_EVERY}"])
+    return [(f"sac-{s}", run_dir / "snapshots" / f"step_{s}.pt")
+            for s in range(SAC_SNAPSHOT_EVERY, steps + 1, SAC_SNAPSHOT_EVERY)]
+
+
 def spearman(x, y) -> float:
     def ranks(v):
         v = np.asarray(v, dtype=np.float64)
@@ -90,12 +105,36 @@ def spearman(x, y) -> float:
     return float(np.corrcoef(ranks(x), ranks(y))[0, 1])
 
 
+def evaluate_policy(out: Path, name: str, path: Path, prefix: str, args, ope_set: list[str], gamma: float,
+                    tag: str) -> dict:
+    """FQE of one policy on the evaluation tier beside its true value (cached in OUT/truth)."""
+    est = run_stage("ope", [f"policy={path}", f"dataset={prefix}/{args.eval_tier}-v0",
+                            f"output_dir={out / ('ope' + tag) / name}", *ope_set])
+    truth_file = out / "truth" / f"{name}.json"
+    if not truth_file.is_file():
+        truth_file.parent.mkdir(parents=True, exist_ok=True)
+        truth_file.write_text(json.dumps(true_values(path, gamma, args.episodes, 10_000)))
+    truth = json.loads(truth_file.read_text())
+    row = {"policy": name, "true_return": truth["return"], "true_value": truth["value"],
+           "fqe_value": est["ope/value"], "ci_low": est["ope/value_ci_low"], "ci_high": est["ope/value_ci_high"],
+           "ci_covers": bool(est["ope/value_ci_low"] <= truth["value"] <= est["ope/value_ci_high"]),
+           "states_ci_covers": bool(est.get("ope/value_ci_states_low", np.nan) <= truth["value"]
+                                    <= est.get("ope/value_ci_states_high", np.nan)),
+           "fqe_return": est["ope/return_estimate"], "abs_err_value": abs(est["ope/value"] - truth["value"]),
+           "abs_err_return": abs(est["ope/return_estimate"] - truth["return"])}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/bench/ope")
     p.add_argument("--steps-per-tier", type=int, default=20000)
     p.add_argument("--eval-tier", default="medium-replay")
     p.add_argument("--episodes", type=int, default=50, help="true-value rollouts per policy")
+    p.add_argument("--sac-steps", type=int, default=5000, help="online SAC env steps for snapshot policies (0: none)")
+    p.add_argument("--only", nargs="*", default=[], metavar="NAME",
+                   help="evaluate only these policies (all are still trained; e.g. to fit a time budget)")
     p.add_argument("--ope-set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for reins ope")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
@@ -109,40 +148,36 @@ def main(argv=None) -> int:
     gamma = float(next((a.split("=", 1)[1] for a in ope_set if a.startswith("gamma=")), 0.99))
     # medium-replay (the default) keeps the plain names; another evaluation tier writes beside it
     tag = "" if args.eval_tier == "medium-replay" else f"-{args.eval_tier}"
-    rows = []
+    policies = []
     for name, stage, tier, steps, extra in POLICIES:
         run_dir = out / "policies" / name
         run_stage(stage, ["--config", f"recipes/offline/{stage}-pendulum.yaml", f"dataset={prefix}/{tier}-v0",
                           f"output_dir={run_dir}", f"max_steps={steps}", "eval_episodes=0", *extra])
-        est = run_stage("ope", [f"policy={run_dir / 'policy.pt'}", f"dataset={prefix}/{args.eval_tier}-v0",
-                                f"output_dir={out / ('ope' + tag) / name}", *ope_set])
-        truth_file = out / "truth" / f"{name}.json"
-        if not truth_file.is_file():
-            truth_file.parent.mkdir(parents=True, exist_ok=True)
-            truth_file.write_text(json.dumps(true_values(run_dir / "policy.pt", gamma, args.episodes, 10_000)))
-        truth = json.loads(truth_file.read_text())
-        rows.append({"policy": name, "true_return": truth["return"], "true_value": truth["value"],
-                     "fqe_value": est["ope/value"], "ci_low": est["ope/value_ci_low"],
-                     "ci_high": est["ope/value_ci_high"], "fqe_return": est["ope/return_estimate"],
-                     "abs_err_value": abs(est["ope/value"] - truth["value"]),
-                     "abs_err_return": abs(est["ope/return_estimate"] - truth["return"])})
-        print(json.dumps(rows[-1]), flush=True)
+        policies.append((name, run_dir / "policy.pt"))
+    rows = [evaluate_policy(out, name, path, prefix, args, ope_set, gamma, tag)
+            for name, path in [*policies, *sac_policies(out, args.sac_steps)] if not args.only or name in args.only]
     summary = {"eval_tier": args.eval_tier, "gamma": gamma, "ope_set": ope_set, "rows": rows,
                "spearman_value_vs_true_return": spearman([r["fqe_value"] for r in rows],
                                                          [r["true_return"] for r in rows]),
                "spearman_value_vs_true_value": spearman([r["fqe_value"] for r in rows],
                                                         [r["true_value"] for r in rows]),
                "mean_abs_err_value": float(np.mean([r["abs_err_value"] for r in rows])),
-               "mean_abs_err_return": float(np.mean([r["abs_err_return"] for r in rows]))}
+               "mean_abs_err_return": float(np.mean([r["abs_err_return"] for r in rows])),
+               "ci_covers_true_value": int(sum(r["ci_covers"] for r in rows)), "policies": len(rows),
+               "states_ci_covers_true_value": int(sum(r["states_ci_covers"] for r in rows))}
     (out / f"summary{tag}.json").write_text(json.dumps(summary, indent=2))
-    lines = ["| policy | true return (200 steps) | true value (gamma) | FQE value [95% CI] | |err| value | "
-             "FQE return equiv. | |err| return |", "|---|---|---|---|---|---|---|"]
+    lines = ["| policy | true return (200 steps) | true value (gamma) | FQE value [95% CI] | CI holds truth "
+             "(initial states) | "
+             "|err| value | FQE return equiv. | |err| return |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['policy']} | {r['true_return']:.1f} | {r['true_value']:.1f} | {r['fqe_value']:.1f} "
-                     f"[{r['ci_low']:.1f}, {r['ci_high']:.1f}] | {r['abs_err_value']:.1f} | {r['fqe_return']:.1f} | "
-                     f"{r['abs_err_return']:.1f} |")
+                     f"[{r['ci_low']:.1f}, {r['ci_high']:.1f}] | {'yes' if r['ci_covers'] else 'no'} / "
+                     f"{'yes' if r['states_ci_covers'] else 'no'} | "
+                     f"{r['abs_err_value']:.1f} | {r['fqe_return']:.1f} | {r['abs_err_return']:.1f} |")
     lines.append(f"\nSpearman(FQE value, true return) = {summary['spearman_value_vs_true_return']:.3f}; "
-                 f"Spearman(FQE value, true value) = {summary['spearman_value_vs_true_value']:.3f}")
+                 f"Spearman(FQE value, true value) = {summary['spearman_value_vs_true_value']:.3f}; "
+                 f"CI holds the true value in {summary['ci_covers_true_value']} of {len(rows)} (the initial-state "
+                 f"interval: {summary['states_ci_covers_true_value']})")
     (out / f"summary{tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -148,6 +148,16 @@ def test_failure_while_publishing_leaves_the_root_as_it_was(minari_root, tmp_pat
     assert list(minari_root.iterdir()) == []
 
 
+def test_relative_datasets_root(tmp_path, monkeypatch):
+    """MINARI_DATASETS_PATH relative to the working directory (README's `MINARI_DATASETS_PATH=runs/minari`): the
+    tier is written and readable there (minari once looked for the staged file under the relative root twice)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MINARI_DATASETS_PATH", "rel/minari")
+    train(_cfg(tmp_path, tiers=["random"], output_dir="collect"))
+    assert (tmp_path / "rel/minari/test/pend/random-v0/data/main_data.hdf5").is_file()
+    assert len(load_transitions("test/pend/random-v0")) > 0
+
+
 def test_existing_dataset_is_not_overwritten(minari_root, tmp_path):
     train(_cfg(tmp_path, tiers=["random"]))
     before = (minari_root / "test/pend/random-v0/data/metadata.json").read_text()

@@ -375,3 +375,19 @@ def test_discrete_cql_update_matches_oracle(gen):
     torch.testing.assert_close(info["loss/td"], huber, rtol=1e-12, atol=0)
     torch.testing.assert_close(info["loss/cql"], 2.0 * gap, rtol=1e-12, atol=0)
     assert not torch.equal(a_star, before.critic_target(s2).argmax(-1))  # online selects, target evaluates
+
+
+def test_discrete_cql_hard_target_copies_as_d3rlpy(gen):
+    """target_update_every=N copies Q into the target after updates 1, N + 1, 2N + 1 (d3rlpy's DQNImpl syncs when
+    its grad-step counter, starting at 0, is a multiple of N) and leaves it frozen in between."""
+    torch.manual_seed(0)
+    cfg = CQLConfig(q_hidden=[8], target_update_every=3, qf_lr=1e-2)
+    algo = _double(DiscreteCQL(cfg, OBS, 2, torch.device("cpu")), ["actor", "critic_target"])
+    synced = []
+    for _ in range(7):
+        b = _batch(gen)
+        b["actions"] = torch.randint(0, 2, (B,), generator=gen)
+        algo.update(b)
+        synced.append(all(torch.equal(p, q) for p, q in zip(algo.actor.parameters(),
+                                                            algo.critic_target.parameters())))
+    assert synced == [True, False, False, True, False, False, True]
