@@ -55,6 +55,12 @@ def truncate_after_eos(ids: list[int], eos_id: int, pad_id: int) -> tuple[list[i
     return out, False
 
 
+# Switches for the ablation in benchmarks/peers/sampling_vs_generate.py (neither changes a token): prefill each
+# run of equal prompts once; take finished rows out of the decode batch.
+SHARE_PREFILL = True
+DROP_FINISHED = True
+
+
 @dataclass
 class _Chunk:
     """One generate call's rows: left-padded to the chunk's widest prompt; `source[i]` is the prefilled row that
@@ -101,18 +107,19 @@ def _sample_chunk(model, chunk: _Chunk, args: GenerationArgs, eos_id: int, pad_i
 
     B, sampling = chunk.ids.shape[0], args.temperature > 0
     cache = DynamicCache(config=model.config)
-    heads = torch.tensor(chunk.heads)
+    heads = torch.tensor(chunk.heads) if SHARE_PREFILL else torch.arange(B)
     out = model(input_ids=chunk.ids[heads].to(device), attention_mask=chunk.attn[heads].to(device), cache=cache,
                 use_cache=True)
     logits = out.logits[:, -1].float()
     del out
-    if len(chunk.heads) < B:
+    if len(heads) < B:
         src = chunk.source.to(device)
         logits = logits[src]
         cache.batch_select_indices(src)
     attn, live = chunk.attn.to(device), torch.arange(B, device=device)
     new = torch.full((B, args.max_new_tokens), pad_id, dtype=torch.long, device=device)
     logp = torch.zeros((B, args.max_new_tokens), device=device)
+    stopped = torch.zeros(B, dtype=torch.bool, device=device)
     for t in range(args.max_new_tokens):
         scores = _warp(logits, args)
         if sampling:
@@ -123,12 +130,13 @@ def _sample_chunk(model, chunk: _Chunk, args: GenerationArgs, eos_id: int, pad_i
         else:
             nxt = scores.argmax(-1)
             logp[live, t] = torch.log_softmax(scores, dim=-1).gather(1, nxt[:, None]).squeeze(1)
+        nxt = nxt.masked_fill(stopped[live], pad_id)   # rows kept after their EOS (DROP_FINISHED off) get pad
         new[live, t] = nxt
-        going = nxt != eos_id
-        if t == args.max_new_tokens - 1 or not going.any():
+        stopped[live] = stopped[live] | (nxt == eos_id)
+        if t == args.max_new_tokens - 1 or stopped.all():
             return new[:, :t + 1].cpu(), logp[:, :t + 1].cpu()
-        if not going.all():
-            keep = going.nonzero().squeeze(1)
+        if DROP_FINISHED and stopped[live].any():
+            keep = (~stopped[live]).nonzero().squeeze(1)
             live, attn, nxt = live[keep], attn[keep], nxt[keep]
             cache.batch_select_indices(keep)
         attn = torch.cat([attn, attn.new_ones((attn.shape[0], 1))], dim=1)

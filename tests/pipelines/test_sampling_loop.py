@@ -108,3 +108,16 @@ def test_a_group_is_prefilled_once_and_finished_rows_leave_the_batch(tok, model)
             for t in range(1, steps)]
     assert [r[0] for r in rows[1:]] == want and all(r[1] == 1 for r in rows[1:])
     assert want[-1] < len(pids)   # rows did leave
+
+
+@pytest.mark.parametrize("switch", ["SHARE_PREFILL", "DROP_FINISHED"])
+def test_each_saving_switched_off_alone_still_gives_model_generates_tokens(tok, model, monkeypatch, switch):
+    """The ablation switches of benchmarks/peers/sampling_vs_generate.py time the same samples."""
+    from pipelines import generation
+
+    monkeypatch.setattr(generation, switch, False)
+    args = GenerationArgs(max_new_tokens=20, temperature=1.0, batch_size=6)
+    pids = [encode_prompt(tok, p) for p in PROMPTS for _ in range(4)]
+    want_ids, want_fin, _ = hf_generate(model, tok, pids, args, seed=5)
+    got = generate(model, tok, pids, args, seed=5)
+    assert got.completion_ids == want_ids and got.finished == want_fin
