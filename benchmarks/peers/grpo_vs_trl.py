@@ -9,7 +9,8 @@ every iteration, G = 8 completions each (32 rows, sampled in one batch), max_new
 top_p 1, no top-k; the same reward function (grpo_vs_trl_side.arithmetic_reward: exact match + 0.1 x bare
 integer); group-scaled advantages, beta 0 (no reference model), clip epsilon 0.2, token-level loss (reins
 `token` = TRL `dapo`: one process, one minibatch), one optimizer step per generation batch (AdamW, lr 1e-4
-constant, no weight decay, gradient clip 1.0), no gradient checkpointing. The completions themselves differ
+constant, no weight decay, gradient clip 1.0), gradient checkpointing on (TRL's default; the SmolLM2 GRPO
+recipe's setting; without it each side's update peaks at ~9 GB). The completions themselves differ
 (each library's own seeds), so the reward and length columns are the check that both sides do the same work.
 
 Each side is one long-lived process (reins: this file's `--worker`, with `--reins-root` first on PYTHONPATH,
@@ -57,6 +58,8 @@ def worker(spec: dict) -> None:
 
     torch.set_num_threads(spec["threads"])
     torch.set_num_interop_threads(1)
+    from grpo_vs_trl_side import release_memory  # this file's directory is first on sys.path
+
     from pipelines import grpo
     from pipelines.common import start_lm_stage
     from pipelines.sampling import rollout_seed, update_generator
@@ -75,7 +78,7 @@ def worker(spec: dict) -> None:
         "beta": 0.0, "epsilon": spec["epsilon"], "loss_type": "token", "num_iterations": 1, "num_minibatches": 1,
         "learning_rate": spec["learning_rate"], "lr_scheduler": "constant", "weight_decay": 0.0,
         "max_grad_norm": spec["max_grad_norm"], "max_prompt_length": 128, "eval_prompts": None,
-        "max_steps": spec["iterations"], "save_every": 10_000, "gradient_checkpointing": False,
+        "max_steps": spec["iterations"], "save_every": 10_000, "gradient_checkpointing": True,
         "lora": {"r": spec["lora_r"], "alpha": spec["lora_alpha"], "dropout": 0.0, "target_modules": ["all-linear"]}})
     acc, _ = start_lm_stage(cfg)
     s = grpo.setup(cfg, acc)
@@ -95,6 +98,7 @@ def worker(spec: dict) -> None:
         _emit(event="iter", seconds=t2 - t0, generation_s=gen_s, scoring_s=t1 - t0 - gen_s, update_s=t2 - t1,
               completions=k, tokens=m["rollout/tokens"], reward=m["reward"], loss=u["loss"],
               mean_length=m["completions/mean_length"], clipped_ratio=m["completions/clipped_ratio"])
+        release_memory()
     _emit(event="final")
 
 
