@@ -12,7 +12,9 @@ Variants: `generate` = `model.generate` on the left-padded rows (what pipelines.
 TRL's path); `reins` = pipelines.generation.generate; with --ablate also `reins-no-share` (every row prefilled)
 and `reins-no-drop` (finished rows stay in the decode batch). Each round runs every variant once, in ABBA order
 (forward, then reversed), seeded alike; every variant's tokens are checked equal to `generate`'s. Reported:
-seconds per call and generated tokens/s (tokens up to and including EOS), the load average at start and end.
+seconds per call, wall and CPU (the process's own CPU time: one thread, so on a machine shared with other jobs
+it is the steadier measure of the work done), generated tokens/s (tokens up to and including EOS), the load
+average at start and end.
 """
 
 from __future__ import annotations
@@ -84,21 +86,24 @@ def main(argv=None) -> dict:
         variants["reins-no-share"] = lambda s: reins_generate(model, tok, rows, T, s, SHARE_PREFILL=False)
         variants["reins-no-drop"] = lambda s: reins_generate(model, tok, rows, T, s, DROP_FINISHED=False)
     variants["generate"](0)   # warm-up
-    load0, secs, toks, same = os.getloadavg(), {k: [] for k in variants}, {}, {}
+    load0, secs, cpu, toks, same = os.getloadavg(), {k: [] for k in variants}, {k: [] for k in variants}, {}, {}
     for r in range(a.rounds):
         for k in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             toks[k] = variants[k](r + 1)
             secs[k].append(time.perf_counter() - t)
-            print(k, f"{secs[k][-1]:.2f} s", flush=True)
+            cpu[k].append(time.process_time() - c)
+            print(k, f"{secs[k][-1]:.2f} s, {cpu[k][-1]:.2f} CPU s", flush=True)
         same[r] = {k: toks[k] == toks["generate"] for k in variants}
     n_tok = sum(map(len, toks["generate"]))   # the last round's (equal for every variant)
     res = {"shape": a.shape, "rows": len(rows), "max_new_tokens": T, "dtype": a.dtype, "threads": a.threads,
            "load_start": [round(x, 2) for x in load0], "load_end": [round(x, 2) for x in os.getloadavg()],
-           "tokens_equal": same, "seconds": secs,
+           "tokens_equal": same, "seconds": secs, "cpu_seconds": cpu,
            "mean_s": {k: sum(v) / len(v) for k, v in secs.items()},
+           "mean_cpu_s": {k: sum(v) / len(v) for k, v in cpu.items()},
            "last_round_tokens_per_s": {k: n_tok / v[-1] for k, v in secs.items()}}
     res["speedup_vs_generate"] = {k: res["mean_s"]["generate"] / v for k, v in res["mean_s"].items()}
+    res["cpu_speedup_vs_generate"] = {k: res["mean_cpu_s"]["generate"] / v for k, v in res["mean_cpu_s"].items()}
     print(json.dumps(res, indent=1))
     if a.out:
         Path(a.out).write_text(json.dumps(res, indent=1))
