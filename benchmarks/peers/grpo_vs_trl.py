@@ -16,7 +16,9 @@ recipe's setting; without it each side's update peaks at ~9 GB). The completions
 Each side is one long-lived process (reins: this file's `--worker`, with `--reins-root` first on PYTHONPATH,
 e.g. an export of an older commit for a before/after; TRL: grpo_vs_trl_side.py in its venv through
 benchmarks/interop/peer.py, reins not importable). One warm-up iteration each, untimed, then `--rounds` rounds
-of one iteration per side in ABBA order (only one side runs at a time). Reported per side: completions/s and
+of one iteration per side in ABBA order (only one side runs at a time). Reported per side: CPU seconds per
+iteration (the worker's own; one thread, so steadier than wall time when other jobs share the cores), and over
+wall time completions/s and
 generated tokens/s over whole iterations, the seconds of generation, scoring (rewards, advantages, the
 rollout's log-prob passes if any) and update, and the mean reward and loss. Writes OUT/<label>.json and .md.
 """
@@ -86,17 +88,17 @@ def worker(spec: dict) -> None:
     _emit(event="ready", prompt_lengths=[len(p) for p in s.prompt_ids], versions={"torch": torch.__version__})
     for step in range(spec["iterations"]):
         sys.stdin.readline()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         data, m, gen_s = grpo.rollout(cfg, s.policy, s.reference, s.funcs, s.tok, [s.prompts[i] for i in rows],
                                       [s.prompt_ids[i] for i in rows], seed=rollout_seed(cfg.seed, step, 0),
                                       acc=acc, columns=[s.columns[i] for i in rows])
         t1 = time.perf_counter()
         u = grpo.grpo_update(cfg, s.model, s.optimizer, acc, data, generator=update_generator(cfg.seed, step, 0))
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         s.scheduler.step()
         k = len(rows) * cfg.num_generations
-        _emit(event="iter", seconds=t2 - t0, generation_s=gen_s, scoring_s=t1 - t0 - gen_s, update_s=t2 - t1,
-              completions=k, tokens=m["rollout/tokens"], reward=m["reward"], loss=u["loss"],
+        _emit(event="iter", seconds=t2 - t0, cpu_s=c2 - c0, generation_s=gen_s, scoring_s=t1 - t0 - gen_s,
+              update_s=t2 - t1, completions=k, tokens=m["rollout/tokens"], reward=m["reward"], loss=u["loss"],
               mean_length=m["completions/mean_length"], clipped_ratio=m["completions/clipped_ratio"])
         release_memory()
     _emit(event="final")
@@ -132,6 +134,8 @@ def summary(recs: list[dict]) -> dict:
            "tokens_per_s": sum(r["tokens"] for r in recs) / sec}
     for k in ("generation_s", "scoring_s", "update_s", "reward", "loss", "mean_length", "clipped_ratio"):
         out[k] = sum(r[k] for r in recs) / len(recs)
+    if all("cpu_s" in r for r in recs):
+        out["cpu_s_per_iter"] = sum(r["cpu_s"] for r in recs) / len(recs)
     out["generation_tokens_per_s"] = sum(r["tokens"] for r in recs) / sum(r["generation_s"] for r in recs)
     return out
 
@@ -151,6 +155,9 @@ def markdown(res: dict) -> str:
             s = res[side]
             lines.append(f"| {side} | " + " | ".join(f"{s[k]:.{d}f}" for _, k, d in cols) + " |")
     lines += ["", f"reins / TRL iterations per second: {res['ratio']:.2f}"]
+    if "cpu_ratio" in res:
+        lines.append(f"CPU seconds per iteration, reins {res['reins']['cpu_s_per_iter']:.1f}, TRL "
+                     f"{res['trl']['cpu_s_per_iter']:.1f}: TRL / reins {res['cpu_ratio']:.2f}")
     if "reins-before" in res:
         b, a = res["reins-before"], res["reins"]
         lines.append(f"reins-before / TRL: {res['trl']['seconds_per_iter'] / b['seconds_per_iter']:.2f}; "
@@ -198,6 +205,8 @@ def drive(args) -> dict:
            "before_root": args.before_root,
            **{k: summary(v) for k, v in recs.items()}}
     res["ratio"] = res["trl"]["seconds_per_iter"] / res["reins"]["seconds_per_iter"]
+    if "cpu_s_per_iter" in res["reins"]:
+        res["cpu_ratio"] = res["trl"]["cpu_s_per_iter"] / res["reins"]["cpu_s_per_iter"]
     (out / f"{args.label}.json").write_text(json.dumps(res, indent=1))
     (out / f"{args.label}.md").write_text(markdown(res))
     print(markdown(res))

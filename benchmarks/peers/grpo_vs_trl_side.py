@@ -5,9 +5,9 @@ Runs in the TRL venv with reins not importable (benchmarks/interop/peer.py start
 GRPOTrainer (TRL 1.16) on the spec's prompt file, with TRL's own generation path (`model.generate` on the
 prompts repeated num_generations times). One trainer step = one generation batch = one optimizer step. The
 trainer waits on stdin before each step ("iter"), and after it prints one line `@@BENCH {json}` with the step's
-seconds (total; generation = `_generate`; scoring = the rest of `_generate_and_score_completions`: rewards,
-advantages, padding; update = the rest: forward, backward, optimizer), the completions and generated tokens,
-and TRL's logged reward and loss.
+CPU seconds (this process's) and wall seconds (total; generation = `_generate`; scoring = the rest of
+`_generate_and_score_completions`: rewards, advantages, padding; update = the rest: forward, backward,
+optimizer), the completions and generated tokens, and TRL's logged reward and loss.
 
 `arithmetic_reward` has TRL's reward signature; reins loads it as `grpo_vs_trl_side:arithmetic_reward`.
 """
@@ -119,17 +119,18 @@ def main(spec_path: str) -> None:
         def on_step_begin(self, args, state, control, **kw):
             sys.stdin.readline()   # "iter": the driver's turn for this side
             secs.clear()
-            clock["t0"] = time.perf_counter()
+            clock["t0"], clock["c0"] = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kw):
-            clock["t1"] = time.perf_counter()
+            clock["t1"], clock["c1"] = time.perf_counter(), time.process_time()
 
         def on_log(self, args, state, control, logs=None, **kw):
             if logs is None or "loss" not in logs:
                 return
             total, gs = clock["t1"] - clock["t0"], secs.get("_generate_and_score_completions", 0.0)
             gen = secs.get("_generate", 0.0)
-            emit(event="iter", seconds=total, generation_s=gen, scoring_s=gs - gen, update_s=total - gs,
+            emit(event="iter", seconds=total, cpu_s=clock["c1"] - clock["c0"], generation_s=gen, scoring_s=gs - gen,
+                 update_s=total - gs,
                  completions=n, tokens=round(logs["completions/mean_length"] * n), reward=logs["reward"],
                  loss=logs["loss"], mean_length=logs["completions/mean_length"],
                  clipped_ratio=logs.get("completions/clipped_ratio"))
