@@ -1,4 +1,6 @@
-"""Batched, seeded sampling of completions from a causal LM (KV-cached `generate`), truncated after EOS.
+"""Batched, seeded sampling of completions from a causal LM, truncated after EOS: a KV-cached decode loop that
+gives `model.generate`'s tokens under the same seed, prefilling each run of equal prompts (a GRPO group, the
+preference stage's samples) once and dropping finished rows from the batch (_sample_chunk).
 
 Sampling is from the full tempered distribution (`top_k=0`; `top_p` only if asked) so the samples are on-policy
 for log-probs recomputed with the same temperature (off-policy sampling is a known cause of negative KL
