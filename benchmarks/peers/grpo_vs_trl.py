@@ -192,7 +192,10 @@ def drive(args) -> dict:
     ready = {k: p.expect("ready") for k, p in sides.items()}
     load_start = os.getloadavg()
     recs = {k: [] for k in sides}
-    warm = {k: p.iterate() for k, p in sides.items()}   # untimed
+    warm = {}
+    for k, p in sides.items():   # untimed in the summary; printed, as a first look at each side's speed
+        warm[k] = p.iterate()
+        print(k, "warm-up", json.dumps(warm[k]), flush=True)
     for r in range(args.rounds):   # A B (C), then (C) B A, ...
         for k in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
             recs[k].append(sides[k].iterate())
