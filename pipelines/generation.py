@@ -9,6 +9,7 @@ estimates, e.g. trl#925, trl#1005). A model's own generation_config (e.g. SmolLM
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -94,6 +95,13 @@ def _warp(logits: torch.Tensor, args: GenerationArgs) -> torch.Tensor:
     return logits
 
 
+def _cache_kwarg(model) -> str:
+    """The forward keyword that takes a KV cache: `cache` in recent transformers 5.x, `past_key_values` before it
+    (an unknown keyword would be swallowed by the model's **kwargs and decoding would silently run uncached)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper passes kwargs on
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 def _sample_chunk(model, chunk: _Chunk, args: GenerationArgs, eos_id: int, pad_id: int,
                   device) -> tuple[torch.Tensor, torch.Tensor]:
     """(new tokens [B, steps] of one chunk, pad after EOS; their log-probs, 0 after EOS): token for token what
@@ -109,9 +117,9 @@ def _sample_chunk(model, chunk: _Chunk, args: GenerationArgs, eos_id: int, pad_i
 
     B, sampling = chunk.ids.shape[0], args.temperature > 0
     cache = DynamicCache(config=model.config)
+    kv = {_cache_kwarg(model): cache, "use_cache": True}
     heads = torch.tensor(chunk.heads) if SHARE_PREFILL else torch.arange(B)
-    out = model(input_ids=chunk.ids[heads].to(device), attention_mask=chunk.attn[heads].to(device), cache=cache,
-                use_cache=True)
+    out = model(input_ids=chunk.ids[heads].to(device), attention_mask=chunk.attn[heads].to(device), **kv)
     logits = out.logits[:, -1].float()
     del out
     if len(heads) < B:
@@ -142,7 +150,7 @@ def _sample_chunk(model, chunk: _Chunk, args: GenerationArgs, eos_id: int, pad_i
             live, attn, nxt = live[keep], attn[keep], nxt[keep]
             cache.batch_select_indices(keep)
         attn = torch.cat([attn, attn.new_ones((attn.shape[0], 1))], dim=1)
-        logits = model(input_ids=nxt[:, None], attention_mask=attn, cache=cache, use_cache=True).logits[:, -1].float()
+        logits = model(input_ids=nxt[:, None], attention_mask=attn, **kv).logits[:, -1].float()
     return new.cpu(), logp.cpu()
 
 

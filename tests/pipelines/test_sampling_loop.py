@@ -121,3 +121,27 @@ def test_each_saving_switched_off_alone_still_gives_model_generates_tokens(tok, 
     want_ids, want_fin, _ = hf_generate(model, tok, pids, args, seed=5)
     got = generate(model, tok, pids, args, seed=5)
     assert got.completion_ids == want_ids and got.finished == want_fin
+
+
+class _OlderSignature(torch.nn.Module):
+    """A causal LM whose forward names its KV cache `past_key_values` (transformers 5.x before `cache`) and drops
+    any keyword it does not declare, as a model's **kwargs would: the loop must find the cache keyword."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.config = inner, inner.config
+
+    def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=None):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, cache=past_key_values,
+                          use_cache=use_cache)
+
+
+def test_a_model_taking_past_key_values_gets_its_cache(tok, model):
+    from pipelines.generation import _cache_kwarg
+
+    wrapped = _OlderSignature(model)
+    assert _cache_kwarg(wrapped) == "past_key_values" and _cache_kwarg(model) == "cache"
+    args = GenerationArgs(max_new_tokens=12, temperature=1.0, batch_size=8)
+    pids = [encode_prompt(tok, p) for p in PROMPTS for _ in range(2)]
+    assert generate(wrapped, tok, pids, args, seed=3).completion_ids == generate(model, tok, pids, args,
+                                                                                 seed=3).completion_ids
