@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from reins.errors import ConfigError, DataError, ReinsError
+from reins.errors import ConfigError, DataError
 from reins.runio import CONFIG_FILE, METRICS_FILE, fsync_dir, held_run_locks, lock_run_dir, make_temp_dir
 
 # A key only that stage's config has: config.yaml does not name its stage. First match wins: grpo's config
@@ -189,24 +189,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     from pipelines.common import quiet_libraries
-    from reins.entry import flush_denormals
+    from reins.entry import flush_denormals, run_command
 
     flush_denormals()
     quiet_libraries(args.quiet)
-    try:
-        with held_run_locks():
-            what = export(args.run_dir, args.out, merge=args.merge)
-    except ReinsError as e:
-        print(f"reins export: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except OSError as e:  # a full disk, a permission: the user's to fix
-        from reins.runio import describe_os_error
+    done: dict[str, str] = {}
 
-        print(f"reins export: error: {describe_os_error(e)}", file=sys.stderr)
-        return DataError.exit_code
-    if not args.quiet:
-        print(f"exported {what}: {args.out}")
-    return 0
+    def body() -> None:
+        with held_run_locks():
+            done["what"] = export(args.run_dir, args.out, merge=args.merge)
+
+    code = run_command("reins export", body)
+    if not code and not args.quiet:
+        print(f"exported {done['what']}: {args.out}")
+    return code
 
 
 if __name__ == "__main__":

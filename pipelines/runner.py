@@ -40,14 +40,13 @@ import yaml
 
 from reins import runio
 from reins.config import from_dict, parse_overrides, read_yaml, set_dotted, to_dict
-from reins.entry import STAGES, flush_denormals, report_interrupt, sigterm_raises
-from reins.errors import ConfigError, DataError, ReinsError
+from reins.entry import STAGES, flush_denormals, run_command, sigterm_raises
+from reins.errors import ConfigError
 from reins.runio import (
     CONFIG_FILE,
     METRICS_FILE,
     check_run_dir,
     config_changes,
-    describe_os_error,
     input_changes,
     recorded_inputs,
     reset_progress,
@@ -338,23 +337,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     flush_denormals()
     _running["stage"] = None
-    try:
+
+    def body() -> None:
         with sigterm_raises(), runio.held_run_locks():
             overrides = parse_overrides(args.overrides)
             if args.quiet:
                 overrides["quiet"] = True
             run_recipe(args.recipe, overrides, dry_run=args.dry_run, only=args.only, start=args.start,
                        report=False if args.no_report else None)
-    except ReinsError as e:
-        print(f"reins run: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except OSError as e:  # a full disk, a permission, a file where a directory should be: the user's to fix
-        print(f"reins run: error: {describe_os_error(e)}", file=sys.stderr)
-        return DataError.exit_code
-    except KeyboardInterrupt as e:
-        stage = _running["stage"]
-        return report_interrupt("reins run", e, f" of stage '{stage}'" if stage else "")
-    return 0
+
+    return run_command("reins run", body,
+                       lambda: f" of stage '{_running['stage']}'" if _running["stage"] else "")
 
 
 if __name__ == "__main__":

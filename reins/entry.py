@@ -135,6 +135,26 @@ def report_interrupt(prog: str, exc: KeyboardInterrupt, where: str = "") -> int:
     return 128 + int(signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
 
 
+def run_command(prog: str, body: Callable[[], None], where: Callable[[], str] = lambda: "") -> int:
+    """Run a command's body and map how it ends to the one-line message and exit code every reins command
+    gives: 0; a ReinsError's own code; a failed file operation (a full disk, a permission, a file where a
+    directory should be: the user's to fix) as a data error; an interrupt as `report_interrupt` says, `where()`
+    naming what was running."""
+    from reins.runio import describe_os_error
+
+    try:
+        body()
+    except ReinsError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:
+        print(f"{prog}: error: {describe_os_error(e)}", file=sys.stderr)
+        return DataError.exit_code
+    except KeyboardInterrupt as e:
+        return report_interrupt(prog, e, where())
+    return 0
+
+
 def print_stage_help(config_cls: type, prog: str) -> None:
     try:
         print(f"usage: {prog} --config FILE [key=value ...] [--quiet]\n")
@@ -146,36 +166,33 @@ def print_stage_help(config_cls: type, prog: str) -> None:
 def stage_main(config_cls: type, train: Callable[[Any], dict], argv: list[str] | None, *, prog: str,
                stage: str | None = None) -> int:
     """Shared `main` of a stage: parse --config/--quiet/overrides, run, print metrics, map errors to exits."""
-    from reins.config import load_config, parse_argv
-    from reins.runio import check_output_dir, describe_os_error, held_run_locks, lock_run_dir
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         print_stage_help(config_cls, prog)
         return 0
     flush_denormals()
-    try:
+    result: dict[str, Any] = {}
+
+    def body() -> None:
+        from reins.config import load_config, parse_argv
+        from reins.runio import check_output_dir, held_run_locks, lock_run_dir, reset_progress
+
         with sigterm_raises(), held_run_locks():  # the run dir's one-writer lock lasts the whole command
             config_path, overrides = parse_argv(argv)
-            cfg = load_config(config_cls, config_path, overrides, stage=stage)
+            cfg = result["cfg"] = load_config(config_cls, config_path, overrides, stage=stage)
             if getattr(cfg, "output_dir", None):
                 check_output_dir(cfg.output_dir)  # a file or an unwritable place: refused before any work
                 lock_run_dir(cfg.output_dir, create=False)  # a run in progress there, too (RunDir holds on to it)
-            from reins.runio import reset_progress
-
             reset_progress()
             try:
-                metrics = train(cfg)
+                result["metrics"] = train(cfg)
             finally:
                 shutdown_distributed()
-    except ReinsError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except OSError as e:  # a full disk, a permission, a file where a directory should be: the user's to fix
-        print(f"{prog}: error: {describe_os_error(e)}", file=sys.stderr)
-        return DataError.exit_code
-    except KeyboardInterrupt as e:
-        return report_interrupt(prog, e)
+
+    code = run_command(prog, body)
+    if code:
+        return code
+    cfg, metrics = result["cfg"], result["metrics"]
     if not getattr(cfg, "quiet", False):
         print(json.dumps(metrics, indent=2, sort_keys=True, default=str))
     return 0
