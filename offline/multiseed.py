@@ -18,8 +18,8 @@ from pathlib import Path
 
 from offline.evaluate import aggregate_runs
 from reins.config import load_config, parse_argv
-from reins.entry import flush_denormals
-from reins.errors import ConfigError, ReinsError
+from reins.entry import flush_denormals, run_command, sigterm_raises
+from reins.errors import ConfigError
 from reins.runio import atomic_write_text
 
 STAGES = {"iql": "offline.iql", "cql": "offline.cql", "bc": "offline.bc", "td3bc": "offline.td3bc"}
@@ -58,15 +58,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     stage, rest = argv[0], argv[1:]
     flush_denormals()
-    try:
-        config_path, overrides = parse_argv(rest)   # the stages' own parser: --config, --quiet, overrides
-        seeds = _seed_list(overrides.pop("seeds", [0, 1, 2]))
-        out = run_seeds(stage, config_path, overrides, seeds)
-    except ReinsError as e:
-        print(f"offline.multiseed: error: {e}", file=sys.stderr)
-        return e.exit_code
-    print(json.dumps(out, indent=2, sort_keys=True))
-    return 0
+    result: dict = {}
+
+    def body() -> None:
+        with sigterm_raises():   # SIGTERM, like Ctrl-C, ends with the one "interrupted" line; seeds resume
+            config_path, overrides = parse_argv(rest)   # the stages' own parser: --config, --quiet, overrides
+            seeds = _seed_list(overrides.pop("seeds", [0, 1, 2]))
+            result["out"] = run_seeds(stage, config_path, overrides, seeds)
+
+    code = run_command("offline.multiseed", body)
+    if not code:
+        print(json.dumps(result["out"], indent=2, sort_keys=True))
+    return code
 
 
 if __name__ == "__main__":
