@@ -1,6 +1,7 @@
 """Where reins's CQL update spends its time on the CPU: the update `iql_cql_vs_d3rlpy` times (full size: Hopper
 widths, [256, 256], batch 256, 10 sampled actions, one thread), its rate against its FLOPs, and torch.profiler's
-table of the ops that take the most self time.
+table of the ops that take the most self time; then the rate of the critics' batched product ([2, M, 256] x
+[2, 256, 256] `bmm`) against two separate `mm`s at the row counts M the update uses.
 
     .venv/bin/python -m benchmarks.peers.cql_profile [--steps 200] [--profile-steps 50]
 """
@@ -15,6 +16,25 @@ from pathlib import Path
 import torch
 
 from benchmarks.peers.iql_cql_vs_d3rlpy import _ours, prepare
+
+
+def _ms(fn, n: int = 30) -> float:
+    for _ in range(5):
+        fn()
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - start) / n * 1e3
+
+
+def matmul_rates(rows=(256, 2816, 7936), width: int = 256) -> None:
+    for m in rows:
+        x, w = torch.randn(2, m, width), torch.randn(2, width, width)
+        x0, x1, w0, w1 = x[0].contiguous(), x[1].contiguous(), w[0].contiguous(), w[1].contiguous()
+        gflop = 2 * 2 * m * width * width / 1e9
+        bmm = _ms(lambda x=x, w=w: torch.bmm(x, w))
+        mm = _ms(lambda a=(x0, w0, x1, w1): (torch.mm(a[0], a[1]), torch.mm(a[2], a[3])))
+        print(f"M={m}: bmm {gflop / bmm * 1e3:.0f} GFLOP/s, two mm {gflop / mm * 1e3:.0f} GFLOP/s")
 
 
 def main(argv=None) -> int:
@@ -37,6 +57,7 @@ def main(argv=None) -> int:
             for _ in range(args.profile_steps):
                 step()
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+    matmul_rates()
     return 0
 
 
