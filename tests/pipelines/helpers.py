@@ -3,6 +3,7 @@ the hand oracles of the loss tests, the toy GRPO/PPO runs, the update oracles' r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -10,11 +11,13 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
+import pytest
 import torch
 
 from pipelines.data import encode_completion, encode_prompt
 from pipelines.models import ModelArgs, TinySpec, load_causal_lm, load_reward_model, load_tokenizer, save_model
 from reins.config import from_dict
+from reins.runio import RunDir
 
 # Smaller than the default `tiny` so each test takes seconds on two shared cores.
 SMALL = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "vocab_size": 400,
@@ -171,3 +174,26 @@ class GradRecorder:
     def zero_grad(self, set_to_none=True):
         for p in self.params:
             p.grad = None
+
+
+class StopRun(Exception):
+    """What `crash_at_step` raises in place of a run's log line."""
+
+
+@contextlib.contextmanager
+def crash_at_step(step: int):
+    """The block's run stops (StopRun, which the block must raise) when it is about to log `step`, after the
+    checkpoints saved before it: a killed run, for the resume tests. RunDir.log is restored on leaving."""
+    orig = RunDir.log
+
+    def crash(self, s, metrics, **kw):
+        if s == step:
+            raise StopRun()
+        orig(self, s, metrics, **kw)
+
+    RunDir.log = crash
+    try:
+        with pytest.raises(StopRun):
+            yield
+    finally:
+        RunDir.log = orig

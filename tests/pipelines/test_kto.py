@@ -19,8 +19,8 @@ from pipelines.models import freeze
 from pipelines.scoring import Reference
 from pipelines.unpaired import normalise_unpaired, unpair
 from reins.errors import ConfigError, DataError
-from reins.runio import RunDir
 from tests.pipelines.helpers import (
+    crash_at_step,
     hand_logp,
     logsig,
     pair_examples,
@@ -164,23 +164,11 @@ def test_simpo_run_loads_no_reference(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------- the stage
-def test_kto_resume_equals_uninterrupted(tmp_path, monkeypatch):
+def test_kto_resume_equals_uninterrupted(tmp_path):
     kw = {"max_steps": 4, "save_every": 2, "learning_rate": 3e-3}
     full = kto.train(stage_config(kto, tmp_path / "a", **kw))
-    orig_log = RunDir.log
-
-    class Stop(Exception):
-        pass
-
-    def crash_at_3(self, step, metrics, **k):
-        if step == 3:
-            raise Stop()
-        orig_log(self, step, metrics, **k)
-
-    monkeypatch.setattr(RunDir, "log", crash_at_3)
-    with pytest.raises(Stop):
+    with crash_at_step(3):
         kto.train(stage_config(kto, tmp_path / "b", **kw))
-    monkeypatch.setattr(RunDir, "log", orig_log)
     resumed = kto.train(stage_config(kto, tmp_path / "b", **kw))
     assert resumed.keys() == full.keys()
     for k in full:

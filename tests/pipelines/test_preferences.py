@@ -9,8 +9,7 @@ import pytest
 
 from pipelines import preferences
 from reins.config import from_dict
-from reins.runio import RunDir
-from tests.pipelines.helpers import SMALL
+from tests.pipelines.helpers import SMALL, crash_at_step
 
 
 def _cfg(tmp_path, **kw):
@@ -42,25 +41,13 @@ def test_bradley_terry_labels_follow_sigmoid(tmp_path, temp):
     assert first / n == pytest.approx(p, abs=4 * math.sqrt(p * (1 - p) / n))
 
 
-class _Stop(Exception):
-    pass
 
-
-def test_preferences_stage_writes_pairs_and_resumes_exactly(tmp_path, monkeypatch):
+def test_preferences_stage_writes_pairs_and_resumes_exactly(tmp_path):
     import datasets
 
     full = preferences.train(_cfg(tmp_path / "a"))
-    orig = RunDir.log
-
-    def crash(self, step, metrics):
-        if step == 2:
-            raise _Stop()
-        orig(self, step, metrics)
-
-    monkeypatch.setattr(RunDir, "log", crash)
-    with pytest.raises(_Stop):
+    with crash_at_step(2):
         preferences.train(_cfg(tmp_path / "b"))
-    monkeypatch.setattr(RunDir, "log", orig)
     resumed = preferences.train(_cfg(tmp_path / "b"))
     assert resumed == full
     da = datasets.load_from_disk(str(tmp_path / "a" / "run" / "data"))

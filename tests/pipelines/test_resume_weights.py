@@ -15,11 +15,7 @@ from pipelines import dpo, sft
 from pipelines import reward_model as reward
 from reins.config import from_dict
 from reins.runio import RunDir
-from tests.pipelines.helpers import stage_overrides
-
-
-class _Stop(Exception):
-    pass
+from tests.pipelines.helpers import crash_at_step, stage_overrides
 
 
 def _cfg(mod, tmp_path, **kw):
@@ -36,22 +32,13 @@ def _weights(model_dir) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("mod,kw", [(sft, {"lora": {"r": 2}}), (dpo, {"lora": {"r": 2}}), (reward, {}),
                                     (reward, {"lora": {"r": 2}})],
                          ids=["sft-lora", "dpo-lora", "reward", "reward-lora"])
-def test_interrupted_run_ends_bit_equal(tmp_path, monkeypatch, mod, kw):
+def test_interrupted_run_ends_bit_equal(tmp_path, mod, kw):
     kw = {"max_steps": 4, "save_every": 2, "learning_rate": 1e-2, "eval_every": 2, **kw}
     full = mod.train(_cfg(mod, tmp_path / "a", **kw))
-    orig_log = RunDir.log
-
-    def crash_at_3(self, step, metrics, **k):
-        if step == 3:
-            raise _Stop()
-        orig_log(self, step, metrics, **k)
-
-    monkeypatch.setattr(RunDir, "log", crash_at_3)
-    with pytest.raises(_Stop):
+    with crash_at_step(3):
         mod.train(_cfg(mod, tmp_path / "b", **kw))
     state = RunDir(str(tmp_path / "b" / "run"), _cfg(mod, tmp_path / "b", **kw)).load_checkpoint()
     assert state["step"] == 2 and not (tmp_path / "b" / "run" / "model").exists()
-    monkeypatch.setattr(RunDir, "log", orig_log)
     resumed = mod.train(_cfg(mod, tmp_path / "b", **kw))
     assert resumed == full   # every metric, exactly (these stages log no wall-clock figures)
     a, b = _weights(tmp_path / "a" / "run" / "model"), _weights(tmp_path / "b" / "run" / "model")

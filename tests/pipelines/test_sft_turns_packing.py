@@ -19,9 +19,8 @@ from pipelines.sft_data import (
 )
 from reins.config import from_dict
 from reins.errors import ConfigError, DataError
-from reins.runio import RunDir
 from tests.helpers import run_cli
-from tests.pipelines.helpers import small_model, small_tok, stage_overrides, write_jsonl
+from tests.pipelines.helpers import crash_at_step, small_model, small_tok, stage_overrides, write_jsonl
 
 CHAT = [{"role": "system", "content": "Be kind."},
         {"role": "user", "content": "Rate the hotel."},
@@ -213,27 +212,15 @@ def _cfg(tmp_path, **kw):
     return from_dict(sft.Config, stage_overrides(tmp_path, **kw))
 
 
-class _Stop(Exception):
-    pass
 
-
-def test_packed_multi_turn_run_resumes_exactly(tmp_path, monkeypatch):
+def test_packed_multi_turn_run_resumes_exactly(tmp_path):
     kw = {"data": str(_chat_file(tmp_path)), "assistant_only_loss": True, "packing": True, "max_length": 96,
           "batch_size": 2, "max_steps": 4, "save_every": 2, "learning_rate": 3e-3}
     full = sft.train(_cfg(tmp_path / "a", **kw))
     log = [json.loads(x) for x in (tmp_path / "a" / "run" / "log.jsonl").read_text().splitlines()]
     assert 0.5 < log[0]["data/packed_fill"] <= 1.0 and log[0]["data/train_rows"] < 24
-    orig_log = RunDir.log
-
-    def crash_at_3(self, step, metrics, **k):
-        if step == 3:
-            raise _Stop()
-        orig_log(self, step, metrics, **k)
-
-    monkeypatch.setattr(RunDir, "log", crash_at_3)
-    with pytest.raises(_Stop):
+    with crash_at_step(3):
         sft.train(_cfg(tmp_path / "b", **kw))
-    monkeypatch.setattr(RunDir, "log", orig_log)
     resumed = sft.train(_cfg(tmp_path / "b", **kw))
     assert resumed.keys() == full.keys()
     for k in full:

@@ -15,7 +15,7 @@ from pipelines.trainer import Trainer, make_accelerator
 from reins.config import from_dict
 from reins.errors import ConfigError, DataError, NonFiniteError
 from reins.runio import RunDir
-from tests.pipelines.helpers import stage_config, stage_overrides
+from tests.pipelines.helpers import crash_at_step, stage_config, stage_overrides
 
 
 def _params(model) -> dict[str, torch.Tensor]:
@@ -61,26 +61,14 @@ def test_reward_step_trains_head_and_trunk(tmp_path):
     assert cfgjson["pad_token_id"] != cfgjson["eos_token_id"]
 
 
-class _Stop(Exception):
-    pass
-
 
 @pytest.mark.parametrize("mod", [sft, dpo])
-def test_resume_equals_uninterrupted(tmp_path, monkeypatch, mod):
+def test_resume_equals_uninterrupted(tmp_path, mod):
     kw = {"max_steps": 4, "save_every": 2, "learning_rate": 3e-3}
     full = mod.train(stage_config(mod, tmp_path / "a", **kw))
-    orig_log = RunDir.log
-
-    def crash_at_3(self, step, metrics, **kw):
-        if step == 3:
-            raise _Stop()
-        orig_log(self, step, metrics, **kw)
-
-    monkeypatch.setattr(RunDir, "log", crash_at_3)
-    with pytest.raises(_Stop):
+    with crash_at_step(3):
         mod.train(stage_config(mod, tmp_path / "b", **kw))
     assert not (tmp_path / "b" / "run" / "metrics.json").exists()
-    monkeypatch.setattr(RunDir, "log", orig_log)
     resumed = mod.train(stage_config(mod, tmp_path / "b", **kw))
     assert resumed.keys() == full.keys()
     for k in full:
