@@ -72,6 +72,14 @@ class Config(OfflineConfig):
     td_loss: Literal["huber", "mse"] = field(default="huber",
                                              metadata={"help": "Discrete data: the Q-network's TD loss (d3rlpy: "
                                                                "huber; Box data always uses the squared error)"})
+    q_layer_norm: bool = field(default=False,
+                               metadata={"help": "Discrete data: LayerNorm after each hidden layer of the Q-network "
+                                                 "(Ball et al. 2023: keeps offline Q-values from extrapolating)"})
+    q_dropout: float = field(default=0.0,
+                             metadata={"help": "Discrete data: dropout after each hidden activation of the "
+                                               "Q-network while training (DroQ; off when acting)"})
+    qf_weight_decay: float = field(default=0.0,
+                                   metadata={"help": "Discrete data: L2 weight decay of the Q-network's Adam"})
     target_update_every: int = field(default=0,
                                      metadata={"help": "Discrete data: copy Q into its target after updates 1, "
                                                        "N + 1, 2N + 1, ... (d3rlpy's rule; its default 8000); 0: "
@@ -112,6 +120,8 @@ class Config(OfflineConfig):
         check(0.0 < self.tau <= 1.0, f"tau must be in (0, 1], got {self.tau}")
         check(self.cql_alpha >= 0, f"cql_alpha must be >= 0, got {self.cql_alpha}")
         check(self.target_update_every >= 0, f"target_update_every must be >= 0, got {self.target_update_every}")
+        check(0.0 <= self.q_dropout < 1.0, f"q_dropout must be in [0, 1), got {self.q_dropout}")
+        check(self.qf_weight_decay >= 0, f"qf_weight_decay must be >= 0, got {self.qf_weight_decay}")
         check(self.cql_n_actions >= 1, f"cql_n_actions must be >= 1, got {self.cql_n_actions}")
         check(self.cql_temp > 0, f"cql_temp must be > 0, got {self.cql_temp}")
         check(self.alpha > 0, f"alpha must be > 0, got {self.alpha}")
@@ -251,9 +261,14 @@ class DiscreteCQL(Agent):
         super().__init__()
         self.cfg = cfg
         self.actor_spec = {"kind": "q", "obs_dim": obs_dim, "act_dim": n_actions, "hidden": list(cfg.q_hidden)}
+        if cfg.q_layer_norm:
+            self.actor_spec["layer_norm"] = True
+        if cfg.q_dropout > 0:
+            self.actor_spec["dropout"] = cfg.q_dropout
         q = build_actor(self.actor_spec).to(device)
         self.register(actor=q, critic_target=copy.deepcopy(q).requires_grad_(False),
-                      critic_opt=torch.optim.Adam(q.parameters(), lr=cfg.qf_lr, foreach=True), steps=0)
+                      critic_opt=torch.optim.Adam(q.parameters(), lr=cfg.qf_lr, weight_decay=cfg.qf_weight_decay,
+                                                  foreach=True), steps=0)
 
     def update(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         cfg, obs, next_obs = self.cfg, b["observations"], b["next_observations"]

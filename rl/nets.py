@@ -187,11 +187,13 @@ class DeterministicActor(nn.Module):
 
 
 class QNetwork(nn.Module):
-    """Q(s, .) for Discrete actions."""
+    """Q(s, .) for Discrete actions; optional LayerNorm after each hidden Linear and dropout after each activation
+    (the regularised critics of DroQ, Hiraoka et al. 2022, and of Ball et al. 2023's layer-normed offline critics)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], activation: str = "relu"):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], activation: str = "relu", *,
+                 layer_norm: bool = False, dropout: float = 0.0):
         super().__init__()
-        self.net = mlp(obs_dim, act_dim, hidden, activation)
+        self.net = mlp(obs_dim, act_dim, hidden, activation, layer_norm=layer_norm, dropout=dropout)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(obs)

@@ -391,3 +391,82 @@ def test_discrete_cql_hard_target_copies_as_d3rlpy(gen):
         synced.append(all(torch.equal(p, q) for p, q in zip(algo.actor.parameters(),
                                                             algo.critic_target.parameters())))
     assert synced == [True, False, False, True, False, False, True]
+
+
+def _float_batch(gen, n_actions):
+    b = {k: v.float() if v.is_floating_point() else v for k, v in _batch(gen).items()}
+    b["actions"] = torch.randint(0, n_actions, (B,), generator=gen)
+    return b
+
+
+def _policy_of(algo, n_actions):
+    """The policy file state the offline trainer would write for a discrete algo (no env, no normalisation)."""
+    from rl.policy_io import Policy, policy_dict
+
+    return Policy(policy_dict(actor=algo.actor, arch=algo.actor_spec, algo="cql", env_id="",
+                              action_space={"type": "discrete", "n": n_actions}, observation_space=None))
+
+
+def test_discrete_cql_dropout_trains_stochastic_and_acts_deterministic(gen):
+    """q_dropout: the Q-network drops units in its updates (two forward passes of one batch differ), the policy
+    file records the dropout and acts with it off (= the network in eval mode), and exports (dropout is the
+    identity when acting)."""
+    from rl.portable import linear_layers
+
+    torch.manual_seed(0)
+    cfg = CQLConfig(q_hidden=[32, 32], q_dropout=0.5)
+    algo = DiscreteCQL(cfg, OBS, 3, torch.device("cpu"))
+    assert algo.actor_spec["dropout"] == 0.5 and "layer_norm" not in algo.actor_spec
+    s = torch.randn(64, OBS, generator=gen)
+    assert not torch.equal(algo.actor(s), algo.actor(s))  # training mode: dropout on
+    b = _float_batch(gen, 3)
+    algo.update(b)
+    pol = _policy_of(algo, 3)
+    algo.actor.eval()
+    expect = algo.actor(s).argmax(-1).numpy()
+    assert (pol.act(s.numpy()) == expect).all() and (pol.act(s.numpy()) == expect).all()
+    linears, _ = linear_layers(pol.actor.net)  # what export_portable keeps
+    assert len(linears) == 3
+
+
+def test_discrete_cql_layer_norm_and_weight_decay(gen):
+    """q_layer_norm puts a LayerNorm after each hidden Linear (in the policy file too); qf_weight_decay adds
+    wd * theta to the Q-network's gradient (Adam's L2 form): one update from the same start differs from wd = 0,
+    and equals a hand Adam step on the gradient plus wd * theta."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    algo = DiscreteCQL(CQLConfig(q_hidden=[16, 16], q_layer_norm=True), OBS, 2, torch.device("cpu"))
+    assert sum(isinstance(m, nn.LayerNorm) for m in algo.actor.modules()) == 2
+    pol = _policy_of(algo, 2)
+    assert sum(isinstance(m, nn.LayerNorm) for m in pol.actor.modules()) == 2
+    s = torch.randn(16, OBS, generator=gen)
+    assert (pol.act(s.numpy()) == algo.actor(s).argmax(-1).numpy()).all()
+
+    b = _float_batch(gen, 2)
+    torch.manual_seed(1)
+    plain = DiscreteCQL(CQLConfig(q_hidden=[8], qf_lr=1e-2), OBS, 2, torch.device("cpu"))
+    decayed = copy.deepcopy(plain)
+    decayed.cfg = CQLConfig(q_hidden=[8], qf_lr=1e-2, qf_weight_decay=0.5)
+    decayed.critic_opt = torch.optim.Adam(decayed.actor.parameters(), lr=1e-2, weight_decay=0.5)
+    built = DiscreteCQL(decayed.cfg, OBS, 2, torch.device("cpu"))
+    assert built.critic_opt.param_groups[0]["weight_decay"] == 0.5
+    before = copy.deepcopy(plain)
+    plain.update(b)
+    decayed.update(b)
+    # Adam's first step is -lr * g_hat / (|g_hat| + eps) per entry, g_hat = g + wd * theta
+    before.actor.zero_grad()
+    with torch.no_grad():
+        y = before.critic_target(b["next_observations"]).gather(
+            -1, before.actor(b["next_observations"]).argmax(-1, keepdim=True)).squeeze(-1)
+        y = b["rewards"] + before.cfg.gamma * (1 - b["terminals"]) * y
+    q_all = before.actor(b["observations"])
+    q = q_all.gather(-1, b["actions"].unsqueeze(-1)).squeeze(-1)
+    loss = torch.nn.functional.smooth_l1_loss(q, y) + before.cfg.cql_alpha * discrete_cql_gap(q_all, b["actions"])
+    loss.backward()
+    differs = []
+    for p0, p_plain, p_dec in zip(before.actor.parameters(), plain.actor.parameters(), decayed.actor.parameters()):
+        g = p0.grad + 0.5 * p0.detach()
+        torch.testing.assert_close(p_dec, p0.detach() - 1e-2 * g / (g.abs() + 1e-8), rtol=1e-5, atol=1e-6)
+        differs.append(not torch.equal(p_dec, p_plain))  # the first step is -lr sign(g_hat): flips where wd wins
+    assert any(differs)

@@ -74,7 +74,8 @@ def discrete_dataset(minari_root):
     (iql, iql.IQL, {}, "small_dataset"), (cql, cql.CQL, {"cql_n_actions": 2}, "small_dataset"),
     (bc, bc.BC, {"actor": "gaussian"}, "small_dataset"), (td3bc, td3bc.TD3BC, {}, "small_dataset"),
     (bc, bc.DiscreteBC, {}, "discrete_dataset"), (cql, cql.DiscreteCQL, {"target_update_every": 5}, "discrete_dataset"),
-    (cql, cql.DiscreteCQL, {}, "discrete_dataset")])
+    (cql, cql.DiscreteCQL, {}, "discrete_dataset"),
+    (cql, cql.DiscreteCQL, {"q_dropout": 0.2, "q_layer_norm": True}, "discrete_dataset")])
 def test_resume_equals_uninterrupted(request, tmp_path, monkeypatch, one_thread, mod, cls, extra, data):
     dataset = request.getfixturevalue(data)
     full = mod.train(_cfg(mod, dataset, tmp_path / "full", **extra))
