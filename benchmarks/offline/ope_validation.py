@@ -59,25 +59,31 @@ def run_stage(stage: str, argv: list[str]) -> dict:
     return json.loads((Path(out) / "metrics.json").read_text())
 
 
-def true_values(policy_path: Path, gamma: float, episodes: int, seed: int) -> dict:
-    """Undiscounted 200-step return and 1000-step discounted value, `episodes` envs stepped in lock-step."""
+def true_values(policy_path: Path, gamma: float, episodes: int, seed: int, *, env_id: str = ENV,
+                return_steps: int = 200, horizon: int = 1000) -> dict:
+    """Mean undiscounted `return_steps`-step return and `horizon`-step discounted value over `episodes` envs stepped
+    in lock-step (each reset with seed + k); an env that terminates stops adding (its later rewards are 0)."""
     import gymnasium as gym
 
     from rl.policy_io import load_policy
 
     pol = load_policy(policy_path)
-    envs = [gym.make(ENV, max_episode_steps=1000) for _ in range(episodes)]
+    envs = [gym.make(env_id, max_episode_steps=horizon) for _ in range(episodes)]
     obs = np.stack([e.reset(seed=seed + k)[0] for k, e in enumerate(envs)])
-    ret200, disc = np.zeros(episodes), np.zeros(episodes)
-    for t in range(1000):
+    ret, disc, alive = np.zeros(episodes), np.zeros(episodes), np.ones(episodes, dtype=bool)
+    for t in range(horizon):
         act = pol.act(obs)
-        steps = [e.step(a) for e, a in zip(envs, act)]
-        r = np.array([s[1] for s in steps])
-        obs = np.stack([s[0] for s in steps])
+        r = np.zeros(episodes)
+        for k in np.flatnonzero(alive):
+            o, r[k], term, trunc, _ = envs[k].step(act[k])
+            obs[k] = o
+            alive[k] = not (term or trunc)
         disc += gamma ** t * r
-        if t < 200:
-            ret200 += r
-    return {"return": float(ret200.mean()), "value": float(disc.mean())}
+        if t < return_steps:
+            ret += r
+        if not alive.any():
+            break
+    return {"return": float(ret.mean()), "value": float(disc.mean())}
 
 
 def sac_policies(out: Path, steps: int) -> list[tuple[str, Path]]:
