@@ -486,9 +486,10 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str]] = COLUMNS) -
     return "\n".join([head, rule, *body])
 
 
-def results_paths(when: _dt.datetime | None = None, directory: Path = RESULTS_DIR) -> tuple[Path, Path]:
-    """benchmarks/results/<YYYY-MM-DD>.json and .md (a second run the same day gets -2, -3, ...)."""
-    day = (when or _dt.datetime.now()).strftime("%Y-%m-%d")
+def results_paths(when: _dt.datetime | None = None, directory: Path = RESULTS_DIR,
+                  suffix: str = "") -> tuple[Path, Path]:
+    """benchmarks/results/<YYYY-MM-DD><suffix>.json and .md (a second run the same day gets -2, -3, ...)."""
+    day = (when or _dt.datetime.now()).strftime("%Y-%m-%d") + suffix
     stem, k = day, 1
     while (directory / f"{stem}.json").exists():
         k += 1
@@ -497,10 +498,11 @@ def results_paths(when: _dt.datetime | None = None, directory: Path = RESULTS_DI
 
 
 def write_results(report: dict, rows: list[dict], *, directory: Path = RESULTS_DIR,
-                  when: _dt.datetime | None = None, notes: list[str] | None = None) -> tuple[Path, Path]:
+                  when: _dt.datetime | None = None, notes: list[str] | None = None,
+                  suffix: str = "") -> tuple[Path, Path]:
     """Write the full JSON report and its markdown summary; returns their paths."""
     directory.mkdir(parents=True, exist_ok=True)
-    jpath, mpath = results_paths(when, directory)
+    jpath, mpath = results_paths(when, directory, suffix)
     jpath.write_text(json.dumps({**report, "rows": rows}, indent=1, default=str))
     m = report.get("machine", {})
     lines = [f"# Benchmarks {jpath.stem}", "",

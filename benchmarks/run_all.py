@@ -130,7 +130,8 @@ def run_comparison(cmp: dict, workdir: Path, python_ours: str, python_peer: str 
 
 def _parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", choices=["small", "full"], default="full")
+    ap.add_argument("--size", choices=["small", "full", "135m"], default="full",
+                    help="135m: SmolLM2-135M SFT/RM/DPO, LoRA and full (dpo_rm only; needs `reins fetch-model`)")
     ap.add_argument("--only", default="", help=f"comma list of {', '.join(BENCHMARKS)}")
     ap.add_argument("--threads", type=int, default=0, help="threads per side (0: each benchmark's default)")
     ap.add_argument("--device", default="cpu")
@@ -138,6 +139,7 @@ def _parse_args(argv):
     ap.add_argument("--block-steps", type=int, default=0)
     ap.add_argument("--no-install", action="store_true", help="do not create missing peer venvs")
     ap.add_argument("--out-dir", default=str(RESULTS_DIR))
+    ap.add_argument("--suffix", default="", help="results file name: <date><suffix>.json/.md (e.g. -steps-135m)")
     ap.add_argument("--keep-workdir", action="store_true")
     ap.add_argument("--note", action="append", default=[], help="a line for the results' notes (repeatable)")
     args = ap.parse_args(argv)
@@ -209,7 +211,8 @@ def main(argv=None) -> int:
               "ceiling_desc": "best fp32 1024x1024 matmul; by thread count: "
                               + ", ".join(f"{t} -> {g:.1f}" for t, g in sorted(ceilings.items())),
               "details": details, "notes": notes}
-    jpath, mpath = write_results(report, rows, directory=Path(args.out_dir), when=started, notes=notes)
+    jpath, mpath = write_results(report, rows, directory=Path(args.out_dir), when=started, notes=notes,
+                                 suffix=args.suffix)
     print(mpath.read_text())
     print(f"[bench] wrote {jpath} and {mpath}" + (f"; worker logs in {workdir}" if args.keep_workdir else ""))
     if not args.keep_workdir:
