@@ -139,7 +139,8 @@ def _parse_args(argv):
     ap.add_argument("--block-steps", type=int, default=0)
     ap.add_argument("--no-install", action="store_true", help="do not create missing peer venvs")
     ap.add_argument("--out-dir", default=str(RESULTS_DIR))
-    ap.add_argument("--suffix", default="", help="results file name: <date><suffix>.json/.md (e.g. -steps-135m)")
+    ap.add_argument("--suffix", default="",
+                    help="results file name: <date><suffix>.json/.md (e.g. --suffix=-steps-135m)")
     ap.add_argument("--keep-workdir", action="store_true")
     ap.add_argument("--note", action="append", default=[], help="a line for the results' notes (repeatable)")
     args = ap.parse_args(argv)
