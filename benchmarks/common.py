@@ -198,7 +198,7 @@ class BlockClock:
         self.running = True
         self.phase = "warmup"
         self.todo = self.warmup
-        self.t0 = 0.0
+        self.t0 = self.c0 = 0.0
         self.blocks: list[dict] = []
         self.losses: list[float] = []
         self.last_block_losses: list[float] = []
@@ -225,10 +225,12 @@ class BlockClock:
             self._ready()
         else:
             sync(self.device)
-            sec = time.perf_counter() - self.t0
-            self.blocks.append({"steps": self.block_steps, "seconds": sec})
+            sec, cpu = time.perf_counter() - self.t0, time.process_time() - self.c0
+            # CPU seconds: this process's own (all its threads), steadier than wall time when other jobs share
+            # the cores
+            self.blocks.append({"steps": self.block_steps, "seconds": sec, "cpu_seconds": cpu})
             self.last_block_losses = self.losses
-            self.emit(event="block", steps=self.block_steps, seconds=sec)
+            self.emit(event="block", steps=self.block_steps, seconds=sec, cpu_seconds=cpu)
             self._wait()
         return self.running
 
@@ -242,7 +244,7 @@ class BlockClock:
         if line.startswith("run "):
             self.phase, self.block_steps = "block", int(line.split()[1])
             self.todo, self.losses = self.block_steps, []
-            self.t0 = time.perf_counter()
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
         else:  # "stop", or EOF when the driver died
             self.running = False
 
@@ -436,9 +438,11 @@ def throughput(final: dict, items_per_step: float) -> dict:
     steps = sum(b["steps"] for b in final["blocks"])
     secs = sum(b["seconds"] for b in final["blocks"])
     rates = sorted(b["steps"] / b["seconds"] for b in final["blocks"]) or [0.0]
+    cpu = sum(b["cpu_seconds"] for b in final["blocks"]) if all("cpu_seconds" in b for b in final["blocks"]) else 0
     return {"steps": steps, "seconds": secs, "steps_per_s": steps / secs if secs else 0.0,
             "items_per_s": items_per_step * steps / secs if secs else 0.0,
-            "block_steps_per_s_min": rates[0], "block_steps_per_s_max": rates[-1]}
+            "block_steps_per_s_min": rates[0], "block_steps_per_s_max": rates[-1],
+            "cpu_seconds": cpu or None, "steps_per_cpu_s": steps / cpu if cpu else None}
 
 
 def ratio_bound(flops_per_step_ours: float | None, peer_steps_per_s: float | None,
@@ -470,7 +474,8 @@ def fmt(x: Any, digits: int = 3) -> str:
 
 
 COLUMNS = [("benchmark", "benchmark"), ("size", "size"), ("unit", "unit"), ("ours", "ours"),
-           ("peer", "peer"), ("ratio", "ours/peer"), ("target", "target"), ("loss_ours", "final loss ours"),
+           ("peer", "peer"), ("ratio", "ours/peer"), ("ratio_cpu", "ours/peer in CPU s"), ("target", "target"),
+           ("loss_ours", "final loss ours"),
            ("loss_peer", "final loss peer"), ("rss_ours_mb", "peak RSS ours MiB"),
            ("rss_peer_mb", "peak RSS peer MiB"), ("gflop_per_step", "GFLOP/step ours"),
            ("gflop_per_step_peer", "GFLOP/step peer"),

@@ -101,9 +101,9 @@ def run_comparison(cmp: dict, workdir: Path, python_ours: str, python_peer: str 
     ceiling = ceilings[spec["threads"]]
     tp = [throughput(f, cmp["items_per_step"]) for f in finals]
 
-    def frac(f, t):
+    def frac(f, t, rate="steps_per_s"):  # by wall time, or by the worker's own CPU time (rate="steps_per_cpu_s")
         fl = f.get("flops_per_step")
-        return 100.0 * fl * t["steps_per_s"] / (ceiling * 1e9) if fl else None
+        return 100.0 * fl * t[rate] / (ceiling * 1e9) if fl and t.get(rate) else None
 
     mod = importlib.import_module(module)
     if hasattr(mod, "make_rows"):  # a benchmark without a peer reports its own rows (e.g. PPO phases)
@@ -113,12 +113,15 @@ def run_comparison(cmp: dict, workdir: Path, python_ours: str, python_peer: str 
                "ours": tp[0]["items_per_s"], "target": f">= {cmp['target']}x" if cmp.get("target") else None,
                "loss_ours": finals[0].get("final_loss"), "rss_ours_mb": finals[0].get("peak_rss_mb"),
                "gflop_per_step": (finals[0].get("flops_per_step") or 0) / 1e9 or None,
-               "ceiling_frac_ours": frac(finals[0], tp[0])}
+               "ceiling_frac_ours": frac(finals[0], tp[0]),
+               "ceiling_frac_cpu_ours": frac(finals[0], tp[0], "steps_per_cpu_s")}
         if len(finals) > 1:
             row.update({"peer": tp[1]["items_per_s"], "ratio": ratio(tp[0]["items_per_s"], tp[1]["items_per_s"]),
+                        "ratio_cpu": ratio(tp[0]["steps_per_cpu_s"], tp[1]["steps_per_cpu_s"]),
                         "loss_peer": finals[1].get("final_loss"), "rss_peer_mb": finals[1].get("peak_rss_mb"),
                         "gflop_per_step_peer": (finals[1].get("flops_per_step") or 0) / 1e9 or None,
                         "ceiling_frac_peer": frac(finals[1], tp[1]),
+                        "ceiling_frac_cpu_peer": frac(finals[1], tp[1], "steps_per_cpu_s"),
                         "ratio_bound": ratio_bound(finals[0].get("flops_per_step"), tp[1]["steps_per_s"], ceiling)})
         rows = [row]
     detail = {"spec": spec, "blocks": blocks, "block_steps": block_steps, "load_average_before": la0,

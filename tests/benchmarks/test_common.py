@@ -84,12 +84,15 @@ def test_block_clock_protocol_on_scripted_stdin():
 
     def step():
         calls.append(len(calls))
+        sum(range(200_000))  # some CPU time for the block's cpu_seconds
         return float(len(calls))  # losses 1, 2, 3, ...
 
     serve(clock, step)
     # 2 warm-up steps, a block of 3, a block of 2, then stop
     assert len(calls) == 7
     assert [b["steps"] for b in clock.blocks] == [3, 2]
+    # this process's CPU time during each block: some, and at most the wall time (one thread)
+    assert all(0 < b["cpu_seconds"] <= b["seconds"] * 1.05 for b in clock.blocks)
     events = [json.loads(line[len(PREFIX):])["event"] for line in stdout.getvalue().splitlines()]
     assert events == ["ready", "block", "block"]
     rec = clock.final(None, flops_per_step=11)
@@ -117,6 +120,9 @@ def test_throughput_arithmetic():
     assert t["steps_per_s"] == pytest.approx(4.0)
     assert t["items_per_s"] == pytest.approx(16.0)
     assert t["block_steps_per_s_min"] == pytest.approx(10 / 3) and t["block_steps_per_s_max"] == pytest.approx(5.0)
+    assert t["steps_per_cpu_s"] is None  # blocks without CPU seconds (older results)
+    final["blocks"][0]["cpu_seconds"], final["blocks"][1]["cpu_seconds"] = 1.5, 2.5
+    assert throughput(final, items_per_step=4)["steps_per_cpu_s"] == pytest.approx(20 / 4.0)
 
 
 def test_ratio_bound_hand_value():
