@@ -1,19 +1,26 @@
-"""DPO and reward-model training samples/s: reins (pipelines/dpo.py, pipelines/reward_model.py) vs TRL 1.16
-(DPOTrainer, RewardTrainer), identical work.
+"""SFT, DPO and reward-model training samples/s: reins (pipelines/sft.py, dpo.py, reward_model.py) vs TRL 1.16
+(SFTTrainer, DPOTrainer, RewardTrainer), identical work.
 
-The driver builds one Llama model (pipelines.models, `tiny` spec or a ~15M-parameter one) and its tokenizer,
-saves them with `save_pretrained`, and tokenises the built-in sentiment preference pairs once with
-reins' tokenizer code; both sides load that directory and train on exactly those token ids (TRL's own
-tokenisation is bypassed by handing it pre-tokenised columns: `prompt_ids/chosen_ids/rejected_ids` for DPO,
-prompt+completion `chosen_ids/rejected_ids` for the reward model, which RewardTrainer accepts as processed data).
-Both: fp32, full fine-tuning, AdamW lr 1e-4 with a linear schedule over the same (large) max_steps, weight decay
-0, max grad norm 1.0, no gradient checkpointing, no gradient accumulation, the same per-step batch of pairs,
+The driver builds one Llama model (pipelines.models, `tiny` spec or a ~15M-parameter one) and its tokenizer and
+saves them with `save_pretrained`, or (size `135m`) takes SmolLM2-135M-Instruct as `reins fetch-model` wrote it,
+and tokenises the built-in sentiment preference pairs once with reins' tokenizer code; both sides load that
+directory and train on exactly those token ids (TRL's own tokenisation is bypassed by handing it pre-tokenised
+columns: `prompt_ids/chosen_ids/rejected_ids` for DPO, prompt+completion `chosen_ids/rejected_ids` for the reward
+model, which RewardTrainer accepts as processed data, and for SFT `input_ids` = prompt + chosen with a
+`completion_mask` over the chosen tokens, `completion_only_loss`).
+Both: fp32, AdamW lr 1e-4 with a linear schedule over the same (large) max_steps, weight decay
+0, max grad norm 1.0, no gradient checkpointing, no gradient accumulation, the same per-step batch of pairs
+(SFT: of prompt/chosen examples, loss the mean NLL over the batch's completion tokens),
 chosen and rejected in one concatenated forward, a frozen reference copy for DPO (sigmoid loss, beta 0.1) or,
 in `dpo_precomputed_ref`, reference log-probs computed once before training by each library's own
 precompute option (reins `precompute_ref_logps`, TRL `precompute_ref_log_probs`; not timed), a
-fresh scalar head for the reward model (Bradley-Terry loss, no margin, no centering). A step is one optimizer
+fresh scalar head for the reward model (Bradley-Terry loss, no margin, no centering). Full fine-tuning, or (the
+`lora` rows of size 135m) a PEFT LoRA adapter on both sides: r 16, alpha 32, dropout 0, all linear layers, the
+reward model's `score` head trained in full (`modules_to_save`), DPO's reference = the policy with its adapter
+disabled. A step is one optimizer
 step of each library's own training loop (reins: pipelines.trainer.Trainer; TRL: transformers' Trainer, logging
-every `block_steps` steps, which is TRL's DPO default of 10 at the full size). Throughput: preference pairs/s.
+every `block_steps` steps, which is TRL's DPO default of 10 at the full size). Throughput: preference pairs/s
+(SFT: examples/s).
 Final loss: reins, the mean training loss over the last block; TRL, its last logged loss (the mean over the
 last `block_steps` steps, which ends where the last block ends give or take the warm-up offset).
 """
