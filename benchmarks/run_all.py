@@ -78,7 +78,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 def run_comparison(cmp: dict, workdir: Path, python_ours: str, python_peer: str | None, ceilings: dict,
-                   args) -> tuple[dict, dict]:
+                   args, cpu_ceilings: dict | None = None) -> tuple[dict, dict]:
     spec = cmp["spec"]
     blocks = args.blocks or cmp["blocks"]
     block_steps = args.block_steps or cmp["block_steps"]
@@ -99,11 +99,12 @@ def run_comparison(cmp: dict, workdir: Path, python_ours: str, python_peer: str 
     la0 = load_average()
     finals = run_interleaved(sides, blocks=blocks, block_steps=block_steps)
     ceiling = ceilings[spec["threads"]]
+    cpu_ceiling = (cpu_ceilings or {}).get(spec["threads"])
     tp = [throughput(f, cmp["items_per_step"]) for f in finals]
 
-    def frac(f, t, rate="steps_per_s"):  # by wall time, or by the worker's own CPU time (rate="steps_per_cpu_s")
-        fl = f.get("flops_per_step")
-        return 100.0 * fl * t[rate] / (ceiling * 1e9) if fl and t.get(rate) else None
+    def frac(f, t, rate="steps_per_s"):  # wall rate / wall ceiling, or (rate="steps_per_cpu_s") CPU-time rates
+        fl, c = f.get("flops_per_step"), ceiling if rate == "steps_per_s" else cpu_ceiling
+        return 100.0 * fl * t[rate] / (c * 1e9) if fl and c and t.get(rate) else None
 
     mod = importlib.import_module(module)
     if hasattr(mod, "make_rows"):  # a benchmark without a peer reports its own rows (e.g. PPO phases)
@@ -125,7 +126,7 @@ def run_comparison(cmp: dict, workdir: Path, python_ours: str, python_peer: str 
                         "ratio_bound": ratio_bound(finals[0].get("flops_per_step"), tp[1]["steps_per_s"], ceiling)})
         rows = [row]
     detail = {"spec": spec, "blocks": blocks, "block_steps": block_steps, "load_average_before": la0,
-              "load_average_after": load_average(), "ceiling_gflops": ceiling,
+              "load_average_after": load_average(), "ceiling_gflops": ceiling, "cpu_ceiling_gflops": cpu_ceiling,
               "sides": [{"label": s.label, "throughput": t, **f} for s, t, f in zip(sides, tp, finals)],
               "extra": cmp.get("extra", {})}
     return rows, detail
@@ -167,7 +168,7 @@ def _peer_python(cmp: dict, args, venv_py: dict[str, str | None], notes: list[st
 
 
 def _run_benchmark(name: str, args, workdir: Path, ceilings: dict, venv_py: dict, notes: list[str],
-                   rows: list[dict], details: list[dict]) -> None:
+                   rows: list[dict], details: list[dict], cpu_ceilings: dict | None = None) -> None:
     """Every comparison of one benchmark module; rows, details and notes are appended to."""
     mod = importlib.import_module(f"benchmarks.peers.{BENCHMARKS[name]}")
     default_threads = getattr(mod, "THREADS", 1)
@@ -184,11 +185,14 @@ def _run_benchmark(name: str, args, workdir: Path, ceilings: dict, venv_py: dict
         if t not in ceilings:
             ceilings[t] = matmul_gflops(threads=t, device=args.device)
             print(f"[bench] matmul ceiling at {t} thread(s): {ceilings[t]:.1f} GFLOP/s", flush=True)
+            if cpu_ceilings is not None and args.device == "cpu":  # per CPU second: what a core gives when it runs
+                cpu_ceilings[t] = matmul_gflops(threads=t, clock=time.process_time)
+                print(f"[bench] ... per CPU second: {cpu_ceilings[t]:.1f} GFLOP/s", flush=True)
         py_peer = _peer_python(cmp, args, venv_py, notes)
         print(f"[bench] {cmp['spec']['name']} ({cmp['size_desc']}, {t} thread(s))", flush=True)
         t0 = time.perf_counter()
         try:
-            new_rows, detail = run_comparison(cmp, workdir, sys.executable, py_peer, ceilings, args)
+            new_rows, detail = run_comparison(cmp, workdir, sys.executable, py_peer, ceilings, args, cpu_ceilings)
         except Exception as e:  # noqa: BLE001
             notes.append(f"{cmp['spec']['name']}: failed: {type(e).__name__}: {str(e)[:2000]}")
             traceback.print_exc()
@@ -205,15 +209,17 @@ def main(argv=None) -> int:
     started = dt.datetime.now()
     machine = machine_info()
     workdir = Path(tempfile.mkdtemp(prefix="reins-bench-"))
-    rows, details, notes, ceilings = [], [], list(args.note), {}
+    rows, details, notes, ceilings, cpu_ceilings = [], [], list(args.note), {}, {}
     venv_py: dict[str, str | None] = {}
     for name in names:
-        _run_benchmark(name, args, workdir, ceilings, venv_py, notes, rows, details)
+        _run_benchmark(name, args, workdir, ceilings, venv_py, notes, rows, details, cpu_ceilings)
     report = {"started": started.isoformat(timespec="seconds"), "size": args.size, "device": args.device,
               "threads": sorted(ceilings) or None, "machine": machine, "load_average_end": load_average(),
               "ceiling_gflops": max(ceilings.values()) if ceilings else None, "ceilings_by_threads": ceilings,
+              "cpu_ceilings_by_threads": cpu_ceilings,
               "ceiling_desc": "best fp32 1024x1024 matmul; by thread count: "
-                              + ", ".join(f"{t} -> {g:.1f}" for t, g in sorted(ceilings.items())),
+                              + ", ".join(f"{t} -> {g:.1f}" for t, g in sorted(ceilings.items()))
+                              + "".join(f"; per CPU second at {t}: {g:.1f}" for t, g in sorted(cpu_ceilings.items())),
               "details": details, "notes": notes}
     jpath, mpath = write_results(report, rows, directory=Path(args.out_dir), when=started, notes=notes,
                                  suffix=args.suffix)

@@ -15,6 +15,7 @@ from benchmarks.common import (
     fmt,
     linear_flops,
     markdown_table,
+    matmul_gflops,
     mlp_forward_flops,
     mlp_train_flops,
     ratio_bound,
@@ -173,3 +174,13 @@ def test_time_abba_alternates_the_variants_and_keeps_their_last_results():
     assert calls == ["a", "b", "b", "a", "a", "b"]
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3} and all(t >= 0 for v in times.values() for t in v)
     assert last == {"a": 5, "b": 6}   # the return value of each variant's last call
+
+
+def test_matmul_ceiling_rate_on_a_given_clock():
+    ticks = iter(range(1000))  # a clock that advances one second per reading: every timed round takes 1 s
+
+    def clock():
+        return float(next(ticks))
+
+    # one product per round (0.3 s wanted, one took 1 s): 2 * 8^3 FLOPs per second, the best of 3 rounds
+    assert matmul_gflops(n=8, repeats=3, clock=clock) == pytest.approx(2 * 8**3 / 1e9)
