@@ -136,9 +136,10 @@ def count_flops(fn, *args, **kwargs) -> tuple[int, Any]:
 
 
 def matmul_gflops(*, n: int = 1024, threads: int | None = None, repeats: int = 20, dtype: str = "float32",
-                  device: str = "cpu", min_seconds: float = 0.3) -> float:
+                  device: str = "cpu", min_seconds: float = 0.3, clock=time.perf_counter) -> float:
     """The machine's practical ceiling: the best GFLOP/s of an n x n @ n x n matmul (2 n^3 FLOPs) over
-    `repeats` timed rounds (each at least `min_seconds` long, after a warm-up)."""
+    `repeats` timed rounds (each at least `min_seconds` long, after a warm-up). `clock=time.process_time` (CPU)
+    times this process's own CPU seconds, the rate a core gives it while it runs, however loaded the machine."""
     import torch
 
     if threads:
@@ -150,18 +151,18 @@ def matmul_gflops(*, n: int = 1024, threads: int | None = None, repeats: int = 2
     for _ in range(3):
         torch.mm(a, b, out=out)
     sync(device)
-    t0 = time.perf_counter()
+    t0 = clock()
     torch.mm(a, b, out=out)
     sync(device)
-    one = max(time.perf_counter() - t0, 1e-9)
+    one = max(clock() - t0, 1e-9)
     inner = max(1, int(min_seconds / one))
     best = 0.0
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         for _ in range(inner):
             torch.mm(a, b, out=out)
         sync(device)
-        best = max(best, 2.0 * n**3 * inner / (time.perf_counter() - t0) / 1e9)
+        best = max(best, 2.0 * n**3 * inner / max(clock() - t0, 1e-9) / 1e9)
     return best
 
 
@@ -198,7 +199,7 @@ class BlockClock:
         self.running = True
         self.phase = "warmup"
         self.todo = self.warmup
-        self.t0 = 0.0
+        self.t0 = self.c0 = 0.0
         self.blocks: list[dict] = []
         self.losses: list[float] = []
         self.last_block_losses: list[float] = []
@@ -225,10 +226,12 @@ class BlockClock:
             self._ready()
         else:
             sync(self.device)
-            sec = time.perf_counter() - self.t0
-            self.blocks.append({"steps": self.block_steps, "seconds": sec})
+            sec, cpu = time.perf_counter() - self.t0, time.process_time() - self.c0
+            # CPU seconds: this process's own (all its threads), steadier than wall time when other jobs share
+            # the cores
+            self.blocks.append({"steps": self.block_steps, "seconds": sec, "cpu_seconds": cpu})
             self.last_block_losses = self.losses
-            self.emit(event="block", steps=self.block_steps, seconds=sec)
+            self.emit(event="block", steps=self.block_steps, seconds=sec, cpu_seconds=cpu)
             self._wait()
         return self.running
 
@@ -242,7 +245,7 @@ class BlockClock:
         if line.startswith("run "):
             self.phase, self.block_steps = "block", int(line.split()[1])
             self.todo, self.losses = self.block_steps, []
-            self.t0 = time.perf_counter()
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
         else:  # "stop", or EOF when the driver died
             self.running = False
 
@@ -436,9 +439,11 @@ def throughput(final: dict, items_per_step: float) -> dict:
     steps = sum(b["steps"] for b in final["blocks"])
     secs = sum(b["seconds"] for b in final["blocks"])
     rates = sorted(b["steps"] / b["seconds"] for b in final["blocks"]) or [0.0]
+    cpu = sum(b["cpu_seconds"] for b in final["blocks"]) if all("cpu_seconds" in b for b in final["blocks"]) else 0
     return {"steps": steps, "seconds": secs, "steps_per_s": steps / secs if secs else 0.0,
             "items_per_s": items_per_step * steps / secs if secs else 0.0,
-            "block_steps_per_s_min": rates[0], "block_steps_per_s_max": rates[-1]}
+            "block_steps_per_s_min": rates[0], "block_steps_per_s_max": rates[-1],
+            "cpu_seconds": cpu or None, "steps_per_cpu_s": steps / cpu if cpu else None}
 
 
 def ratio_bound(flops_per_step_ours: float | None, peer_steps_per_s: float | None,
@@ -470,11 +475,14 @@ def fmt(x: Any, digits: int = 3) -> str:
 
 
 COLUMNS = [("benchmark", "benchmark"), ("size", "size"), ("unit", "unit"), ("ours", "ours"),
-           ("peer", "peer"), ("ratio", "ours/peer"), ("target", "target"), ("loss_ours", "final loss ours"),
+           ("peer", "peer"), ("ratio", "ours/peer"), ("ratio_cpu", "ours/peer in CPU s"), ("target", "target"),
+           ("loss_ours", "final loss ours"),
            ("loss_peer", "final loss peer"), ("rss_ours_mb", "peak RSS ours MiB"),
            ("rss_peer_mb", "peak RSS peer MiB"), ("gflop_per_step", "GFLOP/step ours"),
            ("gflop_per_step_peer", "GFLOP/step peer"),
            ("ceiling_frac_ours", "ours % of matmul ceiling"), ("ceiling_frac_peer", "peer % of matmul ceiling"),
+           ("ceiling_frac_cpu_ours", "ours % of ceiling per CPU s"),
+           ("ceiling_frac_cpu_peer", "peer % of ceiling per CPU s"),
            ("ratio_bound", "max ours/peer at ceiling")]
 
 
@@ -486,9 +494,10 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str]] = COLUMNS) -
     return "\n".join([head, rule, *body])
 
 
-def results_paths(when: _dt.datetime | None = None, directory: Path = RESULTS_DIR) -> tuple[Path, Path]:
-    """benchmarks/results/<YYYY-MM-DD>.json and .md (a second run the same day gets -2, -3, ...)."""
-    day = (when or _dt.datetime.now()).strftime("%Y-%m-%d")
+def results_paths(when: _dt.datetime | None = None, directory: Path = RESULTS_DIR,
+                  suffix: str = "") -> tuple[Path, Path]:
+    """benchmarks/results/<YYYY-MM-DD><suffix>.json and .md (a second run the same day gets -2, -3, ...)."""
+    day = (when or _dt.datetime.now()).strftime("%Y-%m-%d") + suffix
     stem, k = day, 1
     while (directory / f"{stem}.json").exists():
         k += 1
@@ -497,10 +506,11 @@ def results_paths(when: _dt.datetime | None = None, directory: Path = RESULTS_DI
 
 
 def write_results(report: dict, rows: list[dict], *, directory: Path = RESULTS_DIR,
-                  when: _dt.datetime | None = None, notes: list[str] | None = None) -> tuple[Path, Path]:
+                  when: _dt.datetime | None = None, notes: list[str] | None = None,
+                  suffix: str = "") -> tuple[Path, Path]:
     """Write the full JSON report and its markdown summary; returns their paths."""
     directory.mkdir(parents=True, exist_ok=True)
-    jpath, mpath = results_paths(when, directory)
+    jpath, mpath = results_paths(when, directory, suffix)
     jpath.write_text(json.dumps({**report, "rows": rows}, indent=1, default=str))
     m = report.get("machine", {})
     lines = [f"# Benchmarks {jpath.stem}", "",

@@ -78,7 +78,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 def run_comparison(cmp: dict, workdir: Path, python_ours: str, python_peer: str | None, ceilings: dict,
-                   args) -> tuple[dict, dict]:
+                   args, cpu_ceilings: dict | None = None) -> tuple[dict, dict]:
     spec = cmp["spec"]
     blocks = args.blocks or cmp["blocks"]
     block_steps = args.block_steps or cmp["block_steps"]
@@ -99,11 +99,12 @@ def run_comparison(cmp: dict, workdir: Path, python_ours: str, python_peer: str 
     la0 = load_average()
     finals = run_interleaved(sides, blocks=blocks, block_steps=block_steps)
     ceiling = ceilings[spec["threads"]]
+    cpu_ceiling = (cpu_ceilings or {}).get(spec["threads"])
     tp = [throughput(f, cmp["items_per_step"]) for f in finals]
 
-    def frac(f, t):
-        fl = f.get("flops_per_step")
-        return 100.0 * fl * t["steps_per_s"] / (ceiling * 1e9) if fl else None
+    def frac(f, t, rate="steps_per_s"):  # wall rate / wall ceiling, or (rate="steps_per_cpu_s") CPU-time rates
+        fl, c = f.get("flops_per_step"), ceiling if rate == "steps_per_s" else cpu_ceiling
+        return 100.0 * fl * t[rate] / (c * 1e9) if fl and c and t.get(rate) else None
 
     mod = importlib.import_module(module)
     if hasattr(mod, "make_rows"):  # a benchmark without a peer reports its own rows (e.g. PPO phases)
@@ -113,16 +114,19 @@ def run_comparison(cmp: dict, workdir: Path, python_ours: str, python_peer: str 
                "ours": tp[0]["items_per_s"], "target": f">= {cmp['target']}x" if cmp.get("target") else None,
                "loss_ours": finals[0].get("final_loss"), "rss_ours_mb": finals[0].get("peak_rss_mb"),
                "gflop_per_step": (finals[0].get("flops_per_step") or 0) / 1e9 or None,
-               "ceiling_frac_ours": frac(finals[0], tp[0])}
+               "ceiling_frac_ours": frac(finals[0], tp[0]),
+               "ceiling_frac_cpu_ours": frac(finals[0], tp[0], "steps_per_cpu_s")}
         if len(finals) > 1:
             row.update({"peer": tp[1]["items_per_s"], "ratio": ratio(tp[0]["items_per_s"], tp[1]["items_per_s"]),
+                        "ratio_cpu": ratio(tp[0]["steps_per_cpu_s"], tp[1]["steps_per_cpu_s"]),
                         "loss_peer": finals[1].get("final_loss"), "rss_peer_mb": finals[1].get("peak_rss_mb"),
                         "gflop_per_step_peer": (finals[1].get("flops_per_step") or 0) / 1e9 or None,
                         "ceiling_frac_peer": frac(finals[1], tp[1]),
+                        "ceiling_frac_cpu_peer": frac(finals[1], tp[1], "steps_per_cpu_s"),
                         "ratio_bound": ratio_bound(finals[0].get("flops_per_step"), tp[1]["steps_per_s"], ceiling)})
         rows = [row]
     detail = {"spec": spec, "blocks": blocks, "block_steps": block_steps, "load_average_before": la0,
-              "load_average_after": load_average(), "ceiling_gflops": ceiling,
+              "load_average_after": load_average(), "ceiling_gflops": ceiling, "cpu_ceiling_gflops": cpu_ceiling,
               "sides": [{"label": s.label, "throughput": t, **f} for s, t, f in zip(sides, tp, finals)],
               "extra": cmp.get("extra", {})}
     return rows, detail
@@ -130,7 +134,8 @@ def run_comparison(cmp: dict, workdir: Path, python_ours: str, python_peer: str 
 
 def _parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", choices=["small", "full"], default="full")
+    ap.add_argument("--size", choices=["small", "full", "135m"], default="full",
+                    help="135m: SmolLM2-135M SFT/RM/DPO, LoRA and full (dpo_rm only; needs `reins fetch-model`)")
     ap.add_argument("--only", default="", help=f"comma list of {', '.join(BENCHMARKS)}")
     ap.add_argument("--threads", type=int, default=0, help="threads per side (0: each benchmark's default)")
     ap.add_argument("--device", default="cpu")
@@ -138,6 +143,8 @@ def _parse_args(argv):
     ap.add_argument("--block-steps", type=int, default=0)
     ap.add_argument("--no-install", action="store_true", help="do not create missing peer venvs")
     ap.add_argument("--out-dir", default=str(RESULTS_DIR))
+    ap.add_argument("--suffix", default="",
+                    help="results file name: <date><suffix>.json/.md (e.g. --suffix=-steps-135m)")
     ap.add_argument("--keep-workdir", action="store_true")
     ap.add_argument("--note", action="append", default=[], help="a line for the results' notes (repeatable)")
     args = ap.parse_args(argv)
@@ -161,7 +168,7 @@ def _peer_python(cmp: dict, args, venv_py: dict[str, str | None], notes: list[st
 
 
 def _run_benchmark(name: str, args, workdir: Path, ceilings: dict, venv_py: dict, notes: list[str],
-                   rows: list[dict], details: list[dict]) -> None:
+                   rows: list[dict], details: list[dict], cpu_ceilings: dict | None = None) -> None:
     """Every comparison of one benchmark module; rows, details and notes are appended to."""
     mod = importlib.import_module(f"benchmarks.peers.{BENCHMARKS[name]}")
     default_threads = getattr(mod, "THREADS", 1)
@@ -178,11 +185,14 @@ def _run_benchmark(name: str, args, workdir: Path, ceilings: dict, venv_py: dict
         if t not in ceilings:
             ceilings[t] = matmul_gflops(threads=t, device=args.device)
             print(f"[bench] matmul ceiling at {t} thread(s): {ceilings[t]:.1f} GFLOP/s", flush=True)
+            if cpu_ceilings is not None and args.device == "cpu":  # per CPU second: what a core gives when it runs
+                cpu_ceilings[t] = matmul_gflops(threads=t, clock=time.process_time)
+                print(f"[bench] ... per CPU second: {cpu_ceilings[t]:.1f} GFLOP/s", flush=True)
         py_peer = _peer_python(cmp, args, venv_py, notes)
         print(f"[bench] {cmp['spec']['name']} ({cmp['size_desc']}, {t} thread(s))", flush=True)
         t0 = time.perf_counter()
         try:
-            new_rows, detail = run_comparison(cmp, workdir, sys.executable, py_peer, ceilings, args)
+            new_rows, detail = run_comparison(cmp, workdir, sys.executable, py_peer, ceilings, args, cpu_ceilings)
         except Exception as e:  # noqa: BLE001
             notes.append(f"{cmp['spec']['name']}: failed: {type(e).__name__}: {str(e)[:2000]}")
             traceback.print_exc()
@@ -199,17 +209,20 @@ def main(argv=None) -> int:
     started = dt.datetime.now()
     machine = machine_info()
     workdir = Path(tempfile.mkdtemp(prefix="reins-bench-"))
-    rows, details, notes, ceilings = [], [], list(args.note), {}
+    rows, details, notes, ceilings, cpu_ceilings = [], [], list(args.note), {}, {}
     venv_py: dict[str, str | None] = {}
     for name in names:
-        _run_benchmark(name, args, workdir, ceilings, venv_py, notes, rows, details)
+        _run_benchmark(name, args, workdir, ceilings, venv_py, notes, rows, details, cpu_ceilings)
     report = {"started": started.isoformat(timespec="seconds"), "size": args.size, "device": args.device,
               "threads": sorted(ceilings) or None, "machine": machine, "load_average_end": load_average(),
               "ceiling_gflops": max(ceilings.values()) if ceilings else None, "ceilings_by_threads": ceilings,
+              "cpu_ceilings_by_threads": cpu_ceilings,
               "ceiling_desc": "best fp32 1024x1024 matmul; by thread count: "
-                              + ", ".join(f"{t} -> {g:.1f}" for t, g in sorted(ceilings.items())),
+                              + ", ".join(f"{t} -> {g:.1f}" for t, g in sorted(ceilings.items()))
+                              + "".join(f"; per CPU second at {t}: {g:.1f}" for t, g in sorted(cpu_ceilings.items())),
               "details": details, "notes": notes}
-    jpath, mpath = write_results(report, rows, directory=Path(args.out_dir), when=started, notes=notes)
+    jpath, mpath = write_results(report, rows, directory=Path(args.out_dir), when=started, notes=notes,
+                                 suffix=args.suffix)
     print(mpath.read_text())
     print(f"[bench] wrote {jpath} and {mpath}" + (f"; worker logs in {workdir}" if args.keep_workdir else ""))
     if not args.keep_workdir:

@@ -15,6 +15,7 @@ from benchmarks.common import (
     fmt,
     linear_flops,
     markdown_table,
+    matmul_gflops,
     mlp_forward_flops,
     mlp_train_flops,
     ratio_bound,
@@ -84,12 +85,15 @@ def test_block_clock_protocol_on_scripted_stdin():
 
     def step():
         calls.append(len(calls))
+        sum(range(200_000))  # some CPU time for the block's cpu_seconds
         return float(len(calls))  # losses 1, 2, 3, ...
 
     serve(clock, step)
     # 2 warm-up steps, a block of 3, a block of 2, then stop
     assert len(calls) == 7
     assert [b["steps"] for b in clock.blocks] == [3, 2]
+    # this process's CPU time during each block: some, and at most the wall time (one thread)
+    assert all(0 < b["cpu_seconds"] <= b["seconds"] * 1.05 for b in clock.blocks)
     events = [json.loads(line[len(PREFIX):])["event"] for line in stdout.getvalue().splitlines()]
     assert events == ["ready", "block", "block"]
     rec = clock.final(None, flops_per_step=11)
@@ -117,6 +121,9 @@ def test_throughput_arithmetic():
     assert t["steps_per_s"] == pytest.approx(4.0)
     assert t["items_per_s"] == pytest.approx(16.0)
     assert t["block_steps_per_s_min"] == pytest.approx(10 / 3) and t["block_steps_per_s_max"] == pytest.approx(5.0)
+    assert t["steps_per_cpu_s"] is None  # blocks without CPU seconds (older results)
+    final["blocks"][0]["cpu_seconds"], final["blocks"][1]["cpu_seconds"] = 1.5, 2.5
+    assert throughput(final, items_per_step=4)["steps_per_cpu_s"] == pytest.approx(20 / 4.0)
 
 
 def test_ratio_bound_hand_value():
@@ -167,3 +174,13 @@ def test_time_abba_alternates_the_variants_and_keeps_their_last_results():
     assert calls == ["a", "b", "b", "a", "a", "b"]
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3} and all(t >= 0 for v in times.values() for t in v)
     assert last == {"a": 5, "b": 6}   # the return value of each variant's last call
+
+
+def test_matmul_ceiling_rate_on_a_given_clock():
+    ticks = iter(range(1000))  # a clock that advances one second per reading: every timed round takes 1 s
+
+    def clock():
+        return float(next(ticks))
+
+    # one product per round (0.3 s wanted, one took 1 s): 2 * 8^3 FLOPs per second, the best of 3 rounds
+    assert matmul_gflops(n=8, repeats=3, clock=clock) == pytest.approx(2 * 8**3 / 1e9)
