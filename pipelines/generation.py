@@ -9,8 +9,11 @@ estimates, e.g. trl#925, trl#1005). A model's own generation_config (e.g. SmolLM
 
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -25,12 +28,22 @@ class GenerationArgs:
     top_p: float = field(default=1.0,
                          metadata={"help": "nucleus sampling: keep the smallest token set with this much mass"})
     batch_size: int = field(default=64, metadata={"help": "prompts per generate call"})
+    sample_dtype: Literal["float32", "bfloat16", "auto"] = field(
+        default="float32",
+        metadata={"help": "precision of sampling: float32 samples with the training model itself (seeded runs "
+                          "unchanged); bfloat16 with a bf16 copy of it, refreshed from the trained weights before "
+                          "each sampling call (other tokens than float32's; log-probs for the loss are still "
+                          "computed by the training model); auto: bfloat16 where the device has native bf16 "
+                          "matrix products (CUDA bf16, a CPU with AMX or AVX512-BF16), else float32. Evaluation "
+                          "samples stay float32"})
 
     def validate(self):
         check(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         check(self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}")
         check(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        check(self.sample_dtype in ("float32", "bfloat16", "auto"),
+              f"sample_dtype must be float32, bfloat16 or auto, got {self.sample_dtype!r}")
 
 
 @dataclass
@@ -44,6 +57,82 @@ class Samples:
     # log-prob of each completion token under the distribution it was drawn from (tempered, nucleus-cut; the raw
     # one when greedy), from the decode step's logits
     logprobs: list[list[float]] | None = None
+
+
+# ----------------------------------------------------------------------------------------- sampling precision
+def cpu_bf16_flags() -> list[str]:
+    """This CPU's native bf16 matrix-product flags (amx_bf16, avx512_bf16) from /proc/cpuinfo; [] when it has
+    none or there is no /proc/cpuinfo (torch's get_cpu_capability() says AVX512 on such CPUs, not whether bf16)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return sorted({"amx_bf16", "avx512_bf16"} & set(line.split(":", 1)[1].split()))
+    return []
+
+
+def native_bf16(device) -> tuple[bool, str]:
+    """(whether `device` multiplies bf16 matrices natively, the evidence in words)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        ok = torch.cuda.is_bf16_supported()
+        return ok, f"torch.cuda.is_bf16_supported() is {ok}"
+    if device.type == "cpu":
+        flags = cpu_bf16_flags()
+        return bool(flags), (f"CPU capability {torch.backends.cpu.get_cpu_capability()}, bf16 flags: "
+                             f"{', '.join(flags) or 'none'}")
+    return False, f"no bf16 check for a {device.type} device"
+
+
+def resolve_sample_dtype(name: str, device) -> tuple[torch.dtype, str]:
+    """The dtype `sample_dtype` names on `device`, and a line saying which was picked and why."""
+    if name == "auto":
+        ok, why = native_bf16(device)
+        picked = "bfloat16" if ok else "float32"
+        return getattr(torch, picked), f"sample_dtype auto: {picked} ({why})"
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name], f"sample_dtype {name}"
+
+
+def cast_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A deep copy of `model` whose floating parameters are `dtype` and never need gradients. Buffers (RoPE's
+    inverse frequencies) keep their dtype; tied parameters stay tied; no full-precision copy is made on the way
+    (each parameter is cast straight into deepcopy's memo)."""
+    memo = {id(p): torch.nn.Parameter(p.detach().to(dtype) if p.is_floating_point() else p.detach().clone(),
+                                      requires_grad=False) for p in model.parameters()}
+    return copy.deepcopy(model, memo)
+
+
+class SamplingPolicy:
+    """What a training stage samples from under `sample_dtype`: the policy itself (float32, or the policy already
+    in the sampling dtype), or a cast copy whose trainable parameters are refreshed from the policy by `model()`
+    (the frozen ones, e.g. a LoRA base, are cast once). The copy is outside the optimizer and autograd, and is a
+    function of the policy's current weights only, so a resumed run samples as an uninterrupted one."""
+
+    def __init__(self, policy: torch.nn.Module, sample_dtype: str):
+        self.policy = policy
+        first = next(p for p in policy.parameters() if p.is_floating_point())
+        self.dtype, self.note = resolve_sample_dtype(sample_dtype, first.device)
+        self.copy, self._pairs = None, []
+        if self.dtype != first.dtype:
+            self.copy = cast_copy(policy, self.dtype)
+            own = dict(self.copy.named_parameters())
+            self._pairs = [(p, own[n]) for n, p in policy.named_parameters() if p.requires_grad]
+
+    def log_row(self) -> dict:
+        """The step-0 log.jsonl entries: which dtype sampling uses, and why."""
+        return {"generation/sample_dtype": str(self.dtype).removeprefix("torch."),
+                "generation/sample_dtype_reason": self.note}
+
+    @torch.no_grad()
+    def model(self) -> torch.nn.Module:
+        """The model to sample from now (the copy refreshed from the policy's trainable weights)."""
+        if self.copy is None:
+            return self.policy
+        for src, dst in self._pairs:
+            dst.copy_(src)
+        return self.copy
 
 
 def truncate_after_eos(ids: list[int], eos_id: int, pad_id: int) -> tuple[list[int], bool]:
