@@ -87,7 +87,7 @@ def build(spec: dict):
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=spec["max_grad_norm"],
         beta=0.0, epsilon=spec["epsilon"], loss_type="dapo", scale_rewards="group", num_iterations=1,
         mask_truncated_completions=False, max_steps=spec["iterations"], logging_steps=1, save_strategy="no",
-        report_to="none", bf16=False, gradient_checkpointing=True, seed=spec["seed"], use_cpu=True,
+        report_to="none", bf16=bool(spec.get("trl_bf16")), gradient_checkpointing=True, seed=spec["seed"], use_cpu=True,
         disable_tqdm=True, dataloader_num_workers=0, log_completions=False)
     lora = LoraConfig(r=spec["lora_r"], lora_alpha=spec["lora_alpha"], lora_dropout=0.0,
                       target_modules="all-linear", task_type="CAUSAL_LM")

@@ -147,3 +147,48 @@ def test_bad_sample_dtype_is_a_one_line_error_before_anything_is_written(tmp_pat
     assert grpo.main(["--config", str(cfg)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "generation: sample_dtype" in err and not (tmp_path / "y").exists()
+
+
+def test_ppo_samples_from_a_bf16_copy_of_its_policy(tmp_path):
+    from pipelines import ppo
+    from tests.pipelines.helpers import ppo_toy_cfg
+
+    c = from_dict(ppo.Config, ppo_toy_cfg(tmp_path / "run", generation={"max_new_tokens": 6, "batch_size": 8,
+                                                                         "sample_dtype": "bfloat16"}))
+    acc, _ = start_lm_stage(c)
+    s = ppo.setup(c, acc)
+    sp = s.models.sampler
+    assert sp.policy is s.models.ac.policy and sp.copy.dtype == BF16
+    ppo.iteration(s)   # one rollout and update: the copy follows the updated policy at the next sampling call
+    own = dict(sp.model().named_parameters())
+    assert all(torch.equal(own[n], p.detach().to(BF16)) for n, p in s.models.ac.policy.named_parameters())
+    assert log_rows(tmp_path / "run")[0]["generation/sample_dtype"] == "bfloat16"
+
+
+def test_preferences_with_bf16_sampling_logs_it_and_resumes_exactly(tmp_path, monkeypatch):
+    from pipelines import preferences
+    from tests.pipelines.helpers import SMALL
+
+    def cfg(out, dtype):
+        return from_dict(preferences.Config, {
+            "output_dir": str(out), "quiet": True, "tiny": dict(SMALL), "num_train_prompts": 6, "num_test_prompts": 2,
+            "num_samples": 3, "chunk_size": 3, "min_margin": 0.0,
+            "generation": {"max_new_tokens": 10, "sample_dtype": dtype}})
+
+    used = []   # the dtype of every model the stage samples with
+
+    def spy(model, *a, **kw):
+        used.append(next(model.parameters()).dtype)
+        return generate(model, *a, **kw)
+
+    monkeypatch.setattr(preferences, "generate", spy)
+    full = preferences.train(cfg(tmp_path / "a", "bfloat16"))
+    assert used == [BF16] * 3
+    assert log_rows(tmp_path / "a")[0] == {"step": 0, "generation/sample_dtype": "bfloat16",
+                                           "generation/sample_dtype_reason": "sample_dtype bfloat16"}
+    with crash_at_step(2):
+        preferences.train(cfg(tmp_path / "b", "bfloat16"))
+    assert preferences.train(cfg(tmp_path / "b", "bfloat16")) == full
+    used.clear()
+    preferences.train(cfg(tmp_path / "c", "float32"))
+    assert used == [torch.float32] * 3
