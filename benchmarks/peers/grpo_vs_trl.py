@@ -59,6 +59,21 @@ def _emit(**msg) -> None:
     sys.__stdout__.flush()
 
 
+def _time_generate(module) -> list:
+    """Wrap `module.generate` so that each call appends its CPU seconds (this process's) to the returned list."""
+    fn, spent = module.generate, []
+
+    def timed(*a, **kw):
+        c = time.process_time()
+        try:
+            return fn(*a, **kw)
+        finally:
+            spent.append(time.process_time() - c)
+
+    module.generate = timed
+    return spent
+
+
 def worker(spec: dict) -> None:
     """reins's side: the grpo stage's own setup, rollout and update, one iteration per "iter" line."""
     import shutil
@@ -91,6 +106,7 @@ def worker(spec: dict) -> None:
         "lora": {"r": spec["lora_r"], "alpha": spec["lora_alpha"], "dropout": 0.0, "target_modules": ["all-linear"]}})
     acc, _ = start_lm_stage(cfg)
     s = grpo.setup(cfg, acc)
+    gen_cpu = _time_generate(grpo)
     rows = list(range(len(s.prompts)))
     _emit(event="ready", prompt_lengths=[len(p) for p in s.prompt_ids], versions={"torch": torch.__version__})
     for step in range(spec["iterations"]):
@@ -104,7 +120,8 @@ def worker(spec: dict) -> None:
         t2, c2 = time.perf_counter(), time.process_time()
         s.scheduler.step()
         k = len(rows) * cfg.num_generations
-        _emit(event="iter", seconds=t2 - t0, cpu_s=c2 - c0, generation_s=gen_s, scoring_s=t1 - t0 - gen_s,
+        _emit(event="iter", seconds=t2 - t0, cpu_s=c2 - c0, generation_cpu_s=gen_cpu.pop(), generation_s=gen_s,
+              scoring_s=t1 - t0 - gen_s,
               update_s=t2 - t1, completions=k, tokens=m["rollout/tokens"], reward=m["reward"], loss=u["loss"],
               mean_length=m["completions/mean_length"], clipped_ratio=m["completions/clipped_ratio"])
         release_memory()
@@ -141,15 +158,17 @@ def summary(recs: list[dict]) -> dict:
            "tokens_per_s": sum(r["tokens"] for r in recs) / sec}
     for k in ("generation_s", "scoring_s", "update_s", "reward", "loss", "mean_length", "clipped_ratio"):
         out[k] = sum(r[k] for r in recs) / len(recs)
-    if all("cpu_s" in r for r in recs):
-        out["cpu_s_per_iter"] = sum(r["cpu_s"] for r in recs) / len(recs)
+    for k in ("cpu_s", "generation_cpu_s"):
+        if all(k in r for r in recs):
+            out[f"{k}_per_iter"] = sum(r[k] for r in recs) / len(recs)
     out["generation_tokens_per_s"] = sum(r["tokens"] for r in recs) / sum(r["generation_s"] for r in recs)
     return out
 
 
 def markdown(res: dict) -> str:
     cols = [("completions/s", "completions_per_s", 3), ("generated tokens/s", "tokens_per_s", 1),
-            ("s/iteration", "seconds_per_iter", 1), ("generation s", "generation_s", 1),
+            ("s/iteration", "seconds_per_iter", 1), ("CPU s/iteration", "cpu_s_per_iter", 1),
+            ("generation CPU s", "generation_cpu_s_per_iter", 1), ("generation s", "generation_s", 1),
             ("scoring s", "scoring_s", 2), ("update s", "update_s", 1),
             ("tokens/s in generation", "generation_tokens_per_s", 1), ("mean length", "mean_length", 1),
             ("reward", "reward", 3), ("loss", "loss", 4)]
@@ -160,7 +179,7 @@ def markdown(res: dict) -> str:
     for side in ("reins", "reins-fp32", "reins-before", "trl"):
         if side in res:
             s = res[side]
-            lines.append(f"| {side} | " + " | ".join(f"{s[k]:.{d}f}" for _, k, d in cols) + " |")
+            lines.append(f"| {side} | " + " | ".join(f"{s[k]:.{d}f}" if k in s else "-" for _, k, d in cols) + " |")
     lines += ["", f"reins / TRL iterations per second: {res['ratio']:.2f}", "",
               "reward by iteration (warm-up first; each side's completions are its own samples): " + "; ".join(
                   f"{k} " + ", ".join(f"{r['reward']:.3f}" for r in [res["warmup"][k], *res["iterations"][k]])
