@@ -104,19 +104,40 @@ def cast_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     return copy.deepcopy(model, memo)
 
 
+def _plain_lora_layers(policy: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """A PEFT LoRA policy's adapted layers by name, when its trainable parameters are exactly their adapters (no
+    DoRA, no modules_to_save); {} otherwise."""
+    if not hasattr(policy, "peft_config"):
+        return {}
+    layers = {n: m for n, m in policy.named_modules() if hasattr(m, "get_delta_weight") and hasattr(m, "base_layer")}
+    adapters = {f"{n}.{k}" for n, m in layers.items() for k, _ in m.named_parameters() if k.startswith("lora_")}
+    trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
+    dora = any(m.use_dora.get(a) for m in layers.values() for a in m.active_adapters if hasattr(m, "use_dora"))
+    return layers if layers and trainable <= adapters and not dora else {}
+
+
 class SamplingPolicy:
     """What a training stage samples from under `sample_dtype`: the policy itself (float32, or the policy already
-    in the sampling dtype), or a cast copy whose trainable parameters are refreshed from the policy by `model()`
-    (the frozen ones, e.g. a LoRA base, are cast once). The copy is outside the optimizer and autograd, and is a
-    function of the policy's current weights only, so a resumed run samples as an uninterrupted one."""
+    in the sampling dtype), or a cast copy refreshed from the policy by `model()`. A plain LoRA policy's copy is
+    the merged model (W + B A, computed in the policy's dtype and then cast): no adapter branches in the decode
+    loop; otherwise the copy's trainable parameters are refreshed and its frozen ones were cast once. The copy is
+    outside the optimizer and autograd, and is a function of the policy's current weights only, so a resumed run
+    samples as an uninterrupted one."""
 
     def __init__(self, policy: torch.nn.Module, sample_dtype: str):
         self.policy = policy
         first = next(p for p in policy.parameters() if p.is_floating_point())
         self.dtype, self.note = resolve_sample_dtype(sample_dtype, first.device)
-        self.copy, self._pairs = None, []
-        if self.dtype != first.dtype:
-            self.copy = cast_copy(policy, self.dtype)
+        self.copy, self._pairs, self._merged = None, [], []
+        if self.dtype == first.dtype:
+            return
+        layers = _plain_lora_layers(policy)
+        self.copy = cast_copy(policy, self.dtype)
+        if layers:   # drop the adapter branches; model() writes the merged weights
+            self.copy = self.copy.unload()
+            own = dict(self.copy.named_modules())
+            self._merged = [(m, own[n.removeprefix("base_model.model.")]) for n, m in layers.items()]
+        else:
             own = dict(self.copy.named_parameters())
             self._pairs = [(p, own[n]) for n, p in policy.named_parameters() if p.requires_grad]
 
@@ -132,6 +153,12 @@ class SamplingPolicy:
             return self.policy
         for src, dst in self._pairs:
             dst.copy_(src)
+        for src, dst in self._merged:
+            w = src.base_layer.weight
+            for a in src.active_adapters:
+                if a in src.lora_A:
+                    w = w + src.get_delta_weight(a)
+            dst.weight.copy_(w)
         return self.copy
 
 

@@ -80,17 +80,24 @@ def test_bf16_copy_is_bf16_gets_no_gradients_and_tracks_an_optimizer_step(tok):
     assert all(torch.equal(own[n], p.detach().to(BF16)) for n, p in m.named_parameters())
 
 
-def test_lora_copy_refreshes_only_the_adapters(tok):
+def test_lora_copy_is_the_merged_model_and_tracks_the_adapters(tok):
+    """A LoRA policy samples from W + B A cast to bf16 (no adapter branches); oracle: PEFT's own merge of a copy
+    of the current policy, in float32, then cast."""
+    import copy
+
     m = small_model(tok, lora=LoraSpec(r=4))
     sp = SamplingPolicy(m, "bfloat16")
-    trainable = [n for n, p in m.named_parameters() if p.requires_grad]
-    assert 0 < len(sp._pairs) == len(trainable) < len(list(m.parameters()))
+    assert not any("lora" in n for n, _ in sp.copy.named_parameters()) and sp._merged and not sp._pairs
     with torch.no_grad():   # LoRA's B starts at zero: give the adapters a visible effect first
         for n, p in m.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.5)
     _step(m, tok)
-    assert _sample(sp.model(), tok) == _sample(cast_copy(m, BF16), tok)
+    oracle = cast_copy(copy.deepcopy(m).merge_and_unload(), BF16)
+    got = sp.model()
+    own = dict(got.named_parameters())
+    assert all(torch.equal(own[n], p) for n, p in oracle.named_parameters())
+    assert _sample(got, tok) == _sample(oracle, tok)
 
 
 def test_auto_follows_the_capability_check(tok, monkeypatch):
