@@ -1,7 +1,7 @@
 """reins's sampling (pipelines.generation.generate) against plain `model.generate` on the same rows, SmolLM2-135M.
 
     nice .venv/bin/python -m benchmarks.peers.sampling_vs_generate --shape grpo --rounds 2 [--ablate] [--bf16] \
-        [--dtype bfloat16] [--out FILE.json]
+        [--lora] [--dtype bfloat16] [--out FILE.json]
 
 Shapes (one generate call each, no top-k / top-p, fp32 unless --dtype):
 - `grpo`: the GRPO side-by-side's batch (benchmarks/peers/grpo_vs_trl.py): 4 arithmetic chat prompts x 8
@@ -13,8 +13,10 @@ Shapes (one generate call each, no top-k / top-p, fp32 unless --dtype):
 Variants: `generate` = `model.generate` on the left-padded rows (what pipelines.generation called before, and
 TRL's path); `reins` = pipelines.generation.generate; with --ablate also `reins-no-share` (every row prefilled)
 and `reins-no-drop` (finished rows stay in the decode batch); with --bf16 also `generate-bf16` and `reins-bf16`,
-the same two on a bf16 copy of the model (pipelines.generation.cast_copy, what `generation.sample_dtype:
-bfloat16` samples with). Each round runs every variant once, in ABBA order (forward, then reversed), seeded
+the same two on the bf16 copy that `generation.sample_dtype: bfloat16` samples with
+(pipelines.generation.SamplingPolicy: a cast of the model; with --lora, LoRA r 16 on all linear layers as in
+the GRPO benchmark, the float32 variants sample through the adapters and the bf16 copy is the merged model).
+Each round runs every variant once, in ABBA order (forward, then reversed), seeded
 alike; every float32 variant's tokens are checked equal to `generate`'s, the bf16 ones to `generate-bf16`'s
 (bf16 tokens are not float32's). Reported:
 seconds per call, wall and CPU (the process's own CPU time: one thread, so on a machine shared with other jobs
@@ -68,6 +70,22 @@ def reins_generate(model, tok, rows, max_new_tokens: int, seed: int, temperature
             setattr(generation, k, v)
 
 
+def with_lora(model):
+    """`model` with LoRA r 16, alpha 32 on all linear layers, B drawn small (not PEFT's zeros) so the adapters
+    change the tokens as a trained adapter does."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
+                                             task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 1e-3)
+    return model.eval()
+
+
 def make_variants(a, model, tok, rows, T: int, temp: float) -> dict:
     """The timed sampling paths, each a function of the seed."""
     variants = {"generate": lambda s: hf_generate(model, tok, rows, T, s, temp),
@@ -76,11 +94,9 @@ def make_variants(a, model, tok, rows, T: int, temp: float) -> dict:
         variants["reins-no-share"] = lambda s: reins_generate(model, tok, rows, T, s, temp, SHARE_PREFILL=False)
         variants["reins-no-drop"] = lambda s: reins_generate(model, tok, rows, T, s, temp, DROP_FINISHED=False)
     if a.bf16:
-        import torch
+        from pipelines.generation import SamplingPolicy
 
-        from pipelines.generation import cast_copy
-
-        half = cast_copy(model, torch.bfloat16).eval()
+        half = SamplingPolicy(model, "bfloat16").model().eval()
         variants["generate-bf16"] = lambda s: hf_generate(half, tok, rows, T, s, temp)
         variants["reins-bf16"] = lambda s: reins_generate(half, tok, rows, T, s, temp)
     return variants
@@ -93,6 +109,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--ablate", action="store_true")
     ap.add_argument("--bf16", action="store_true", help="also time both paths on a bf16 copy of the model")
+    ap.add_argument("--lora", action="store_true",
+                    help="sample from the model with LoRA r 16 on all linear layers (the GRPO benchmark's policy)")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--model", default=str(MODEL))
     ap.add_argument("--out", default=None)
@@ -106,6 +124,8 @@ def main(argv=None) -> dict:
     torch.set_num_threads(a.threads)
     tok = AutoTokenizer.from_pretrained(a.model)
     model = AutoModelForCausalLM.from_pretrained(a.model, dtype=getattr(torch, a.dtype)).eval()
+    if a.lora:
+        model = with_lora(model)
     task, n, g, T, temp = SHAPES[a.shape]
     rows = [encode_prompt(tok, p) for p in builtin_prompts(task, n, seed=0, split="train") for _ in range(g)]
     variants = make_variants(a, model, tok, rows, T, temp)
@@ -123,8 +143,8 @@ def main(argv=None) -> dict:
             ntok[k].append(sum(map(len, toks[k])))
             print(k, f"{secs[k][-1]:.2f} s, {cpu[k][-1]:.2f} CPU s", flush=True)
         same[r] = {k: toks[k] == toks["generate-bf16" if k.endswith("-bf16") else "generate"] for k in variants}
-    res = {"shape": a.shape, "rows": len(rows), "max_new_tokens": T, "temperature": temp, "dtype": a.dtype,
-           "threads": a.threads,
+    res = {"shape": a.shape, "lora": a.lora, "rows": len(rows), "max_new_tokens": T, "temperature": temp,
+           "dtype": a.dtype, "threads": a.threads,
            "load_start": [round(x, 2) for x in load0], "load_end": [round(x, 2) for x in os.getloadavg()],
            "tokens_equal": same, "seconds": secs, "cpu_seconds": cpu,
            "mean_s": {k: sum(v) / len(v) for k, v in secs.items()},
