@@ -208,6 +208,7 @@ def test_preferences_with_bf16_sampling_logs_it_and_resumes_exactly(tmp_path, mo
     assert used == [torch.float32] * 3
 
 
+@pytest.mark.slow
 def test_two_process_bf16_sampling_keeps_ranks_in_sync(tmp_path):
     """Under accelerate (DDP, two CPU processes) each rank's copy is cast from the unwrapped policy and refreshed
     after every synchronised step; the ranks stay identical."""
