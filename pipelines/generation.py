@@ -35,7 +35,7 @@ class GenerationArgs:
                           "each sampling call (other tokens than float32's; log-probs for the loss are still "
                           "computed by the training model); auto: bfloat16 where the device has native bf16 "
                           "matrix products (CUDA bf16, a CPU with AMX or AVX512-BF16), else float32. Evaluation "
-                          "samples stay float32"})
+                          "samples use the training model"})
 
     def validate(self):
         check(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
