@@ -9,8 +9,11 @@ estimates, e.g. trl#925, trl#1005). A model's own generation_config (e.g. SmolLM
 
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -25,12 +28,22 @@ class GenerationArgs:
     top_p: float = field(default=1.0,
                          metadata={"help": "nucleus sampling: keep the smallest token set with this much mass"})
     batch_size: int = field(default=64, metadata={"help": "prompts per generate call"})
+    sample_dtype: Literal["float32", "bfloat16", "auto"] = field(
+        default="float32",
+        metadata={"help": "precision of sampling: float32 samples with the training model itself (seeded runs "
+                          "unchanged); bfloat16 with a bf16 copy of it, refreshed from the trained weights before "
+                          "each sampling call (other tokens than float32's; log-probs for the loss are still "
+                          "computed by the training model); auto: bfloat16 where the device has native bf16 "
+                          "matrix products (CUDA bf16, a CPU with AMX or AVX512-BF16), else float32. Evaluation "
+                          "samples use the training model"})
 
     def validate(self):
         check(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         check(self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}")
         check(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        check(self.sample_dtype in ("float32", "bfloat16", "auto"),
+              f"sample_dtype must be float32, bfloat16 or auto, got {self.sample_dtype!r}")
 
 
 @dataclass
@@ -44,6 +57,109 @@ class Samples:
     # log-prob of each completion token under the distribution it was drawn from (tempered, nucleus-cut; the raw
     # one when greedy), from the decode step's logits
     logprobs: list[list[float]] | None = None
+
+
+# ----------------------------------------------------------------------------------------- sampling precision
+def cpu_bf16_flags() -> list[str]:
+    """This CPU's native bf16 matrix-product flags (amx_bf16, avx512_bf16) from /proc/cpuinfo; [] when it has
+    none or there is no /proc/cpuinfo (torch's get_cpu_capability() says AVX512 on such CPUs, not whether bf16)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return sorted({"amx_bf16", "avx512_bf16"} & set(line.split(":", 1)[1].split()))
+    return []
+
+
+def native_bf16(device) -> tuple[bool, str]:
+    """(whether `device` multiplies bf16 matrices natively, the evidence in words)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        ok = torch.cuda.is_bf16_supported()
+        return ok, f"torch.cuda.is_bf16_supported() is {ok}"
+    if device.type == "cpu":
+        flags = cpu_bf16_flags()
+        return bool(flags), (f"CPU capability {torch.backends.cpu.get_cpu_capability()}, bf16 flags: "
+                             f"{', '.join(flags) or 'none'}")
+    return False, f"no bf16 check for a {device.type} device"
+
+
+def resolve_sample_dtype(name: str, device) -> tuple[torch.dtype, str]:
+    """The dtype `sample_dtype` names on `device`, and a line saying which was picked and why."""
+    if name == "auto":
+        ok, why = native_bf16(device)
+        picked = "bfloat16" if ok else "float32"
+        return getattr(torch, picked), f"sample_dtype auto: {picked} ({why})"
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name], f"sample_dtype {name}"
+
+
+def cast_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A deep copy of `model` whose floating parameters are `dtype` and never need gradients. Buffers (RoPE's
+    inverse frequencies) keep their dtype; tied parameters stay tied; no full-precision copy is made on the way
+    (each parameter is cast straight into deepcopy's memo)."""
+    memo = {id(p): torch.nn.Parameter(p.detach().to(dtype) if p.is_floating_point() else p.detach().clone(),
+                                      requires_grad=False) for p in model.parameters()}
+    return copy.deepcopy(model, memo)
+
+
+def _plain_lora_layers(policy: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """A PEFT LoRA policy's adapted layers by name, when its trainable parameters are exactly their adapters (no
+    DoRA, no modules_to_save); {} otherwise."""
+    if not hasattr(policy, "peft_config"):
+        return {}
+    layers = {n: m for n, m in policy.named_modules() if hasattr(m, "get_delta_weight") and hasattr(m, "base_layer")}
+    adapters = {f"{n}.{k}" for n, m in layers.items() for k, _ in m.named_parameters() if k.startswith("lora_")}
+    trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
+    dora = any(m.use_dora.get(a) for m in layers.values() for a in m.active_adapters if hasattr(m, "use_dora"))
+    return layers if layers and trainable <= adapters and not dora else {}
+
+
+class SamplingPolicy:
+    """What a training stage samples from under `sample_dtype`: the policy itself (float32, or the policy already
+    in the sampling dtype), or a cast copy refreshed from the policy by `model()`. A plain LoRA policy's copy is
+    the merged model (W + B A, computed in the policy's dtype and then cast): no adapter branches in the decode
+    loop; otherwise the copy's trainable parameters are refreshed and its frozen ones were cast once. The copy is
+    outside the optimizer and autograd, and is a function of the policy's current weights only, so a resumed run
+    samples as an uninterrupted one."""
+
+    def __init__(self, policy: torch.nn.Module, sample_dtype: str):
+        self.policy = policy
+        first = next(p for p in policy.parameters() if p.is_floating_point())
+        self.dtype, self.note = resolve_sample_dtype(sample_dtype, first.device)
+        self.copy, self._pairs, self._merged = None, [], []
+        if self.dtype == first.dtype:
+            return
+        layers = _plain_lora_layers(policy)
+        self.copy = cast_copy(policy, self.dtype)
+        if layers:   # drop the adapter branches; model() writes the merged weights
+            self.copy = self.copy.unload()
+            own = dict(self.copy.named_modules())
+            self._merged = [(m, own[n.removeprefix("base_model.model.")]) for n, m in layers.items()]
+        else:
+            own = dict(self.copy.named_parameters())
+            self._pairs = [(p, own[n]) for n, p in policy.named_parameters() if p.requires_grad]
+
+    def log_row(self) -> dict:
+        """The step-0 log.jsonl entries: which dtype sampling uses, and why."""
+        return {"generation/sample_dtype": str(self.dtype).removeprefix("torch."),
+                "generation/sample_dtype_reason": self.note}
+
+    @torch.no_grad()
+    def model(self) -> torch.nn.Module:
+        """The model to sample from now (the copy refreshed from the policy's trainable weights)."""
+        if self.copy is None:
+            return self.policy
+        for src, dst in self._pairs:
+            dst.copy_(src)
+        for src, dst in self._merged:
+            w = src.base_layer.weight
+            for a in src.active_adapters:
+                if a in src.lora_A:
+                    w = w + src.get_delta_weight(a)
+            dst.weight.copy_(w)
+        return self.copy
 
 
 def truncate_after_eos(ids: list[int], eos_id: int, pad_id: int) -> tuple[list[int], bool]:

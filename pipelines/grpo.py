@@ -43,7 +43,7 @@ from pgcore.policy_losses import grpo_loss, mask_truncated_completions
 from pipelines.common import open_run
 from pipelines.data import BUILTIN, BUILTIN_CHAT
 from pipelines.evaluation import EvalArgs, PolicyEvaluator
-from pipelines.generation import GenerationArgs, generate
+from pipelines.generation import GenerationArgs, SamplingPolicy, generate
 from pipelines.model_card import write_model_card
 from pipelines.models import (
     ModelArgs,
@@ -188,10 +188,11 @@ def _logps(model, batch: dict, T: float, bs: int, device) -> torch.Tensor:
 
 @torch.no_grad()
 def rollout(cfg: Config, policy, reference, funcs: list[RewardFunction], tok, prompts: list,
-            prompt_ids: list[list[int]], *, seed: int, acc,
-            columns: list[dict] | None = None) -> tuple[dict, dict, float]:
+            prompt_ids: list[list[int]], *, seed: int, acc, columns: list[dict] | None = None,
+            sampler: SamplingPolicy | None = None) -> tuple[dict, dict, float]:
     """Sample, score and compute advantages of one iteration's groups on this process; `columns` are each
-    prompt's other dataset columns (passed to the reward functions, repeated for each completion).
+    prompt's other dataset columns (passed to the reward functions, repeated for each completion). Samples come
+    from `sampler.model()` (generation.sample_dtype) when given, else from `policy`; log-probs always from `policy`.
 
     Returns (tensors for the update, metrics over all processes, seconds spent sampling).
     """
@@ -202,7 +203,7 @@ def rollout(cfg: Config, policy, reference, funcs: list[RewardFunction], tok, pr
     rep_ids = [p for p in prompt_ids for _ in range(G)]
     rep_cols = column_lists([c for c in (columns or [{}] * len(prompts)) for _ in range(G)])
     t0 = time.perf_counter()
-    s = generate(policy, tok, rep_ids, cfg.generation, seed=seed)
+    s = generate(sampler.model() if sampler is not None else policy, tok, rep_ids, cfg.generation, seed=seed)
     gen_seconds = time.perf_counter() - t0
     err, per_fn = None, torch.zeros(len(rep_ids), len(funcs), dtype=torch.float64)
     rewards = torch.zeros(len(rep_ids), dtype=torch.float64)
@@ -393,6 +394,7 @@ class GRPOLoop:
     evaluator: GroupEvaluator | None = None
     bar: Any = None  # the progress bar (main process)
     columns: list[dict] = field(default_factory=list)   # each prompt's other dataset columns
+    sampler: SamplingPolicy | None = None   # what rollouts sample from (generation.sample_dtype)
 
     def evaluate(self, at: int) -> dict:
         """The held-out evaluation of the policy (main process only), logged at step `at` with samples."""
@@ -442,11 +444,13 @@ def setup(cfg: Config, acc) -> GRPOLoop:
     evaluator = GroupEvaluator(cfg, tok, eprompts, funcs, reference, sentiment=esource in (BUILTIN, BUILTIN_CHAT),
                                columns=ecolumns) if eprompts else None
     s = GRPOLoop(cfg, acc, run, tok, acc.unwrap_model(model), model, reference, funcs, optimizer, scheduler, prompts,
-                prompt_ids, total, step, num_tokens, last, init, evaluator, columns=columns)
+                prompt_ids, total, step, num_tokens, last, init, evaluator, columns=columns,
+                sampler=SamplingPolicy(acc.unwrap_model(model), cfg.generation.sample_dtype))
     if step == 0 and acc.is_main_process:
         total_p, trainable = count_parameters(policy)
         run.log(0, {"model/parameters": total_p, "model/trainable": trainable, "data/prompts": len(prompts),
-                    "data/dropped_prompts": dropped, "reference/loaded": reference is not None})
+                    "data/dropped_prompts": dropped, "reference/loaded": reference is not None,
+                    **s.sampler.log_row()})
         s.init = {f"init/{k[5:]}": v for k, v in s.evaluate(0).items()}
         if s.init:
             run.log(0, s.init)
@@ -462,7 +466,7 @@ def iteration(s: GRPOLoop) -> dict:
     t0 = time.perf_counter()
     data, m, gen_s = rollout(cfg, s.policy, s.reference, s.funcs, s.tok, [s.prompts[i] for i in mine],
                              [s.prompt_ids[i] for i in mine], seed=rollout_seed(cfg.seed, s.step, rank), acc=acc,
-                             columns=[s.columns[i] for i in mine])
+                             columns=[s.columns[i] for i in mine], sampler=s.sampler)
     t1 = time.perf_counter()
     m.update(grpo_update(cfg, s.model, s.optimizer, acc, data, generator=update_generator(cfg.seed, s.step, rank)))
     t2 = time.perf_counter()

@@ -38,7 +38,7 @@ from pgcore.policy_losses import entropy_bonus, ppo_clip_loss, value_loss
 from pipelines.common import eval_prompts, open_run
 from pipelines.data import BUILTIN
 from pipelines.evaluation import EvalArgs, PolicyEvaluator
-from pipelines.generation import GenerationArgs, generate
+from pipelines.generation import GenerationArgs, SamplingPolicy, generate
 from pipelines.model_card import write_model_card
 from pipelines.models import (
     ModelArgs,
@@ -190,6 +190,7 @@ class Models:
     rm_tok: Any
     same_tok: bool
     funcs: list = field(default_factory=list)   # reward functions (pipelines.reward_funcs), summed into the score
+    sampler: SamplingPolicy | None = None   # what rollouts sample from (generation.sample_dtype); None: ac.policy
 
 
 @torch.no_grad()
@@ -202,7 +203,8 @@ def rollout(cfg: Config, models: Models, prompts: list, prompt_ids: list[list[in
     """
     tok, ac = models.tok, models.ac
     t0 = time.perf_counter()
-    s = generate(ac.policy, tok, prompt_ids, cfg.generation, seed=seed)
+    s = generate(models.sampler.model() if models.sampler is not None else ac.policy, tok, prompt_ids,
+                 cfg.generation, seed=seed)
     gen_seconds = time.perf_counter() - t0
     batch = rollout_batch(prompt_ids, s.completion_ids, tok.pad_token_id)
     device = next(ac.parameters()).device
@@ -410,6 +412,7 @@ def setup(cfg: Config, acc) -> PPOLoop:
     if state is not None:
         kl.value = float(state["kl_coef"])
     models = Models(tok, acc.unwrap_model(model), model, reference, reward_model, rm_tok, same_tok, funcs)
+    models.sampler = SamplingPolicy(models.ac.policy, cfg.generation.sample_dtype)
     evaluator = PolicyEvaluator(tok, eprompts, reference, cfg.eval, reward_model=reward_model,
                                 rm_tok=rm_tok) if eprompts else None
     s = PPOLoop(cfg, acc, run, models, optimizer, scheduler, kl, prompts, prompt_ids, total, step, last, evaluator,
@@ -417,7 +420,8 @@ def setup(cfg: Config, acc) -> PPOLoop:
     if step == 0 and acc.is_main_process:
         total_p, trainable = count_parameters(ac)
         run.log(0, {"model/parameters": total_p, "model/trainable": trainable, "data/prompts": len(prompts),
-                    "data/dropped_prompts": dropped, "reward_model/same_tokenizer": same_tok})
+                    "data/dropped_prompts": dropped, "reward_model/same_tokenizer": same_tok,
+                    **models.sampler.log_row()})
         init_eval = s.evaluate(0)
         if init_eval:
             run.log(0, {f"init/{k[5:]}": v for k, v in init_eval.items()})

@@ -31,7 +31,7 @@ import torch
 
 from pipelines.common import quiet_libraries
 from pipelines.data import BUILTIN, BUILTIN_CHAT, encode_prompt, load_records, normalise_prompts, split_off
-from pipelines.generation import GenerationArgs, generate
+from pipelines.generation import GenerationArgs, SamplingPolicy, generate
 from pipelines.models import ModelArgs, load_causal_lm, load_tokenizer
 from reins.config import RunArgs, check
 from reins.entry import stage_main
@@ -161,8 +161,13 @@ def train(cfg: Config) -> dict:
     run = RunDir(cfg.output_dir, cfg, quiet=cfg.quiet)
     if torch.cuda.is_available():
         policy.to("cuda")
+    sampler = SamplingPolicy(policy, cfg.generation.sample_dtype)
+    policy = sampler.model()   # never trained here: a bf16 copy replaces the float32 model (freed)
     jobs = [("train", p) for p in train_p] + [("test", p) for p in test_p]
     state = run.load_checkpoint() or {"next": 0, "rows": [], "skipped": 0, "scores": []}
+    if state["next"] == 0:
+        run.log(0, sampler.log_row())
+    del sampler
     chunks = range(0, len(jobs), cfg.chunk_size)
     bar = run.progress(len(chunks), state["next"], desc="preferences")
     for c, start in enumerate(chunks):

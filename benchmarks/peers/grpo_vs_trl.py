@@ -1,7 +1,8 @@
 """GRPO iterations of reins against TRL 1.16's GRPOTrainer on SmolLM2-135M-Instruct with LoRA, on the CPU.
 
     nohup nice .venv/bin/python -m benchmarks.peers.grpo_vs_trl --out runs/grpo_vs_trl --label after \
-        [--rounds 2] [--threads 1] [--reins-root DIR] [--peer-python /work/venv-trl/bin/python] > LOG 2>&1 &
+        [--rounds 2] [--threads 1] [--reins-root DIR] [--peer-python /work/venv-trl/bin/python] \
+        [--sample-dtype bfloat16 [--also-fp32]] [--trl-bf16] > LOG 2>&1 &
 
 Equal work on both sides: the model fetched by `reins fetch-model smollm2-135m-instruct`, LoRA r 16, alpha 32,
 dropout 0 on all linear layers, fp32; the same 4 arithmetic chat prompts (pipelines.arithmetic, seed 0) in
@@ -21,6 +22,11 @@ iteration (the worker's own; one thread, so steadier than wall time when other j
 wall time completions/s and
 generated tokens/s over whole iterations, the seconds of generation, scoring (rewards, advantages, the
 rollout's log-prob passes if any) and update, and the mean reward and loss. Writes OUT/<label>.json and .md.
+
+`--sample-dtype` sets the reins side's generation.sample_dtype (sampling from a bf16 copy of the policy; the
+update stays fp32); `--also-fp32` then adds a third side, `reins-fp32`, the same tree sampling in fp32, so the
+reward columns of the two show whether bf16 sampling changes the learning. `--trl-bf16` runs TRL with
+`bf16=True` (its mixed precision: the trainer's autocast to bf16 over generation and update) instead of fp32.
 """
 
 from __future__ import annotations
@@ -43,13 +49,29 @@ def spec_for(args, work: Path) -> dict:
     return {"model": str(args.model), "prompts": str(work / "prompts.jsonl"), "num_generations": 8,
             "max_new_tokens": args.max_new_tokens, "temperature": 1.0, "learning_rate": 1e-4,
             "max_grad_norm": 1.0, "epsilon": 0.2, "lora_r": 16, "lora_alpha": 32, "seed": 0,
-            "threads": args.threads, "iterations": 1 + args.rounds, "trl_output_dir": str(work / "trl")}
+            "threads": args.threads, "iterations": 1 + args.rounds, "trl_output_dir": str(work / "trl"),
+            "sample_dtype": args.sample_dtype, "trl_bf16": args.trl_bf16}
 
 
 # ----------------------------------------------------------------------------------------- reins worker
 def _emit(**msg) -> None:
     sys.__stdout__.write(PREFIX + json.dumps(msg) + "\n")
     sys.__stdout__.flush()
+
+
+def _time_generate(module) -> list:
+    """Wrap `module.generate` so that each call appends its CPU seconds (this process's) to the returned list."""
+    fn, spent = module.generate, []
+
+    def timed(*a, **kw):
+        c = time.process_time()
+        try:
+            return fn(*a, **kw)
+        finally:
+            spent.append(time.process_time() - c)
+
+    module.generate = timed
+    return spent
 
 
 def worker(spec: dict) -> None:
@@ -75,7 +97,7 @@ def worker(spec: dict) -> None:
         "model": spec["model"], "data": spec["prompts"], "output_dir": spec["reins_output_dir"], "quiet": True,
         "seed": spec["seed"], "batch_size": n, "num_generations": spec["num_generations"],
         "generation": {"max_new_tokens": spec["max_new_tokens"], "temperature": spec["temperature"],
-                       "batch_size": n * spec["num_generations"]},
+                       "batch_size": n * spec["num_generations"], "sample_dtype": spec.get("sample_dtype", "float32")},
         "reward_funcs": ["grpo_vs_trl_side:arithmetic_reward"], "advantage": "grpo", "scale_rewards": "group",
         "beta": 0.0, "epsilon": spec["epsilon"], "loss_type": "token", "num_iterations": 1, "num_minibatches": 1,
         "learning_rate": spec["learning_rate"], "lr_scheduler": "constant", "weight_decay": 0.0,
@@ -84,6 +106,7 @@ def worker(spec: dict) -> None:
         "lora": {"r": spec["lora_r"], "alpha": spec["lora_alpha"], "dropout": 0.0, "target_modules": ["all-linear"]}})
     acc, _ = start_lm_stage(cfg)
     s = grpo.setup(cfg, acc)
+    gen_cpu = _time_generate(grpo)
     rows = list(range(len(s.prompts)))
     _emit(event="ready", prompt_lengths=[len(p) for p in s.prompt_ids], versions={"torch": torch.__version__})
     for step in range(spec["iterations"]):
@@ -91,13 +114,14 @@ def worker(spec: dict) -> None:
         t0, c0 = time.perf_counter(), time.process_time()
         data, m, gen_s = grpo.rollout(cfg, s.policy, s.reference, s.funcs, s.tok, [s.prompts[i] for i in rows],
                                       [s.prompt_ids[i] for i in rows], seed=rollout_seed(cfg.seed, step, 0),
-                                      acc=acc, columns=[s.columns[i] for i in rows])
+                                      acc=acc, columns=[s.columns[i] for i in rows], sampler=s.sampler)
         t1 = time.perf_counter()
         u = grpo.grpo_update(cfg, s.model, s.optimizer, acc, data, generator=update_generator(cfg.seed, step, 0))
         t2, c2 = time.perf_counter(), time.process_time()
         s.scheduler.step()
         k = len(rows) * cfg.num_generations
-        _emit(event="iter", seconds=t2 - t0, cpu_s=c2 - c0, generation_s=gen_s, scoring_s=t1 - t0 - gen_s,
+        _emit(event="iter", seconds=t2 - t0, cpu_s=c2 - c0, generation_cpu_s=gen_cpu.pop(), generation_s=gen_s,
+              scoring_s=t1 - t0 - gen_s,
               update_s=t2 - t1, completions=k, tokens=m["rollout/tokens"], reward=m["reward"], loss=u["loss"],
               mean_length=m["completions/mean_length"], clipped_ratio=m["completions/clipped_ratio"])
         release_memory()
@@ -134,15 +158,17 @@ def summary(recs: list[dict]) -> dict:
            "tokens_per_s": sum(r["tokens"] for r in recs) / sec}
     for k in ("generation_s", "scoring_s", "update_s", "reward", "loss", "mean_length", "clipped_ratio"):
         out[k] = sum(r[k] for r in recs) / len(recs)
-    if all("cpu_s" in r for r in recs):
-        out["cpu_s_per_iter"] = sum(r["cpu_s"] for r in recs) / len(recs)
+    for k in ("cpu_s", "generation_cpu_s"):
+        if all(k in r for r in recs):
+            out[f"{k}_per_iter"] = sum(r[k] for r in recs) / len(recs)
     out["generation_tokens_per_s"] = sum(r["tokens"] for r in recs) / sum(r["generation_s"] for r in recs)
     return out
 
 
 def markdown(res: dict) -> str:
     cols = [("completions/s", "completions_per_s", 3), ("generated tokens/s", "tokens_per_s", 1),
-            ("s/iteration", "seconds_per_iter", 1), ("generation s", "generation_s", 1),
+            ("s/iteration", "seconds_per_iter", 1), ("CPU s/iteration", "cpu_s_per_iter", 1),
+            ("generation CPU s", "generation_cpu_s_per_iter", 1), ("generation s", "generation_s", 1),
             ("scoring s", "scoring_s", 2), ("update s", "update_s", 1),
             ("tokens/s in generation", "generation_tokens_per_s", 1), ("mean length", "mean_length", 1),
             ("reward", "reward", 3), ("loss", "loss", 4)]
@@ -150,11 +176,14 @@ def markdown(res: dict) -> str:
              f"load average at start {res['load_start']}, end {res['load_end']}; threads per side "
              f"{res['threads']}; timed iterations per side {res['rounds']} (ABBA)", "",
              "| side | " + " | ".join(c[0] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for side in ("reins", "reins-before", "trl"):
+    for side in ("reins", "reins-fp32", "reins-before", "trl"):
         if side in res:
             s = res[side]
-            lines.append(f"| {side} | " + " | ".join(f"{s[k]:.{d}f}" for _, k, d in cols) + " |")
-    lines += ["", f"reins / TRL iterations per second: {res['ratio']:.2f}"]
+            lines.append(f"| {side} | " + " | ".join(f"{s[k]:.{d}f}" if k in s else "-" for _, k, d in cols) + " |")
+    lines += ["", f"reins / TRL iterations per second: {res['ratio']:.2f}", "",
+              "reward by iteration (warm-up first; each side's completions are its own samples): " + "; ".join(
+                  f"{k} " + ", ".join(f"{r['reward']:.3f}" for r in [res["warmup"][k], *res["iterations"][k]])
+                  for k in res["iterations"])]
     if "cpu_ratio" in res:
         lines.append(f"CPU seconds per iteration, reins {res['reins']['cpu_s_per_iter']:.1f}, TRL "
                      f"{res['trl']['cpu_s_per_iter']:.1f}: TRL / reins {res['cpu_ratio']:.2f}")
@@ -180,9 +209,11 @@ def drive(args) -> dict:
     threads = {k: str(args.threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     base = {**os.environ, **threads, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
             "HF_DATASETS_OFFLINE": "1"}
-    roots = {"reins": args.reins_root, **({"reins-before": args.before_root} if args.before_root else {})}
+    roots = {"reins": args.reins_root, **({"reins-fp32": args.reins_root} if args.also_fp32 else {}),
+             **({"reins-before": args.before_root} if args.before_root else {})}
     for k in roots:
-        (work / f"spec-{k}.json").write_text(json.dumps({**spec, "reins_output_dir": str(work / k)}))
+        (work / f"spec-{k}.json").write_text(json.dumps({**spec, "reins_output_dir": str(work / k),
+                                                         **({"sample_dtype": "float32"} if k != "reins" else {})}))
     sides = {k: Proc(k, [sys.executable, str(HERE / "grpo_vs_trl.py"), "--worker", str(work / f"spec-{k}.json")],
                      {**base, "PYTHONPATH": str(Path(root).resolve())}, out / f"{args.label}-{k}.log", HERE)
              for k, root in roots.items()}
@@ -229,6 +260,10 @@ def main(argv=None) -> None:
     ap.add_argument("--before-root", default=None,
                     help="a second reins tree (e.g. `git archive` of an older commit) timed as 'reins-before'")
     ap.add_argument("--peer-python", default="/work/venv-trl/bin/python")
+    ap.add_argument("--sample-dtype", default="float32", choices=["float32", "bfloat16", "auto"],
+                    help="the reins side's generation.sample_dtype")
+    ap.add_argument("--also-fp32", action="store_true", help="also time the reins tree sampling in fp32")
+    ap.add_argument("--trl-bf16", action="store_true", help="TRL with bf16=True (mixed precision) instead of fp32")
     args = ap.parse_args(argv)
     if args.worker:
         worker(json.loads(Path(args.worker).read_text()))

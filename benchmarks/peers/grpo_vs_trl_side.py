@@ -7,7 +7,7 @@ prompts repeated num_generations times). One trainer step = one generation batch
 trainer waits on stdin before each step ("iter"), and after it prints one line `@@BENCH {json}` with the step's
 CPU seconds (this process's) and wall seconds (total; generation = `_generate`; scoring = the rest of
 `_generate_and_score_completions`: rewards, advantages, padding; update = the rest: forward, backward,
-optimizer), the completions and generated tokens, and TRL's logged reward and loss.
+optimizer; and generation's CPU seconds), the completions and generated tokens, and TRL's logged reward and loss.
 
 `arithmetic_reward` has TRL's reward signature; reins loads it as `grpo_vs_trl_side:arithmetic_reward`.
 """
@@ -58,15 +58,17 @@ def release_memory() -> None:
 
 
 def _timed(obj, name: str, into: dict) -> None:
-    """Wrap the bound method `obj.name` so that its seconds add up in `into[name]`."""
+    """Wrap the bound method `obj.name` so that its seconds add up in `into[name]` (its CPU seconds, this
+    process's, in `into[name + "_cpu"]`)."""
     fn = getattr(obj, name)
 
     def wrapper(*a, **kw):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         try:
             return fn(*a, **kw)
         finally:
             into[name] = into.get(name, 0.0) + time.perf_counter() - t
+            into[name + "_cpu"] = into.get(name + "_cpu", 0.0) + time.process_time() - c
 
     setattr(obj, name, wrapper)
 
@@ -87,7 +89,7 @@ def build(spec: dict):
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=spec["max_grad_norm"],
         beta=0.0, epsilon=spec["epsilon"], loss_type="dapo", scale_rewards="group", num_iterations=1,
         mask_truncated_completions=False, max_steps=spec["iterations"], logging_steps=1, save_strategy="no",
-        report_to="none", bf16=False, gradient_checkpointing=True, seed=spec["seed"], use_cpu=True,
+        report_to="none", bf16=bool(spec.get("trl_bf16")), gradient_checkpointing=True, seed=spec["seed"], use_cpu=True,
         disable_tqdm=True, dataloader_num_workers=0, log_completions=False)
     lora = LoraConfig(r=spec["lora_r"], lora_alpha=spec["lora_alpha"], lora_dropout=0.0,
                       target_modules="all-linear", task_type="CAUSAL_LM")
@@ -130,6 +132,7 @@ def main(spec_path: str) -> None:
             total, gs = clock["t1"] - clock["t0"], secs.get("_generate_and_score_completions", 0.0)
             gen = secs.get("_generate", 0.0)
             emit(event="iter", seconds=total, cpu_s=clock["c1"] - clock["c0"], generation_s=gen, scoring_s=gs - gen,
+                 generation_cpu_s=secs.get("_generate_cpu", 0.0),
                  update_s=total - gs,
                  completions=n, tokens=round(logs["completions/mean_length"] * n), reward=logs["reward"],
                  loss=logs["loss"], mean_length=logs["completions/mean_length"],
