@@ -1,6 +1,6 @@
 """Helpers shared by the e2e tests and the stage tests that run the CLI or subprocesses: tiny stage settings, the
 real CLI with captured stderr, output directory snapshots, blocked sockets, hostile files (a pickle that runs
-code, a model dir with custom code), signals to a running child, a free port."""
+code, a model dir with custom code), signals to a running child, a free port, a two-rank accelerate launch."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import socket
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -207,3 +208,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def launch_two_cpu_ranks(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    """`accelerate launch` of `args` (a script path, or "-m", module, ...) on two CPU processes with
+    recipes/accelerate/cpu-2proc.yaml, one thread each, offline, from the repository root; output captured."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "recipes" / "accelerate" / "cpu-2proc.yaml"), "--num_processes", "2",
+           "--main_process_port", str(free_port()), *args]
+    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)

@@ -4,9 +4,6 @@ curve with the same global batch; every launch config in recipes/accelerate/ loa
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +11,7 @@ import torch
 
 from pipelines import dpo
 from reins.config import from_dict
-from tests.helpers import free_port
+from tests.helpers import launch_two_cpu_ranks
 from tests.pipelines.helpers import stage_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,13 +26,7 @@ def _losses(run_dir: Path) -> list[tuple[int, float]]:
 def test_two_process_dpo_matches_single_process(tmp_path):
     keys = {"max_steps": 3, "learning_rate": 3e-3, "max_eval_samples": 4}
     two = stage_overrides(tmp_path / "two", grad_accum=1, **keys)
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "recipes" / "accelerate" / "cpu-2proc.yaml"), "--num_processes", "2",
-           "--main_process_port", str(free_port()), str(ROOT / "tests" / "pipelines" / "ddp_worker.py"),
-           json.dumps(two)]
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = launch_two_cpu_ranks(str(ROOT / "tests" / "pipelines" / "ddp_worker.py"), json.dumps(two), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0 = torch.load(tmp_path / "two" / "params_rank0.pt")
     r1 = torch.load(tmp_path / "two" / "params_rank1.pt")

@@ -22,7 +22,7 @@ from pipelines.models import ModelArgs, TinySpec, load_causal_lm, load_tokenizer
 from reins.config import from_dict
 from reins.errors import NonFiniteError, ReinsError
 from reins.runio import safe_torch_load
-from tests.helpers import free_port, signal_when
+from tests.helpers import launch_two_cpu_ranks, signal_when
 from tests.pipelines import grpo_rewards
 from tests.pipelines.helpers import SMALL, grpo_toy_cfg, grpo_toy_policy, grpo_train_rows, log_rows
 
@@ -112,11 +112,7 @@ def test_two_process_accelerate_launch_keeps_ranks_in_sync(tmp_path):
     cfg = tmp_path / "grpo.yaml"
     cfg.write_text(yaml.safe_dump({"stage": "grpo", **grpo_toy_cfg(out, max_steps=2, scale_rewards="batch",
                                                               eval_prompts="none")}))
-    env = {**_env(), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "recipes" / "accelerate" / "cpu-2proc.yaml"), "--num_processes", "2",
-           "--main_process_port", str(free_port()), "-m", "pipelines.grpo", "--config", str(cfg)]
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    proc = launch_two_cpu_ranks("-m", "pipelines.grpo", "--config", str(cfg), timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((out / "metrics.json").read_text())
     assert m["dist/world_size"] == 2 and m["dist/param_sync_gap"] == 0.0

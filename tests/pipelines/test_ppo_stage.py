@@ -22,7 +22,7 @@ from pipelines import ppo
 from reins.config import from_dict
 from reins.errors import NonFiniteError
 from reins.runio import safe_torch_load
-from tests.helpers import free_port, signal_when
+from tests.helpers import launch_two_cpu_ranks, signal_when
 from tests.pipelines.helpers import SMALL, log_rows, ppo_toy_cfg, ppo_toy_models, ppo_train_rows
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,11 +134,7 @@ def test_shared_value_head_and_halve_double_kl_controller(tmp_path):
 def test_two_process_accelerate_launch_keeps_ranks_in_sync(tmp_path):
     out = tmp_path / "run"
     cfg = _write_cfg(tmp_path / "ppo.yaml", ppo_toy_cfg(out, max_steps=2, learning_rate=1e-2))
-    env = {**_env(), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "recipes" / "accelerate" / "cpu-2proc.yaml"), "--num_processes", "2",
-           "--main_process_port", str(free_port()), "-m", "pipelines.ppo", "--config", str(cfg)]
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    proc = launch_two_cpu_ranks("-m", "pipelines.ppo", "--config", str(cfg), timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((out / "metrics.json").read_text())
     assert m["dist/world_size"] == 2            # two data-parallel ranks, not two rank-0 copies

@@ -6,10 +6,6 @@ come from the training-dtype model; resume is exact; bad values are one-line con
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,7 +19,7 @@ from pipelines.models import LoraSpec
 from pipelines.sampling import rollout_seed
 from reins.config import from_dict
 from reins.errors import ConfigError
-from tests.helpers import free_port
+from tests.helpers import launch_two_cpu_ranks
 from tests.pipelines.helpers import crash_at_step, grpo_toy_cfg, grpo_train_rows, log_rows, small_model, small_tok
 
 PROMPTS = ["I stayed at the Harbour Inn last week and", "We ate at Luigi's on Friday and"]
@@ -212,18 +208,12 @@ def test_preferences_with_bf16_sampling_logs_it_and_resumes_exactly(tmp_path, mo
 def test_two_process_bf16_sampling_keeps_ranks_in_sync(tmp_path):
     """Under accelerate (DDP, two CPU processes) each rank's copy is cast from the unwrapped policy and refreshed
     after every synchronised step; the ranks stay identical."""
-    root = Path(__file__).resolve().parents[2]
     out = tmp_path / "run"
     cfg = tmp_path / "grpo.yaml"
     cfg.write_text(yaml.safe_dump({"stage": "grpo", **grpo_toy_cfg(
         out, max_steps=2, scale_rewards="batch", eval_prompts="none",
         generation={"max_new_tokens": 4, "batch_size": 16, "sample_dtype": "bfloat16"})}))
-    env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(root / "recipes" / "accelerate" / "cpu-2proc.yaml"), "--num_processes", "2",
-           "--main_process_port", str(free_port()), "-m", "pipelines.grpo", "--config", str(cfg)]
-    proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=400)
+    proc = launch_two_cpu_ranks("-m", "pipelines.grpo", "--config", str(cfg), timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((out / "metrics.json").read_text())
     assert m["dist/world_size"] == 2 and m["dist/param_sync_gap"] == 0.0

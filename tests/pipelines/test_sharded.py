@@ -7,9 +7,6 @@ refused in one line."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +18,7 @@ from pipelines.sharded import check_launch
 from reins.config import from_dict
 from reins.errors import ConfigError
 from reins.runio import safe_torch_load
-from tests.helpers import free_port
+from tests.helpers import launch_two_cpu_ranks
 from tests.pipelines.helpers import stage_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,14 +41,9 @@ def test_fsdp2_on_two_cpu_ranks_saves_full_state_and_resumes(tmp_path):
     two = stage_overrides(tmp_path / "two", grad_accum=1, **keys)
     dpo_keys = {"max_steps": 2, "save_every": 2, "learning_rate": 3e-3, "max_eval_samples": 4}
     two_dpo = stage_overrides(tmp_path / "two_dpo", grad_accum=1, **dpo_keys)
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "recipes" / "accelerate" / "cpu-2proc.yaml"), "--num_processes", "2",
-           "--main_process_port", str(free_port()), str(ROOT / "tests" / "pipelines" / "fsdp_worker.py"),
-           json.dumps(two), json.dumps(two_dpo)]
     # Before the fix the main process evaluated and saved alone, waiting forever on a gather: a timeout.
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    proc = launch_two_cpu_ranks(str(ROOT / "tests" / "pipelines" / "fsdp_worker.py"), json.dumps(two),
+                                json.dumps(two_dpo), timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     types = json.loads((tmp_path / "two" / "param_types.json").read_text())
     assert set(types.values()) == {"DTensor"}  # the model really was sharded
