@@ -20,11 +20,9 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.offline.ope_validation import run_stage, spearman, true_values  # noqa: E402
+from benchmarks.offline.ope_validation import fqe_row, rank_summary, run_stage, true_values  # noqa: E402
 
 
 def evaluate(out: Path, name: str, path: Path, args, ope_set: list[str], gamma: float) -> dict:
@@ -37,23 +35,14 @@ def evaluate(out: Path, name: str, path: Path, args, ope_set: list[str], gamma: 
                             horizon=args.horizon)
         truth_file.write_text(json.dumps(truth))
     truth = json.loads(truth_file.read_text())
-    row = {"policy": name, "true_return": truth["return"], "true_value": truth["value"],
-           "fqe_value": est["ope/value"], "ci_low": est["ope/value_ci_low"], "ci_high": est["ope/value_ci_high"],
-           "ci_covers": bool(est["ope/value_ci_low"] <= truth["value"] <= est["ope/value_ci_high"]),
-           "abs_err_value": abs(est["ope/value"] - truth["value"]),
-           "fqe_normalized": est.get("ope/normalized_score")}
+    row = {**fqe_row(name, est, truth), "fqe_normalized": est.get("ope/normalized_score")}
     print(json.dumps(row), flush=True)
     return row
 
 
 def summarise(rows: list[dict], args, ope_set: list[str], gamma: float) -> tuple[dict, str]:
     summary = {"dataset": args.dataset, "env": args.env, "gamma": gamma, "ope_set": ope_set, "rows": rows,
-               "spearman_value_vs_true_return": spearman([r["fqe_value"] for r in rows],
-                                                         [r["true_return"] for r in rows]),
-               "spearman_value_vs_true_value": spearman([r["fqe_value"] for r in rows],
-                                                        [r["true_value"] for r in rows]),
-               "mean_abs_err_value": float(np.mean([r["abs_err_value"] for r in rows])),
-               "ci_covers_true_value": int(sum(r["ci_covers"] for r in rows)), "policies": len(rows)}
+               **rank_summary(rows)}
     lines = ["| policy | true return | true value (gamma) | FQE value [95% refit CI] | CI holds truth | |err| value |",
              "|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: r["true_value"]):

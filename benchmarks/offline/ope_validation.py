@@ -111,6 +111,23 @@ def spearman(x, y) -> float:
     return float(np.corrcoef(ranks(x), ranks(y))[0, 1])
 
 
+def fqe_row(name: str, est: dict, truth: dict) -> dict:
+    """One policy's FQE estimate (`reins ope`'s metrics) beside its truth: the columns every validation reports."""
+    return {"policy": name, "true_return": truth["return"], "true_value": truth["value"],
+            "fqe_value": est["ope/value"], "ci_low": est["ope/value_ci_low"], "ci_high": est["ope/value_ci_high"],
+            "ci_covers": bool(est["ope/value_ci_low"] <= truth["value"] <= est["ope/value_ci_high"]),
+            "abs_err_value": abs(est["ope/value"] - truth["value"])}
+
+
+def rank_summary(rows: list[dict]) -> dict:
+    """Spearman of the FQE values against the true returns and values, the mean error, the CI's coverage."""
+    fqe = [r["fqe_value"] for r in rows]
+    return {"spearman_value_vs_true_return": spearman(fqe, [r["true_return"] for r in rows]),
+            "spearman_value_vs_true_value": spearman(fqe, [r["true_value"] for r in rows]),
+            "mean_abs_err_value": float(np.mean([r["abs_err_value"] for r in rows])),
+            "ci_covers_true_value": int(sum(r["ci_covers"] for r in rows)), "policies": len(rows)}
+
+
 def evaluate_policy(out: Path, name: str, path: Path, prefix: str, args, ope_set: list[str], gamma: float,
                     tag: str) -> dict:
     """FQE of one policy on the evaluation tier beside its true value (cached in OUT/truth)."""
@@ -121,12 +138,10 @@ def evaluate_policy(out: Path, name: str, path: Path, prefix: str, args, ope_set
         truth_file.parent.mkdir(parents=True, exist_ok=True)
         truth_file.write_text(json.dumps(true_values(path, gamma, args.episodes, 10_000)))
     truth = json.loads(truth_file.read_text())
-    row = {"policy": name, "true_return": truth["return"], "true_value": truth["value"],
-           "fqe_value": est["ope/value"], "ci_low": est["ope/value_ci_low"], "ci_high": est["ope/value_ci_high"],
-           "ci_covers": bool(est["ope/value_ci_low"] <= truth["value"] <= est["ope/value_ci_high"]),
+    row = {**fqe_row(name, est, truth),
            "states_ci_covers": bool(est.get("ope/value_ci_states_low", np.nan) <= truth["value"]
                                     <= est.get("ope/value_ci_states_high", np.nan)),
-           "fqe_return": est["ope/return_estimate"], "abs_err_value": abs(est["ope/value"] - truth["value"]),
+           "fqe_return": est["ope/return_estimate"],
            "abs_err_return": abs(est["ope/return_estimate"] - truth["return"])}
     print(json.dumps(row), flush=True)
     return row
@@ -162,14 +177,8 @@ def main(argv=None) -> int:
         policies.append((name, run_dir / "policy.pt"))
     rows = [evaluate_policy(out, name, path, prefix, args, ope_set, gamma, tag)
             for name, path in [*policies, *sac_policies(out, args.sac_steps)] if not args.only or name in args.only]
-    summary = {"eval_tier": args.eval_tier, "gamma": gamma, "ope_set": ope_set, "rows": rows,
-               "spearman_value_vs_true_return": spearman([r["fqe_value"] for r in rows],
-                                                         [r["true_return"] for r in rows]),
-               "spearman_value_vs_true_value": spearman([r["fqe_value"] for r in rows],
-                                                        [r["true_value"] for r in rows]),
-               "mean_abs_err_value": float(np.mean([r["abs_err_value"] for r in rows])),
+    summary = {"eval_tier": args.eval_tier, "gamma": gamma, "ope_set": ope_set, "rows": rows, **rank_summary(rows),
                "mean_abs_err_return": float(np.mean([r["abs_err_return"] for r in rows])),
-               "ci_covers_true_value": int(sum(r["ci_covers"] for r in rows)), "policies": len(rows),
                "states_ci_covers_true_value": int(sum(r["states_ci_covers"] for r in rows))}
     (out / f"summary{tag}.json").write_text(json.dumps(summary, indent=2))
     lines = ["| policy | true return (200 steps) | true value (gamma) | FQE value [95% CI] | CI holds truth "
